@@ -1,0 +1,87 @@
+"""The Python API the CLI wraps: :func:`compile` a model to an artifact, :func:`inspect_model`
+for op coverage before compiling, :func:`load` to run an artifact."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from edgecompile.frontend.spec import parse_shape
+
+
+def compile(  # noqa: A001 - the product's verb
+    model,
+    target: str = "native",
+    output: str | Path | None = None,
+    *,
+    input_shapes: dict[str, tuple[int, ...] | str] | None = None,
+    input_dtypes: dict[str, str] | None = None,
+    recipe: str | Path | None = "fp32",
+    example_inputs=None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Compile ``model`` for ``target`` into an artifact directory and return its path.
+
+    ``model`` is an ONNX file path, an ``onnx.ModelProto``, a ``torch.nn.Module`` (with
+    ``example_inputs`` or ``input_shapes``) or a ``torch.export`` program. ``target`` is a profile
+    name (see ``edgecompile targets``) or a profile file path. ``input_shapes`` fixes symbolic
+    dimensions, e.g. ``{"input_ids": (1, 128)}`` or ``{"input_ids": "1x128"}``. ``output``
+    defaults to ``build/<model>-<target>``.
+    """
+    from edgecompile.frontend import import_model
+    from edgecompile.lower.build import compile_module, export
+    from edgecompile.lower.package import finish, prepare_output
+    from edgecompile.recipe import parse_recipe
+    from edgecompile.targets import get_profile
+
+    say = progress or (lambda _msg: None)
+    profile = get_profile(target).resolved()
+    rec = parse_recipe(recipe)
+    shapes = {k: parse_shape(v) if isinstance(v, str) else tuple(v) for k, v in (input_shapes or {}).items()}
+    out = Path(output) if output is not None else Path("build") / f"{_model_stem(model)}-{profile.name}"
+    staging = prepare_output(out)
+    try:
+        say(f"importing {_model_stem(model)}")
+        imported = import_model(model, shapes, input_dtypes, example_inputs)
+        # The fp32 recipe applies no rewrite; quantization and the other passes slot in here.
+        say(f"building for {profile.name} ({profile.tvm.get('kind')}, recipe {rec})")
+        executable = compile_module(imported.mod, profile)
+        say("exporting the library")
+        lib = export(executable, profile, staging)
+        manifest = {
+            "target": profile.to_json(),
+            "recipe": rec.to_json(),
+            "source": imported.source,
+            "inputs": [s.to_json() for s in imported.inputs],
+            "outputs": [s.to_json() for s in imported.outputs],
+            "library": lib.file.name,
+            "linker": lib.linker,
+            "link_command": lib.link_command,
+        }
+        return finish(staging, out, manifest)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def inspect_model(model, opset: int | None = None):
+    """Op coverage of an ONNX model: a list of :class:`edgecompile.frontend.op_support.OpCoverage`."""
+    from edgecompile.frontend.onnx_import import read_onnx
+    from edgecompile.frontend.op_support import coverage
+
+    proto = read_onnx(model) if isinstance(model, (str, Path)) else model
+    return coverage(proto)
+
+
+def load(path: str | Path):
+    """Load an artifact for inference (same as :func:`edgecompile.runtime.load`)."""
+    from edgecompile.runtime import load as _load
+
+    return _load(path)
+
+
+def _model_stem(model) -> str:
+    if isinstance(model, (str, Path)):
+        return Path(model).stem
+    return type(model).__name__.lower()

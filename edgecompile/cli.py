@@ -1,0 +1,244 @@
+"""The ``edgecompile`` command: thin wrappers over the Python API.
+
+Every user error prints one line, ``error: …``, and exits with status 2; an unexpected failure
+prints ``internal error: …`` and exits with status 3 (set ``EDGECOMPILE_DEBUG=1`` for the
+traceback). ``run`` and ``bench`` load TVM in runtime-only mode (``TVM_USE_RUNTIME_LIB=1``): they
+never need the compiler.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgecompile.errors import EdgeCompileError, InputMismatchError
+
+app = typer.Typer(
+    name="edgecompile",
+    help="Compile exported transformers (ONNX or PyTorch) into fast integer-first builds for a "
+    "device, run them with a small runtime, and measure them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgeCompileError as e:
+            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a bug: say so in one line, keep the traceback behind a flag
+            if os.environ.get("EDGECOMPILE_DEBUG"):
+                raise
+            err.print(f"internal error: {type(e).__name__}: {e} (this is a bug in edgecompile; set "
+                      "EDGECOMPILE_DEBUG=1 for the traceback)", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(3) from None
+
+    return wrapper
+
+
+@app.command("compile")
+@_handle_errors
+def compile_cmd(
+    model: Annotated[Path, typer.Argument(help="ONNX file (external data next to it) or a torch.export .pt2 file.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Target profile name (see `edgecompile targets`) or a profile .toml path.")] = "native",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Artifact directory to write [default: build/<model>-<target>].")] = None,
+    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="Static shape of an input, NAME=1x128; repeat per input. Required for symbolic dimensions.")] = None,
+    input_dtype: Annotated[Optional[list[str]], typer.Option("--input-dtype", help="Override an input dtype, NAME=int32; repeat per input.")] = None,
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe PART[+PART...] with PART=preset[:key=value,...], or a recipe .toml file.")] = "fp32",
+) -> None:
+    """Compile MODEL for a target into an artifact directory (library + manifest.json)."""
+    import time
+
+    from edgecompile.api import compile as compile_model
+    from edgecompile.frontend.spec import parse_assignments
+
+    shapes = parse_assignments(input_shape, "--input-shape")
+    dtypes = parse_assignments(input_dtype, "--input-dtype")
+    t0 = time.perf_counter()
+    with err.status("compiling") as status:
+        path = compile_model(str(model), target, output, input_shapes=shapes, input_dtypes=dtypes,
+                             recipe=recipe, progress=lambda msg: status.update(msg))
+    manifest = json.loads((path / "manifest.json").read_text())
+    lib = path / manifest["library"]
+    out.print(f"compiled {model.name} for {manifest['target']['name']} in {time.perf_counter() - t0:.1f} s "
+              f"-> {path}/ ({lib.name}, {lib.stat().st_size / 1e6:.1f} MB)", highlight=False)
+    if manifest.get("link_command"):
+        out.print(f"no cross compiler found: link on a machine with the toolchain: {manifest['link_command']}",
+                  highlight=False)
+
+
+def _runtime_only() -> None:
+    """Load only TVM's runtime library: run and bench never need the compiler."""
+    if "tvm" not in sys.modules:
+        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+
+
+def _load_inputs(items: list[str] | None) -> dict:
+    import numpy as np
+
+    feeds: dict = {}
+    for item in items or []:
+        name, sep, file = item.partition("=")
+        path = Path(file if sep else name)
+        if not path.is_file():
+            raise InputMismatchError(f"input file not found: {path}")
+        try:
+            data = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise InputMismatchError(f"cannot read {path} as a .npy or .npz array file: {e}") from e
+        if isinstance(data, np.ndarray):
+            if not sep:
+                raise InputMismatchError(f"give the input name for a .npy file: --input NAME={path}")
+            feeds[name] = data
+        else:
+            if sep:
+                raise InputMismatchError(f"--input {item}: an .npz holds named arrays; pass it as --input {path}")
+            feeds.update({k: data[k] for k in data.files})
+    return feeds
+
+
+@app.command("run")
+@_handle_errors
+def run_cmd(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory made by `edgecompile compile`.")],
+    input: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="NAME=file.npy per input, or one .npz holding every input by name.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the outputs to this .npz file.")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads to use [default: all cores].")] = None,
+) -> None:
+    """Run ARTIFACT once on the given inputs and print or save the outputs."""
+    _runtime_only()
+    import numpy as np
+
+    from edgecompile.runtime import load
+
+    model = load(artifact)
+    feeds = _load_inputs(input)
+    if not feeds:
+        raise InputMismatchError(
+            "no inputs given; pass --input NAME=file.npy for each of: "
+            + ", ".join(i["name"] for i in model.inputs)
+        )
+    results = model.run(feeds, threads=threads)
+    if output:
+        np.savez(output, **results)
+        out.print(f"wrote {len(results)} output(s) to {output}", highlight=False)
+    for name, value in results.items():
+        flat = value.reshape(-1)
+        preview = np.array2string(flat[:6], precision=5, separator=", ")
+        out.print(f"{name}: shape {'x'.join(map(str, value.shape))} {value.dtype} {preview}"
+                  f"{' …' if flat.size > 6 else ''}", highlight=False)
+
+
+@app.command("bench")
+@_handle_errors
+def bench_cmd(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory made by `edgecompile compile`.")],
+    runs: Annotated[int, typer.Option("--runs", help="Timed runs.")] = 50,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs first.")] = 5,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads to use [default: all cores].")] = None,
+    input: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="Inputs as for `run` [default: random floats, ones for integers].")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Time ARTIFACT: median, p90 and min latency over --runs calls."""
+    _runtime_only()
+    from edgecompile.runtime import load
+
+    model = load(artifact)
+    feeds = _load_inputs(input) or None
+    res = model.benchmark(runs=runs, threads=threads, warmup=warmup, feeds=feeds)
+    if as_json:
+        out.print_json(json.dumps({"artifact": str(artifact), "target": model.manifest["target"]["name"],
+                                   **res.to_json()}))
+        return
+    out.print(f"{artifact}: median {res.median_ms:.3f} ms, p90 {res.p90_ms:.3f} ms, min {res.min_ms:.3f} ms "
+              f"({res.runs} runs, {res.threads} thread{'s' if res.threads != 1 else ''})", highlight=False)
+
+
+@app.command("inspect")
+@_handle_errors
+def inspect_cmd(
+    path: Annotated[Path, typer.Argument(help="An ONNX model (op coverage) or an artifact directory (its manifest).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show op coverage of an ONNX model before compiling (exit 1 if any op is unsupported),
+    or summarise an artifact."""
+    if path.is_dir():
+        _inspect_artifact(path, as_json)
+        return
+    from edgecompile.api import inspect_model
+
+    rows = inspect_model(path)
+    bad = [r for r in rows if r.status == "unsupported"]
+    if as_json:
+        out.print_json(json.dumps([r.to_json() for r in rows]))
+    else:
+        table = Table(title=f"{path.name}: op coverage")
+        for col in ("op", "version", "nodes", "status", "conformance"):
+            table.add_column(col)
+        colors = {"supported": "green", "partial": "yellow", "untested": "cyan", "failing": "red", "unsupported": "red"}
+        for r in rows:
+            conf = f"{r.passed}/{r.total} cases" if r.total else "-"
+            status = r.status if r.status != "unsupported" else "unsupported: " + ", ".join(r.nodes[:3]) + (" …" if len(r.nodes) > 3 else "")
+            table.add_row(r.op_type, str(r.version or "-"), str(len(r.nodes)), f"[{colors[r.status]}]{status}[/]", conf)
+        out.print(table)
+        counts = {s: sum(len(r.nodes) for r in rows if r.status == s) for s in colors}
+        out.print(", ".join(f"{n} nodes {s}" for s, n in counts.items() if n), highlight=False)
+    if bad:
+        raise typer.Exit(1)
+
+
+def _inspect_artifact(path: Path, as_json: bool) -> None:
+    from edgecompile.runtime.manifest import read_verified
+
+    m = read_verified(path)
+    if as_json:
+        out.print_json(json.dumps(m))
+        return
+    out.print(f"{path}: {m['source'].get('file', m['source'].get('frontend'))} for {m['target']['name']}, "
+              f"recipe {m['recipe']['spec']}, TVM {m['tvm_version']}, edgecompile {m['edgecompile_version']}",
+              highlight=False)
+    for kind in ("inputs", "outputs"):
+        for t in m[kind]:
+            out.print(f"  {kind[:-1]} {t['name']}: {'x'.join(map(str, t['shape']))} {t['dtype']}", highlight=False)
+    for name, digest in m["files"].items():
+        out.print(f"  file {name} sha256 {digest[:16]}…", highlight=False)
+
+
+@app.command("targets")
+@_handle_errors
+def targets_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the bundled target profiles, one line each."""
+    from edgecompile.targets import list_profiles
+
+    profiles = list_profiles()
+    if as_json:
+        out.print_json(json.dumps([p.to_json() for p in profiles]))
+        return
+    width = max(len(p.name) for p in profiles)
+    for p in profiles:
+        out.print(f"{p.name:<{width}}  {p.tvm['kind']:<6}  {p.description}", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

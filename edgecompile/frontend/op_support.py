@@ -1,0 +1,84 @@
+"""Op coverage of an ONNX model, before compiling.
+
+Each node's op is resolved to the op version its opset selects (``since_version``) and looked up
+in ``onnx_support.json``, the ONNX conformance results for that op version (see
+:mod:`edgecompile.frontend.conformance`). Statuses:
+
+- ``supported``: TVM has a converter and every conformance case of this op version passes;
+- ``partial``: some cases pass, some fail (``failing`` names them: usually a dtype or attribute
+  the importer lacks); the model may still compile;
+- ``failing``: a converter exists but no conformance case passes;
+- ``untested``: a converter exists but onnx ships no case for this op version;
+- ``unsupported``: no converter; compiling fails with the node names.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+SUPPORT_FILE = Path(__file__).with_name("onnx_support.json")
+
+
+@dataclass
+class OpCoverage:
+    op_type: str
+    version: int | None
+    status: str
+    nodes: list[str] = field(default_factory=list)
+    passed: int = 0
+    total: int = 0
+    failing: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+@lru_cache(maxsize=1)
+def load_table() -> dict:
+    """The conformance table: ``{"ops": {"Op@version": {"passed", "total", "failing"}}, ...}``."""
+    if not SUPPORT_FILE.is_file():
+        return {"ops": {}}
+    return json.loads(SUPPORT_FILE.read_text())
+
+
+def classify(op_type: str, version: int | None, has_converter: bool) -> tuple[str, dict]:
+    if not has_converter:
+        return "unsupported", {}
+    entry = load_table()["ops"].get(f"{op_type}@{version}")
+    if entry is None:
+        return "untested", {}
+    if entry["passed"] == entry["total"]:
+        return "supported", entry
+    return ("partial" if entry["passed"] else "failing"), entry
+
+
+def coverage(model) -> list[OpCoverage]:
+    """One :class:`OpCoverage` per (op type, version) used by the model's top-level graph."""
+    import onnx.defs
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    from edgecompile.frontend.onnx_import import DEFAULT_DOMAINS, model_opset
+
+    opset = model_opset(model)
+    converters = set(_get_convert_map()) | {"Constant", "If"}
+    groups: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
+    for i, node in enumerate(model.graph.node):
+        groups.setdefault((node.domain, node.op_type), []).append(node.name or f"#{i}")
+    out = []
+    for (domain, op), nodes in groups.items():
+        if domain not in DEFAULT_DOMAINS:
+            out.append(OpCoverage(f"{domain}::{op}", None, "unsupported", nodes))
+            continue
+        try:
+            version = int(onnx.defs.get_schema(op, opset, "").since_version)
+        except Exception:
+            out.append(OpCoverage(op, None, "unsupported", nodes))
+            continue
+        status, entry = classify(op, version, op in converters)
+        out.append(OpCoverage(op, version, status, nodes, entry.get("passed", 0), entry.get("total", 0),
+                              entry.get("failing", [])))
+    return out

@@ -1,0 +1,49 @@
+"""Tensor specs: the name, static shape and dtype of a model input or output."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from edgecompile.errors import InputSpecError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named tensor with a static shape."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+    def describe(self) -> str:
+        return f"{self.name}[{'x'.join(map(str, self.shape)) or 'scalar'} {self.dtype}]"
+
+
+_SHAPE_RE = re.compile(r"^\d+(x\d+)*$")
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """Parse ``1x128`` (or ``1,128``) into ``(1, 128)``."""
+    t = text.strip().replace(",", "x").replace("X", "x")
+    if t in ("", "scalar"):
+        return ()
+    if not _SHAPE_RE.match(t):
+        raise InputSpecError(f"malformed shape '{text}': write dimensions as 1x128")
+    return tuple(int(d) for d in t.split("x"))
+
+
+def parse_assignments(items: list[str] | None, what: str) -> dict[str, str]:
+    """Parse ``["ids=1x128", "mask=1x128"]`` into ``{"ids": "1x128", ...}``."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise InputSpecError(f"malformed {what} '{item}': write NAME=VALUE, e.g. ids=1x128")
+        out[name.strip()] = value.strip()
+    return out

@@ -1,0 +1,1 @@
+"""Lowering: Relax module + target profile -> exported library (see :mod:`edgecompile.lower.build`)."""

@@ -1,0 +1,98 @@
+"""Build a Relax module for a target profile and export its library.
+
+The Relax pipeline is TVM's default for the target kind (legalize, fuse, and dlight schedules on
+GPU targets). Making the CPU code fast is the job of our own schedules (a later stage); this
+module owns target construction, compilation and export:
+
+- host-architecture targets are linked with the system C compiler into ``model.so``;
+- cross targets are linked with the first ``cross_cc`` of the profile found on PATH;
+- without one, the objects are packed into ``model.tar`` (deterministic: sorted, mtime 0) and the
+  manifest records the one-line link command to run where the toolchain is.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgecompile.errors import BuildError
+from edgecompile.targets import TargetProfile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuiltLibrary:
+    file: Path
+    linker: str  # "system cc", a cross compiler name, or "none (objects)"
+    link_command: str | None = None
+
+
+def make_target(profile: TargetProfile):
+    """The ``tvm.target.Target`` for a (resolved) profile."""
+    import tvm
+
+    try:
+        if profile.host:
+            return tvm.target.Target(dict(profile.tvm), host=dict(profile.host))
+        return tvm.target.Target(dict(profile.tvm))
+    except Exception as e:
+        raise BuildError(f"TVM rejects the target of profile '{profile.name}': {_last_line(e)}") from e
+
+
+def compile_module(mod, profile: TargetProfile):
+    """Run TVM's Relax pipeline and code generation; returns a ``tvm.runtime.Executable``."""
+    import tvm
+
+    target = make_target(profile)
+    try:
+        with target:
+            return tvm.compile(mod, target=target)
+    except Exception as e:
+        raise BuildError(f"TVM could not build the model for {profile.name}: {type(e).__name__}: {_last_line(e)}") from e
+
+
+def export(executable, profile: TargetProfile, out_dir: Path) -> BuiltLibrary:
+    """Write the library for ``profile`` into ``out_dir``."""
+    linker = profile.find_linker()
+    try:
+        if linker is None:
+            path = out_dir / "model.so"
+            executable.export_library(str(path))
+            return BuiltLibrary(path, "system cc")
+        if linker:
+            from tvm.support import cc
+
+            path = out_dir / "model.so"
+            executable.export_library(str(path), fcompile=cc.cross_compiler(linker))
+            return BuiltLibrary(path, linker)
+        path = out_dir / "model.tar"
+        executable.export_library(str(path), fcompile=deterministic_tar)
+    except Exception as e:
+        raise BuildError(f"exporting the library for {profile.name} failed: {_last_line(e)}") from e
+    cc = next((c for c in profile.cross_cc if not c.startswith("$")), "cc")
+    command = f"mkdir -p objs && tar -xf model.tar -C objs && {cc} -shared -fPIC -o model.so objs/*"
+    log.warning("no cross compiler for %s found (tried %s); wrote objects to model.tar",
+                profile.name, ", ".join(profile.cross_cc))
+    return BuiltLibrary(path, "none (objects)", command)
+
+
+def deterministic_tar(output: str, files: list[str]) -> None:
+    """Pack ``files`` by base name into an uncompressed tar with fixed metadata."""
+    with tarfile.open(output, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for f in sorted(files, key=lambda p: Path(p).name):
+            data = Path(f).read_bytes()
+            info = tarfile.TarInfo(Path(f).name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+
+
+deterministic_tar.output_format = "tar"
+
+
+def _last_line(e: Exception) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else type(e).__name__

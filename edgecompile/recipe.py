@@ -1,0 +1,101 @@
+"""Recipes: which rewrites to apply, in order, with their options.
+
+On the command line a recipe is ``PART[+PART...]`` where ``PART`` is
+``preset[:key=value[,key=value...]]``; ``--recipe FILE.toml`` holds the same as
+``[[part]]`` tables with a ``preset`` key. The parsed recipe is recorded in the manifest.
+Presets are registered in :data:`PRESETS` with the options they accept; passes added by later
+work register their presets here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgecompile.errors import RecipeError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    options: dict[str, str] = field(default_factory=dict)  # option -> help
+
+
+PRESETS: dict[str, Preset] = {
+    "fp32": Preset("fp32", "the float model as exported, no rewrite"),
+}
+
+
+@dataclass
+class RecipePart:
+    preset: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.preset}:{opts}" if opts else self.preset
+
+
+@dataclass
+class Recipe:
+    parts: list[RecipePart]
+
+    def __str__(self) -> str:
+        return "+".join(str(p) for p in self.parts)
+
+    def to_json(self) -> dict:
+        return {"spec": str(self), "parts": [{"preset": p.preset, "options": p.options} for p in self.parts]}
+
+
+def _check_part(part: RecipePart) -> RecipePart:
+    preset = PRESETS.get(part.preset)
+    if preset is None:
+        near = difflib.get_close_matches(part.preset, PRESETS, n=3, cutoff=0.4)
+        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        raise RecipeError(f"unknown recipe preset '{part.preset}'{hint} (known: {', '.join(PRESETS)})")
+    for key in part.options:
+        if key not in preset.options:
+            known = ", ".join(preset.options) or "none"
+            raise RecipeError(f"recipe preset '{part.preset}' has no option '{key}' (its options: {known})")
+    return part
+
+
+def parse_recipe(text: str | Path | None) -> Recipe:
+    """Parse a recipe string (``fp32``, ``a:k=v+b``) or a ``.toml`` recipe file."""
+    if text is None or str(text).strip() == "":
+        text = "fp32"
+    s = str(text)
+    if s.endswith(".toml"):
+        return _parse_file(Path(s))
+    parts = []
+    for chunk in s.split("+"):
+        name, _, opts = chunk.strip().partition(":")
+        options = {}
+        for kv in filter(None, (o.strip() for o in opts.split(","))):
+            k, sep, v = kv.partition("=")
+            if not sep or not k:
+                raise RecipeError(f"malformed recipe option '{kv}' in '{chunk}': write key=value")
+            options[k.strip()] = v.strip()
+        parts.append(_check_part(RecipePart(name.strip(), options)))
+    return Recipe(parts)
+
+
+def _parse_file(path: Path) -> Recipe:
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"malformed recipe file {path}: {e}") from e
+    tables = data.get("part")
+    if not isinstance(tables, list) or not tables:
+        raise RecipeError(f"recipe file {path} needs at least one [[part]] table with a 'preset'")
+    parts = []
+    for t in tables:
+        if "preset" not in t:
+            raise RecipeError(f"a [[part]] in {path} lacks 'preset'")
+        parts.append(_check_part(RecipePart(str(t["preset"]), {k: str(v) for k, v in t.items() if k != "preset"})))
+    return Recipe(parts)

@@ -1,0 +1,206 @@
+"""Load and run a compiled artifact with TVM's runtime library only.
+
+Imports ``tvm.runtime`` and numpy, nothing from the compiler side: on a device, set
+``TVM_USE_RUNTIME_LIB=1`` (the ``edgecompile run`` and ``bench`` commands do) and only
+``libtvm_runtime.so`` is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from edgecompile.errors import ArtifactError, InputMismatchError
+from edgecompile.hostinfo import cpu_flags, host_arch
+from edgecompile.runtime.manifest import read_verified
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """Latency over ``runs`` timed calls after ``warmup`` untimed ones, in milliseconds."""
+
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    mean_ms: float
+    runs: int
+    warmup: int
+    threads: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class CompiledModel:
+    """An artifact loaded for inference: ``run(feeds) -> {name: array}``, ``benchmark()``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.manifest = read_verified(self.path)
+        self.inputs: list[dict] = self.manifest["inputs"]
+        self.outputs: list[dict] = self.manifest["outputs"]
+        self._check_machine()
+        # TVM sizes its pool to half the logical CPUs on x86 (assuming hyper-threading); we default
+        # to every CPU this process may run on, and --threads narrows it.
+        os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+        import tvm.runtime
+        import tvm.runtime.vm
+
+        self._tvm = tvm
+        lib_file = self.path / self.manifest["library"]
+        try:
+            lib = tvm.runtime.load_module(str(lib_file))
+        except Exception as e:
+            raise ArtifactError(f"cannot load {lib_file}: {str(e).strip().splitlines()[-1]}") from e
+        self.device = self._device()
+        self._vm = tvm.runtime.vm.VirtualMachine(lib, self.device)
+        self._main = self._vm["main"]
+
+    def _check_machine(self) -> None:
+        target = self.manifest["target"]
+        lib = self.manifest["library"]
+        if not lib.endswith(".so"):
+            raise ArtifactError(
+                f"this artifact holds unlinked objects ({lib}) for {target['name']}; link them on a "
+                f"machine with the toolchain: {self.manifest.get('link_command', '')}, or recompile "
+                "with the cross compiler installed"
+            )
+        here = host_arch()
+        if target["arch"] != here:
+            raise ArtifactError(
+                f"artifact was compiled for {target['arch']} ({target['name']}), this machine is {here}"
+            )
+        flags = cpu_flags()
+        missing = sorted(set(target.get("cpu_features", [])) - flags)
+        if missing and flags:
+            raise ArtifactError(
+                f"artifact for target {target['name']} needs CPU features this machine lacks: "
+                f"{', '.join(missing)}; recompile with --target native"
+            )
+
+    def _device(self):
+        kind = self.manifest["target"].get("device", "cpu")
+        tvm = self._tvm
+        dev = {"cpu": tvm.cpu, "cuda": tvm.cuda, "opencl": tvm.opencl}[kind](0)
+        if kind != "cpu" and not dev.exist:
+            raise ArtifactError(f"artifact needs a {kind} device and none is available here")
+        return dev
+
+    def _check_feeds(self, feeds: Mapping[str, object]) -> list[np.ndarray]:
+        expected = {i["name"]: i for i in self.inputs}
+        listing = ", ".join(f"{i['name']}[{'x'.join(map(str, i['shape']))} {i['dtype']}]" for i in self.inputs)
+        unknown = sorted(set(feeds) - set(expected))
+        if unknown:
+            raise InputMismatchError(f"unknown input '{unknown[0]}'; the model's inputs are {listing}")
+        args = []
+        for name, spec in expected.items():
+            if name not in feeds:
+                raise InputMismatchError(f"missing input '{name}'; the model's inputs are {listing}")
+            arr = np.asarray(feeds[name])
+            if arr.dtype != np.dtype(spec["dtype"]):
+                raise InputMismatchError(
+                    f"input '{name}' has dtype {arr.dtype}, the model expects {spec['dtype']} "
+                    f"(convert with .astype('{spec['dtype']}'))"
+                )
+            if tuple(arr.shape) != tuple(spec["shape"]):
+                raise InputMismatchError(
+                    f"input '{name}' has shape {'x'.join(map(str, arr.shape))}, the model was compiled "
+                    f"for {'x'.join(map(str, spec['shape']))}"
+                )
+            args.append(np.ascontiguousarray(arr))
+        return args
+
+    def _call(self, tensors: list) -> list[np.ndarray]:
+        out = self._main(*tensors)
+        flat = flatten_outputs(out)
+        if len(flat) != len(self.outputs):
+            raise ArtifactError(f"model returned {len(flat)} outputs, manifest lists {len(self.outputs)}")
+        return flat
+
+    def run(self, feeds: Mapping[str, object], threads: int | None = None) -> dict[str, np.ndarray]:
+        """Run once; ``feeds`` maps every input name to an array of the compiled shape and dtype."""
+        args = self._check_feeds(feeds)
+        if threads:
+            set_threads(threads)
+        tensors = [self._tvm.runtime.tensor(a, self.device) for a in args]
+        return {o["name"]: v for o, v in zip(self.outputs, self._call(tensors))}
+
+    def example_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """Inputs of the right shapes and dtypes: standard normal floats, ones for integers."""
+        rng = np.random.default_rng(seed)
+        feeds = {}
+        for i in self.inputs:
+            dt = np.dtype(i["dtype"])
+            shape = tuple(i["shape"])
+            feeds[i["name"]] = rng.standard_normal(shape).astype(dt) if dt.kind == "f" else np.ones(shape, dt)
+        return feeds
+
+    def benchmark(
+        self,
+        runs: int = 50,
+        threads: int | None = None,
+        warmup: int = 5,
+        feeds: Mapping[str, object] | None = None,
+    ) -> BenchmarkResult:
+        """Time ``runs`` calls (inputs already on the device) and report median, p90 and min."""
+        if runs < 1:
+            raise InputMismatchError("--runs must be at least 1")
+        args = self._check_feeds(feeds if feeds is not None else self.example_inputs())
+        if threads:
+            set_threads(threads)
+        tensors = [self._tvm.runtime.tensor(a, self.device) for a in args]
+        for _ in range(warmup):
+            self._main(*tensors)
+        self.device.sync()
+        used = num_threads()
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            self._main(*tensors)
+            self.device.sync()
+            times.append((time.perf_counter() - t0) * 1e3)
+        times.sort()
+        p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+        return BenchmarkResult(
+            median_ms=statistics.median(times),
+            p90_ms=p90,
+            min_ms=times[0],
+            mean_ms=statistics.fmean(times),
+            runs=runs,
+            warmup=warmup,
+            threads=used,
+        )
+
+
+def set_threads(n: int) -> int:
+    """Size TVM's CPU thread pool to ``n`` workers; returns the count now in use."""
+    import tvm
+
+    if n < 1:
+        raise InputMismatchError("--threads must be at least 1")
+    tvm.get_global_func("runtime.config_threadpool")(1, n)
+    return num_threads()
+
+
+def num_threads() -> int:
+    import tvm
+
+    return int(tvm.get_global_func("runtime.NumThreads")())
+
+
+def flatten_outputs(value) -> list[np.ndarray]:
+    """The VM's return value (a tensor, a shape, or nested tuples of them) as a flat array list."""
+    if hasattr(value, "numpy"):
+        return [value.numpy()]
+    items = list(value)
+    if all(isinstance(v, int) for v in items):  # a ShapeTuple
+        return [np.array(items, dtype=np.int64)]
+    out = []
+    for v in items:
+        out.extend(flatten_outputs(v))
+    return out

@@ -1,0 +1,51 @@
+"""Shared fixtures: the example models, exports with both ONNX exporters, and ORT references."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+EXAMPLE_ONNX = ROOT / "examples" / "tiny_bert.onnx"
+EXAMPLE_INPUTS = ROOT / "examples" / "tiny_bert_inputs.npz"
+EXAMPLE_SHAPES = {"input_ids": "1x32", "attention_mask": "1x32"}
+
+# Compiled float outputs must match ONNX Runtime within this fraction of the output's range.
+REL_TOL = 1e-4
+
+
+def ort_run(path: Path, feeds: dict) -> dict:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, feeds)))
+
+
+def assert_close(ref: np.ndarray, got: np.ndarray, rel: float = REL_TOL) -> float:
+    """Assert max |ref - got| <= rel * range(ref); returns the relative error."""
+    assert ref.shape == got.shape, (ref.shape, got.shape)
+    span = float(ref.max() - ref.min()) or 1.0
+    err = float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64)))) / span
+    assert err <= rel, f"max abs error {err * span:.3g} is {err:.3g} of the output range (limit {rel})"
+    return err
+
+
+@pytest.fixture(scope="session")
+def example_artifact(tmp_path_factory) -> Path:
+    """The bundled example compiled once for the host."""
+    import edgecompile
+
+    out = tmp_path_factory.mktemp("artifacts") / "tiny_bert"
+    return edgecompile.compile(EXAMPLE_ONNX, target="native", output=out, input_shapes=EXAMPLE_SHAPES)
+
+
+@pytest.fixture(scope="session")
+def example_feeds() -> dict:
+    data = np.load(EXAMPLE_INPUTS)
+    return {k: data[k] for k in data.files}
