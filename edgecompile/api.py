@@ -4,8 +4,8 @@ for op coverage before compiling, :func:`load` to run an artifact."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from edgecompile.frontend.spec import parse_shape
 

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -46,8 +46,13 @@ def _handle_errors(fn):
         except Exception as e:  # a bug: say so in one line, keep the traceback behind a flag
             if os.environ.get("EDGECOMPILE_DEBUG"):
                 raise
-            err.print(f"internal error: {type(e).__name__}: {e} (this is a bug in edgecompile; set "
-                      "EDGECOMPILE_DEBUG=1 for the traceback)", markup=False, highlight=False, soft_wrap=True)
+            err.print(
+                f"internal error: {type(e).__name__}: {e} (this is a bug in edgecompile; set "
+                "EDGECOMPILE_DEBUG=1 for the traceback)",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
             raise typer.Exit(3) from None
 
     return wrapper
@@ -57,11 +62,30 @@ def _handle_errors(fn):
 @_handle_errors
 def compile_cmd(
     model: Annotated[Path, typer.Argument(help="ONNX file (external data next to it) or a torch.export .pt2 file.")],
-    target: Annotated[str, typer.Option("--target", "-t", help="Target profile name (see `edgecompile targets`) or a profile .toml path.")] = "native",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Artifact directory to write [default: build/<model>-<target>].")] = None,
-    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="Static shape of an input, NAME=1x128; repeat per input. Required for symbolic dimensions.")] = None,
-    input_dtype: Annotated[Optional[list[str]], typer.Option("--input-dtype", help="Override an input dtype, NAME=int32; repeat per input.")] = None,
-    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe PART[+PART...] with PART=preset[:key=value,...], or a recipe .toml file.")] = "fp32",
+    target: Annotated[
+        str,
+        typer.Option("--target", "-t", help="Target profile name (see `edgecompile targets`) or a profile .toml path."),
+    ] = "native",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Artifact directory to write [default: build/<model>-<target>]."),
+    ] = None,
+    input_shape: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input-shape",
+            help="Static shape of an input, NAME=1x128; repeat per input. Required for symbolic dimensions.",
+        ),
+    ] = None,
+    input_dtype: Annotated[
+        list[str] | None, typer.Option("--input-dtype", help="Override an input dtype, NAME=int32; repeat per input.")
+    ] = None,
+    recipe: Annotated[
+        str,
+        typer.Option(
+            "--recipe", "-r", help="Recipe PART[+PART...] with PART=preset[:key=value,...], or a recipe .toml file."
+        ),
+    ] = "fp32",
 ) -> None:
     """Compile MODEL for a target into an artifact directory (library + manifest.json)."""
     import time
@@ -73,15 +97,27 @@ def compile_cmd(
     dtypes = parse_assignments(input_dtype, "--input-dtype")
     t0 = time.perf_counter()
     with err.status("compiling") as status:
-        path = compile_model(str(model), target, output, input_shapes=shapes, input_dtypes=dtypes,
-                             recipe=recipe, progress=lambda msg: status.update(msg))
+        path = compile_model(
+            str(model),
+            target,
+            output,
+            input_shapes=shapes,
+            input_dtypes=dtypes,
+            recipe=recipe,
+            progress=lambda msg: status.update(msg),
+        )
     manifest = json.loads((path / "manifest.json").read_text())
     lib = path / manifest["library"]
-    out.print(f"compiled {model.name} for {manifest['target']['name']} in {time.perf_counter() - t0:.1f} s "
-              f"-> {path}/ ({lib.name}, {lib.stat().st_size / 1e6:.1f} MB)", highlight=False)
+    out.print(
+        f"compiled {model.name} for {manifest['target']['name']} in {time.perf_counter() - t0:.1f} s "
+        f"-> {path}/ ({lib.name}, {lib.stat().st_size / 1e6:.1f} MB)",
+        highlight=False,
+    )
     if manifest.get("link_command"):
-        out.print(f"no cross compiler found: link on a machine with the toolchain: {manifest['link_command']}",
-                  highlight=False)
+        out.print(
+            f"no cross compiler found: link on a machine with the toolchain: {manifest['link_command']}",
+            highlight=False,
+        )
 
 
 def _runtime_only() -> None:
@@ -118,9 +154,12 @@ def _load_inputs(items: list[str] | None) -> dict:
 @_handle_errors
 def run_cmd(
     artifact: Annotated[Path, typer.Argument(help="Artifact directory made by `edgecompile compile`.")],
-    input: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="NAME=file.npy per input, or one .npz holding every input by name.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the outputs to this .npz file.")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads to use [default: all cores].")] = None,
+    input: Annotated[
+        list[str] | None,
+        typer.Option("--input", "-i", help="NAME=file.npy per input, or one .npz holding every input by name."),
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the outputs to this .npz file.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads to use [default: all cores].")] = None,
 ) -> None:
     """Run ARTIFACT once on the given inputs and print or save the outputs."""
     _runtime_only()
@@ -132,8 +171,7 @@ def run_cmd(
     feeds = _load_inputs(input)
     if not feeds:
         raise InputMismatchError(
-            "no inputs given; pass --input NAME=file.npy for each of: "
-            + ", ".join(i["name"] for i in model.inputs)
+            "no inputs given; pass --input NAME=file.npy for each of: " + ", ".join(i["name"] for i in model.inputs)
         )
     results = model.run(feeds, threads=threads)
     if output:
@@ -142,8 +180,10 @@ def run_cmd(
     for name, value in results.items():
         flat = value.reshape(-1)
         preview = np.array2string(flat[:6], precision=5, separator=", ")
-        out.print(f"{name}: shape {'x'.join(map(str, value.shape))} {value.dtype} {preview}"
-                  f"{' …' if flat.size > 6 else ''}", highlight=False)
+        out.print(
+            f"{name}: shape {'x'.join(map(str, value.shape))} {value.dtype} {preview}{' …' if flat.size > 6 else ''}",
+            highlight=False,
+        )
 
 
 @app.command("bench")
@@ -152,8 +192,11 @@ def bench_cmd(
     artifact: Annotated[Path, typer.Argument(help="Artifact directory made by `edgecompile compile`.")],
     runs: Annotated[int, typer.Option("--runs", help="Timed runs.")] = 50,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs first.")] = 5,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads to use [default: all cores].")] = None,
-    input: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="Inputs as for `run` [default: random floats, ones for integers].")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads to use [default: all cores].")] = None,
+    input: Annotated[
+        list[str] | None,
+        typer.Option("--input", "-i", help="Inputs as for `run` [default: random floats, ones for integers]."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Time ARTIFACT: median, p90 and min latency over --runs calls."""
@@ -164,11 +207,15 @@ def bench_cmd(
     feeds = _load_inputs(input) or None
     res = model.benchmark(runs=runs, threads=threads, warmup=warmup, feeds=feeds)
     if as_json:
-        out.print_json(json.dumps({"artifact": str(artifact), "target": model.manifest["target"]["name"],
-                                   **res.to_json()}))
+        out.print_json(
+            json.dumps({"artifact": str(artifact), "target": model.manifest["target"]["name"], **res.to_json()})
+        )
         return
-    out.print(f"{artifact}: median {res.median_ms:.3f} ms, p90 {res.p90_ms:.3f} ms, min {res.min_ms:.3f} ms "
-              f"({res.runs} runs, {res.threads} thread{'s' if res.threads != 1 else ''})", highlight=False)
+    out.print(
+        f"{artifact}: median {res.median_ms:.3f} ms, p90 {res.p90_ms:.3f} ms, min {res.min_ms:.3f} ms "
+        f"({res.runs} runs, {res.threads} thread{'s' if res.threads != 1 else ''})",
+        highlight=False,
+    )
 
 
 @app.command("inspect")
@@ -195,7 +242,11 @@ def inspect_cmd(
         colors = {"supported": "green", "partial": "yellow", "untested": "cyan", "failing": "red", "unsupported": "red"}
         for r in rows:
             conf = f"{r.passed}/{r.total} cases" if r.total else "-"
-            status = r.status if r.status != "unsupported" else "unsupported: " + ", ".join(r.nodes[:3]) + (" …" if len(r.nodes) > 3 else "")
+            status = (
+                r.status
+                if r.status != "unsupported"
+                else "unsupported: " + ", ".join(r.nodes[:3]) + (" …" if len(r.nodes) > 3 else "")
+            )
             table.add_row(r.op_type, str(r.version or "-"), str(len(r.nodes)), f"[{colors[r.status]}]{status}[/]", conf)
         out.print(table)
         counts = {s: sum(len(r.nodes) for r in rows if r.status == s) for s in colors}
@@ -211,9 +262,11 @@ def _inspect_artifact(path: Path, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(m))
         return
-    out.print(f"{path}: {m['source'].get('file', m['source'].get('frontend'))} for {m['target']['name']}, "
-              f"recipe {m['recipe']['spec']}, TVM {m['tvm_version']}, edgecompile {m['edgecompile_version']}",
-              highlight=False)
+    out.print(
+        f"{path}: {m['source'].get('file', m['source'].get('frontend'))} for {m['target']['name']}, "
+        f"recipe {m['recipe']['spec']}, TVM {m['tvm_version']}, edgecompile {m['edgecompile_version']}",
+        highlight=False,
+    )
     for kind in ("inputs", "outputs"):
         for t in m[kind]:
             out.print(f"  {kind[:-1]} {t['name']}: {'x'.join(map(str, t['shape']))} {t['dtype']}", highlight=False)

@@ -14,8 +14,14 @@ model = BertStyleEncoder().eval()
 ids = torch.randint(0, 1000, (1, 32), generator=torch.Generator().manual_seed(1))
 mask = torch.ones(1, 32, dtype=torch.int64)
 mask[:, 28:] = 0
-export_onnx(model, (ids, mask), here / "tiny_bert.onnx", ["input_ids", "attention_mask"],
-            ["last_hidden_state", "pooled"], dynamo=False,
-            dynamic={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}})
+export_onnx(
+    model,
+    (ids, mask),
+    here / "tiny_bert.onnx",
+    ["input_ids", "attention_mask"],
+    ["last_hidden_state", "pooled"],
+    dynamo=False,
+    dynamic={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
+)
 np.savez(here / "tiny_bert_inputs.npz", input_ids=ids.numpy(), attention_mask=mask.numpy())
 print("wrote", here / "tiny_bert.onnx", "and", here / "tiny_bert_inputs.npz")

@@ -75,8 +75,9 @@ class TinyViT(nn.Module):
         n = (image // patch) ** 2
         self.cls = nn.Parameter(torch.randn(1, 1, hidden) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, n + 1, hidden) * 0.02)
-        layer = nn.TransformerEncoderLayer(hidden, heads, ffn, dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            hidden, heads, ffn, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, classes)
@@ -100,18 +101,38 @@ class EncoderStack(nn.Module):
         return self.encoder(x)
 
 
-def export_onnx(module: nn.Module, args: tuple, path, input_names, output_names, dynamo: bool,
-                dynamic: dict | None = None) -> None:
+def export_onnx(
+    module: nn.Module, args: tuple, path, input_names, output_names, dynamo: bool, dynamic: dict | None = None
+) -> None:
     """Export with the TorchScript exporter (opset 17) or the dynamo exporter (opset 18,
     weights in external data, as it writes by default for files)."""
     module.eval()
     if dynamo:
         shapes = None
         if dynamic:
-            shapes = {n: {ax: torch.export.Dim(f"{name}_{n}", max=512) for ax, name in axes.items()}
-                      for n, axes in dynamic.items()}
-        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
-                          dynamo=True, opset_version=18, dynamic_shapes=shapes, external_data=True)
+            shapes = {
+                n: {ax: torch.export.Dim(f"{name}_{n}", max=512) for ax, name in axes.items()}
+                for n, axes in dynamic.items()
+            }
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamo=True,
+            opset_version=18,
+            dynamic_shapes=shapes,
+            external_data=True,
+        )
     else:
-        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
-                          dynamo=False, opset_version=17, dynamic_axes=dynamic)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamo=False,
+            opset_version=17,
+            dynamic_axes=dynamic,
+        )

@@ -17,8 +17,13 @@ def _bert():
     ids = torch.randint(0, 1000, (1, 24), generator=torch.Generator().manual_seed(3))
     mask = torch.ones(1, 24, dtype=torch.int64)
     mask[:, 17:] = 0  # padding: the mask must change the result
-    return (BertStyleEncoder(), (ids, mask), ["input_ids", "attention_mask"], ["last_hidden_state", "pooled"],
-            {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}})
+    return (
+        BertStyleEncoder(),
+        (ids, mask),
+        ["input_ids", "attention_mask"],
+        ["last_hidden_state", "pooled"],
+        {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
+    )
 
 
 def _vit():
@@ -79,9 +84,13 @@ def test_pytorch_frontend_matches_onnxruntime(name, tmp_path):
 def test_pytorch_frontend_from_input_shapes(tmp_path):
     """Without example inputs, shapes and dtypes name the inputs of forward()."""
     module, args, *_ = _bert()
-    art = edgecompile.compile(module, target="native", output=tmp_path / "art",
-                              input_shapes={"input_ids": (1, 24), "attention_mask": (1, 24)},
-                              input_dtypes={"input_ids": "int64", "attention_mask": "int64"})
+    art = edgecompile.compile(
+        module,
+        target="native",
+        output=tmp_path / "art",
+        input_shapes={"input_ids": (1, 24), "attention_mask": (1, 24)},
+        input_dtypes={"input_ids": "int64", "attention_mask": "int64"},
+    )
     got = edgecompile.load(art).run({"input_ids": args[0].numpy(), "attention_mask": args[1].numpy()})
     with torch.no_grad():
         ref = module(*args)

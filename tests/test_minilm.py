@@ -28,7 +28,9 @@ class SentenceEncoder(torch.nn.Module):
         self.bert = bert
 
     def forward(self, input_ids, attention_mask, token_type_ids):
-        h = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+        h = self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
         w = attention_mask.unsqueeze(-1).to(h.dtype)
         return torch.nn.functional.normalize((h * w).sum(1) / w.sum(1).clamp(min=1e-9), dim=-1)
 
@@ -42,9 +44,16 @@ def minilm_onnx(tmp_path_factory):
     names = ["input_ids", "attention_mask", "token_type_ids"]
     out = tmp_path_factory.mktemp("minilm") / "minilm.onnx"
     b, s = torch.export.Dim("batch", max=64), torch.export.Dim("seq", max=512)
-    torch.onnx.export(enc, tuple(batch[n] for n in names), str(out), input_names=names,
-                      output_names=["sentence_embedding"], dynamic_shapes={n: {0: b, 1: s} for n in names},
-                      dynamo=True, external_data=True)
+    torch.onnx.export(
+        enc,
+        tuple(batch[n] for n in names),
+        str(out),
+        input_names=names,
+        output_names=["sentence_embedding"],
+        dynamic_shapes={n: {0: b, 1: s} for n in names},
+        dynamo=True,
+        external_data=True,
+    )
     return out, tok
 
 

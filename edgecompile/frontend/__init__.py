@@ -37,13 +37,16 @@ def import_model(
 
             if not path.is_file():
                 raise ModelLoadError(f"model file not found: {path}")
-            return _from_exported(torch_import.load_exported(path), {"frontend": "torch.export", "file": path.name,
-                                                                     "sha256": _file_sha256(path)})
+            return _from_exported(
+                torch_import.load_exported(path),
+                {"frontend": "torch.export", "file": path.name, "sha256": _file_sha256(path)},
+            )
         from edgecompile.frontend import onnx_import
 
         proto = onnx_import.read_onnx(path)
-        return _from_onnx(proto, input_shapes, input_dtypes, {"frontend": "onnx", "file": path.name,
-                                                              "sha256": _file_sha256(path)})
+        return _from_onnx(
+            proto, input_shapes, input_dtypes, {"frontend": "onnx", "file": path.name, "sha256": _file_sha256(path)}
+        )
     kind = f"{type(model).__module__}.{type(model).__name__}"
     if kind == "onnx.onnx_ml_pb2.ModelProto" or type(model).__name__ == "ModelProto":
         return _from_onnx(model, input_shapes, input_dtypes, {"frontend": "onnx"})

@@ -73,19 +73,22 @@ def load_node_cases(ops: set[str] | None = None, older_versions: bool = True) ->
         out.append(NodeCase(case.name, key, model, feeds, expected, case.rtol, case.atol))
         if not older_versions:
             continue
-        versions = sorted({s.since_version for s in onnx.defs.get_all_schemas_with_history()
-                           if s.name == key[0] and s.domain == "" and s.since_version < key[1]})
+        versions = sorted(
+            {
+                s.since_version
+                for s in onnx.defs.get_all_schemas_with_history()
+                if s.name == key[0] and s.domain == "" and s.since_version < key[1]
+            }
+        )
         for v in versions:
             opset = max(v, MIN_OPSET)
             converted = _convert(model, opset)
             if converted is None:
                 continue
             ckey = case_op_key(converted)
-            if ckey is None or ckey == key or any(c.op_key == ckey and c.name.startswith(case.name + "@")
-                                                  for c in out):
+            if ckey is None or ckey == key or any(c.op_key == ckey and c.name.startswith(case.name + "@") for c in out):
                 continue
-            out.append(NodeCase(f"{case.name}@opset{opset}", ckey, converted, feeds, expected,
-                                case.rtol, case.atol))
+            out.append(NodeCase(f"{case.name}@opset{opset}", ckey, converted, feeds, expected, case.rtol, case.atol))
     return out
 
 
@@ -127,7 +130,12 @@ def _bake_constants(case):
     datasets = [[_to_array(v) for v in ins] for ins, _ in case.data_sets]
     if const_names and len(datasets) > 1:
         first = dict(zip(names, datasets[0]))
-        if any(not np.array_equal(first[n], dict(zip(names, d))[n]) for d in datasets[1:] for n in const_names if n in first):
+        if any(
+            not np.array_equal(first[n], dict(zip(names, d))[n])
+            for d in datasets[1:]
+            for n in const_names
+            if n in first
+        ):
             return None
     if const_names:
         values = dict(zip(names, datasets[0]))
@@ -187,9 +195,11 @@ def run_case(case: NodeCase, target: dict | None = None) -> CaseResult:
         vm = None
         names = [i.name for i in case.model.graph.input]
         for feeds, expected in zip(case.feeds, case.expected):
-            if any(f.dtype.kind in "OUSV" or f.dtype.name.startswith(("float8", "bfloat", "int4", "uint4", "int2",
-                                                                       "uint2", "float4"))
-                   for f in feeds):
+            if any(
+                f.dtype.kind in "OUSV"
+                or f.dtype.name.startswith(("float8", "bfloat", "int4", "uint4", "int2", "uint2", "float4"))
+                for f in feeds
+            ):
                 return result("error", "input dtype not supported by the runtime")
             if vm is None:
                 specs = [TensorSpec(n, tuple(f.shape), f.dtype.name) for n, f in zip(names, feeds)]
@@ -214,3 +224,39 @@ def run_case(case: NodeCase, target: dict | None = None) -> CaseResult:
         msg = str(e).strip().splitlines()
         return result("error", f"{type(e).__name__}: {msg[-1] if msg else ''}"[:200])
     return result("pass")
+
+
+_POOL_CASES: list[NodeCase] = []
+
+
+def _run_index(i: int) -> CaseResult:
+    return run_case(_POOL_CASES[i])
+
+
+def run_cases(cases: list[NodeCase], jobs: int = 1, progress=None) -> list[CaseResult]:
+    """Run ``cases`` on ``jobs`` forked workers; ``progress`` wraps the result iterator (e.g. rich's track)."""
+    import multiprocessing as mp
+
+    _POOL_CASES[:] = cases
+    try:
+        if jobs <= 1:
+            it = (run_case(c) for c in cases)
+            return list(progress(it, len(cases)) if progress else it)
+        with mp.get_context("fork").Pool(jobs) as pool:
+            it = pool.imap(_run_index, range(len(cases)), chunksize=4)
+            return list(progress(it, len(cases)) if progress else it)
+    finally:
+        _POOL_CASES.clear()
+
+
+def summarize(results: list[CaseResult]) -> dict[str, dict]:
+    """``{"Op@version": {"passed", "total", "failing": [...]}}`` sorted by key."""
+    ops: dict[str, dict] = {}
+    for r in results:
+        e = ops.setdefault(f"{r.op_type}@{r.since_version}", {"passed": 0, "total": 0, "failing": []})
+        e["total"] += 1
+        if r.status == "pass":
+            e["passed"] += 1
+        else:
+            e["failing"].append(f"{r.name}: {r.status}: {r.detail}")
+    return {k: ops[k] for k in sorted(ops)}

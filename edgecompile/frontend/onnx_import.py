@@ -133,8 +133,9 @@ def resolve_input_specs(
         else:
             symbolic = [d for d in dims if not isinstance(d, int)]
             if symbolic:
-                example = "x".join(str(d) if isinstance(d, int) else ("1" if i == 0 else "128")
-                                   for i, d in enumerate(dims))
+                example = "x".join(
+                    str(d) if isinstance(d, int) else ("1" if i == 0 else "128") for i, d in enumerate(dims)
+                )
                 raise InputSpecError(
                     f"input '{name}' has symbolic dimension '{symbolic[0]}' (shape {shown}); give a "
                     f"static shape, e.g. --input-shape {name}={example}"

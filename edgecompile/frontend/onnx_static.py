@@ -21,8 +21,18 @@ log = logging.getLogger(__name__)
 
 MAX_FOLD_ELEMENTS = 4096
 # Ops we never fold: random, or with subgraphs.
-_NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-            "Bernoulli", "If", "Loop", "Scan", "SequenceConstruct"}
+_NO_FOLD = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "If",
+    "Loop",
+    "Scan",
+    "SequenceConstruct",
+}
 
 
 def specialize(model, specs: list[TensorSpec]):
@@ -62,9 +72,13 @@ def specialize(model, specs: list[TensorSpec]):
             folded = _eval(node, [], m)
         elif node.op_type == "Shape" and node.input[0] in shapes:
             folded = [_shape_value(node, shapes[node.input[0]])]
-        elif (node.domain in ("", "ai.onnx") and node.op_type not in _NO_FOLD and node.input
-              and all(i == "" or i in consts for i in node.input)
-              and all(i == "" or _small(i, consts, shapes, m) for i in node.input)):
+        elif (
+            node.domain in ("", "ai.onnx")
+            and node.op_type not in _NO_FOLD
+            and node.input
+            and all(i == "" or i in consts for i in node.input)
+            and all(i == "" or _small(i, consts, shapes, m) for i in node.input)
+        ):
             folded = _eval(node, [value(i) if i and consts[i] is None else consts.get(i) for i in node.input], m)
         if folded is not None and all(v is not None and v.size <= MAX_FOLD_ELEMENTS for v in folded):
             for name, v in zip(node.output, folded):
@@ -107,7 +121,7 @@ def _shape_value(node, shape: tuple[int, ...]) -> np.ndarray:
     rank = len(shape)
     start, end = attrs.get("start", 0), attrs.get("end", rank)
     start, end = (s + rank if s < 0 else s for s in (start, end))
-    return np.array(shape[max(0, start):min(rank, end)], dtype=np.int64)
+    return np.array(shape[max(0, start) : min(rank, end)], dtype=np.int64)
 
 
 def _eval(node, inputs: list, m) -> list[np.ndarray] | None:
@@ -120,14 +134,20 @@ def _eval(node, inputs: list, m) -> list[np.ndarray] | None:
         from onnx import helper
 
         names = [f"in{i}" if n else "" for i, n in enumerate(node.input)]
-        n2 = helper.make_node(node.op_type, names, [f"out{i}" for i in range(len(node.output))],
-                              domain=node.domain)
+        n2 = helper.make_node(node.op_type, names, [f"out{i}" for i in range(len(node.output))], domain=node.domain)
         n2.attribute.extend(node.attribute)
         graph = helper.make_graph(
-            [n2], "fold",
-            [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), None)
-             for n, v in zip(names, inputs) if n],
-            [helper.make_tensor_value_info(f"out{i}", onnx.TensorProto.UNDEFINED, None) for i in range(len(node.output))],
+            [n2],
+            "fold",
+            [
+                helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), None)
+                for n, v in zip(names, inputs)
+                if n
+            ],
+            [
+                helper.make_tensor_value_info(f"out{i}", onnx.TensorProto.UNDEFINED, None)
+                for i in range(len(node.output))
+            ],
         )
         model = helper.make_model(graph, opset_imports=opset, ir_version=m.ir_version)
         feeds = {n: np.asarray(v) for n, v in zip(names, inputs) if n}

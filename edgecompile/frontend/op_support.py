@@ -79,6 +79,9 @@ def coverage(model) -> list[OpCoverage]:
             out.append(OpCoverage(op, None, "unsupported", nodes))
             continue
         status, entry = classify(op, version, op in converters)
-        out.append(OpCoverage(op, version, status, nodes, entry.get("passed", 0), entry.get("total", 0),
-                              entry.get("failing", [])))
+        out.append(
+            OpCoverage(
+                op, version, status, nodes, entry.get("passed", 0), entry.get("total", 0), entry.get("failing", [])
+            )
+        )
     return out

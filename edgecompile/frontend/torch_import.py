@@ -19,21 +19,24 @@ def _require_torch():
     try:
         import torch
     except ImportError as e:  # pragma: no cover - exercised only without torch
-        raise ModelLoadError(
-            "compiling a PyTorch module needs torch: pip install 'edgecompile[torch]'"
-        ) from e
+        raise ModelLoadError("compiling a PyTorch module needs torch: pip install 'edgecompile[torch]'") from e
     return torch
 
 
 def example_args(module, input_shapes: dict, input_dtypes: dict) -> dict:
     """Build named example tensors for ``module.forward`` from shapes and dtypes."""
     torch = _require_torch()
-    params = [p for p in inspect.signature(module.forward).parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    params = [
+        p
+        for p in inspect.signature(module.forward).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
     names = [p.name for p in params if p.default is inspect.Parameter.empty or p.name in input_shapes]
     unknown = sorted(set(input_shapes) - set(names))
     if unknown:
-        raise InputSpecError(f"the module's forward() has no input named '{unknown[0]}'; its inputs are: {', '.join(names)}")
+        raise InputSpecError(
+            f"the module's forward() has no input named '{unknown[0]}'; its inputs are: {', '.join(names)}"
+        )
     out = {}
     gen = torch.Generator().manual_seed(0)
     for name in names:
@@ -53,11 +56,13 @@ def example_args(module, input_shapes: dict, input_dtypes: dict) -> dict:
     return out
 
 
-def export(module, example_inputs) :
+def export(module, example_inputs):
     """``torch.export`` the module in eval mode; example_inputs is a tuple or a name->tensor dict."""
     torch = _require_torch()
     module = module.eval()
-    args, kwargs = (tuple(example_inputs), {}) if isinstance(example_inputs, (tuple, list)) else ((), dict(example_inputs))
+    args, kwargs = (
+        (tuple(example_inputs), {}) if isinstance(example_inputs, (tuple, list)) else ((), dict(example_inputs))
+    )
     try:
         with torch.no_grad():
             return torch.export.export(module, args, kwargs)

@@ -52,7 +52,9 @@ def compile_module(mod, profile: TargetProfile):
         with target:
             return tvm.compile(mod, target=target)
     except Exception as e:
-        raise BuildError(f"TVM could not build the model for {profile.name}: {type(e).__name__}: {_last_line(e)}") from e
+        raise BuildError(
+            f"TVM could not build the model for {profile.name}: {type(e).__name__}: {_last_line(e)}"
+        ) from e
 
 
 def export(executable, profile: TargetProfile, out_dir: Path) -> BuiltLibrary:
@@ -75,8 +77,11 @@ def export(executable, profile: TargetProfile, out_dir: Path) -> BuiltLibrary:
         raise BuildError(f"exporting the library for {profile.name} failed: {_last_line(e)}") from e
     cc = next((c for c in profile.cross_cc if not c.startswith("$")), "cc")
     command = f"mkdir -p objs && tar -xf model.tar -C objs && {cc} -shared -fPIC -o model.so objs/*"
-    log.warning("no cross compiler for %s found (tried %s); wrote objects to model.tar",
-                profile.name, ", ".join(profile.cross_cc))
+    log.info(
+        "no cross compiler for %s found (tried %s); wrote objects to model.tar",
+        profile.name,
+        ", ".join(profile.cross_cc),
+    )
     return BuiltLibrary(path, "none (objects)", command)
 
 

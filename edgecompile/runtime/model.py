@@ -7,18 +7,21 @@ Imports ``tvm.runtime`` and numpy, nothing from the compiler side: on a device, 
 
 from __future__ import annotations
 
+import importlib.abc
 import os
 import statistics
+import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
 from edgecompile.errors import ArtifactError, InputMismatchError
 from edgecompile.hostinfo import cpu_flags, host_arch
 from edgecompile.runtime.manifest import read_verified
+
 
 @dataclass(frozen=True)
 class BenchmarkResult:
@@ -48,9 +51,7 @@ class CompiledModel:
         # TVM sizes its pool to half the logical CPUs on x86 (assuming hyper-threading); we default
         # to every CPU this process may run on, and --threads narrows it.
         os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
-        import tvm.runtime
-        import tvm.runtime.vm
-
+        tvm = import_tvm_runtime()
         self._tvm = tvm
         lib_file = self.path / self.manifest["library"]
         try:
@@ -175,6 +176,36 @@ class CompiledModel:
             warmup=warmup,
             threads=used,
         )
+
+
+class _HideModules(importlib.abc.MetaPathFinder):
+    """Make ``import NAME`` fail for the given top-level names while installed."""
+
+    def __init__(self, names: set[str]):
+        self.names = names
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] in self.names:
+            raise ModuleNotFoundError(f"{fullname} is hidden while the TVM runtime loads", name=fullname)
+        return None
+
+
+def import_tvm_runtime():
+    """Import ``tvm.runtime`` and its VM. When TVM is not loaded yet, it is loaded without torch:
+    ``tvm_ffi`` imports torch opportunistically (for DLPack interop we do not use), which costs
+    seconds and hundreds of MB on a device that happens to have it."""
+    if "tvm" not in sys.modules:
+        os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
+        hide = _HideModules({"torch"} - set(sys.modules))
+        sys.meta_path.insert(0, hide)
+        try:
+            import tvm.runtime
+        finally:
+            sys.meta_path.remove(hide)
+    import tvm
+    import tvm.runtime.vm  # noqa: F401
+
+    return tvm
 
 
 def set_threads(n: int) -> int:

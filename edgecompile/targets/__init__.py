@@ -33,6 +33,7 @@ DEFAULT_ENERGY_PJ = {
     "mem_read_32b": 5.0,
 }
 
+
 @dataclass
 class TargetProfile:
     """A device profile; see the module docstring for the fields."""
@@ -138,7 +139,6 @@ def get_profile(name_or_path: str) -> TargetProfile:
         near = difflib.get_close_matches(name_or_path, names, n=3, cutoff=0.4)
         hint = f"; did you mean {' or '.join(near)}?" if near else ""
         raise TargetError(
-            f"unknown target '{name_or_path}'{hint} (known: {', '.join(names)}; "
-            "or pass a profile file path)"
+            f"unknown target '{name_or_path}'{hint} (known: {', '.join(names)}; or pass a profile file path)"
         )
     return _from_toml(path)

@@ -1,0 +1,45 @@
+"""Recipe parsing: presets, options, files, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgecompile.errors import RecipeError
+from edgecompile.recipe import PRESETS, Preset, parse_recipe
+
+
+def test_default_and_fp32():
+    assert str(parse_recipe(None)) == "fp32"
+    assert parse_recipe("fp32").to_json() == {"spec": "fp32", "parts": [{"preset": "fp32", "options": {}}]}
+
+
+def test_parts_and_options(monkeypatch):
+    monkeypatch.setitem(PRESETS, "demo", Preset("demo", "test preset", {"bits": "code bits", "min_seq": "gate"}))
+    r = parse_recipe("demo:bits=16,min_seq=0+fp32")
+    assert [p.preset for p in r.parts] == ["demo", "fp32"]
+    assert r.parts[0].options == {"bits": "16", "min_seq": "0"}
+    assert str(r) == "demo:bits=16,min_seq=0+fp32"
+
+
+def test_recipe_file(tmp_path):
+    f = tmp_path / "r.toml"
+    f.write_text('[[part]]\npreset = "fp32"\n')
+    assert str(parse_recipe(str(f))) == "fp32"
+    f.write_text("[[part]]\nbits = 3\n")
+    with pytest.raises(RecipeError, match="lacks 'preset'"):
+        parse_recipe(str(f))
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        parse_recipe(str(tmp_path / "none.toml"))
+
+
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        ("fp33", "unknown recipe preset 'fp33'; did you mean fp32"),
+        ("fp32:bits=4", "has no option 'bits'"),
+        ("fp32:bits", "malformed recipe option 'bits'"),
+    ],
+)
+def test_errors(text, msg):
+    with pytest.raises(RecipeError, match=msg):
+        parse_recipe(text)
