@@ -3,11 +3,14 @@ for op coverage before compiling, :func:`load` to run an artifact."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from edgecompile.frontend.spec import parse_shape
+
+log = logging.getLogger("edgecompile")
 
 
 def compile(  # noqa: A001 - the product's verb
@@ -32,6 +35,7 @@ def compile(  # noqa: A001 - the product's verb
     from edgecompile.frontend import import_model
     from edgecompile.lower.build import compile_module, export
     from edgecompile.lower.package import finish, prepare_output
+    from edgecompile.native_output import captured
     from edgecompile.recipe import parse_recipe
     from edgecompile.targets import get_profile
 
@@ -43,12 +47,14 @@ def compile(  # noqa: A001 - the product's verb
     staging = prepare_output(out)
     try:
         say(f"importing {_model_stem(model)}")
-        imported = import_model(model, shapes, input_dtypes, example_inputs)
+        with captured(log):
+            imported = import_model(model, shapes, input_dtypes, example_inputs)
         # The fp32 recipe applies no rewrite; quantization and the other passes slot in here.
         say(f"building for {profile.name} ({profile.tvm.get('kind')}, recipe {rec})")
-        executable = compile_module(imported.mod, profile)
-        say("exporting the library")
-        lib = export(executable, profile, staging)
+        with captured(log):
+            executable = compile_module(imported.mod, profile)
+            say("exporting the library")
+            lib = export(executable, profile, staging)
         manifest = {
             "target": profile.to_json(),
             "recipe": rec.to_json(),

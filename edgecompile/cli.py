@@ -290,6 +290,10 @@ def targets_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
 
 
 def main() -> None:
+    if os.environ.get("EDGECOMPILE_DEBUG"):
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     app()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -74,7 +75,21 @@ def test_runtime_only_mode_loads_no_compiler(example_artifact, example_feeds, tm
 
 
 def test_compiling_twice_gives_identical_bytes(example_artifact, tmp_path):
-    again = edgecompile.compile(EXAMPLE_ONNX, target="native", output=tmp_path / "again", input_shapes=EXAMPLE_SHAPES)
+    """A second compile in another process (other hash seed, other directory) gives the same bytes."""
+    script = (
+        "import sys, edgecompile; edgecompile.compile(sys.argv[1], target='native', output=sys.argv[2], "
+        "input_shapes={'input_ids': '1x32', 'attention_mask': '1x32'})"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "1234"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(EXAMPLE_ONNX), str(tmp_path / "again")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    again = tmp_path / "again"
     names = sorted(p.name for p in example_artifact.iterdir())
     assert names == sorted(p.name for p in again.iterdir()) == ["manifest.json", "model.so"]
     for n in names:
@@ -87,7 +102,8 @@ def test_manifest_records_the_contract(example_artifact):
     assert m["tvm_version"].startswith("0.27") and m["edgecompile_version"]
     assert m["recipe"]["spec"] == "fp32" and m["target"]["name"] == "native"
     assert [i["name"] for i in m["inputs"]] == ["input_ids", "attention_mask"]
-    assert m["inputs"][0] == {"name": "input_ids", "shape": [1, 32], "dtype": "int64"}
+    assert m["inputs"][0] == {"name": "input_ids", "shape": [1, 32], "dtype": "int64", "valid_range": [-1000, 999]}
+    assert m["inputs"][1] == {"name": "attention_mask", "shape": [1, 32], "dtype": "int64"}
     assert [o["name"] for o in m["outputs"]] == ["last_hidden_state", "pooled"]
     assert set(m["files"]) == {"model.so"} and len(m["files"]["model.so"]) == 64
     assert m["source"]["frontend"] == "onnx" and m["source"]["opset"] == 17
@@ -105,6 +121,17 @@ def test_manifest_records_the_contract(example_artifact):
 def test_wrong_inputs_are_refused(example_artifact, example_feeds, feeds_change, msg):
     with pytest.raises(InputMismatchError, match=msg):
         edgecompile.load(example_artifact).run(feeds_change(example_feeds))
+
+
+@pytest.mark.parametrize("bad", [1000, -1001, 10**8])
+def test_token_ids_outside_the_vocabulary_are_refused(example_artifact, example_feeds, bad):
+    """TVM's gather does not bound-check (10**8 would crash the process); the runtime refuses."""
+    ids = example_feeds["input_ids"].copy()
+    ids[0, 3] = bad
+    with pytest.raises(InputMismatchError, match=f"input 'input_ids' holds {bad}, outside -1000..999"):
+        edgecompile.load(example_artifact).run({**example_feeds, "input_ids": ids})
+    ids[0, 3] = -1000  # ONNX allows negative indices from the end
+    edgecompile.load(example_artifact).run({**example_feeds, "input_ids": ids})
 
 
 @pytest.fixture

@@ -141,8 +141,34 @@ def resolve_input_specs(
                     f"static shape, e.g. --input-shape {name}={example}"
                 )
             shape = tuple(int(d) for d in dims)
-        specs.append(TensorSpec(name, shape, dtypes.get(name, dtype)))
+        specs.append(TensorSpec(name, shape, dtypes.get(name, dtype), index_ranges(model).get(name)))
     return specs
+
+
+def index_ranges(model) -> dict[str, tuple[int, int]]:
+    """Inputs used as ``Gather`` indices into an initializer (directly or through ``Cast``): the
+    inclusive range ONNX allows, ``[-rows, rows - 1]``, intersected over every such use."""
+    inputs = {vi.name for vi in model.graph.input}
+    inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    alias = {}  # Cast output -> graph input
+    for node in model.graph.node:
+        if node.op_type == "Cast" and node.input and node.input[0] in inputs:
+            alias[node.output[0]] = node.input[0]
+    ranges: dict[str, tuple[int, int]] = {}
+    for node in model.graph.node:
+        if node.op_type != "Gather" or node.domain not in DEFAULT_DOMAINS or len(node.input) < 2:
+            continue
+        src = alias.get(node.input[1], node.input[1])
+        data = inits.get(node.input[0])
+        if src not in inputs or src in inits or data is None:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        rows = data[axis] if -len(data) <= axis < len(data) else None
+        if not rows:
+            continue
+        lo, hi = ranges.get(src, (-rows, rows - 1))
+        ranges[src] = (max(lo, -rows), min(hi, rows - 1))
+    return ranges
 
 
 def unsupported_nodes(model) -> list[tuple[str, str]]:

@@ -15,10 +15,17 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str
+    # Inclusive bounds for integer inputs that index a table (token ids into an embedding):
+    # TVM's gather does not bound-check, so the runtime refuses values outside this range.
+    valid_range: tuple[int, int] | None = None
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["shape"] = list(self.shape)
+        if self.valid_range is None:
+            del d["valid_range"]
+        else:
+            d["valid_range"] = list(self.valid_range)
         return d
 
     def describe(self) -> str:

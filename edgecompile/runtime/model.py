@@ -113,6 +113,13 @@ class CompiledModel:
                     f"input '{name}' has shape {'x'.join(map(str, arr.shape))}, the model was compiled "
                     f"for {'x'.join(map(str, spec['shape']))}"
                 )
+            bounds = spec.get("valid_range")
+            if bounds and arr.size and (arr.min() < bounds[0] or arr.max() > bounds[1]):
+                bad = arr.max() if arr.max() > bounds[1] else arr.min()
+                raise InputMismatchError(
+                    f"input '{name}' holds {bad}, outside {bounds[0]}..{bounds[1]}: it indexes a table of "
+                    f"{bounds[1] + 1} rows (e.g. token ids into the vocabulary)"
+                )
             args.append(np.ascontiguousarray(arr))
         return args
 
