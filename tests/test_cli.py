@@ -75,6 +75,7 @@ def test_inspect_reports_op_coverage():
     rows = {row["op_type"]: row for row in json.loads(r.stdout)}
     assert rows["MatMul"]["status"] == "supported" and rows["MatMul"]["passed"] == rows["MatMul"]["total"] > 0
     assert len(rows["MatMul"]["nodes"]) == 16
+    assert rows["LayerNormalization"]["status"] == "supported"  # only Y is used
     r = cli("inspect", EXAMPLE_ONNX)
     assert "op coverage" in r.stdout and "MatMul" in r.stdout
 

@@ -24,33 +24,33 @@ def test_table_matches_the_pinned_versions():
 def test_claimed_op_versions_pass_their_conformance_cases(capsys):
     claimed = {k for k, e in TABLE["ops"].items() if e["passed"] == e["total"]}
     assert len(claimed) > 150
-    cases = [
-        c for c in load_node_cases(ops={k.split("@")[0] for k in claimed}) if f"{c.op_key[0]}@{c.op_key[1]}" in claimed
-    ]
+    cases = load_node_cases(ops={k.split("@")[0] for k in claimed})
+    cases = [c for c in cases if c.key in claimed or c.key + "#0" in claimed]
     results = run_cases(cases, jobs=os.cpu_count() or 1)
     ops = summarize(results)
     with capsys.disabled():
         print(f"\nONNX node cases for the {len(claimed)} op versions inspect claims as supported:")
         for key, e in ops.items():
+            if key not in claimed:
+                continue
             print(f"  {key:<34} {e['passed']:>3}/{e['total']}")
-        print(f"  total: {sum(e['passed'] for e in ops.values())}/{len(results)} cases pass")
-    failing = {k: e["failing"] for k, e in ops.items() if e["passed"] != e["total"]}
+        print(f"  total: {sum(r.status == 'pass' for r in results)}/{len(results)} cases run")
+    failing = {k: e["failing"] for k, e in ops.items() if k in claimed and e["passed"] != e["total"]}
     assert not failing, f"claimed op versions fail conformance: {failing}"
-    assert set(ops) == claimed
+    assert claimed <= set(ops)
 
 
 @pytest.mark.parametrize(
-    "op,version,status",
+    "op,version,first_only,status",
     [
-        ("MatMul", 13, "supported"),
-        ("Softmax", 13, "supported"),
-        ("Gemm", 13, "supported"),
-        ("LayerNormalization", 17, None),
-        ("NoSuchOp", 1, "unsupported"),
+        ("MatMul", 13, True, "supported"),
+        ("Softmax", 13, True, "supported"),
+        ("Gemm", 13, True, "supported"),
+        # TVM computes Y but not the optional Mean/InvStdDev outputs.
+        ("LayerNormalization", 17, True, "supported"),
+        ("LayerNormalization", 17, False, "failing"),
+        ("NoSuchOp", 1, True, "unsupported"),
     ],
 )
-def test_transformer_ops_are_classified(op, version, status):
-    got, entry = classify(op, version, op != "NoSuchOp")
-    if status is None:  # whatever it is, it must agree with the recorded cases
-        status = "supported" if entry["passed"] == entry["total"] else ("partial" if entry["passed"] else "failing")
-    assert got == status
+def test_transformer_ops_are_classified(op, version, first_only, status):
+    assert classify(op, version, op != "NoSuchOp", first_only)[0] == status

@@ -32,6 +32,12 @@ class CaseResult:
     since_version: int
     status: str  # "pass", "mismatch", "error"
     detail: str = ""
+    variant: str = ""  # "#0": only the node's first output is kept
+    outputs: int = 1
+
+    @property
+    def key(self) -> str:
+        return f"{self.op_type}@{self.since_version}{self.variant}"
 
 
 MIN_OPSET = 13
@@ -48,6 +54,11 @@ class NodeCase:
     expected: list  # one list of expected output arrays per data set
     rtol: float
     atol: float
+    variant: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.op_key[0]}@{self.op_key[1]}{self.variant}"
 
 
 def load_node_cases(ops: set[str] | None = None, older_versions: bool = True) -> list[NodeCase]:
@@ -89,7 +100,28 @@ def load_node_cases(ops: set[str] | None = None, older_versions: bool = True) ->
             if ckey is None or ckey == key or any(c.op_key == ckey and c.name.startswith(case.name + "@") for c in out):
                 continue
             out.append(NodeCase(f"{case.name}@opset{opset}", ckey, converted, feeds, expected, case.rtol, case.atol))
-    return out
+    return out + [v for c in out if (v := _first_output_variant(c)) is not None]
+
+
+def _first_output_variant(case: NodeCase) -> NodeCase | None:
+    """For a node with optional extra outputs (LayerNormalization's Mean/InvStdDev, Dropout's
+    mask), the same case with only the first output: how models use such ops."""
+    import onnx
+
+    if len(case.model.graph.output) < 2:
+        return None
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    node = next(n for n in model.graph.node if n.op_type != "Constant")
+    first = node.output[0]
+    del node.output[1:]
+    keep = [o for o in model.graph.output if o.name == first]
+    if not keep:
+        return None
+    del model.graph.output[:]
+    model.graph.output.extend(keep)
+    expected = [[outs[0]] for outs in case.expected]
+    return NodeCase(f"{case.name}[first output]", case.op_key, model, case.feeds, expected, case.rtol, case.atol, "#0")
 
 
 def _convert(model, opset: int):
@@ -189,7 +221,7 @@ def run_case(case: NodeCase, target: dict | None = None) -> CaseResult:
     op, version = case.op_key
 
     def result(status: str, detail: str = "") -> CaseResult:
-        return CaseResult(case.name, op, version, status, detail)
+        return CaseResult(case.name, op, version, status, detail, case.variant, len(case.model.graph.output))
 
     try:
         vm = None
@@ -250,13 +282,20 @@ def run_cases(cases: list[NodeCase], jobs: int = 1, progress=None) -> list[CaseR
 
 
 def summarize(results: list[CaseResult]) -> dict[str, dict]:
-    """``{"Op@version": {"passed", "total", "failing": [...]}}`` sorted by key."""
+    """``{"Op@version": {"passed", "total", "failing": [...]}}`` sorted by key. ``Op@version#0``
+    entries (ops with optional extra outputs) gather the first-output variants and the cases that
+    have one output anyway: the evidence for nodes that use only their first output."""
+    with_variants = {f"{r.op_type}@{r.since_version}" for r in results if r.variant}
     ops: dict[str, dict] = {}
     for r in results:
-        e = ops.setdefault(f"{r.op_type}@{r.since_version}", {"passed": 0, "total": 0, "failing": []})
-        e["total"] += 1
-        if r.status == "pass":
-            e["passed"] += 1
-        else:
-            e["failing"].append(f"{r.name}: {r.status}: {r.detail}")
+        keys = [r.key]
+        if not r.variant and r.outputs == 1 and r.key in with_variants:
+            keys.append(r.key + "#0")
+        for key in keys:
+            e = ops.setdefault(key, {"passed": 0, "total": 0, "failing": []})
+            e["total"] += 1
+            if r.status == "pass":
+                e["passed"] += 1
+            else:
+                e["failing"].append(f"{r.name}: {r.status}: {r.detail}")
     return {k: ops[k] for k in sorted(ops)}

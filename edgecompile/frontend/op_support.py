@@ -4,7 +4,8 @@ Each node's op is resolved to the op version its opset selects (``since_version`
 in ``onnx_support.json``, the ONNX conformance results for that op version (see
 :mod:`edgecompile.frontend.conformance`). Statuses:
 
-- ``supported``: TVM has a converter and every conformance case of this op version passes;
+- ``supported``: TVM has a converter and every conformance case of this op version passes (for a
+  node whose extra outputs are unused, the cases restricted to the first output);
 - ``partial``: some cases pass, some fail (``failing`` names them: usually a dtype or attribute
   the importer lacks); the model may still compile;
 - ``failing``: a converter exists but no conformance case passes;
@@ -45,10 +46,16 @@ def load_table() -> dict:
     return json.loads(SUPPORT_FILE.read_text())
 
 
-def classify(op_type: str, version: int | None, has_converter: bool) -> tuple[str, dict]:
+def classify(
+    op_type: str, version: int | None, has_converter: bool, first_output_only: bool = False
+) -> tuple[str, dict]:
+    """Status and conformance entry of an op version; ``first_output_only`` when the node's other
+    outputs are unused (then the ``Op@version#0`` evidence applies where it exists)."""
     if not has_converter:
         return "unsupported", {}
-    entry = load_table()["ops"].get(f"{op_type}@{version}")
+    table = load_table()["ops"]
+    entry = table.get(f"{op_type}@{version}#0") if first_output_only else None
+    entry = entry or table.get(f"{op_type}@{version}")
     if entry is None:
         return "untested", {}
     if entry["passed"] == entry["total"]:
@@ -65,11 +72,13 @@ def coverage(model) -> list[OpCoverage]:
 
     opset = model_opset(model)
     converters = set(_get_convert_map()) | {"Constant", "If"}
-    groups: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
+    consumed = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    groups: OrderedDict[tuple[str, str, bool], list[str]] = OrderedDict()
     for i, node in enumerate(model.graph.node):
-        groups.setdefault((node.domain, node.op_type), []).append(node.name or f"#{i}")
+        first_only = all(not o or o not in consumed for o in node.output[1:])
+        groups.setdefault((node.domain, node.op_type, first_only), []).append(node.name or f"#{i}")
     out = []
-    for (domain, op), nodes in groups.items():
+    for (domain, op, first_only), nodes in groups.items():
         if domain not in DEFAULT_DOMAINS:
             out.append(OpCoverage(f"{domain}::{op}", None, "unsupported", nodes))
             continue
@@ -78,7 +87,7 @@ def coverage(model) -> list[OpCoverage]:
         except Exception:
             out.append(OpCoverage(op, None, "unsupported", nodes))
             continue
-        status, entry = classify(op, version, op in converters)
+        status, entry = classify(op, version, op in converters, first_only)
         out.append(
             OpCoverage(
                 op, version, status, nodes, entry.get("passed", 0), entry.get("total", 0), entry.get("failing", [])
