@@ -1,8 +1,7 @@
 """Build a Relax module for a target profile and export its library.
 
-The Relax pipeline is TVM's default for the target kind (legalize, fuse, and dlight schedules on
-GPU targets). Making the CPU code fast is the job of our own schedules (a later stage); this
-module owns target construction, compilation and export:
+The Relax pipeline comes from :mod:`edgecompile.lower.pipeline` (our schedules on CPU targets,
+TVM's dlight rules on GPU targets). This module owns target construction, compilation and export:
 
 - host-architecture targets are linked with the system C compiler into ``model.so``;
 - cross targets are linked with the first ``cross_cc`` of the profile found on PATH;
@@ -47,10 +46,12 @@ def compile_module(mod, profile: TargetProfile):
     """Run TVM's Relax pipeline and code generation; returns a ``tvm.runtime.Executable``."""
     import tvm
 
+    from edgecompile.lower.pipeline import pipeline_for
+
     target = make_target(profile)
     try:
         with target:
-            return tvm.compile(mod, target=target)
+            return tvm.compile(mod, target=target, relax_pipeline=pipeline_for(target))
     except Exception as e:
         raise BuildError(
             f"TVM could not build the model for {profile.name}: {type(e).__name__}: {_last_line(e)}"

@@ -1,0 +1,87 @@
+"""The Relax compilation pipeline per target.
+
+CPU (LLVM) targets: TVM's generic CPU phases with two additions of ours:
+- before legalization, GELU is decomposed and exp/erf/tanh/softmax are replaced by TVM's fast,
+  vectorizable approximations (``FastMathTransform``; max abs error ~1e-7 on exp/erf, far inside
+  our 1e-4-of-range tolerance against ONNX Runtime) — libm's scalar calls otherwise cost more
+  than the GEMMs around them;
+- after fusion, every PrimFunc is scheduled by our rules (:mod:`edgecompile.lower.schedules`);
+  TVM's default CPU pipeline leaves them as unscheduled loop nests.
+GPU targets use TVM's default pipeline for the kind (dlight GPU rules).
+"""
+
+from __future__ import annotations
+
+import math
+
+import tvm
+from tvm import relax
+
+
+@relax.expr_functor.mutator
+class _GeluDecomposer(relax.PyExprMutator):
+    """``gelu(x)`` -> ``0.5 x (1 + erf(x / sqrt 2))`` and ``gelu_tanh`` -> its tanh form."""
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        name = getattr(call.op, "name", "")
+        if name not in ("relax.nn.gelu", "relax.nn.gelu_tanh"):
+            return call
+        x = call.args[0]
+        dtype = x.ty.dtype
+
+        def c(v):
+            return relax.const(v, dtype)
+
+        if name == "relax.nn.gelu":
+            inner = relax.op.erf(relax.op.multiply(x, c(1 / math.sqrt(2))))
+        else:
+            cube = relax.op.multiply(relax.op.multiply(x, x), x)
+            poly = relax.op.add(x, relax.op.multiply(cube, c(0.044715)))
+            inner = relax.op.tanh(relax.op.multiply(poly, c(math.sqrt(2 / math.pi))))
+        return relax.op.multiply(relax.op.multiply(x, c(0.5)), relax.op.add(c(1.0), inner))
+
+
+@tvm.transform.module_pass(opt_level=0, name="DecomposeGelu")
+class DecomposeGelu:
+    """Expose GELU's erf/tanh to ``FastMathTransform``."""
+
+    def transform_module(self, mod, _ctx):
+        mutator = _GeluDecomposer(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gv, mutator.visit_expr(func))
+        return mutator.builder_.get()
+
+
+def schedule_passes(target) -> list:
+    """The passes that replace TVM's default scheduling for ``target`` (empty for GPU targets)."""
+    from tvm.s_tir import dlight as dl
+
+    from edgecompile.lower.schedules import cpu_rules
+
+    if target.kind.name != "llvm":
+        return []
+    return [dl.ApplyDefaultSchedule(*cpu_rules())]
+
+
+def cpu_pipeline(target) -> tvm.transform.Pass:
+    """TVM's CPU phases with fast math before legalization and our schedules after fusion."""
+    from tvm.relax.backend.cpu_generic import pipeline as generic
+
+    passes = (
+        generic.library_dispatch_passes(target)
+        + [DecomposeGelu(), relax.transform.FastMathTransform()]
+        + generic.legalize_passes(target)
+        + schedule_passes(target)
+        + generic.dataflow_lower_passes(target)
+        + generic.finalize_passes(target)
+    )
+    return tvm.transform.Sequential(passes, name="edgecompile_cpu")
+
+
+def pipeline_for(target):
+    """The Relax pipeline ``tvm.compile`` should run for ``target``."""
+    if target.kind.name == "llvm":
+        return cpu_pipeline(target)
+    return relax.get_default_pipeline(target)

@@ -1,0 +1,19 @@
+"""Our CPU schedules: rules applied to every PrimFunc after legalization and fusion.
+
+Order matters: the first rule that accepts a function schedules it. ``Matmul`` takes GEMM-like
+kernels with their fused epilogues, TVM's dlight ``GEMV`` and ``Reduction`` take matrix-vector
+products and row reductions (softmax, LayerNorm), ``Elementwise`` takes everything injective, and
+``Fallback`` whatever is left (full reductions), so no kernel stays an unscheduled loop nest.
+"""
+
+from __future__ import annotations
+
+from edgecompile.lower.schedules.cpu_elementwise import Elementwise
+from edgecompile.lower.schedules.cpu_fallback import Fallback
+from edgecompile.lower.schedules.cpu_matmul import Matmul
+
+
+def cpu_rules() -> list:
+    from tvm.s_tir.dlight import cpu as dl_cpu
+
+    return [Matmul(), dl_cpu.GEMV(), dl_cpu.Reduction(), Elementwise(), Fallback()]

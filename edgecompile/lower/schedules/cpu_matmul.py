@@ -1,0 +1,149 @@
+"""CPU schedule for dense / matmul / batch-matmul kernels with fused elementwise epilogues.
+
+The kernel is a register-blocked GEMM: for every ``MR x NR`` tile of the output, the whole
+reduction runs with the tile's accumulators in vector registers (``NR`` is a multiple of the
+vector width; ``MR`` rows of A are broadcast), then the epilogue (bias, GELU, residual add,
+requantize, ...) is applied to the tile while it is still in registers and written once. Tiles
+along N are the outer loop so a column panel of B stays in cache for every row tile; the batch and
+N-tile loops run in parallel over the thread pool.
+
+The matmul block is first normalized to ``[S, I, J, K]`` iteration order (dlight's index maps),
+without copying buffers. Sizes that do not divide the tile get a guarded tail.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.s_tir.dlight.gpu.matmul import get_index_map, get_reduction_blocks
+from tvm.target import Target
+
+from edgecompile.lower.schedules.isa import vector_isa
+
+
+def _extent(sch, loop) -> int | None:
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+def _pick(extent: int | None, options: tuple[int, ...]) -> int:
+    """The first option dividing ``extent`` (else the first option, with a guarded tail)."""
+    if extent is None:
+        return options[0]
+    for opt in options:
+        if extent % opt == 0:
+            return opt
+    return options[0] if extent >= options[0] else max(1, extent)
+
+
+class Matmul(CPUScheduleRule):
+    """Register-blocked GEMM rule for LLVM CPU targets (fp32 and integer accumulation)."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root") if _has_root(sch) else None)
+        reduction = get_reduction_blocks(sch, blocks)
+        if reduction is None:
+            return None
+        main = reduction[0]
+        maps = get_index_map(sch.get(main))
+        if maps is None:
+            return None
+        # Epilogue: inline every elementwise block after the matmul except the last one.
+        epilogue = self._inline_epilogue(sch, main)
+        if epilogue == "fail":
+            return None
+        # Anything before the matmul (e.g. a fused transpose) is inlined into its reads.
+        for block in sch.get_producers(main):
+            try:
+                sch.compute_inline(block)
+            except Exception:
+                return None
+        matmul_map = maps[0]
+        sch.transform_block_layout(main, matmul_map)
+        loops = sch.get_loops(main)
+        if len(loops) != 4:
+            return None
+        s, i, j, k = loops
+
+        bits = sch.get(main).writes[0].source.dtype.bits
+        isa = vector_isa(target)
+        vw = isa.lanes(bits)
+        m, n = _extent(sch, i), _extent(sch, j)
+        # Register budget: MR x (NR / vw) accumulators + NR / vw B vectors + 1 broadcast of A.
+        nvec = 2 if isa.registers <= 16 else 4
+        nr = _pick(n, (nvec * vw, 2 * vw, vw)) if n is None or n >= vw else (n or 1)
+        budget = isa.registers - max(1, nr // vw) - 1
+        mr = _pick(m, tuple(r for r in (6, 4, 3, 2, 1) if r * max(1, nr // vw) <= budget) or (1,))
+        i0, i1 = sch.split(i, [None, mr])
+        j0, j1 = sch.split(j, [None, nr])
+        sch.reorder(s, j0, i0, k, i1, j1)
+        par = sch.fuse(s, j0)
+        sch.parallel(par)
+
+        if epilogue is None:
+            wb = sch.cache_write(main, 0, "local")
+        else:
+            wb = epilogue
+            sch.set_scope(main, 0, "local")
+        sch.reverse_compute_at(wb, i0, preserve_unit_loops=True)
+        # Innermost micro-kernel: unroll the MR rows, vectorize the NR columns (before the
+        # reduction is split into init and update: vectorize needs the whole reduction block).
+        sch.unroll(i1)
+        self._vectorize_last(sch, main, vw)
+        init = sch.decompose_reduction(main, k)
+        self._vectorize_last(sch, init, vw)
+        self._vectorize_last(sch, wb, vw)
+        return sch
+
+    @staticmethod
+    def _inline_epilogue(sch, main):
+        """Inline the chain after ``main`` into its last block; return that block (or None)."""
+        consumers = sch.get_consumers(main)
+        if not consumers:
+            return None
+        chain = []
+        frontier = list(consumers)
+        while frontier:
+            b = frontier.pop(0)
+            if any(sch.get(b).same_as(sch.get(c)) for c in chain):
+                continue
+            chain.append(b)
+            frontier.extend(sch.get_consumers(b))
+        last = [b for b in chain if not sch.get_consumers(b)]
+        if len(last) != 1:
+            return "fail"
+        for b in chain:
+            if sch.get(b).same_as(sch.get(last[0])):
+                continue
+            try:
+                sch.compute_inline(b)
+            except Exception:
+                return "fail"
+        block = last[0]
+        if any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(block).iter_vars):
+            return "fail"
+        return block
+
+    @staticmethod
+    def _vectorize_last(sch, block, vw):
+        loop = sch.get_loops(block)[-1]
+        ext = _extent(sch, loop)
+        if ext is None or ext <= 1:
+            return
+        if ext > vw and ext % vw == 0:
+            outer, inner = sch.split(loop, [None, vw])
+            sch.unroll(outer)
+            sch.vectorize(inner)
+        elif ext <= vw:
+            sch.vectorize(loop)
+
+
+def _has_root(sch) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:
+        return False
