@@ -10,7 +10,7 @@ from conftest import EXAMPLE_ONNX
 from tvm import relax, tirx
 
 from edgecompile.frontend import import_model
-from edgecompile.lower.pipeline import DecomposeGelu, schedule_passes
+from edgecompile.lower.pipeline import pre_legalize_passes, schedule_passes
 from edgecompile.lower.schedules.isa import vector_isa
 
 TARGETS = {
@@ -34,7 +34,7 @@ def _legalized(mod, target):
 
     seq = tvm.transform.Sequential(
         generic.library_dispatch_passes(target)
-        + [DecomposeGelu(), relax.transform.FastMathTransform()]
+        + pre_legalize_passes(target)
         + generic.legalize_passes(target)
     )
     with target:
@@ -53,6 +53,7 @@ def test_every_kernel_is_scheduled(legalized, target_name):
     for name, mod in legalized.items():
         with target:
             scheduled = tvm.transform.Sequential(schedule_passes(target))(mod)
+        packed = False
         funcs = {gv.name_hint: f for gv, f in scheduled.functions.items() if isinstance(f, tirx.PrimFunc)}
         assert funcs
         left = [n for n, f in funcs.items() if not f.attrs.get("tirx.is_scheduled", False)]
@@ -62,8 +63,10 @@ def test_every_kernel_is_scheduled(legalized, target_name):
         for n, f in funcs.items():
             text = f.script()
             if "matmul" in n:
+                packed |= "packed" in n
                 gemv = any(int(p.shape[-2]) == 1 for p in f.params[:1] if len(p.shape) >= 2)
                 assert ("parallel" if gemv else "vectorized") in text, f"{name}:{n} is not blocked"
+        assert packed, f"{name}: no GEMM reads packed weights"
 
 
 def _run(func, target, args):

