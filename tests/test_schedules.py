@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tvm
 from conftest import EXAMPLE_ONNX
-from tvm import relax, tirx
+from tvm import tirx
 
 from edgecompile.frontend import import_model
 from edgecompile.lower.pipeline import pre_legalize_passes, schedule_passes
@@ -33,9 +33,7 @@ def _legalized(mod, target):
     from tvm.relax.backend.cpu_generic import pipeline as generic
 
     seq = tvm.transform.Sequential(
-        generic.library_dispatch_passes(target)
-        + pre_legalize_passes(target)
-        + generic.legalize_passes(target)
+        generic.library_dispatch_passes(target) + pre_legalize_passes(target) + generic.legalize_passes(target)
     )
     with target:
         return seq(mod)
@@ -67,6 +65,7 @@ def test_every_kernel_is_scheduled(legalized, target_name):
                 gemv = any(int(p.shape[-2]) == 1 for p in f.params[:1] if len(p.shape) >= 2)
                 assert ("parallel" if gemv else "vectorized") in text, f"{name}:{n} is not blocked"
         assert packed, f"{name}: no GEMM reads packed weights"
+        assert not [n for n in funcs if "conv2d" in n], "the patch-embedding conv should have become a GEMM"
 
 
 def _run(func, target, args):

@@ -5,6 +5,7 @@ CPU (LLVM) targets: TVM's generic CPU phases with two additions of ours:
   vectorizable approximations (``FastMathTransform``; max abs error ~1e-7 on exp/erf, far inside
   our 1e-4-of-range tolerance against ONNX Runtime) — libm's scalar calls otherwise cost more
   than the GEMMs around them;
+- patch-embedding convolutions (stride = kernel) become GEMMs (:mod:`..patchify`);
 - matmuls with constant weights read them packed in column panels (:mod:`..pack_weights`);
 - after fusion, every PrimFunc is scheduled by our rules (:mod:`edgecompile.lower.schedules`);
   TVM's default CPU pipeline leaves them as unscheduled loop nests.
@@ -69,12 +70,14 @@ def schedule_passes(target) -> list:
 def pre_legalize_passes(target) -> list:
     """Graph rewrites before legalization on CPU: GELU decomposition, fast math, weight packing."""
     from edgecompile.lower.pack_weights import PackMatmulWeights
+    from edgecompile.lower.patchify import PatchifyConv
 
     # FoldConstant first: exporters write Linear as matmul(x, permute_dims(W)).
     return [
         DecomposeGelu(),
         relax.transform.FastMathTransform(),
         relax.transform.FoldConstant(),
+        PatchifyConv(),
         PackMatmulWeights(target),
     ]
 

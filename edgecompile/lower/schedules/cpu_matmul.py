@@ -69,13 +69,41 @@ class Matmul(CPUScheduleRule):
         isa = vector_isa(target)
         vw = isa.lanes(bits)
         m, n = _extent(sch, i), _extent(sch, j)
+        b_pad = None
         nr = gemm_nr(isa, n, bits)
-        mr = gemm_mr(isa, m, nr, bits)
+        mr = gemm_mr(isa, m, nr, bits, allow_tail=True)
+        if (m and m % mr) or (n and n % nr):
+            # Pad the iteration space to whole tiles (e.g. ViT's 197 tokens): the padded rows and
+            # columns are computed on zeros and never stored, so the micro-kernel has no tail.
+            # GEMMs over packed weights are not einsums to TVM (j // NR indexing); they keep a
+            # guarded row tail, whose condition LLVM hoists out of the k loop.
+            b_pad = None
+            try:
+                sch.pad_einsum(main, [1, mr if m % mr else 1, nr if n % nr else 1, 1])
+                padded = True
+            except Exception:
+                padded = False
+            if padded:
+                b_buffer = sch.get(main).reads[-1].source
+                for producer in sch.get_producers(main):
+                    if sch.get(producer).writes[0].source.same_as(b_buffer) and n % nr:
+                        b_pad = producer  # copied per column panel below, so loads stay unguarded
+                    else:
+                        sch.compute_inline(producer)
+                unpad = sch.get_consumers(main)[0]
+                if epilogue is None:
+                    epilogue = unpad
+                else:
+                    sch.compute_inline(unpad)
+                s, i, j, k = sch.get_loops(main)
         i0, i1 = sch.split(i, [None, mr])
         j0, j1 = sch.split(j, [None, nr])
         sch.reorder(s, j0, i0, k, i1, j1)
         par = sch.fuse(s, j0)
         sch.parallel(par)
+        if b_pad is not None:
+            sch.compute_at(b_pad, par, preserve_unit_loops=True)
+            self._vectorize_last(sch, b_pad, vw)
 
         if epilogue is None:
             wb = sch.cache_write(main, 0, "local")

@@ -20,18 +20,19 @@ def gemm_nr(isa: VectorISA, n: int | None, dtype_bits: int) -> int:
     for opt in (nvec * vw, 4 * vw, 2 * vw, vw):
         if n % opt == 0:
             return opt
-    return nvec * vw
+    return nvec * vw  # the matmul rule pads N up to a multiple
 
 
-def gemm_mr(isa: VectorISA, m: int | None, nr: int, dtype_bits: int) -> int:
+def gemm_mr(isa: VectorISA, m: int | None, nr: int, dtype_bits: int, allow_tail: bool = False) -> int:
     """Rows per tile: as many as fit the register file with the NR-wide accumulators, the B
-    vectors and one broadcast of A; prefers a divisor of M (no tail)."""
+    vectors and one broadcast of A; prefers a divisor of M. With ``allow_tail`` (the caller pads
+    M), an M with no useful divisor (197) takes the largest tile instead of 1-row tiles."""
     vecs = max(1, nr // isa.lanes(dtype_bits))
     budget = isa.registers - vecs - 1
     options = [r for r in (6, 4, 3, 2, 1) if r * vecs <= budget] or [1]
     if m is None:
         return options[0]
     for r in options:
-        if m % r == 0:
+        if m % r == 0 and (r > 1 or not allow_tail):
             return r
     return options[0] if m >= options[0] else max(1, m)
