@@ -107,6 +107,7 @@ def export_onnx(
     """Export with the TorchScript exporter (opset 17) or the dynamo exporter (opset 18,
     weights in external data, as it writes by default for files)."""
     module.eval()
+    common = {"input_names": input_names, "output_names": output_names, "dynamo": dynamo}
     if dynamo:
         shapes = None
         if dynamic:
@@ -115,24 +116,7 @@ def export_onnx(
                 for n, axes in dynamic.items()
             }
         torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=input_names,
-            output_names=output_names,
-            dynamo=True,
-            opset_version=18,
-            dynamic_shapes=shapes,
-            external_data=True,
+            module, args, str(path), **common, opset_version=18, dynamic_shapes=shapes, external_data=True
         )
     else:
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=input_names,
-            output_names=output_names,
-            dynamo=False,
-            opset_version=17,
-            dynamic_axes=dynamic,
-        )
+        torch.onnx.export(module, args, str(path), **common, opset_version=17, dynamic_axes=dynamic)

@@ -14,6 +14,7 @@ import numpy as np
 import tvm
 from tvm import relax, te
 
+from edgecompile.lower.rewrite import rewrite_functions
 from edgecompile.lower.schedules.isa import vector_isa
 from edgecompile.lower.schedules.tiles import gemm_nr
 
@@ -64,8 +65,4 @@ class PackMatmulWeights:
         self.isa = vector_isa(target)
 
     def transform_module(self, mod, _ctx):
-        packer = _Packer(mod, self.isa)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                packer.builder_.update_func(gv, packer.visit_expr(func))
-        return relax.transform.DeadCodeElimination()(packer.builder_.get())
+        return relax.transform.DeadCodeElimination()(rewrite_functions(mod, _Packer(mod, self.isa)))

@@ -13,6 +13,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from edgecompile.lower.rewrite import rewrite_functions
+
 
 @relax.expr_functor.mutator
 class _Patchify(relax.PyExprMutator):
@@ -56,8 +58,4 @@ class PatchifyConv:
     """Turn stride-equals-kernel convolutions with constant weights into GEMMs."""
 
     def transform_module(self, mod, _ctx):
-        mutator = _Patchify(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gv, mutator.visit_expr(func))
-        return mutator.builder_.get()
+        return rewrite_functions(mod, _Patchify(mod))

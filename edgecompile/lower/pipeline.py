@@ -19,6 +19,8 @@ import math
 import tvm
 from tvm import relax
 
+from edgecompile.lower.rewrite import rewrite_functions
+
 
 @relax.expr_functor.mutator
 class _GeluDecomposer(relax.PyExprMutator):
@@ -49,11 +51,7 @@ class DecomposeGelu:
     """Expose GELU's erf/tanh to ``FastMathTransform``."""
 
     def transform_module(self, mod, _ctx):
-        mutator = _GeluDecomposer(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gv, mutator.visit_expr(func))
-        return mutator.builder_.get()
+        return rewrite_functions(mod, _GeluDecomposer(mod))
 
 
 def schedule_passes(target) -> list:
