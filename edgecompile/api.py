@@ -23,6 +23,9 @@ def compile(  # noqa: A001 - the product's verb
     recipe: str | Path | None = "fp32",
     example_inputs=None,
     progress: Callable[[str], None] | None = None,
+    tune: int | None = None,
+    tuning_db: str | Path | None = None,
+    tune_progress: Callable[[int, int, float], None] | None = None,
 ) -> Path:
     """Compile ``model`` for ``target`` into an artifact directory and return its path.
 
@@ -30,7 +33,9 @@ def compile(  # noqa: A001 - the product's verb
     ``example_inputs`` or ``input_shapes``) or a ``torch.export`` program. ``target`` is a profile
     name (see ``edgecompile targets``) or a profile file path. ``input_shapes`` fixes symbolic
     dimensions, e.g. ``{"input_ids": (1, 128)}`` or ``{"input_ids": "1x128"}``. ``output``
-    defaults to ``build/<model>-<target>``.
+    defaults to ``build/<model>-<target>``. ``tune=N`` runs up to N MetaSchedule trials first
+    (CPU targets) with the database under ``tuning_db`` (default ``~/.cache/edgecompile/tuning``);
+    ``tune_progress(done, total, elapsed_s)`` reports the search.
     """
     from edgecompile.frontend import import_model
     from edgecompile.lower.build import compile_module, export
@@ -52,7 +57,9 @@ def compile(  # noqa: A001 - the product's verb
         # The fp32 recipe applies no rewrite; quantization and the other passes slot in here.
         say(f"building for {profile.name} ({profile.tvm.get('kind')}, recipe {rec})")
         with captured(log):
-            executable = compile_module(imported.mod, profile)
+            if tune is not None:
+                say(f"tuning up to {tune} trials")
+            executable = compile_module(imported.mod, profile, tune, tuning_db and Path(tuning_db), tune_progress)
             say("exporting the library")
             lib = export(executable, profile, staging)
         manifest = {
@@ -64,6 +71,7 @@ def compile(  # noqa: A001 - the product's verb
             "library": lib.file.name,
             "linker": lib.linker,
             "link_command": lib.link_command,
+            "tuning": None if tune is None else {"trials": tune},
         }
         return finish(staging, out, manifest)
     finally:

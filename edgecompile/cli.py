@@ -86,6 +86,18 @@ def compile_cmd(
             "--recipe", "-r", help="Recipe PART[+PART...] with PART=preset[:key=value,...], or a recipe .toml file."
         ),
     ] = "fp32",
+    tune: Annotated[
+        int | None,
+        typer.Option(
+            "--tune",
+            help="Tune the kernels with up to N MetaSchedule trials before building (CPU targets; Ctrl-C keeps "
+            "what was found). Kernels already in the tuning database are reused.",
+        ),
+    ] = None,
+    tuning_db: Annotated[
+        Path | None,
+        typer.Option("--tuning-db", help="Tuning database directory [default: ~/.cache/edgecompile/tuning]."),
+    ] = None,
 ) -> None:
     """Compile MODEL for a target into an artifact directory (library + manifest.json)."""
     import time
@@ -95,8 +107,26 @@ def compile_cmd(
 
     shapes = parse_assignments(input_shape, "--input-shape")
     dtypes = parse_assignments(input_dtype, "--input-dtype")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
+
     t0 = time.perf_counter()
-    with err.status("compiling") as status:
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        stage = bar.add_task("compiling", total=None)
+        tuning = {}
+
+        def on_tune(done: int, total: int, _elapsed: float) -> None:
+            if "task" not in tuning:
+                tuning["task"] = bar.add_task("tuning trials", total=total)
+            bar.update(tuning["task"], completed=done)
+
         path = compile_model(
             str(model),
             target,
@@ -104,7 +134,10 @@ def compile_cmd(
             input_shapes=shapes,
             input_dtypes=dtypes,
             recipe=recipe,
-            progress=lambda msg: status.update(msg),
+            progress=lambda msg: bar.update(stage, description=msg),
+            tune=tune,
+            tuning_db=tuning_db,
+            tune_progress=on_tune,
         )
     manifest = json.loads((path / "manifest.json").read_text())
     lib = path / manifest["library"]

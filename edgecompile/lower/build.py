@@ -42,20 +42,78 @@ def make_target(profile: TargetProfile):
         raise BuildError(f"TVM rejects the target of profile '{profile.name}': {_last_line(e)}") from e
 
 
-def compile_module(mod, profile: TargetProfile):
-    """Run TVM's Relax pipeline and code generation; returns a ``tvm.runtime.Executable``."""
+def compile_module(mod, profile: TargetProfile, tune_trials: int | None = None, tuning_root=None, progress=None):
+    """Run the Relax pipeline and code generation; returns a ``tvm.runtime.Executable``.
+
+    With ``tune_trials`` (CPU targets of this machine), kernels are first tuned into the database
+    under ``tuning_root`` (see :mod:`edgecompile.lower.tune`); the tuned build is kept only if the
+    whole model measures faster than the untuned one here, since per-kernel timings in isolation
+    can mislead (a kernel that wins alone can lose inside the model)."""
+    target = make_target(profile)
+    untuned = _build(mod, target, profile, None)
+    if tune_trials is None:
+        return untuned
+    import os
+
+    import tvm
+
+    from edgecompile.lower.pipeline import fusion_passes
+    from edgecompile.lower.tune import tune
+
+    if target.kind.name != "llvm" or not profile.is_host_arch:
+        raise BuildError(f"--tune measures on this machine: it needs a CPU target of this machine, not {profile.name}")
+    # MetaSchedule needs the core count; the code generator ignores it.
+    tuning_target = tvm.target.Target({**target.export(), "num-cores": len(os.sched_getaffinity(0))})
+    with tuning_target:
+        fused = tvm.transform.Sequential(fusion_passes(tuning_target))(mod)
+    try:
+        db = tune(fused, tuning_target, tune_trials, tuning_root, progress)
+    except Exception as e:
+        raise BuildError(f"tuning failed: {type(e).__name__}: {_last_line(e)}") from e
+    tuned = _build(mod, tuning_target, profile, db)
+    t_untuned, t_tuned = _model_latency(untuned, mod), _model_latency(tuned, mod)
+    log.info("whole model: %.3f ms untuned, %.3f ms tuned", t_untuned * 1e3, t_tuned * 1e3)
+    return tuned if t_tuned < t_untuned else untuned
+
+
+def _build(mod, target, profile: TargetProfile, db):
     import tvm
 
     from edgecompile.lower.pipeline import pipeline_for
 
-    target = make_target(profile)
     try:
         with target:
-            return tvm.compile(mod, target=target, relax_pipeline=pipeline_for(target))
+            return tvm.compile(mod, target=target, relax_pipeline=pipeline_for(target, db))
     except Exception as e:
         raise BuildError(
             f"TVM could not build the model for {profile.name}: {type(e).__name__}: {_last_line(e)}"
         ) from e
+
+
+def _model_latency(executable, mod, runs: int = 20) -> float:
+    """Median seconds of ``main`` on random inputs of its static shapes."""
+    import statistics
+    import time
+
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    rng = np.random.default_rng(0)
+    args = []
+    for p in mod["main"].params:
+        shape, dtype = [int(d.value) for d in p.ty.shape.values], str(p.ty.dtype)
+        data = rng.standard_normal(shape) if "float" in dtype else np.ones(shape)
+        args.append(tvm.runtime.tensor(data.astype(dtype)))
+    for _ in range(3):
+        vm["main"](*args)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        vm["main"](*args)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def export(executable, profile: TargetProfile, out_dir: Path) -> BuiltLibrary:

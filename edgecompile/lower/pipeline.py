@@ -80,14 +80,24 @@ def pre_legalize_passes(target) -> list:
     ]
 
 
-def cpu_pipeline(target) -> tvm.transform.Pass:
-    """TVM's CPU phases with fast math before legalization and our schedules after fusion."""
+def fusion_passes(target) -> list:
+    """Everything before scheduling: the module whose kernels are the tuning tasks."""
     from tvm.relax.backend.cpu_generic import pipeline as generic
 
+    return generic.library_dispatch_passes(target) + pre_legalize_passes(target) + generic.legalize_passes(target)
+
+
+def cpu_pipeline(target, tuning_db=None) -> tvm.transform.Pass:
+    """TVM's CPU phases with our rewrites before legalization and our schedules after fusion;
+    kernels with a record in ``tuning_db`` (a directory) take the tuned schedule instead."""
+    from tvm.relax.backend.cpu_generic import pipeline as generic
+
+    from edgecompile.lower.tune import apply_database_pass
+
+    tuned = [apply_database_pass(tuning_db)] if tuning_db is not None else []
     passes = (
-        generic.library_dispatch_passes(target)
-        + pre_legalize_passes(target)
-        + generic.legalize_passes(target)
+        fusion_passes(target)
+        + tuned
         + schedule_passes(target)
         + generic.dataflow_lower_passes(target)
         + generic.finalize_passes(target)
@@ -95,8 +105,8 @@ def cpu_pipeline(target) -> tvm.transform.Pass:
     return tvm.transform.Sequential(passes, name="edgecompile_cpu")
 
 
-def pipeline_for(target):
+def pipeline_for(target, tuning_db=None):
     """The Relax pipeline ``tvm.compile`` should run for ``target``."""
     if target.kind.name == "llvm":
-        return cpu_pipeline(target)
+        return cpu_pipeline(target, tuning_db)
     return relax.get_default_pipeline(target)
