@@ -8,7 +8,8 @@ along N are the outer loop so a column panel of B stays in cache for every row t
 N-tile loops run in parallel over the thread pool.
 
 The matmul block is first normalized to ``[S, I, J, K]`` iteration order (dlight's index maps),
-without copying buffers. Sizes that do not divide the tile get a guarded tail.
+without copying buffers. Sizes that do not divide the tile are padded to whole tiles (GEMMs over
+packed weights, which TVM does not see as einsums, keep a guarded row tail instead).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Matmul(CPUScheduleRule):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = s_tir.Schedule(func)
-        blocks = sch.get_child_blocks(sch.get_sblock("root") if _has_root(sch) else None)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
         reduction = get_reduction_blocks(sch, blocks)
         if reduction is None:
             return None
@@ -161,14 +162,6 @@ class Matmul(CPUScheduleRule):
             sch.vectorize(inner)
         elif ext <= vw:
             sch.vectorize(loop)
-
-
-def _has_root(sch) -> bool:
-    try:
-        sch.get_sblock("root")
-        return True
-    except Exception:
-        return False
 
 
 def _is_canonical(block) -> bool:
