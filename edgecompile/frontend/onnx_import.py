@@ -116,6 +116,7 @@ def resolve_input_specs(
     for given in list(shapes) + list(dtypes):
         if given not in names:
             raise InputSpecError(f"the model has no input named '{given}'; its inputs are: {', '.join(names)}")
+    ranges = index_ranges(model)
     specs = []
     for name, dims, dtype in inputs:
         shown = "x".join(str(d) for d in dims)
@@ -141,7 +142,7 @@ def resolve_input_specs(
                     f"static shape, e.g. --input-shape {name}={example}"
                 )
             shape = tuple(int(d) for d in dims)
-        specs.append(TensorSpec(name, shape, dtypes.get(name, dtype), index_ranges(model).get(name)))
+        specs.append(TensorSpec(name, shape, dtypes.get(name, dtype), ranges.get(name)))
     return specs
 
 
