@@ -29,6 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
+from edgecompile.runtime.model import time_calls  # noqa: E402
+
 
 def models(slow: bool):
     import torch
@@ -85,14 +87,7 @@ def time_ort(path: Path, feeds: dict, threads: int, runs: int) -> float:
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    for _ in range(5):
-        sess.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return statistics.median(time_calls(lambda: sess.run(None, feeds), runs, warmup=5))
 
 
 def ort_int8(path: Path, samples: list[dict], workdir: Path) -> tuple[Path, Path]:
@@ -171,14 +166,7 @@ def gemm_table(shapes: dict[str, list[tuple[int, int, int]]], target: str, runs:
             ex = compile_module(bb.get(), profile)
             vm = relax.VirtualMachine(ex, tvm.cpu())
             xt = tvm.runtime.tensor(rng.standard_normal((m, k)).astype("float32"))
-            for _ in range(5):
-                vm["main"](xt)
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                vm["main"](xt)
-                times.append(time.perf_counter() - t0)
-            t = statistics.median(times)
+            t = statistics.median(time_calls(lambda vm=vm, xt=xt: vm["main"](xt), runs, warmup=5)) / 1e3
             gf = 2 * m * k * n / t / 1e9
             print(f"{model:<18} {f'{m}x{k}x{n}':<18} {t * 1e3:8.3f} {gf:9.1f} {100 * gf / peak:6.0f}%")
 

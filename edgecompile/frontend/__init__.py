@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgecompile.errors import InputSpecError, ModelLoadError
 from edgecompile.frontend.spec import TensorSpec
+from edgecompile.runtime.manifest import sha256_file
 
 
 @dataclass
@@ -39,13 +39,13 @@ def import_model(
                 raise ModelLoadError(f"model file not found: {path}")
             return _from_exported(
                 torch_import.load_exported(path),
-                {"frontend": "torch.export", "file": path.name, "sha256": _file_sha256(path)},
+                {"frontend": "torch.export", "file": path.name, "sha256": sha256_file(path)},
             )
         from edgecompile.frontend import onnx_import
 
         proto = onnx_import.read_onnx(path)
         return _from_onnx(
-            proto, input_shapes, input_dtypes, {"frontend": "onnx", "file": path.name, "sha256": _file_sha256(path)}
+            proto, input_shapes, input_dtypes, {"frontend": "onnx", "file": path.name, "sha256": sha256_file(path)}
         )
     kind = f"{type(model).__module__}.{type(model).__name__}"
     if kind == "onnx.onnx_ml_pb2.ModelProto" or type(model).__name__ == "ModelProto":
@@ -114,11 +114,3 @@ def _is_torch_module(obj) -> bool:
 
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(obj, torch.nn.Module)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

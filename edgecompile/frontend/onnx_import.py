@@ -172,11 +172,16 @@ def index_ranges(model) -> dict[str, tuple[int, int]]:
     return ranges
 
 
-def unsupported_nodes(model) -> list[tuple[str, str]]:
-    """(node name, op type) of every node TVM's ONNX frontend has no converter for."""
+def importable_ops() -> set[str]:
+    """The default-domain op types TVM's ONNX frontend converts."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    known = set(_get_convert_map()) | {"Constant", "If"}
+    return set(_get_convert_map()) | {"Constant", "If"}
+
+
+def unsupported_nodes(model) -> list[tuple[str, str]]:
+    """(node name, op type) of every node TVM's ONNX frontend has no converter for."""
+    known = importable_ops()
     out = []
     for i, node in enumerate(model.graph.node):
         domain_ok = node.domain in DEFAULT_DOMAINS

@@ -56,14 +56,13 @@ def specialize(model, specs: list[TensorSpec]):
     except Exception as e:  # inference is best effort; the importer infers too
         log.info("onnx shape inference failed (%s); folding only constants", e)
     shapes = _static_shapes(m)
-    consts: dict[str, np.ndarray] = {t.name: None for t in m.graph.initializer}  # known, not loaded
-    values: dict[str, np.ndarray] = {}
+    initializers = {t.name: t for t in m.graph.initializer}
+    consts: dict[str, np.ndarray] = {name: None for name in initializers}  # known, loaded on first use
 
     def value(name):
-        if name not in values:
-            t = next(t for t in m.graph.initializer if t.name == name)
-            values[name] = numpy_helper.to_array(t)
-        return values[name]
+        if consts[name] is None:
+            consts[name] = numpy_helper.to_array(initializers[name])
+        return consts[name]
 
     keep, new_inits = [], []
     for node in m.graph.node:
@@ -79,7 +78,7 @@ def specialize(model, specs: list[TensorSpec]):
             and all(i == "" or i in consts for i in node.input)
             and all(i == "" or _small(i, consts, shapes, m) for i in node.input)
         ):
-            folded = _eval(node, [value(i) if i and consts[i] is None else consts.get(i) for i in node.input], m)
+            folded = _eval(node, [value(i) if i else None for i in node.input], m)
         if folded is not None and all(v is not None and v.size <= MAX_FOLD_ELEMENTS for v in folded):
             for name, v in zip(node.output, folded):
                 consts[name] = v

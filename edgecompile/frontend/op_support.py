@@ -66,12 +66,11 @@ def classify(
 def coverage(model) -> list[OpCoverage]:
     """One :class:`OpCoverage` per (op type, version) used by the model's top-level graph."""
     import onnx.defs
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    from edgecompile.frontend.onnx_import import DEFAULT_DOMAINS, model_opset
+    from edgecompile.frontend.onnx_import import DEFAULT_DOMAINS, importable_ops, model_opset
 
     opset = model_opset(model)
-    converters = set(_get_convert_map()) | {"Constant", "If"}
+    converters = importable_ops()
     consumed = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     groups: OrderedDict[tuple[str, str, bool], list[str]] = OrderedDict()
     for i, node in enumerate(model.graph.node):

@@ -93,11 +93,12 @@ def _build(mod, target, profile: TargetProfile, db):
 def _model_latency(executable, mod, runs: int = 20) -> float:
     """Median seconds of ``main`` on random inputs of its static shapes."""
     import statistics
-    import time
 
     import numpy as np
     import tvm
     from tvm import relax
+
+    from edgecompile.runtime.model import time_calls
 
     vm = relax.VirtualMachine(executable, tvm.cpu())
     rng = np.random.default_rng(0)
@@ -106,14 +107,7 @@ def _model_latency(executable, mod, runs: int = 20) -> float:
         shape, dtype = [int(d.value) for d in p.ty.shape.values], str(p.ty.dtype)
         data = rng.standard_normal(shape) if "float" in dtype else np.ones(shape)
         args.append(tvm.runtime.tensor(data.astype(dtype)))
-    for _ in range(3):
-        vm["main"](*args)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        vm["main"](*args)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(time_calls(lambda: vm["main"](*args), runs)) / 1e3
 
 
 def export(executable, profile: TargetProfile, out_dir: Path) -> BuiltLibrary:

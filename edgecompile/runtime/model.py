@@ -162,17 +162,13 @@ class CompiledModel:
         if threads:
             set_threads(threads)
         tensors = [self._tvm.runtime.tensor(a, self.device) for a in args]
-        for _ in range(warmup):
-            self._main(*tensors)
-        self.device.sync()
-        used = num_threads()
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
+
+        def call():
             self._main(*tensors)
             self.device.sync()
-            times.append((time.perf_counter() - t0) * 1e3)
-        times.sort()
+
+        times = sorted(time_calls(call, runs, warmup))
+        used = num_threads()
         p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
         return BenchmarkResult(
             median_ms=statistics.median(times),
@@ -213,6 +209,18 @@ def import_tvm_runtime():
     import tvm.runtime.vm  # noqa: F401
 
     return tvm
+
+
+def time_calls(call, runs: int, warmup: int = 3) -> list[float]:
+    """Milliseconds of each of ``runs`` calls of ``call()``, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
 
 
 def set_threads(n: int) -> int:
