@@ -8,9 +8,14 @@ seq 128), a ViT-Tiny-sized model (patch 16, 224x224, hidden 192, 12 layers) and,
 BERT-base-sized encoder (12 layers, hidden 768, seq 128). Weights are random (seeded): latency does
 not depend on their values.
 
-Then a GEMM kernel table: GFLOP/s of our fp32 kernel on each model's linear-layer shapes, one
-thread, next to the machine's fp32 peak for the instruction set, computed as
-    peak = clock (max from cpufreq, else /proc/cpuinfo) x 2 FMA pipes x lanes x 2 flop/FMA.
+Then a GEMM kernel table: GFLOP/s of our fp32 kernel and GOP/s of our int8 x int8 -> int32
+kernel on each model's linear-layer shapes, one thread, next to the core's peak for the
+instruction each uses. The peak is measured, not taken from a datasheet: benchmarks/peak_probe.c
+(built with the system cc) times ten independent chains of the instruction, so
+    fp32 peak = FMA instructions/ns x lanes x 2 flop,
+    int8 peak = vpmaddwd/ns x 16 MACs x 2 op (AVX2), or vpdpbusd/ns x 64 MACs x 2 op (AVX-512 VNNI).
+(Without the probe, the fp32 peak falls back to /proc/cpuinfo's clock x 2 FMA pipes.) The int8
+time includes the kernel's pass converting A to the instruction's operand type.
 
     python benchmarks/cpu_vs_onnxruntime.py [--slow] [--runs 30] [--target native]
 """
@@ -121,21 +126,70 @@ def ort_int8(path: Path, samples: list[dict], workdir: Path) -> tuple[Path, Path
     return dyn, qdq
 
 
-def peak_gflops(target_isa) -> tuple[float, str]:
-    mhz = None
-    try:
-        mhz = int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1000
-        src = "cpufreq max"
-    except OSError:
+def _linear_shapes(m: int, hidden: int, ffn: int) -> list[tuple[int, int, int]]:
+    return [(m, hidden, hidden), (m, hidden, ffn), (m, ffn, hidden)]
+
+
+GEMM_SHAPES = {  # (M, K, N) of each model's linear layers: QKV/output projection, FFN up, FFN down
+    "MiniLM-L6-sized": _linear_shapes(128, 384, 1536),
+    "ViT-Tiny-sized": _linear_shapes(197, 192, 768),
+    "BERT-base-sized": _linear_shapes(128, 768, 3072),
+}
+
+
+def probe_rates() -> dict[str, float]:
+    """Instructions per ns of each multiply-add our GEMMs use, one core (benchmarks/peak_probe.c)."""
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or os.uname().machine != "x86_64":
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "peak_probe"
+        subprocess.run([cc, "-O2", str(Path(__file__).with_name("peak_probe.c")), "-o", str(exe)], check=True)
+        out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    return {name: float(rate) for name, rate in (line.split() for line in out.splitlines())}
+
+
+def peaks(isa, rates: dict[str, float]) -> tuple[float, str, float | None, str]:
+    """(fp32 GFLOP/s, how, int8 GOP/s or None, how) on one core for ``isa``'s instructions."""
+    zmm = isa.bits == 512
+    fma = rates.get("vfmadd231ps.zmm" if zmm else "vfmadd231ps.ymm")
+    lanes = isa.lanes(32)
+    if fma:
+        fp32, how = fma * lanes * 2, f"measured {fma:.2f} FMA/ns x {lanes} lanes x 2 flop"
+    else:
+        mhz = None
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("cpu MHz"):
                 mhz = float(line.split(":")[1])
-                src = "/proc/cpuinfo"
                 break
-    lanes = target_isa.lanes(32)
-    if target_isa.fma:  # two FMA pipes (Intel since Haswell, AMD since Zen 2, big ARM cores)
-        return mhz / 1e3 * 2 * lanes * 2, f"{mhz:.0f} MHz ({src}) x 2 FMA pipes x {lanes} lanes x 2"
-    return mhz / 1e3 * lanes * 2, f"{mhz:.0f} MHz ({src}) x (1 mul + 1 add pipe) x {lanes} lanes"
+        fp32, how = mhz / 1e3 * 2 * lanes * 2, f"{mhz:.0f} MHz x 2 FMA pipes x {lanes} lanes x 2 (nominal)"
+    if isa.int8_dot == "vnni" and "vpdpbusd.zmm" in rates:
+        r = rates["vpdpbusd.zmm"]
+        return fp32, how, r * 64 * 2, f"measured {r:.2f} vpdpbusd/ns x 64 MAC x 2 op"
+    if isa.int8_dot == "pmaddwd" and not zmm and "vpmaddwd.ymm" in rates:
+        r = rates["vpmaddwd.ymm"]
+        return fp32, how, r * 16 * 2, f"measured {r:.2f} vpmaddwd/ns x 16 MAC x 2 op"
+    return fp32, how, None, "not measured for this instruction set"
+
+
+def _gemm_kernel(m: int, k: int, n: int, dtype: str, rng):
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((m, k), dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            if dtype == "int8":
+                w = relax.const(rng.integers(-127, 128, (k, n)).astype("int8"))
+                y = bb.emit_output(relax.op.matmul(x, w, out_dtype="int32"))
+            else:
+                w = relax.const(rng.standard_normal((k, n)).astype("float32"))
+                y = bb.emit_output(relax.op.matmul(x, w))
+        bb.emit_func_output(y)
+    return bb.get()
 
 
 def gemm_table(shapes: dict[str, list[tuple[int, int, int]]], target: str, runs: int) -> None:
@@ -149,26 +203,44 @@ def gemm_table(shapes: dict[str, list[tuple[int, int, int]]], target: str, runs:
 
     profile = get_profile(target).resolved()
     isa = vector_isa(tvm.target.Target(profile.tvm))
-    peak, how = peak_gflops(isa)
-    print(f"\nfp32 GEMM kernel, 1 thread (peak {peak:.1f} GFLOP/s = {how})")
-    print(f"{'model':<18} {'M x K x N':<18} {'ms':>8} {'GFLOP/s':>9} {'% peak':>7}")
+    fp32_peak, fp32_how, int8_peak, int8_how = peaks(isa, probe_rates())
+    print(f"\nGEMM kernels, 1 thread ({isa.bits}-bit vectors, int8 via {isa.int8_dot or 'int32 multiply'})")
+    print(f"  fp32 peak {fp32_peak:.1f} GFLOP/s = {fp32_how}")
+    print(f"  int8 peak {f'{int8_peak:.1f} GOP/s = ' if int8_peak else ''}{int8_how}")
+    if isa.int8_dot != "vnni":
+        print("  VNNI peak: this CPU has no AVX-512 VNNI; vpdpbusd does 4x the MACs of an FMA per instruction")
+    print(
+        f"{'model':<18} {'M x K x N':<16} {'fp32 ms':>8} {'GFLOP/s':>8} {'%peak':>6}"
+        f" {'int8 ms':>8} {'GOP/s':>7} {'%peak':>6} {'int8/fp32':>9}"
+    )
     rng = np.random.default_rng(0)
     set_threads(1)
     for model, dims in shapes.items():
         for m, k, n in dims:
-            bb = relax.BlockBuilder()
-            x = relax.Var("x", relax.TensorType((m, k), "float32"))
-            with bb.function("main", [x]):
-                with bb.dataflow():
-                    w = relax.const(rng.standard_normal((k, n)).astype("float32"))
-                    y = bb.emit_output(relax.op.matmul(x, w))
-                bb.emit_func_output(y)
-            ex = compile_module(bb.get(), profile)
-            vm = relax.VirtualMachine(ex, tvm.cpu())
-            xt = tvm.runtime.tensor(rng.standard_normal((m, k)).astype("float32"))
-            t = statistics.median(time_calls(lambda vm=vm, xt=xt: vm["main"](xt), runs, warmup=5)) / 1e3
-            gf = 2 * m * k * n / t / 1e9
-            print(f"{model:<18} {f'{m}x{k}x{n}':<18} {t * 1e3:8.3f} {gf:9.1f} {100 * gf / peak:6.0f}%")
+            calls = {}
+            for dtype in ("float32", "int8"):
+                ex = compile_module(_gemm_kernel(m, k, n, dtype, rng), profile)
+                vm = relax.VirtualMachine(ex, tvm.cpu())
+                if dtype == "int8":
+                    xt = tvm.runtime.tensor(rng.integers(-128, 128, (m, k)).astype("int8"))
+                else:
+                    xt = tvm.runtime.tensor(rng.standard_normal((m, k)).astype("float32"))
+                calls[dtype] = lambda vm=vm, xt=xt: vm["main"](xt)
+            # Alternate the two kernels over 3 rounds so clock and neighbour noise hits both alike.
+            samples = {dtype: [] for dtype in calls}
+            for _ in range(3):
+                for dtype, call in calls.items():
+                    samples[dtype] += time_calls(call, max(1, runs // 3), warmup=5)
+            res = {}
+            for dtype, ts in samples.items():
+                t = statistics.median(ts) / 1e3
+                res[dtype] = (t, 2 * m * k * n / t / 1e9)
+            (tf, gf), (ti, gi) = res["float32"], res["int8"]
+            ipk = f"{100 * gi / int8_peak:5.0f}%" if int8_peak else f"{'-':>6}"
+            print(
+                f"{model:<18} {f'{m}x{k}x{n}':<16} {tf * 1e3:8.3f} {gf:8.1f} {100 * gf / fp32_peak:5.0f}%"
+                f" {ti * 1e3:8.3f} {gi:7.1f} {ipk} {gi / gf:8.2f}x"
+            )
 
 
 def main() -> int:
@@ -176,7 +248,15 @@ def main() -> int:
     ap.add_argument("--slow", action="store_true", help="also the BERT-base-sized encoder")
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--target", default="native")
+    ap.add_argument("--kernels-only", action="store_true", help="only the GEMM kernel table")
     args = ap.parse_args()
+    if args.kernels_only:
+        gemm_table(
+            GEMM_SHAPES if args.slow else {k: v for k, v in GEMM_SHAPES.items() if "BERT" not in k},
+            args.target,
+            args.runs,
+        )
+        return 0
     from models import export_onnx
 
     import edgecompile
@@ -202,10 +282,7 @@ def main() -> int:
                 d = time_ort(dyn, feeds, threads, args.runs)
                 q = time_ort(qdq, feeds, threads, args.runs)
                 rows.append((name, threads, ec, fp32, d, q, compile_s))
-            hidden = module.blocks[0].q.in_features if hasattr(module, "blocks") else 192
-            ffn = module.blocks[0].up.out_features if hasattr(module, "blocks") else 768
-            m = 128 if hasattr(module, "blocks") else 197
-            shapes[name] = [(m, hidden, hidden), (m, hidden, ffn), (m, ffn, hidden)]
+            shapes[name] = GEMM_SHAPES[name]
 
     print(f"\nbatch 1, median of {args.runs} runs (ms); ratio = edgecompile / ORT (< 1: edgecompile faster)")
     head = (

@@ -1,6 +1,7 @@
 """Our CPU schedules: rules applied to every PrimFunc after legalization and fusion.
 
-Order matters: the first rule that accepts a function schedules it. ``Matmul`` takes GEMM-like
+Order matters: the first rule that accepts a function schedules it. ``Int8Matmul`` takes the
+tensorized int8 GEMMs over packed weights, ``Matmul`` takes other GEMM-like
 kernels with their fused epilogues, TVM's dlight ``GEMV`` and ``Reduction`` take matrix-vector
 products and row reductions (softmax, LayerNorm), ``Elementwise`` takes everything injective, and
 ``Fallback`` whatever is left (full reductions), so no kernel stays an unscheduled loop nest.
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 from edgecompile.lower.schedules.cpu_elementwise import Elementwise
 from edgecompile.lower.schedules.cpu_fallback import Fallback
+from edgecompile.lower.schedules.cpu_int8_matmul import Int8Matmul
 from edgecompile.lower.schedules.cpu_matmul import Matmul
 
 
 def cpu_rules() -> list:
     from tvm.s_tir.dlight import cpu as dl_cpu
 
-    return [Matmul(), dl_cpu.GEMV(), dl_cpu.Reduction(), Elementwise(), Fallback()]
+    return [Int8Matmul(), Matmul(), dl_cpu.GEMV(), dl_cpu.Reduction(), Elementwise(), Fallback()]

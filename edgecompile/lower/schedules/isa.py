@@ -10,7 +10,7 @@ class VectorISA:
     bits: int  # vector register width
     registers: int  # architectural vector registers
     fma: bool
-    int8_dot: str | None  # "vnni" (vpdpbusd), "sdot" (ARM dotprod), "avx2" (vpmaddubsw) or None
+    int8_dot: str | None  # "vnni" (vpdpbusd), "pmaddwd" (AVX2 / AVX-512BW), "sdot" (ARM dotprod) or None
 
     def lanes(self, dtype_bits: int) -> int:
         return max(1, self.bits // dtype_bits)
@@ -23,9 +23,9 @@ def vector_isa(target) -> VectorISA:
     feats = set(llvm_get_cpu_features(target))
     triple = str(target.attrs.get("mtriple", "")) if hasattr(target, "attrs") else ""
     if "avx512f" in feats:
-        return VectorISA(512, 32, True, "vnni" if "avx512vnni" in feats else "avx2")
+        return VectorISA(512, 32, True, "vnni" if "avx512vnni" in feats else "pmaddwd")
     if "avx2" in feats:
-        return VectorISA(256, 16, "fma" in feats, "vnni" if "avxvnni" in feats else "avx2")
+        return VectorISA(256, 16, "fma" in feats, "vnni" if "avxvnni" in feats else "pmaddwd")
     if "neon" in feats or triple.startswith(("aarch64", "arm")):
         regs = 32 if triple.startswith("aarch64") or "aarch64" in feats else 16
         return VectorISA(128, regs, True, "sdot" if "dotprod" in feats else None)

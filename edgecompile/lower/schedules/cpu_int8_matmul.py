@@ -1,0 +1,76 @@
+"""CPU schedule for int8 x int8 -> int32 GEMMs over packed weights, with fused epilogues.
+
+Takes the GEMMs :mod:`edgecompile.lower.pack_weights` emits for a target with an int8 dot-product
+instruction (their reduction block carries the tensor intrinsic's name). Same register blocking
+as the fp32 rule — ``MR x NR`` int32 accumulators per tile, N tiles outer and parallel — with the
+innermost ``LANES x KR`` step tensorized to one ``vpdpbusd`` / ``vpmaddwd`` / ``sdot``. The
+A-conversion stage runs once before the GEMM (parallel over rows); the output stage and every
+epilogue fused after it (bias, requantize, residual add) run on the tile while it is in registers.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target import Target
+
+from edgecompile.lower.schedules.cpu_matmul import Matmul
+from edgecompile.lower.schedules.int8_dot import INT8_GEMM_ATTR, INT8_MR_ATTR, int8_kernel
+from edgecompile.lower.schedules.isa import vector_isa
+
+
+def _int8_gemm_block(sch: s_tir.Schedule):
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if INT8_GEMM_ATTR in sch.get(block).annotations:
+            return block
+    return None
+
+
+class Int8Matmul(CPUScheduleRule):
+    """Register-blocked, tensorized int8 GEMM for LLVM CPU targets."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        main = _int8_gemm_block(sch)
+        if main is None:
+            return None
+        ann = sch.get(main).annotations
+        kernel = int8_kernel(vector_isa(target))
+        if kernel is None or str(ann[INT8_GEMM_ATTR]) != kernel.intrin:
+            return None  # packed for another ISA: leave it to the generic rules
+        mr = int(ann[INT8_MR_ATTR])
+        epilogue = Matmul._inline_epilogue(sch, main)
+        if epilogue in ("fail", None):
+            return None
+        (prep,) = sch.get_producers(main)
+        for block in sch.get_producers(prep):  # e.g. a fused quantize: computed inside the prep pass
+            sch.compute_inline(block)
+
+        *spatial, ko, _kk = sch.get_loops(main)
+        *batch, i, j = spatial
+        if batch:
+            s = sch.fuse(*batch) if len(batch) > 1 else batch[0]
+        else:
+            s, i = sch.split(i, [1, None])
+        nr = int(sch.get(main).reads[-1].source.shape[-2])
+        i0, i1 = sch.split(i, [None, mr])
+        j0, j1 = sch.split(j, [None, nr])
+        jv, jl = sch.split(j1, [None, kernel.lanes])
+        sch.reorder(s, j0, i0, ko, i1, jv, jl)
+        par = sch.fuse(s, j0)
+        sch.parallel(par)
+        sch.set_scope(main, 0, "local")
+        sch.reverse_compute_at(epilogue, i0, preserve_unit_loops=True)
+        sch.unroll(i1)
+        sch.unroll(jv)
+        init = sch.decompose_reduction(main, ko)
+        Matmul._vectorize_last(sch, init, kernel.lanes)
+        sch.tensorize(jl, kernel.intrin)
+        Matmul._vectorize_last(sch, epilogue, kernel.lanes)
+
+        *rows, k = sch.get_loops(prep)
+        sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
+        Matmul._vectorize_last(sch, prep, 32 if kernel.a_dtype == "int16" else 64)
+        return sch
