@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from edgecompile.errors import RecipeError
 from edgecompile.frontend.spec import parse_shape
 
 log = logging.getLogger("edgecompile")
@@ -26,6 +27,9 @@ def compile(  # noqa: A001 - the product's verb
     tune: int | None = None,
     tuning_db: str | Path | None = None,
     tune_progress: Callable[[int, int, float], None] | None = None,
+    calib=None,
+    keep_float: list[str] | None = None,
+    calib_progress: Callable[[str, int, int], None] | None = None,
 ) -> Path:
     """Compile ``model`` for ``target`` into an artifact directory and return its path.
 
@@ -36,6 +40,11 @@ def compile(  # noqa: A001 - the product's verb
     defaults to ``build/<model>-<target>``. ``tune=N`` runs up to N MetaSchedule trials first
     (CPU targets) with the database under ``tuning_db`` (default ``~/.cache/edgecompile/tuning``);
     ``tune_progress(done, total, elapsed_s)`` reports the search.
+
+    Recipes that quantize (``int8``) need ``calib``: an ``.npz`` with one array per input stacked
+    along a leading sample axis, a directory of them, or an iterable of ``{name: array}``;
+    ``keep_float`` names layers (or fnmatch patterns, e.g. ``linear.0``, ``matmul.*``) to leave in
+    float; ``calib_progress(stage, done, total)`` reports calibration.
     """
     from edgecompile.frontend import import_model
     from edgecompile.lower.build import compile_module, export
@@ -54,12 +63,17 @@ def compile(  # noqa: A001 - the product's verb
         say(f"importing {_model_stem(model)}")
         with captured(log):
             imported = import_model(model, shapes, input_dtypes, example_inputs)
-        # The fp32 recipe applies no rewrite; quantization and the other passes slot in here.
+        mod, quant = imported.mod, None
+        part = rec.part("int8")
+        if part is not None:
+            mod, quant = _quantize(imported, part, profile, calib, keep_float, say, calib_progress)
+        elif calib is not None or keep_float:
+            raise RecipeError(f"recipe {rec} does not quantize: --calib and --keep-float need an int8 recipe")
         say(f"building for {profile.name} ({profile.tvm.get('kind')}, recipe {rec})")
         with captured(log):
             if tune is not None:
                 say(f"tuning up to {tune} trials")
-            executable = compile_module(imported.mod, profile, tune, tuning_db and Path(tuning_db), tune_progress)
+            executable = compile_module(mod, profile, tune, tuning_db and Path(tuning_db), tune_progress)
             say("exporting the library")
             lib = export(executable, profile, staging)
         manifest = {
@@ -72,11 +86,47 @@ def compile(  # noqa: A001 - the product's verb
             "linker": lib.linker,
             "link_command": lib.link_command,
             "tuning": None if tune is None else {"trials": tune},
+            "quantization": quant,
         }
         return finish(staging, out, manifest)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _quantize(imported, part, profile, calib, keep_float, say, calib_progress):
+    """Calibrate and rewrite ``imported`` for the ``int8`` recipe part; returns (module, manifest entry)."""
+    import dataclasses
+
+    from edgecompile.calibrate.data import load_samples
+    from edgecompile.lower.build import compile_module
+    from edgecompile.native_output import captured
+    from edgecompile.ptq import config_from_options, quantize_model
+    from edgecompile.targets import get_profile
+
+    config, keep_worst = config_from_options(part.options)
+    if keep_float:
+        config = dataclasses.replace(config, keep_float=config.keep_float + tuple(keep_float))
+    samples = load_samples(calib, imported.inputs, config.samples)
+    host = get_profile("native").resolved()
+    say(f"calibrating on {len(samples)} samples ({config.observer})")
+
+    def report(stage: str, done: int, total: int) -> None:
+        say(f"{stage} {done}/{total}")
+        if calib_progress:
+            calib_progress(stage, done, total)
+
+    with captured(log):
+        result = quantize_model(
+            imported.mod,
+            samples,
+            [s.name for s in imported.inputs],
+            config,
+            lambda m: compile_module(m, host),
+            keep_worst,
+            report,
+        )
+    return result.mod, result.to_json(config)
 
 
 def inspect_model(model, opset: int | None = None):

@@ -98,6 +98,21 @@ def compile_cmd(
         Path | None,
         typer.Option("--tuning-db", help="Tuning database directory [default: ~/.cache/edgecompile/tuning]."),
     ] = None,
+    calib: Annotated[
+        Path | None,
+        typer.Option(
+            "--calib",
+            help="Calibration data for quantizing recipes: an .npz with one array per input stacked along a "
+            "leading sample axis, or a directory of them.",
+        ),
+    ] = None,
+    keep_float: Annotated[
+        str | None,
+        typer.Option(
+            "--keep-float",
+            help="Layers to leave in float, NAME,... (names from `inspect --quant`, or patterns like 'matmul.*').",
+        ),
+    ] = None,
 ) -> None:
     """Compile MODEL for a target into an artifact directory (library + manifest.json)."""
     import time
@@ -127,6 +142,13 @@ def compile_cmd(
                 tuning["task"] = bar.add_task("tuning trials", total=total)
             bar.update(tuning["task"], completed=done)
 
+        calib_tasks = {}
+
+        def on_calib(what: str, done: int, total: int) -> None:
+            if what not in calib_tasks:
+                calib_tasks[what] = bar.add_task(what, total=total)
+            bar.update(calib_tasks[what], completed=done)
+
         path = compile_model(
             str(model),
             target,
@@ -138,6 +160,9 @@ def compile_cmd(
             tune=tune,
             tuning_db=tuning_db,
             tune_progress=on_tune,
+            calib=calib,
+            keep_float=[k for k in (keep_float or "").split(",") if k.strip()] or None,
+            calib_progress=on_calib,
         )
     manifest = json.loads((path / "manifest.json").read_text())
     lib = path / manifest["library"]
@@ -256,11 +281,17 @@ def bench_cmd(
 def inspect_cmd(
     path: Annotated[Path, typer.Argument(help="An ONNX model (op coverage) or an artifact directory (its manifest).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    quant: Annotated[
+        bool, typer.Option("--quant", help="Artifact: per-layer scales and SQNR against float, worst first.")
+    ] = False,
 ) -> None:
     """Show op coverage of an ONNX model before compiling (exit 1 if any op is unsupported),
     or summarise an artifact."""
     if path.is_dir():
-        _inspect_artifact(path, as_json)
+        if quant:
+            _inspect_quant(path, as_json)
+        else:
+            _inspect_artifact(path, as_json)
         return
     from edgecompile.api import inspect_model
 
@@ -305,6 +336,43 @@ def _inspect_artifact(path: Path, as_json: bool) -> None:
             out.print(f"  {kind[:-1]} {t['name']}: {'x'.join(map(str, t['shape']))} {t['dtype']}", highlight=False)
     for name, digest in m["files"].items():
         out.print(f"  file {name} sha256 {digest[:16]}…", highlight=False)
+
+
+def _inspect_quant(path: Path, as_json: bool) -> None:
+    from edgecompile.errors import ArtifactError
+    from edgecompile.runtime.manifest import read_verified
+
+    q = read_verified(path).get("quantization")
+    if not q:
+        raise ArtifactError(f"{path} was not compiled with a quantizing recipe (no per-layer data)")
+    rows = sorted(q["layers"], key=lambda r: (not r["quantized"], r["sqnr_db"]))
+    if as_json:
+        out.print_json(json.dumps({**q, "layers": rows}))
+        return
+    obs = q["observer"] + (f" {q['percentile']}" if q.get("percentile") else "")
+    table = Table(title=f"{path}: int8 layers, worst SQNR first ({obs}, {q['samples']} calibration samples)")
+    for col in ("layer", "kind", "int8", "SQNR dB", "scale in", "scale out", "weight scales"):
+        table.add_column(col)
+
+    def fmt(v):
+        if v is None:
+            return "-"
+        return ", ".join(f"{x:.3g}" for x in v) if isinstance(v, list) else f"{v:.3g}"
+
+    for r in rows:
+        ws = f"{r['weight_scale_min']:.3g}..{r['weight_scale_max']:.3g}" if "weight_scale_min" in r else "-"
+        table.add_row(
+            r["name"],
+            r["kind"],
+            "yes" if r["quantized"] else "float",
+            f"{r['sqnr_db']:.1f}",
+            fmt(r.get("scale_in")),
+            fmt(r.get("scale_out")),
+            ws,
+        )
+    out.print(table)
+    if q["kept_float"]:
+        out.print(f"kept in float: {', '.join(q['kept_float'])}", highlight=False)
 
 
 @app.command("targets")

@@ -56,3 +56,7 @@ class ArtifactError(EdgeCompileError):
 
 class InputMismatchError(EdgeCompileError):
     """Inputs given at run time do not match the artifact's names, shapes or dtypes."""
+
+
+class CalibrationError(EdgeCompileError):
+    """Calibration data is missing, malformed, or does not match the model's inputs."""

@@ -26,6 +26,17 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "fp32": Preset("fp32", "the float model as exported, no rewrite"),
+    "int8": Preset(
+        "int8",
+        "int8 post-training quantization: integer linear layers and matmuls, dyadic requantization (needs --calib)",
+        {
+            "observer": "activation range observer: minmax, percentile (default), mse or entropy",
+            "percentile": "percentile of |x| for the percentile observer (default 99.99)",
+            "samples": "calibration samples to use (default: all given)",
+            "keep_float": "layers to leave in float, names or patterns separated by ';' (e.g. linear.0;matmul.*)",
+            "keep_worst": "keep the k layers with the lowest SQNR in float (default 0)",
+        },
+    ),
 }
 
 
@@ -48,6 +59,10 @@ class Recipe:
 
     def to_json(self) -> dict:
         return {"spec": str(self), "parts": [{"preset": p.preset, "options": p.options} for p in self.parts]}
+
+    def part(self, preset: str) -> RecipePart | None:
+        """The recipe's part for ``preset``, if it has one."""
+        return next((p for p in self.parts if p.preset == preset), None)
 
 
 def _check_part(part: RecipePart) -> RecipePart:

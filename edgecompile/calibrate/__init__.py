@@ -1,0 +1,1 @@
+"""Calibration: reading the user's samples, observing tensor ranges, capturing activations."""

@@ -1,0 +1,79 @@
+"""numpy reference of every integer op the int8 recipes emit; compiled code matches it bit for bit.
+
+Conventions (see ``shared`` design notes, "Integer semantics"):
+
+- A quantized tensor is int8 ``q`` with a float scale ``S`` (zero point 0): ``x ~ S * q``.
+- ``quantize(x, S) = clip(rint(x * (1/S)), -128, 127)`` in float32, ``rint`` rounding half to even
+  (what TVM's ``round`` lowers to), the multiply by the float32 reciprocal done once.
+- ``dequantize(q, S) = float32(q) * float32(S)``.
+- Dyadic requantization: a ratio ``r = S_in / S_out`` is ``b / 2^c`` with ``b`` a 31-bit integer
+  (:func:`dyadic`); ``requantize(acc, b, c) = clip((acc * b + 2^(c-1)) >> c)`` in int64,
+  rounding half up. ``b`` and ``c`` are scalars or per-channel vectors along the last axis.
+- ``int_matmul``: int8 x int8 accumulated in int32 (exact: |sum| < 2^31 for K < 2^17).
+- ``int_add``: each operand requantized to the output scale with its own (b, c), summed, clipped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+QMIN, QMAX = -128, 127
+
+
+def dyadic(ratio: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """``(b, c)`` with ``ratio ~ b / 2^c``, ``2^30 <= b < 2^31`` and ``0 <= c <= 62``.
+
+    ``b = round(m * 2^31)`` for ``ratio = m * 2^e`` (``m`` in [0.5, 1)); when ``m`` rounds up to
+    exactly ``2^31`` (ratios just below a power of two) it is renormalised to ``2^30`` with one
+    shift less, so ``b`` always fits a signed int32. Ratios too small for a 62-bit shift are 0.
+    """
+    r = np.asarray(ratio, dtype=np.float64)
+    if np.any(r < 0) or not np.all(np.isfinite(r)):
+        raise ValueError("requantization ratios must be finite and non-negative")
+    m, e = np.frexp(r)
+    b = np.floor(m * 2.0**31 + 0.5).astype(np.int64)
+    c = (31 - e).astype(np.int64)
+    top = b == 2**31
+    b = np.where(top, 2**30, b)
+    c = np.where(top, c - 1, c)
+    if np.any(c < 1):
+        raise ValueError(f"requantization ratio {r.max():g} is too large (>= 2^30)")
+    tiny = c > 62
+    b = np.where(tiny | (r == 0), 0, b)
+    c = np.where(tiny | (r == 0), 1, c)
+    return b.astype(np.int64), c.astype(np.int64)
+
+
+def quantize(x: np.ndarray, scale: float) -> np.ndarray:
+    inv = np.float32(1.0 / np.float32(scale))
+    return np.clip(np.rint(x.astype(np.float32) * inv), QMIN, QMAX).astype(np.int8)
+
+
+def dequantize(q: np.ndarray, scale: float | np.ndarray) -> np.ndarray:
+    return q.astype(np.float32) * np.asarray(scale, np.float32)
+
+
+def requantize(acc: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``clip((acc * b + 2^(c-1)) >> c)`` to int8, in int64 (``acc`` int32, ``b < 2^31``)."""
+    b, c = np.asarray(b, np.int64), np.asarray(c, np.int64)
+    v = (acc.astype(np.int64) * b + (np.int64(1) << (c - 1))) >> c
+    return np.clip(v, QMIN, QMAX).astype(np.int8)
+
+
+def int_matmul(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """int8 x int8 -> int32 matmul (numpy broadcasting of batch dims), plus an int32 bias."""
+    acc = np.matmul(a.astype(np.int64), b.astype(np.int64))
+    if bias is not None:
+        acc = acc + bias.astype(np.int64)
+    return acc.astype(np.int32)
+
+
+def int_add(qa: np.ndarray, ba, ca, qb: np.ndarray, bb, cb) -> np.ndarray:
+    """Residual add of two int8 tensors at different scales into a third scale."""
+    ra = (qa.astype(np.int64) * ba + (np.int64(1) << (np.int64(ca) - 1))) >> ca
+    rb = (qb.astype(np.int64) * bb + (np.int64(1) << (np.int64(cb) - 1))) >> cb
+    return np.clip(ra + rb, QMIN, QMAX).astype(np.int8)
+
+
+def int_relu(q: np.ndarray) -> np.ndarray:
+    return np.maximum(q, 0).astype(np.int8)

@@ -1,0 +1,293 @@
+"""int8 post-training quantization of a Relax model: integer linear layers with dyadic requantization.
+
+The pass walks ``main`` binding by binding, tracking for every tensor whether it is float or
+int8 with a per-tensor scale (``x ~ S * q``), and emits:
+
+- ``linear.N`` — ``matmul(x, W)`` with a constant ``W`` (and a constant bias added after it):
+  int8 ``x``, int8 ``W`` symmetric per output channel, int32 accumulation plus an int32 bias at
+  scale ``S_x * S_w[c]``, then dyadic requantization per channel to an int8 output at the scale
+  calibrated for that output;
+- ``matmul.N`` — a matmul of two activations (attention's ``Q K^T`` and ``P V``): both int8,
+  int32 accumulation, dyadic requantization;
+- ``add.N`` — an add of two int8 tensors: each requantized to the output scale, summed, saturated;
+- on int8 tensors, layout ops (reshape, permute_dims, ...) and ReLU stay in int8, and a multiply or
+  divide by a positive constant scalar only changes the scale (no code);
+- every other op (softmax, GELU, LayerNorm, masks, ...) runs in float: its int8 inputs are
+  dequantized, and its output is quantized again where an integer op consumes it.
+
+So inputs are quantized once where a linear layer first reads them, and outputs dequantized once.
+Scales of activations come from calibration (:mod:`edgecompile.calibrate`); the integer
+semantics are those of :mod:`edgecompile.intops`, which the compiled code matches bit for bit.
+Layer names are the kind and its index in graph order (``linear.0``, ``matmul.3``, ``add.1``);
+``keep_float`` takes names or fnmatch patterns of layers to leave in float.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+import numpy as np
+from tvm import relax
+from tvm.ir.expr import Constant
+
+from edgecompile import intops
+from edgecompile.passes.graph_walk import bindings, emit_binding, substitute
+
+LAYOUT_OPS = {
+    "relax.reshape",
+    "relax.permute_dims",
+    "relax.expand_dims",
+    "relax.squeeze",
+    "relax.flatten",
+}
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Options of the ``int8`` recipe."""
+
+    observer: str = "percentile"
+    percentile: float = 99.99
+    samples: int | None = None  # calibration samples to use (None: all given)
+    keep_float: tuple[str, ...] = ()
+
+
+@dataclass
+class Layer:
+    """One quantizable op, found by :func:`find_layers`."""
+
+    name: str
+    kind: str  # linear | matmul | add
+    binding: relax.VarBinding
+    output: relax.Var  # the var holding the layer's float output (after a folded bias)
+    inputs: tuple[relax.Var, ...]
+    bias_binding: relax.VarBinding | None = None
+    info: dict = field(default_factory=dict)  # scales etc., filled by the rewrite
+
+
+def _op(value) -> str:
+    return getattr(getattr(value, "op", None), "name", "") if isinstance(value, relax.Call) else ""
+
+
+def _is_float_var(e) -> bool:
+    return isinstance(e, relax.Var) and isinstance(e.ty, relax.TensorType) and str(e.ty.dtype) == "float32"
+
+
+def _const_array(e) -> np.ndarray | None:
+    return e.value.numpy() if isinstance(e, Constant) else None
+
+
+def _scalar_const(e) -> float | None:
+    a = _const_array(e)
+    if a is None or a.size != 1 or a.dtype != np.float32:
+        return None
+    return float(a.reshape(()))
+
+
+def find_layers(func: relax.Function) -> list[Layer]:
+    """The quantizable ops of ``func`` in graph order, with their names."""
+    binds = list(bindings(func))
+    uses: dict = {}
+    for b in binds:
+        for v in relax.analysis.free_vars(b.value) if not isinstance(b.value, relax.Var) else [b.value]:
+            uses.setdefault(v, []).append(b)
+    for v in relax.analysis.free_vars(func.body.body):
+        uses.setdefault(v, []).append(None)
+    layers, counts = [], {"linear": 0, "matmul": 0, "add": 0}
+
+    def name(kind):
+        counts[kind] += 1
+        return f"{kind}.{counts[kind] - 1}"
+
+    for b in binds:
+        op, v = _op(b.value), b.value
+        if op == "relax.matmul" and _is_float_var(v.args[0]):
+            w = _const_array(v.args[1])
+            if w is not None and w.ndim == 2 and w.dtype == np.float32:
+                bias_b = None
+                users = uses.get(b.var, [])
+                if len(users) == 1 and users[0] is not None and _op(users[0].value) == "relax.add":
+                    other = [a for a in users[0].value.args if not a.same_as(b.var)]
+                    bias = _const_array(other[0]) if len(other) == 1 else None
+                    if bias is not None and bias.dtype == np.float32 and bias.size == w.shape[1]:
+                        if bias.shape[-1] == w.shape[1]:
+                            bias_b = users[0]
+                out = bias_b.var if bias_b is not None else b.var
+                layers.append(Layer(name("linear"), "linear", b, out, (v.args[0],), bias_b))
+            elif _is_float_var(v.args[1]):
+                layers.append(Layer(name("matmul"), "matmul", b, b.var, (v.args[0], v.args[1])))
+        elif op == "relax.add" and all(_is_float_var(a) for a in v.args):
+            if tuple(v.args[0].ty.shape.values) and len(v.args[0].ty.shape.values) == len(v.args[1].ty.shape.values):
+                layers.append(Layer(name("add"), "add", b, b.var, (v.args[0], v.args[1])))
+    return layers
+
+
+def observed_vars(layers: list[Layer]) -> list[relax.Var]:
+    """The float tensors whose ranges the rewrite needs: every layer's inputs and output."""
+    seen, out = set(), []
+    for layer in layers:
+        for v in (*layer.inputs, layer.output):
+            if v not in seen:
+                seen.add(v)
+                out.append(v)
+    return out
+
+
+def _weight_quant(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = np.abs(w).max(axis=0) / 127.0
+    s = np.where(s > 0, s, 1.0).astype(np.float64)
+    q = np.clip(np.rint(w / s), -127, 127).astype(np.int8)
+    return q, s
+
+
+class _Rewriter:
+    def __init__(self, bb: relax.BlockBuilder, thresholds: dict, layers: list[Layer], keep_float):
+        self.bb = bb
+        self.scale = {v: t / 127.0 for v, t in thresholds.items()}
+        self.env: dict = {}  # old var -> ("f", expr) | ("q", expr, scale)
+        self.fcache: dict = {}
+        self.qcache: dict = {}
+        self.layers = {layer.binding.var: layer for layer in layers}
+        self.bias_of = {layer.bias_binding.var: layer for layer in layers if layer.bias_binding is not None}
+        self.keep = tuple(keep_float)
+
+    # -- conversions -------------------------------------------------------------------------
+    def as_float(self, v):
+        e = self.env.get(v)
+        if e is None or e[0] == "f":
+            return v if e is None else e[1]
+        if v not in self.fcache:
+            deq = relax.op.multiply(relax.op.astype(e[1], "float32"), relax.const(np.float32(e[2])))
+            self.fcache[v] = self.bb.emit(deq, name_hint=f"{v.name}_deq")
+        return self.fcache[v]
+
+    def as_quant(self, v):
+        e = self.env.get(v)
+        if e is not None and e[0] == "q":
+            return e[1], e[2]
+        if v not in self.qcache:
+            s = self.scale[v]
+            x = relax.op.multiply(self.as_float(v), relax.const(np.float32(1.0 / np.float32(s))))
+            q = relax.op.astype(relax.op.clip(relax.op.round(x), -128, 127), "int8")
+            self.qcache[v] = (self.bb.emit(q, name_hint=f"{v.name}_q"), s)
+        return self.qcache[v]
+
+    def requant(self, acc, ratio, name):
+        b, c = intops.dyadic(ratio)
+        y = relax.op.multiply(relax.op.astype(acc, "int64"), relax.const(b, "int64"))
+        y = relax.op.add(y, relax.const(np.int64(1) << (c - 1), "int64"))
+        y = relax.op.right_shift(y, relax.const(c, "int64"))
+        return self.bb.emit(relax.op.astype(relax.op.clip(y, -128, 127), "int8"), name_hint=name)
+
+    # -- layers --------------------------------------------------------------------------------
+    def kept(self, layer: Layer) -> bool:
+        return any(fnmatch.fnmatchcase(layer.name, p) for p in self.keep)
+
+    def linear(self, layer: Layer):
+        call = layer.binding.value
+        xq, sx = self.as_quant(call.args[0])
+        wq, sw = _weight_quant(_const_array(call.args[1]))
+        acc = self.bb.emit(
+            relax.op.matmul(xq, relax.const(wq, "int8"), out_dtype="int32"), name_hint=f"{layer.name}_acc"
+        )
+        if layer.bias_binding is not None:
+            (bias,) = [_const_array(a) for a in layer.bias_binding.value.args if isinstance(a, Constant)]
+            bq = np.clip(np.rint(bias.reshape(-1) / (sx * sw)), -(2**31), 2**31 - 1).astype(np.int32)
+            acc = self.bb.emit(relax.op.add(acc, relax.const(bq, "int32")), name_hint=f"{layer.name}_bias")
+        sy = self.scale[layer.output]
+        out = self.requant(acc, sx * sw / sy, layer.name)
+        self.env[layer.output] = ("q", out, sy)
+        layer.info = {
+            "scale_in": sx,
+            "scale_out": sy,
+            "weight_scale_min": float(sw.min()),
+            "weight_scale_max": float(sw.max()),
+        }
+
+    def matmul(self, layer: Layer):
+        (aq, sa), (bq, sb) = self.as_quant(layer.inputs[0]), self.as_quant(layer.inputs[1])
+        acc = self.bb.emit(relax.op.matmul(aq, bq, out_dtype="int32"), name_hint=f"{layer.name}_acc")
+        sy = self.scale[layer.output]
+        self.env[layer.output] = ("q", self.requant(acc, np.float64(sa) * sb / sy, layer.name), sy)
+        layer.info = {"scale_in": [sa, sb], "scale_out": sy}
+
+    def add(self, layer: Layer) -> bool:
+        a, b = layer.inputs
+        if self.env.get(a, ("f",))[0] != "q" or self.env.get(b, ("f",))[0] != "q":
+            return False  # only between int8 tensors; a float operand keeps the add in float
+        (qa, sa), (qb, sb) = self.as_quant(a), self.as_quant(b)
+        sy = self.scale[layer.output]
+        terms = []
+        for q, s in ((qa, sa), (qb, sb)):
+            bb_, cc = intops.dyadic(np.float64(s) / sy)
+            t = relax.op.add(
+                relax.op.multiply(relax.op.astype(q, "int64"), relax.const(bb_, "int64")),
+                relax.const(np.int64(1) << (cc - 1), "int64"),
+            )
+            terms.append(relax.op.right_shift(t, relax.const(cc, "int64")))
+        y = relax.op.astype(relax.op.clip(relax.op.add(*terms), -128, 127), "int8")
+        self.env[layer.output] = ("q", self.bb.emit(y, name_hint=layer.name), sy)
+        layer.info = {"scale_in": [sa, sb], "scale_out": sy}
+        return True
+
+    # -- the walk ------------------------------------------------------------------------------
+    def binding(self, b):
+        v = b.var
+        layer = self.layers.get(v)
+        if layer is not None and not self.kept(layer):
+            if layer.kind == "linear":
+                return self.linear(layer)
+            if layer.kind == "matmul":
+                return self.matmul(layer)
+            if self.add(layer):
+                return None
+        if v in self.bias_of and not self.kept(self.bias_of[v]):
+            return None  # folded into its linear layer
+        op, value = _op(b.value), b.value
+        if op and isinstance(value.args[0], relax.Var) and self.env.get(value.args[0], ("f",))[0] == "q":
+            q, s = self.as_quant(value.args[0])
+            if op in LAYOUT_OPS:
+                new = relax.Call(value.op, [q, *value.args[1:]], value.attrs, value.ty_args)
+                self.env[v] = ("q", self.bb.emit(new, name_hint=v.name), s)
+                return None
+            if op == "relax.nn.relu":
+                self.env[v] = ("q", self.bb.emit(relax.op.maximum(q, relax.const(0, "int8")), name_hint=v.name), s)
+                return None
+            c = _scalar_const(value.args[1]) if op in ("relax.multiply", "relax.divide") else None
+            if c is not None and c > 0:
+                self.env[v] = ("q", q, s * c if op == "relax.multiply" else s / c)
+                return None
+        mapping = {u: self.as_float(u) for u in relax.analysis.free_vars(value) if u in self.env}
+        self.env[v] = ("f", emit_binding(self.bb, b, substitute(value, mapping)))
+        return None
+
+
+def quantize_function(
+    func: relax.Function,
+    layers: list[Layer],
+    thresholds: dict,
+    keep_float=(),
+    extra_outputs: list[relax.Var] | None = None,
+) -> relax.Function:
+    """The int8 rewrite of ``func`` (see the module docstring). ``thresholds`` maps each var of
+    :func:`observed_vars` to its clipping value. ``extra_outputs`` appends the (dequantized)
+    values of those original vars to the outputs, for measuring per-layer error."""
+    for layer in layers:
+        layer.info = {}
+    bb = relax.BlockBuilder()
+    params = [relax.Var(p.name, p.ty) for p in func.params]
+    with bb.function("main", params, attrs=dict(func.attrs) if func.attrs else None):
+        with bb.dataflow():
+            rw = _Rewriter(bb, thresholds, layers, keep_float)
+            rw.env.update({p: ("f", n) for p, n in zip(func.params, params)})
+            for b in bindings(func):
+                rw.binding(b)
+            ret = func.body.body
+            mapping = {u: rw.as_float(u) for u in relax.analysis.free_vars(ret)}
+            out = substitute(ret, mapping)
+            if extra_outputs:
+                out = relax.Tuple([out, *[rw.as_float(v) for v in extra_outputs]])
+            out = bb.emit_output(out)
+        bb.emit_func_output(out)
+    return bb.get()["main"]

@@ -1,0 +1,141 @@
+"""Post-training int8 quantization of a model: calibrate, rewrite, measure each layer's error.
+
+1. Calibrate: the float model runs on the calibration samples (built for this machine) and every
+   tensor the rewrite needs a scale for streams into an observer (:mod:`edgecompile.calibrate`).
+2. Rewrite: :mod:`edgecompile.passes.quantize` turns the linear layers, activation matmuls and
+   adds between int8 tensors into integer ops with dyadic requantization.
+3. Measure: on up to :data:`ERROR_SAMPLES` calibration samples, each quantized layer's output
+   (dequantized) is compared with the float model's: SQNR in dB. It is the error of the whole
+   quantized model up to that layer, so the first layer with a low SQNR is where accuracy goes.
+   ``keep_worst=k`` keeps the k layers with the lowest SQNR in float and rewrites again.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from edgecompile.calibrate.capture import Runner, observe, with_outputs
+from edgecompile.calibrate.observers import OBSERVERS, Observer
+from edgecompile.errors import RecipeError
+from edgecompile.passes.graph_walk import bindings
+from edgecompile.passes.quantize import QuantConfig, find_layers, observed_vars, quantize_function
+
+ERROR_SAMPLES = 16
+
+
+@dataclass
+class QuantResult:
+    mod: tvm.IRModule
+    layers: list[dict]  # per quantized layer: name, kind, scales, sqnr_db
+    kept_float: list[str]
+    samples: int
+
+    def to_json(self, config: QuantConfig) -> dict:
+        return {
+            "observer": config.observer,
+            "percentile": config.percentile if config.observer == "percentile" else None,
+            "samples": self.samples,
+            "kept_float": self.kept_float,
+            "layers": self.layers,
+        }
+
+
+def config_from_options(options: dict[str, str]) -> tuple[QuantConfig, int]:
+    """``QuantConfig`` and ``keep_worst`` from the ``int8`` recipe part's options."""
+    observer = options.get("observer", QuantConfig.observer)
+    if observer not in OBSERVERS:
+        raise RecipeError(f"int8: unknown observer '{observer}' (choose {', '.join(OBSERVERS)})")
+    try:
+        pct = float(options.get("percentile", QuantConfig.percentile))
+        samples = int(options["samples"]) if "samples" in options else None
+        keep_worst = int(options.get("keep_worst", 0))
+    except ValueError as e:
+        raise RecipeError(f"int8: malformed option value ({e})") from e
+    if not 50.0 < pct <= 100.0:
+        raise RecipeError(f"int8: percentile must be in (50, 100], got {pct}")
+    if samples is not None and samples < 1:
+        raise RecipeError("int8: samples must be at least 1")
+    keep = tuple(p for p in options.get("keep_float", "").replace(";", " ").split() if p)
+    return QuantConfig(observer, pct, samples, keep), keep_worst
+
+
+def _sqnr(signal: float, noise: float) -> float:
+    if noise == 0:
+        return float("inf")
+    return float(10 * np.log10(max(signal, 1e-30) / noise))
+
+
+def quantize_model(
+    mod: tvm.IRModule,
+    samples: list[dict],
+    input_names: list[str],
+    config: QuantConfig,
+    build: Callable[[tvm.IRModule], object],
+    keep_worst: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> QuantResult:
+    """The int8 module of ``mod`` calibrated on ``samples``; ``build`` compiles a module for this
+    machine (for calibration runs); ``progress(stage, done, total)`` reports each sample."""
+    say = progress or (lambda *_: None)
+    mod = relax.transform.FoldConstant()(mod)  # exporters write Linear weights as permute_dims(W)
+    func = mod["main"]
+    layers = find_layers(func)
+    if not layers:
+        raise RecipeError("int8: the model has no matmul, linear or add to quantize")
+    wanted = observed_vars(layers)
+    observers = observe(
+        func,
+        wanted,
+        samples,
+        input_names,
+        build,
+        lambda: Observer(config.observer, config.percentile),
+        lambda i, n: say("calibrating", i, n),
+    )
+    # Softmax outputs are probabilities in [0, 1] whose largest values matter most (peaked
+    # attention): their range is the observed max, whatever the observer clips elsewhere.
+    softmax = {b.var for b in bindings(func) if getattr(getattr(b.value, "op", None), "name", "") == "relax.nn.softmax"}
+    thresholds = {v: (o.max if v in softmax else o.threshold()) for v, o in observers.items()}
+    keep = list(config.keep_float)
+    errors = _layer_errors(func, layers, thresholds, keep, samples[:ERROR_SAMPLES], input_names, build, say)
+    if keep_worst:
+        worst = sorted((e for e in errors if e["quantized"]), key=lambda e: e["sqnr_db"])[:keep_worst]
+        keep += [e["name"] for e in worst]
+        errors = _layer_errors(func, layers, thresholds, keep, samples[:ERROR_SAMPLES], input_names, build, say)
+    qfunc = quantize_function(func, layers, thresholds, keep)
+    out = tvm.IRModule({**{gv: f for gv, f in mod.functions.items() if gv.name_hint != "main"}})
+    out["main"] = qfunc
+    return QuantResult(out, errors, keep, len(samples))
+
+
+def _layer_errors(func, layers, thresholds, keep, samples, names, build, say) -> list[dict]:
+    outputs = [layer.output for layer in layers]
+    qmod = tvm.IRModule({"main": quantize_function(func, layers, thresholds, keep, extra_outputs=outputs)})
+    frun = Runner(with_outputs(func, outputs), names, build)
+    qrun = Runner(qmod, names, build)
+    signal, noise = np.zeros(len(layers)), np.zeros(len(layers))
+    for i, sample in enumerate(samples):
+        for j, (f, q) in enumerate(zip(frun(sample), qrun(sample))):
+            f64 = f.astype(np.float64)
+            signal[j] += float(np.sum(f64**2))
+            noise[j] += float(np.sum((f64 - q) ** 2))
+        say("measuring layer error", i + 1, len(samples))
+    rows = []
+    for j, layer in enumerate(layers):
+        quantized = bool(layer.info) and not any(fnmatch.fnmatchcase(layer.name, p) for p in keep)
+        rows.append(
+            {
+                "name": layer.name,
+                "kind": layer.kind,
+                "quantized": quantized,
+                "sqnr_db": round(_sqnr(signal[j], noise[j]), 2),
+                **{k: (float(v) if np.isscalar(v) else [float(x) for x in v]) for k, v in layer.info.items()},
+            }
+        )
+    return rows
