@@ -7,8 +7,9 @@ resolution is lost. Thresholds:
 
 - ``minmax``: the largest ``|x|`` seen.
 - ``percentile``: the ``p``-th percentile of ``|x|`` (default 99.99), from the histogram.
-- ``mse``: the threshold minimising the expected squared quantization error (rounding inside,
-  clipping outside) over the histogram, searched over every 8th bin edge.
+- ``mse``: the threshold minimising the expected squared quantization error over the histogram
+  (rounding noise ``s^2/12`` inside, distance to the clip value outside, as in ACIQ), searched
+  over every 8th bin edge.
 - ``entropy``: TensorRT's KL-divergence calibration: the threshold whose 128-level quantized
   distribution is closest (KL) to the clipped reference distribution.
 """
@@ -70,13 +71,15 @@ class Observer:
         return (i + 1) * self.range / BINS
 
     def _mse(self) -> float:
+        # expected error per element: rounding noise s^2/12 inside the range (uniform within a
+        # step, as ACIQ assumes), squared distance to the clip value outside
         v, n = self._centers(), self.hist.astype(np.float64)
         best, best_t = np.inf, self.max
         for edge in range(8, BINS + 1, 8):
             t = edge * self.range / BINS
             s = t / (LEVELS - 1)
-            q = np.minimum(np.round(v / s), LEVELS - 1) * s
-            err = float(np.dot(n, (v - q) ** 2))
+            inside = v <= t
+            err = float(n[inside].sum()) * s * s / 12 + float(np.dot(n[~inside], (v[~inside] - t) ** 2))
             if err < best:
                 best, best_t = err, t
         return best_t

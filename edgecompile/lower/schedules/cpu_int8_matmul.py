@@ -44,6 +44,19 @@ class Int8Matmul(CPUScheduleRule):
         epilogue = Matmul._inline_epilogue(sch, main)
         if epilogue in ("fail", None):
             return None
+        # Side inputs of the epilogue computed in the same function (e.g. the other operand of a
+        # residual add, requantized to the sum's scale) are inlined into the epilogue.
+        changed = True
+        while changed:
+            changed = False
+            for block in sch.get_producers(epilogue):
+                if not sch.get(block).same_as(sch.get(main)):
+                    try:
+                        sch.compute_inline(block)
+                    except Exception:
+                        return None
+                    changed = True
+                    break
         (prep,) = sch.get_producers(main)
         for block in sch.get_producers(prep):  # e.g. a fused quantize: computed inside the prep pass
             sch.compute_inline(block)
