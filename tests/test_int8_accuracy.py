@@ -1,0 +1,104 @@
+"""The int8 recipe on real data: a ViT trained here on scikit-learn's digits keeps its accuracy,
+and the CLI path (--calib, inspect --quant, calibration errors) works end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import edgecompile
+from edgecompile.cli import app
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+from digits_vit.digits import accuracy, splits, train  # noqa: E402
+from models import export_onnx  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("digits")
+    data = splits()
+    model = train(data)
+    onnx_path = tmp / "digits_vit.onnx"
+    export_onnx(model, (torch.from_numpy(data["x_test"][:1]),), onnx_path, ["pixel_values"], ["logits"], dynamo=False)
+    calib = tmp / "calib.npz"
+    np.savez(calib, pixel_values=data["x_calib"][:, None])  # [N, 1, 1, 8, 8]: one sample per row
+    return data, onnx_path, calib, tmp
+
+
+def _accuracy(artifact, data) -> float:
+    m = edgecompile.load(artifact)
+    logits = np.concatenate([m.run({"pixel_values": x[None]})["logits"] for x in data["x_test"]])
+    return accuracy(logits, data["y_test"])
+
+
+def test_int8_keeps_digits_accuracy(digits):
+    data, onnx_path, calib, tmp = digits
+    fp32 = edgecompile.compile(onnx_path, output=tmp / "fp32")
+    r = runner.invoke(
+        app, ["compile", str(onnx_path), "--recipe", "int8", "--calib", str(calib), "-o", str(tmp / "int8")]
+    )
+    assert r.exit_code == 0, r.output
+    acc_fp32, acc_int8 = _accuracy(fp32, data), _accuracy(tmp / "int8", data)
+    # fp32 reaches ~96% on the 600 held-out digits; int8 measured 96.0 vs 96.2 (default observer)
+    assert acc_fp32 > 93.0
+    assert acc_int8 >= acc_fp32 - 0.5, (acc_fp32, acc_int8)
+
+    r = runner.invoke(app, ["inspect", str(tmp / "int8"), "--quant", "--json"])
+    assert r.exit_code == 0, r.output
+    q = json.loads(r.output)
+    names = [row["name"] for row in q["layers"]]
+    assert {"linear.0", "matmul.0"} <= set(names)
+    sqnr = [row["sqnr_db"] for row in q["layers"] if row["quantized"]]
+    assert sqnr == sorted(sqnr) and min(sqnr) > 10  # worst first; no layer is garbage
+    assert q["samples"] == 128 and q["observer"] == "percentile"
+    m = json.loads((tmp / "int8" / "manifest.json").read_text())
+    assert m["recipe"]["spec"] == "int8"
+
+
+def test_keep_float_leaves_named_layers_in_float(digits):
+    data, onnx_path, calib, tmp = digits
+    out = edgecompile.compile(
+        onnx_path, output=tmp / "kept", recipe="int8:samples=32", calib=calib, keep_float=["matmul.*", "linear.0"]
+    )
+    q = json.loads((out / "manifest.json").read_text())["quantization"]
+    state = {row["name"]: row["quantized"] for row in q["layers"]}
+    assert state["linear.0"] is False and not any(v for k, v in state.items() if k.startswith("matmul."))
+    assert state["linear.1"] is True
+    assert _accuracy(out, data) > 93.0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "needs calibration data"),
+        (["--calib", "{tmp}/missing.npz"], "not found"),
+        (["--calib", "{tmp}/wrong.npz"], "has shape"),
+        (["--calib", "{calib}", "--recipe", "int8:samples=1000"], "asks for 1000 calibration samples"),
+        (["--calib", "{calib}", "--recipe", "int8:observer=median"], "unknown observer"),
+        (["--calib", "{calib}", "--recipe", "fp32"], "does not quantize"),
+    ],
+)
+def test_calibration_errors_are_clear(digits, extra, message):
+    data, onnx_path, calib, tmp = digits
+    np.savez(tmp / "wrong.npz", pixel_values=np.zeros((4, 8, 8), np.float32))
+    args = [a.format(tmp=tmp, calib=calib) for a in extra]
+    if "--recipe" not in args:
+        args += ["--recipe", "int8"]
+    r = runner.invoke(app, ["compile", str(onnx_path), "-o", str(tmp / "err"), *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+
+
+def test_inspect_quant_on_a_float_artifact_is_an_error(digits):
+    _data, onnx_path, _calib, tmp = digits
+    out = edgecompile.compile(onnx_path, output=tmp / "plain")
+    r = runner.invoke(app, ["inspect", str(out), "--quant"])
+    assert r.exit_code == 2 and "not compiled with a quantizing recipe" in r.output
