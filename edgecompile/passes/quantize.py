@@ -10,6 +10,8 @@ int8 with a per-tensor scale (``x ~ S * q``), and emits:
 - ``matmul.N`` — a matmul of two activations (attention's ``Q K^T`` and ``P V``): both int8,
   int32 accumulation, dyadic requantization;
 - ``add.N`` — an add of two int8 tensors: each requantized to the output scale, summed, saturated;
+- ``embedding.N`` — a gather from a constant table (token embeddings): the table is stored int8
+  with a scale per row, gathered rows are dequantized (4x smaller tables, float output);
 - on int8 tensors, layout ops (reshape, permute_dims, ...) and ReLU stay in int8, and a multiply or
   divide by a positive constant scalar only changes the scale (no code);
 - every other op (softmax, GELU, LayerNorm, masks, ...) runs in float: its int8 inputs are
@@ -33,6 +35,8 @@ from tvm.ir.expr import Constant
 
 from edgecompile import intops
 from edgecompile.passes.graph_walk import bindings, emit_binding, substitute
+
+EMBEDDING_MIN = 4096  # smaller gathered tables stay float: nothing to gain
 
 LAYOUT_OPS = {
     "relax.reshape",
@@ -94,7 +98,7 @@ def find_layers(func: relax.Function) -> list[Layer]:
             uses.setdefault(v, []).append(b)
     for v in relax.analysis.free_vars(func.body.body):
         uses.setdefault(v, []).append(None)
-    layers, counts = [], {"linear": 0, "matmul": 0, "add": 0}
+    layers, counts = [], {"linear": 0, "matmul": 0, "add": 0, "embedding": 0}
 
     def name(kind):
         counts[kind] += 1
@@ -117,6 +121,10 @@ def find_layers(func: relax.Function) -> list[Layer]:
                 layers.append(Layer(name("linear"), "linear", b, out, (v.args[0],), bias_b))
             elif _is_float_var(v.args[1]):
                 layers.append(Layer(name("matmul"), "matmul", b, b.var, (v.args[0], v.args[1])))
+        elif op == "relax.take" and int(v.attrs.axis) == 0:
+            table = _const_array(v.args[0])
+            if table is not None and table.ndim == 2 and table.dtype == np.float32 and table.size >= EMBEDDING_MIN:
+                layers.append(Layer(name("embedding"), "embedding", b, b.var, ()))
         elif op == "relax.add" and all(_is_float_var(a) for a in v.args):
             if tuple(v.args[0].ty.shape.values) and len(v.args[0].ty.shape.values) == len(v.args[1].ty.shape.values):
                 layers.append(Layer(name("add"), "add", b, b.var, (v.args[0], v.args[1])))
@@ -205,6 +213,19 @@ class _Rewriter:
             "weight_scale_max": float(sw.max()),
         }
 
+    def embedding(self, layer: Layer):
+        call = layer.binding.value
+        table = _const_array(call.args[0])
+        s = np.abs(table).max(axis=1) / 127.0
+        s = np.where(s > 0, s, 1.0).astype(np.float32)
+        q = np.clip(np.rint(table / s[:, None]), -127, 127).astype(np.int8)
+        ids = self.as_float(call.args[1]) if isinstance(call.args[1], relax.Var) else call.args[1]
+        rows = relax.Call(call.op, [relax.const(q, "int8"), ids], call.attrs)
+        scales = relax.Call(call.op, [relax.const(s, "float32"), ids], call.attrs)
+        y = relax.op.multiply(relax.op.astype(rows, "float32"), relax.op.expand_dims(scales, -1))
+        self.env[layer.output] = ("f", self.bb.emit(y, name_hint=layer.name))
+        layer.info = {"scale_out_min": float(s.min()), "scale_out_max": float(s.max())}
+
     def matmul(self, layer: Layer):
         (aq, sa), (bq, sb) = self.as_quant(layer.inputs[0]), self.as_quant(layer.inputs[1])
         acc = self.bb.emit(relax.op.matmul(aq, bq, out_dtype="int32"), name_hint=f"{layer.name}_acc")
@@ -240,6 +261,8 @@ class _Rewriter:
                 return self.linear(layer)
             if layer.kind == "matmul":
                 return self.matmul(layer)
+            if layer.kind == "embedding":
+                return self.embedding(layer)
             if self.add(layer):
                 return None
         if v in self.bias_of and not self.kept(self.bias_of[v]):

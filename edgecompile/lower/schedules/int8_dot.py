@@ -8,7 +8,8 @@ an int32 accumulator:
   needs unsigned A, so A is shifted by +128 (``a ^ 0x80``) and ``128 * colsum(B)`` is subtracted
   after the reduction — exact, the sums never saturate.
 - ``pmaddwd`` x86 AVX2 / AVX-512BW ``vpmaddwd``: s16 x s16 pairs, ``KR = 2``, on A and B widened
-  to int16 (B at compile time, A in a cheap pre-pass). Exact. We do not use ``vpmaddubsw``: its
+  to int16 (A in a cheap pre-pass, B as it is loaded with ``vpmovsxbw``, so weights stay int8 in
+  memory). Exact. We do not use ``vpmaddubsw``: its
   int16 pair sums saturate (255*127*2 > 32767), so results would differ from int32 arithmetic,
   and on the cores we measured it is no faster (both issue on the same two multiply pipes).
 - ``sdot``    ARMv8.2 dot product ``sdot``: s8 x s8, ``KR = 4``. Exact.
@@ -41,7 +42,7 @@ def int8_kernel(isa: VectorISA) -> Int8Kernel | None:
     if isa.int8_dot == "vnni" and isa.bits in (256, 512):
         k = Int8Kernel(f"edgecompile_vpdpbusd_{lanes}x4", "uint8", "int8", 4, lanes, True, 128)
     elif isa.int8_dot == "pmaddwd" and isa.bits in (256, 512):
-        k = Int8Kernel(f"edgecompile_pmaddwd_{lanes}x2", "int16", "int16", 2, lanes, False, 0)
+        k = Int8Kernel(f"edgecompile_pmaddwd_{lanes}x2", "int16", "int8", 2, lanes, False, 0)
     elif isa.int8_dot == "sdot" and isa.bits == 128:
         k = Int8Kernel("edgecompile_sdot_4x4", "int8", "int8", 4, 4, True, 0)
     else:
@@ -71,6 +72,7 @@ def _register(k: Int8Kernel, bits: int) -> None:
     a_group = f"{a_dt}x{kr}"  # one group of A: 32 bits
     elems = bits // (8 if a_dt != "int16" else 16)
     a_vec, b_vec, c_vec = f"{a_dt}x{elems}", f"{b_dt}x{elems}", f"int32x{lanes}"
+    widen = a_dt != b_dt  # pmaddwd: B stays int8 in memory (half the bytes), sign-extended on load
     llvm = _llvm_intrinsic(k, bits)
 
     @T.prim_func(s_tir=True)
@@ -119,7 +121,7 @@ def _register(k: Int8Kernel, bits: int) -> None:
                 C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], c_vec) + T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id(llvm),
                     T.reinterpret(T.broadcast(a32, lanes), dtype=a_vec),
-                    B.vload([0, 0], b_vec),
+                    T.Cast(a_vec, B.vload([0, 0], b_vec)) if widen else B.vload([0, 0], b_vec),
                     dtype=c_vec,
                 )
 
