@@ -6,9 +6,11 @@ int8 with a per-tensor scale (``x ~ S * q``), and emits:
 - ``linear.N`` — ``matmul(x, W)`` with a constant ``W`` (and a constant bias added after it):
   int8 ``x``, int8 ``W`` symmetric per output channel, int32 accumulation plus an int32 bias at
   scale ``S_x * S_w[c]``, then dyadic requantization per channel to an int8 output at the scale
-  calibrated for that output;
+  calibrated for that output — where an integer op reads it; a float op (GELU, a residual add
+  into a float LayerNorm, a masked softmax) reads the int32 accumulator dequantized instead
+  (``float(acc) * S_x * S_w[c]``), which is cheaper and skips a rounding;
 - ``matmul.N`` — a matmul of two activations (attention's ``Q K^T`` and ``P V``): both int8,
-  int32 accumulation, dyadic requantization;
+  int32 accumulation, then the same choice of dyadic requantization or dequantization;
 - ``add.N`` — an add of two int8 tensors: each requantized to the output scale, summed, saturated;
 - ``embedding.N`` — a gather from a constant table (token embeddings): the table is stored int8
   with a scale per row, gathered rows are dequantized (4x smaller tables, float output);
@@ -150,15 +152,24 @@ def _weight_quant(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Rewriter:
+    """Emits the rewrite. Each original var maps to one of
+    ``("f", expr)`` float, ``("q", expr, S)`` int8 at scale S, or ``("acc", expr, S_acc, S_q)``
+    the int32 accumulator of a linear/matmul (``x ~ S_acc * acc``, per channel for linear
+    layers) that is requantized to int8 at the calibrated ``S_q`` only where an integer op reads
+    it; a float op reads ``float(acc) * S_acc`` directly, skipping the int8 rounding."""
+
     def __init__(self, bb: relax.BlockBuilder, thresholds: dict, layers: list[Layer], keep_float):
         self.bb = bb
         self.scale = {v: t / 127.0 for v, t in thresholds.items()}
-        self.env: dict = {}  # old var -> ("f", expr) | ("q", expr, scale)
+        self.env: dict = {}
         self.fcache: dict = {}
         self.qcache: dict = {}
         self.layers = {layer.binding.var: layer for layer in layers}
         self.bias_of = {layer.bias_binding.var: layer for layer in layers if layer.bias_binding is not None}
         self.keep = tuple(keep_float)
+
+    def kind(self, v) -> str:
+        return self.env.get(v, ("f",))[0]
 
     # -- conversions -------------------------------------------------------------------------
     def as_float(self, v):
@@ -166,7 +177,8 @@ class _Rewriter:
         if e is None or e[0] == "f":
             return v if e is None else e[1]
         if v not in self.fcache:
-            deq = relax.op.multiply(relax.op.astype(e[1], "float32"), relax.const(np.float32(e[2])))
+            scale = np.asarray(e[2], np.float32)
+            deq = relax.op.multiply(relax.op.astype(e[1], "float32"), relax.const(scale, "float32"))
             self.fcache[v] = self.bb.emit(deq, name_hint=f"{v.name}_deq")
         return self.fcache[v]
 
@@ -175,10 +187,14 @@ class _Rewriter:
         if e is not None and e[0] == "q":
             return e[1], e[2]
         if v not in self.qcache:
-            s = self.scale[v]
-            x = relax.op.multiply(self.as_float(v), relax.const(np.float32(1.0 / np.float32(s))))
-            q = relax.op.astype(relax.op.clip(relax.op.round(x), -128, 127), "int8")
-            self.qcache[v] = (self.bb.emit(q, name_hint=f"{v.name}_q"), s)
+            if e is not None and e[0] == "acc":
+                _, acc, s_acc, s_q = e
+                self.qcache[v] = (self.requant(acc, np.asarray(s_acc, np.float64) / s_q, f"{v.name}_q"), s_q)
+            else:
+                s = self.scale[v]
+                x = relax.op.multiply(self.as_float(v), relax.const(np.float32(1.0 / np.float32(s))))
+                q = relax.op.astype(relax.op.clip(relax.op.round(x), -128, 127), "int8")
+                self.qcache[v] = (self.bb.emit(q, name_hint=f"{v.name}_q"), s)
         return self.qcache[v]
 
     def requant(self, acc, ratio, name):
@@ -204,14 +220,20 @@ class _Rewriter:
             bq = np.clip(np.rint(bias.reshape(-1) / (sx * sw)), -(2**31), 2**31 - 1).astype(np.int32)
             acc = self.bb.emit(relax.op.add(acc, relax.const(bq, "int32")), name_hint=f"{layer.name}_bias")
         sy = self.scale[layer.output]
-        out = self.requant(acc, sx * sw / sy, layer.name)
-        self.env[layer.output] = ("q", out, sy)
+        self.env[layer.output] = ("acc", acc, sx * sw, sy)
         layer.info = {
             "scale_in": sx,
             "scale_out": sy,
             "weight_scale_min": float(sw.min()),
             "weight_scale_max": float(sw.max()),
         }
+
+    def matmul(self, layer: Layer):
+        (aq, sa), (bq, sb) = self.as_quant(layer.inputs[0]), self.as_quant(layer.inputs[1])
+        acc = self.bb.emit(relax.op.matmul(aq, bq, out_dtype="int32"), name_hint=f"{layer.name}_acc")
+        sy = self.scale[layer.output]
+        self.env[layer.output] = ("acc", acc, np.float64(sa) * sb, sy)
+        layer.info = {"scale_in": [sa, sb], "scale_out": sy}
 
     def embedding(self, layer: Layer):
         call = layer.binding.value
@@ -226,26 +248,17 @@ class _Rewriter:
         self.env[layer.output] = ("f", self.bb.emit(y, name_hint=layer.name))
         layer.info = {"scale_out_min": float(s.min()), "scale_out_max": float(s.max())}
 
-    def matmul(self, layer: Layer):
-        (aq, sa), (bq, sb) = self.as_quant(layer.inputs[0]), self.as_quant(layer.inputs[1])
-        acc = self.bb.emit(relax.op.matmul(aq, bq, out_dtype="int32"), name_hint=f"{layer.name}_acc")
-        sy = self.scale[layer.output]
-        self.env[layer.output] = ("q", self.requant(acc, np.float64(sa) * sb / sy, layer.name), sy)
-        layer.info = {"scale_in": [sa, sb], "scale_out": sy}
-
     def add(self, layer: Layer) -> bool:
         a, b = layer.inputs
-        if self.env.get(a, ("f",))[0] != "q" or self.env.get(b, ("f",))[0] != "q":
-            return False  # only between int8 tensors; a float operand keeps the add in float
+        if self.kind(a) == "f" or self.kind(b) == "f":
+            return False  # only between integer tensors; a float operand keeps the add in float
         (qa, sa), (qb, sb) = self.as_quant(a), self.as_quant(b)
         sy = self.scale[layer.output]
         terms = []
         for q, s in ((qa, sa), (qb, sb)):
             bb_, cc = intops.dyadic(np.float64(s) / sy)
-            t = relax.op.add(
-                relax.op.multiply(relax.op.astype(q, "int64"), relax.const(bb_, "int64")),
-                relax.const(np.int64(1) << (cc - 1), "int64"),
-            )
+            t = relax.op.multiply(relax.op.astype(q, "int64"), relax.const(bb_, "int64"))
+            t = relax.op.add(t, relax.const(np.int64(1) << (cc - 1), "int64"))
             terms.append(relax.op.right_shift(t, relax.const(cc, "int64")))
         y = relax.op.astype(relax.op.clip(relax.op.add(*terms), -128, 127), "int8")
         self.env[layer.output] = ("q", self.bb.emit(y, name_hint=layer.name), sy)
@@ -268,18 +281,21 @@ class _Rewriter:
         if v in self.bias_of and not self.kept(self.bias_of[v]):
             return None  # folded into its linear layer
         op, value = _op(b.value), b.value
-        if op and isinstance(value.args[0], relax.Var) and self.env.get(value.args[0], ("f",))[0] == "q":
-            q, s = self.as_quant(value.args[0])
-            if op in LAYOUT_OPS:
-                new = relax.Call(value.op, [q, *value.args[1:]], value.attrs, value.ty_args)
-                self.env[v] = ("q", self.bb.emit(new, name_hint=v.name), s)
-                return None
-            if op == "relax.nn.relu":
-                self.env[v] = ("q", self.bb.emit(relax.op.maximum(q, relax.const(0, "int8")), name_hint=v.name), s)
-                return None
+        if op and isinstance(value.args[0], relax.Var) and self.kind(value.args[0]) != "f":
+            x = value.args[0]
             c = _scalar_const(value.args[1]) if op in ("relax.multiply", "relax.divide") else None
-            if c is not None and c > 0:
-                self.env[v] = ("q", q, s * c if op == "relax.multiply" else s / c)
+            if c is not None and c > 0:  # only the scale changes
+                f = c if op == "relax.multiply" else 1.0 / c
+                e = self.env[x]
+                self.env[v] = ("q", e[1], e[2] * f) if e[0] == "q" else ("acc", e[1], e[2] * f, e[3] * f)
+                return None
+            if op in LAYOUT_OPS or op == "relax.nn.relu":
+                q, s = self.as_quant(x)
+                if op == "relax.nn.relu":
+                    new = relax.op.maximum(q, relax.const(0, "int8"))
+                else:
+                    new = relax.Call(value.op, [q, *value.args[1:]], value.attrs, value.ty_args)
+                self.env[v] = ("q", self.bb.emit(new, name_hint=v.name), s)
                 return None
         mapping = {u: self.as_float(u) for u in relax.analysis.free_vars(value) if u in self.env}
         self.env[v] = ("f", emit_binding(self.bb, b, substitute(value, mapping)))

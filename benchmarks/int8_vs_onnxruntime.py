@@ -1,0 +1,192 @@
+"""edgecompile's int8 recipe vs ONNX Runtime's int8 quantizers, in one process: accuracy, speed,
+size, and calibration memory.
+
+- Accuracy: the digits ViT (examples/digits_vit, trained here on scikit-learn's digits, 600
+  held-out images): top-1 of fp32, edgecompile int8, ORT `quantize_static` (QDQ, the same 128
+  calibration images) and ORT `quantize_dynamic`. The MiniLM-L6-sized encoder (random seeded
+  weights): mean / min cosine of the last hidden state against fp32 on 16 held-out inputs.
+- Speed: the MiniLM-L6-sized encoder, batch 1, seq 128, 1 thread and all threads: median latency of
+  edgecompile fp32 and int8, ORT fp32, dynamic int8 and QDQ int8, and the ratios.
+- Size: the int8 artifact against the fp32 artifact.
+- Calibration memory: peak RSS of compiling the int8 MiniLM-sized encoder with 32 and with 512
+  calibration samples, each in a fresh process (observers keep histograms, not activations).
+
+    python benchmarks/int8_vs_onnxruntime.py [--runs 30] [--skip-memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "examples"))
+
+from cpu_vs_onnxruntime import ort_int8, time_ort  # noqa: E402
+
+SEQ = 128
+
+
+def minilm(tmp: Path) -> Path:
+    import torch
+    from models import BertStyleEncoder, export_onnx
+
+    torch.manual_seed(0)
+    model = BertStyleEncoder(30522, 384, 6, 12, 1536, 512).eval()
+    ids = torch.randint(0, 30522, (1, SEQ), generator=torch.Generator().manual_seed(0))
+    path = tmp / "minilm.onnx"
+    export_onnx(
+        model, (ids, torch.ones(1, SEQ, dtype=torch.int64)), path, ["input_ids", "attention_mask"],
+        ["last_hidden_state", "pooled"], dynamo=False,
+    )  # fmt: skip
+    return path
+
+
+def text_samples(n: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [
+        {"input_ids": rng.integers(0, 30522, (1, SEQ)).astype(np.int64), "attention_mask": np.ones((1, SEQ), np.int64)}
+        for _ in range(n)
+    ]
+
+
+def stacked(samples: list[dict]) -> dict[str, np.ndarray]:
+    return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def ort_session(path: Path, threads: int = 1):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def digits_table(tmp: Path) -> None:
+    import torch
+    from digits_vit.digits import accuracy, splits, train
+    from models import export_onnx
+
+    import edgecompile
+
+    data = splits()
+    model = train(data)
+    path = tmp / "digits.onnx"
+    export_onnx(model, (torch.from_numpy(data["x_test"][:1]),), path, ["pixel_values"], ["logits"], dynamo=False)
+    calib = [{"pixel_values": x[None]} for x in data["x_calib"]]
+    dyn, qdq = ort_int8(path, calib, tmp)
+    rows = {}
+    for name, art in (
+        ("edgecompile fp32", edgecompile.compile(path, output=tmp / "d-fp32")),
+        ("edgecompile int8", edgecompile.compile(path, output=tmp / "d-int8", recipe="int8", calib=calib)),
+    ):
+        m = edgecompile.load(art)
+        rows[name] = accuracy(
+            np.concatenate([m.run({"pixel_values": x[None]})["logits"] for x in data["x_test"]]), data["y_test"]
+        )
+    for name, p in (("ORT fp32", path), ("ORT qdq-int8 (static)", qdq), ("ORT dyn-int8", dyn)):
+        s = ort_session(p)
+        logits = np.concatenate([s.run(None, {"pixel_values": x[None]})[0] for x in data["x_test"]])
+        rows[name] = accuracy(logits, data["y_test"])
+    base = rows["edgecompile fp32"]
+    print(f"\ndigits ViT, top-1 on {len(data['y_test'])} held-out images (128 calibration images)")
+    for name, acc in rows.items():
+        print(f"  {name:<24} {acc:6.2f}%   {acc - base:+.2f} points vs fp32")
+
+
+def minilm_tables(tmp: Path, runs: int) -> None:
+    import edgecompile
+
+    path = minilm(tmp)
+    calib = text_samples(32, seed=1)
+    held_out = text_samples(16, seed=2)
+    t0 = time.perf_counter()
+    fp32 = edgecompile.compile(path, output=tmp / "m-fp32")
+    t1 = time.perf_counter()
+    int8 = edgecompile.compile(path, output=tmp / "m-int8", recipe="int8", calib=stacked(calib))
+    t2 = time.perf_counter()
+    dyn, qdq = ort_int8(path, calib, tmp)
+    F, Q = edgecompile.load(fp32), edgecompile.load(int8)
+
+    print(f"\nMiniLM-L6-sized encoder, last_hidden_state cosine vs fp32 on {len(held_out)} held-out inputs")
+    ref = [F.run(s)["last_hidden_state"] for s in held_out]
+    outs = {"edgecompile int8": [Q.run(s)["last_hidden_state"] for s in held_out]}
+    for name, p in (("ORT qdq-int8", qdq), ("ORT dyn-int8", dyn)):
+        s = ort_session(p)
+        outs[name] = [s.run(["last_hidden_state"], x)[0] for x in held_out]
+    for name, o in outs.items():
+        c = [cosine(a, b) for a, b in zip(ref, o)]
+        print(f"  {name:<18} mean {np.mean(c):.5f}  min {np.min(c):.5f}")
+
+    feeds = held_out[0]
+    print(f"\nMiniLM-L6-sized, batch 1, seq {SEQ}, median of {runs} runs (ms)")
+    print(
+        f"{'thr':>3} {'ec fp32':>8} {'ec int8':>8} {'ORT fp32':>9} {'ORT dyn':>8} {'ORT qdq':>8}"
+        "  int8/ORTfp32 int8/dyn int8/qdq"
+    )
+    for threads in sorted({1, len(os.sched_getaffinity(0))}):
+        ef = F.benchmark(runs=runs, threads=threads, feeds=feeds).median_ms
+        ei = Q.benchmark(runs=runs, threads=threads, feeds=feeds).median_ms
+        of, od, oq = (time_ort(p, feeds, threads, runs) for p in (path, dyn, qdq))
+        print(
+            f"{threads:>3} {ef:8.2f} {ei:8.2f} {of:9.2f} {od:8.2f} {oq:8.2f}"
+            f"  {ei / of:12.2f} {ei / od:8.2f} {ei / oq:8.2f}"
+        )
+    sf, si = (sum(f.stat().st_size for f in Path(a).iterdir()) / 1e6 for a in (fp32, int8))
+    print(
+        f"\nartifact size: fp32 {sf:.1f} MB, int8 {si:.1f} MB ({si / sf:.2f}x); compile: fp32 {t1 - t0:.1f} s, "
+        f"int8 {t2 - t1:.1f} s (incl. calibration on {len(calib)} samples)"
+    )
+
+
+def calibration_memory(n: int) -> None:
+    """(child process) compile the int8 MiniLM-sized encoder with n samples; print peak RSS."""
+    import edgecompile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = minilm(Path(tmp))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t = time.perf_counter()
+        edgecompile.compile(path, output=Path(tmp) / "q", recipe="int8", calib=iter(text_samples(n, seed=3)))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(f"{n} {before / 1024:.0f} {peak / 1024:.0f} {time.perf_counter() - t:.1f}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--calibration-memory", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.calibration_memory:
+        calibration_memory(args.calibration_memory)
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        digits_table(Path(tmp))
+        minilm_tables(Path(tmp), args.runs)
+    if not args.skip_memory:
+        print("\ncalibration memory, MiniLM-L6-sized int8 compile in a fresh process (MB of peak RSS)")
+        for n in (32, 512):
+            out = subprocess.run(
+                [sys.executable, __file__, "--calibration-memory", str(n)], capture_output=True, text=True, check=True
+            ).stdout.split()
+            print(f"  {out[0]:>4} samples: peak {out[2]} MB (after the model export: {out[1]} MB), {out[3]} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
