@@ -23,6 +23,7 @@ from tvm import relax
 from edgecompile.calibrate.capture import Runner, observe, with_outputs
 from edgecompile.calibrate.observers import OBSERVERS, Observer
 from edgecompile.errors import RecipeError
+from edgecompile.lower.patchify import PatchifyConv
 from edgecompile.passes.graph_walk import bindings
 from edgecompile.passes.quantize import QuantConfig, find_layers, observed_vars, quantize_function
 
@@ -83,7 +84,9 @@ def quantize_model(
     """The int8 module of ``mod`` calibrated on ``samples``; ``build`` compiles a module for this
     machine (for calibration runs); ``progress(stage, done, total)`` reports each sample."""
     say = progress or (lambda *_: None)
-    mod = relax.transform.FoldConstant()(mod)  # exporters write Linear weights as permute_dims(W)
+    # Exporters write Linear weights as permute_dims(W): fold them to constants. Patch-embedding
+    # convolutions become GEMMs first, so they are quantized as linear layers.
+    mod = PatchifyConv()(relax.transform.FoldConstant()(mod))
     func = mod["main"]
     layers = find_layers(func)
     if not layers:

@@ -102,3 +102,29 @@ def test_inspect_quant_on_a_float_artifact_is_an_error(digits):
     out = edgecompile.compile(onnx_path, output=tmp / "plain")
     r = runner.invoke(app, ["inspect", str(out), "--quant"])
     assert r.exit_code == 2 and "not compiled with a quantizing recipe" in r.output
+
+
+def test_every_kernel_of_the_int8_model_is_scheduled(digits):
+    import tvm
+
+    from edgecompile.frontend import import_model
+    from edgecompile.lower.build import compile_module, make_target
+    from edgecompile.lower.pipeline import fusion_passes, schedule_passes
+    from edgecompile.passes.quantize import QuantConfig
+    from edgecompile.ptq import quantize_model
+    from edgecompile.targets import get_profile
+
+    data, onnx_path, _calib, _tmp = digits
+    host = get_profile("native").resolved()
+    imported = import_model(onnx_path)
+    samples = [{"pixel_values": x[None]} for x in data["x_calib"][:16]]
+    res = quantize_model(imported.mod, samples, ["pixel_values"], QuantConfig(), lambda m: compile_module(m, host))
+    assert res.layers[0]["name"] == "linear.0" and res.layers[0]["quantized"]  # the patch-embedding conv
+    for name in ("x86_64-avx2", "x86_64-avx512", "android-arm64"):
+        target = make_target(get_profile(name).resolved())
+        with target:
+            mod = tvm.transform.Sequential(fusion_passes(target) + schedule_passes(target))(res.mod)
+        funcs = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+        left = [n for n, f in funcs.items() if not f.attrs.get("tirx.is_scheduled", False)]
+        assert not left, f"{name}: unscheduled kernels {left}"
+        assert sum("int8_gemm" in n for n in funcs) >= 5, f"{name}: linear layers not on the int8 kernel"
