@@ -2,8 +2,9 @@
 
 Order matters: the first rule that accepts a function schedules it. ``Int8Matmul`` takes the
 tensorized int8 GEMMs over packed weights, ``Matmul`` takes other GEMM-like
-kernels with their fused epilogues, TVM's dlight ``GEMV`` and ``Reduction`` take matrix-vector
-products and row reductions (softmax, LayerNorm), ``Elementwise`` takes everything injective, and
+kernels with their fused epilogues, TVM's dlight ``GEMV`` takes matrix-vector products,
+``RowReduction`` row reductions (softmax, LayerNorm) with their fused stages, dlight's
+``Reduction`` the row reductions it declines, ``Elementwise`` takes everything injective, and
 ``Fallback`` whatever is left (full reductions), so no kernel stays an unscheduled loop nest.
 """
 
@@ -13,9 +14,10 @@ from edgecompile.lower.schedules.cpu_elementwise import Elementwise
 from edgecompile.lower.schedules.cpu_fallback import Fallback
 from edgecompile.lower.schedules.cpu_int8_matmul import Int8Matmul
 from edgecompile.lower.schedules.cpu_matmul import Matmul
+from edgecompile.lower.schedules.cpu_row_reduction import RowReduction
 
 
 def cpu_rules() -> list:
     from tvm.s_tir.dlight import cpu as dl_cpu
 
-    return [Int8Matmul(), Matmul(), dl_cpu.GEMV(), dl_cpu.Reduction(), Elementwise(), Fallback()]
+    return [Int8Matmul(), Matmul(), dl_cpu.GEMV(), RowReduction(), dl_cpu.Reduction(), Elementwise(), Fallback()]
