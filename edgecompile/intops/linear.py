@@ -1,4 +1,4 @@
-"""numpy reference of every integer op the int8 recipes emit; compiled code matches it bit for bit.
+"""numpy reference of the linear integer ops of the int8 recipe; compiled code matches it bit for bit.
 
 Conventions (see ``shared`` design notes, "Integer semantics"):
 
