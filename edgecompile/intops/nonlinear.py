@@ -196,7 +196,8 @@ def ibert_softmax(q, scale: float, k: int = 8, n: int = 30) -> np.ndarray:
     ``e`` from :func:`i_exp` (up to ~54 bits) is brought to 16 bit by a rounding right shift per
     row that puts the row's largest value in ``[2^14, 2^15)`` (I-BERT requantizes with a
     QuantAct(16); a multiply by ``32767 / max`` would overflow int64), then
-    ``out = (e16 * (2^32 // sum)) >> (32 - k)``; ``e16 * f < 2^47``.
+    ``out = (e16 * (2^32 // sum) + 2^(31-k)) >> (32 - k)``, rounded (I-BERT floors: up to one
+    LSB more error); ``e16 * f < 2^47``.
     """
     q = _i64(q)
     e, _ = i_exp(q - q.max(axis=-1, keepdims=True), scale, n)
@@ -205,7 +206,7 @@ def ibert_softmax(q, scale: float, k: int = 8, n: int = 30) -> np.ndarray:
     s = np.maximum(bits - 15, 0)  # a per-row shift puts the largest value in [2^14, 2^15)
     e16 = (e + np.where(s > 0, np.int64(1) << np.maximum(s - 1, 0), 0)) >> s
     f = (2**32) // np.maximum(e16.sum(axis=-1, keepdims=True), 1)
-    return np.minimum((e16 * f) >> (32 - k), 2**k - 1)
+    return np.minimum((e16 * f + (1 << (31 - k))) >> (32 - k), 2**k - 1)  # rounded, not floored
 
 
 def i_gelu(q, scale: float) -> tuple[np.ndarray, float]:
