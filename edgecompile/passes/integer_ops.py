@@ -1,0 +1,71 @@
+"""Relax emitters of the integer-only softmax and GELU: the same arithmetic as
+:mod:`edgecompile.intops.nonlinear`, in int32, so compiled code equals the numpy reference bit
+for bit (tests/test_integer_ops.py).
+
+Each emitter takes an integer tensor and the float scale it stands for, and returns an int32
+Relax expression with its own scale. Constants (``I0``, shift counts) are chosen here, once, from
+the scales; :func:`shiftmax_n` lowers ``n`` for long rows so the row sum stays in 31 bits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from edgecompile.intops.nonlinear import INT31, one_at_scale
+
+op = relax.op
+
+
+def _c(v) -> relax.Expr:
+    return relax.const(np.int32(v), "int32")
+
+
+def shiftmax_n(row: int, scale: float, n: int = 15) -> int:
+    """The largest ``n' <= n`` with ``row * I0 * 2^n' < 2^31`` (the Shiftmax row-sum bound)."""
+    one = one_at_scale(scale)
+    while n > 0 and row * one * (1 << n) >= 2**31:
+        n -= 1
+    if n == 0:
+        raise ValueError(f"Shiftmax cannot fit a row of {row} at scale {scale:g} in 31 bits")
+    return n
+
+
+def _shift_exp(d: relax.Expr, one: int, n: int) -> relax.Expr:
+    """:func:`edgecompile.intops.nonlinear.shift_exp` on an int32 ``d <= 0``."""
+    d = op.subtract(op.add(d, op.right_shift(d, _c(1))), op.right_shift(d, _c(4)))
+    d = op.maximum(d, _c(-n * one))
+    q = op.floor_divide(d, _c(-one))
+    r = op.add(d, op.multiply(q, _c(one)))
+    return op.right_shift(op.left_shift(op.add(r, _c(2 * one)), op.subtract(_c(n), q)), _c(1))
+
+
+def emit_shiftmax(q: relax.Expr, scale: float, n: int, k: int = 8, rounding: bool = False) -> relax.Expr:
+    """Softmax over the last axis of integer logits: int32 in ``[0, 2^(k-1) - 1]`` at scale
+    ``2^-(k-1)`` (see :func:`edgecompile.intops.nonlinear.shiftmax`; ``n`` from
+    :func:`shiftmax_n`). Rounding is ``((e f) >> (31 - k) + 1) >> 1``, equal to the reference's
+    ``(e f + 2^(31-k)) >> (32 - k)`` without its int32 overflow."""
+    one = one_at_scale(scale)
+    q32 = op.astype(q, "int32")
+    e = _shift_exp(op.subtract(q32, op.max(q32, axis=-1, keepdims=True)), one, n)
+    f = op.floor_divide(_c(INT31), op.sum(e, axis=-1, keepdims=True))
+    x = op.multiply(e, f)
+    if rounding:
+        out = op.right_shift(op.add(op.right_shift(x, _c(31 - k)), _c(1)), _c(1))
+    else:
+        out = op.right_shift(x, _c(32 - k))
+    return op.minimum(out, _c((1 << (k - 1)) - 1))
+
+
+def emit_shift_gelu(q: relax.Expr, scale: float, k: int = 8) -> tuple[relax.Expr, float]:
+    """GELU of integers at ``scale``: ``(y, scale / 2^(k-1))``, the per-element form of
+    :func:`edgecompile.intops.nonlinear.shift_gelu` (int32 throughout)."""
+    one = one_at_scale(1.702 * scale)
+    n = 30 - (k - 1) - one.bit_length()
+    q32 = op.astype(q, "int32")
+    p = _shift_exp(op.negative(op.abs(q32)), one, n)
+    full = _c(one << n)
+    num = op.where(op.greater_equal(q32, _c(0)), full, p)
+    den = op.add(full, p)
+    sigma = op.floor_divide(op.add(op.left_shift(num, _c(k - 1)), op.right_shift(den, _c(1))), den)
+    return op.multiply(q32, sigma), scale / (1 << (k - 1))

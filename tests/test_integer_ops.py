@@ -1,0 +1,53 @@
+"""The Relax emitters of the integer-only ops compile to exactly what the numpy references
+compute, on dense sweeps of inputs (every int8 value, rows of realistic lengths)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from edgecompile.intops import nonlinear as nl
+from edgecompile.lower.build import compile_module
+from edgecompile.passes.integer_ops import emit_shift_gelu, emit_shiftmax, shiftmax_n
+from edgecompile.targets import get_profile
+
+HOST = get_profile("native").resolved()
+
+
+def _run(shape, dtype, emit, x):
+    bb = relax.BlockBuilder()
+    v = relax.Var("x", relax.TensorType(shape, dtype))
+    with bb.function("main", [v]):
+        with bb.dataflow():
+            out = bb.emit_output(emit(v))
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(compile_module(bb.get(), HOST), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+@pytest.mark.parametrize(
+    "tokens, scale, k, rounding", [(16, 0.1, 8, False), (128, 0.05, 8, True), (197, 0.02, 16, False)]
+)
+def test_shiftmax_compiled_equals_reference(tokens, scale, k, rounding):
+    rng = np.random.default_rng(tokens)
+    q = np.clip(np.rint(rng.normal(0, 40, (2, 12, 32, tokens))), -128, 127).astype(np.int8)
+    q[0, 0, 0] = 127  # a peaked row
+    q[0, 0, 1] = -128  # a flat row at the bottom
+    n = shiftmax_n(tokens, scale)
+    got = _run(q.shape, "int8", lambda v: emit_shiftmax(v, scale, n, k, rounding), q)
+    np.testing.assert_array_equal(got, nl.shiftmax(q, scale, n=n, k=k, rounding=rounding))
+
+
+def test_shiftmax_n_keeps_the_row_sum_in_31_bits():
+    assert shiftmax_n(16, 0.1) == 15
+    n = shiftmax_n(512, 0.005)  # I0 = 200: 15 would overflow
+    assert 512 * 200 * 2**n < 2**31 <= 512 * 200 * 2 ** (n + 1)
+
+
+@pytest.mark.parametrize("scale", [0.02, 0.05, 0.1])
+def test_shift_gelu_compiled_equals_reference_for_every_int8(scale):
+    q = np.tile(np.arange(-128, 128, dtype=np.int8), (3, 1))
+    got = _run(q.shape, "int8", lambda v: emit_shift_gelu(v, scale)[0], q)
+    np.testing.assert_array_equal(got, nl.shift_gelu(q, scale))
