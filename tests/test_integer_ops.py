@@ -21,7 +21,7 @@ def _run(shape, dtype, emit, x):
     v = relax.Var("x", relax.TensorType(shape, dtype))
     with bb.function("main", [v]):
         with bb.dataflow():
-            out = bb.emit_output(emit(v))
+            out = bb.emit_output(emit(bb, v))
         bb.emit_func_output(out)
     vm = relax.VirtualMachine(compile_module(bb.get(), HOST), tvm.cpu())
     return vm["main"](tvm.runtime.tensor(x)).numpy()
@@ -36,7 +36,7 @@ def test_shiftmax_compiled_equals_reference(tokens, scale, k, rounding):
     q[0, 0, 0] = 127  # a peaked row
     q[0, 0, 1] = -128  # a flat row at the bottom
     n = shiftmax_n(tokens, scale)
-    got = _run(q.shape, "int8", lambda v: emit_shiftmax(v, scale, n, k, rounding), q)
+    got = _run(q.shape, "int8", lambda bb, v: emit_shiftmax(v, scale, n, k, rounding), q)
     np.testing.assert_array_equal(got, nl.shiftmax(q, scale, n=n, k=k, rounding=rounding))
 
 
@@ -49,5 +49,17 @@ def test_shiftmax_n_keeps_the_row_sum_in_31_bits():
 @pytest.mark.parametrize("scale", [0.02, 0.05, 0.1])
 def test_shift_gelu_compiled_equals_reference_for_every_int8(scale):
     q = np.tile(np.arange(-128, 128, dtype=np.int8), (3, 1))
-    got = _run(q.shape, "int8", lambda v: emit_shift_gelu(v, scale)[0], q)
+    got = _run(q.shape, "int8", lambda bb, v: emit_shift_gelu(v, scale)[0], q)
     np.testing.assert_array_equal(got, nl.shift_gelu(q, scale))
+
+
+@pytest.mark.parametrize("magnitude", [3, 300, 20000])  # var < 2^16, typical, int16 extremes
+def test_i_layernorm_compiled_equals_reference(magnitude):
+    from edgecompile.passes.integer_ops import emit_i_layernorm
+
+    rng = np.random.default_rng(magnitude)
+    q = np.clip(np.rint(rng.normal(0, magnitude, (2, 16, 192))), -32768, 32767).astype(np.int16)
+    q[0, 0] = 7  # a constant row
+    got = _run(q.shape, "int16", lambda bb, v: emit_i_layernorm(bb, v, 192)[0], q)
+    ref, _ = nl.i_layernorm(q)
+    np.testing.assert_array_equal(got, ref)

@@ -69,3 +69,57 @@ def emit_shift_gelu(q: relax.Expr, scale: float, k: int = 8) -> tuple[relax.Expr
     den = op.add(full, p)
     sigma = op.floor_divide(op.add(op.left_shift(num, _c(k - 1)), op.right_shift(den, _c(1))), den)
     return op.multiply(q32, sigma), scale / (1 << (k - 1))
+
+
+ISQRT_STEPS = 40  # Newton from 2^31 reaches floor(sqrt(n)) for any 1 <= n < 2^62 in at most ~37
+
+
+def _c64(v) -> relax.Expr:
+    return relax.const(np.int64(v), "int64")
+
+
+def _isqrt_kernel(rows: int):
+    """A TIR kernel: exact ``floor(sqrt(n))`` of ``rows`` int64 values in ``[0, 2^62)``."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(private=True, s_tir=True)
+    def isqrt(n: T.Buffer((rows,), "int64"), out: T.Buffer((rows,), "int64")):
+        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+        for i in T.parallel(rows):
+            with T.sblock("isqrt"):
+                vi = T.axis.spatial(rows, i)
+                T.reads(n[vi])
+                T.writes(out[vi])
+                x = T.sblock_alloc_buffer((1,), "int64", scope="local")
+                x[0] = T.int64(1 << 31)
+                for _ in range(ISQRT_STEPS):
+                    x[0] = T.max(T.min(x[0], T.floordiv(x[0] + T.floordiv(n[vi], x[0]), T.int64(2))), T.int64(1))
+                out[vi] = T.if_then_else(n[vi] > T.int64(0), x[0], T.int64(0))
+
+    return isqrt
+
+
+def emit_isqrt(bb: relax.BlockBuilder, n: relax.Expr) -> relax.Expr:
+    """``floor(sqrt(n))`` of an int64 tensor ``0 <= n < 2^62`` (static shape): Newton's iteration
+    from ``2^31``, kept from rising (``x = min(x, (x + n // x) // 2)``), a fixed number of steps,
+    in a loop of its own (as Relax ops, each step would be inlined into the next and the
+    expression would double per step); exact, as :func:`edgecompile.intops.nonlinear.isqrt`."""
+    shape = [int(d) for d in bb.normalize(n).ty.shape.values]
+    rows = int(np.prod(shape))
+    gv = bb.add_func(_isqrt_kernel(rows), f"isqrt_i64_{rows}")
+    flat = bb.emit(op.reshape(n, [rows]))
+    root = bb.emit(relax.call_tir(gv, [flat], relax.TensorType([rows], "int64")))
+    return op.reshape(root, shape)
+
+
+def emit_i_layernorm(bb: relax.BlockBuilder, q: relax.Expr, channels: int) -> tuple[relax.Expr, float]:
+    """I-LayerNorm without the affine part (see :func:`edgecompile.intops.nonlinear.i_layernorm`):
+    ``(out, sqrt(C) / 2^30)``, int64 for the sum of squares and the square root, int32 out."""
+    x = op.astype(q, "int64")
+    mu = op.floor_divide(op.add(op.sum(x, axis=-1, keepdims=True), _c64(channels // 2)), _c64(channels))
+    y = bb.emit(op.subtract(x, mu))
+    var = bb.emit(op.left_shift(op.sum(op.multiply(y, y), axis=-1, keepdims=True), _c64(16)))
+    std = emit_isqrt(bb, var)
+    f = op.where(op.greater(std, _c64(0)), op.floor_divide(_c64(INT31 << 8), op.maximum(std, _c64(1))), _c64(0))
+    out = op.right_shift(op.multiply(y, f), _c64(1))
+    return op.astype(out, "int32"), float(np.sqrt(channels) / 2**30)
