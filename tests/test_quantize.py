@@ -287,3 +287,23 @@ def test_quantized_model_compiled_equals_reference_interpreter():
     q0 = vm["main"](tvm.runtime.tensor(samples[0]["x"])).numpy()
     cos = float(np.sum(q0 * float_out) / np.linalg.norm(q0) / np.linalg.norm(float_out))
     assert cos > 0.995
+
+
+def test_int8_compiles_a_torch_module_and_quantizes_embeddings(tmp_path):
+    torch = pytest.importorskip("torch")
+    import json
+
+    from models import BertStyleEncoder
+
+    import edgecompile
+
+    model = BertStyleEncoder(1000, 64, 2, 4, 128, 64).eval()
+    rng = np.random.default_rng(9)
+    ids, mask = torch.randint(0, 1000, (1, 16)), torch.ones(1, 16, dtype=torch.int64)
+    calib = [{"input_ids": rng.integers(0, 1000, (1, 16)), "attention_mask": np.ones((1, 16), np.int64)}] * 4
+    art = edgecompile.compile(model, output=tmp_path / "q", recipe="int8", calib=calib, example_inputs=(ids, mask))
+    out = edgecompile.load(art).run({"input_ids": ids.numpy(), "attention_mask": mask.numpy()})["output_0"]
+    ref = model(ids, mask)[0].detach().numpy()
+    assert float(np.sum(out * ref) / np.linalg.norm(out) / np.linalg.norm(ref)) > 0.999
+    layers = {r["name"]: r for r in json.loads((art / "manifest.json").read_text())["quantization"]["layers"]}
+    assert layers["embedding.0"]["quantized"] and layers["linear.0"]["quantized"]
