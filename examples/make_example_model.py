@@ -1,5 +1,7 @@
 """Write examples/tiny_bert.onnx (a 2-layer BERT-style encoder with seeded weights, dynamic batch
-and sequence) and examples/tiny_bert_inputs.npz (one tokenized batch of 1x32).
+and sequence), examples/tiny_bert_inputs.npz (one tokenized batch of 1x32) and
+examples/tiny_bert_calib.npz (64 calibration samples for the int8 recipe: random token ids with
+padded tails of random length, stacked along a leading sample axis).
 
 Needs torch; the outputs are committed, so the quick start does not."""
 
@@ -24,4 +26,10 @@ export_onnx(
     dynamic={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
 )
 np.savez(here / "tiny_bert_inputs.npz", input_ids=ids.numpy(), attention_mask=mask.numpy())
-print("wrote", here / "tiny_bert.onnx", "and", here / "tiny_bert_inputs.npz")
+g = torch.Generator().manual_seed(2)
+calib_ids = torch.randint(0, 1000, (64, 1, 32), generator=g)
+calib_mask = torch.ones(64, 1, 32, dtype=torch.int64)
+for i, n in enumerate(torch.randint(8, 33, (64,), generator=g).tolist()):
+    calib_mask[i, :, n:] = 0
+np.savez(here / "tiny_bert_calib.npz", input_ids=calib_ids.numpy(), attention_mask=calib_mask.numpy())
+print("wrote", here / "tiny_bert.onnx", here / "tiny_bert_inputs.npz", "and", here / "tiny_bert_calib.npz")

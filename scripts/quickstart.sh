@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install edgecompile into .venv, then the main job: inspect, compile, run and time the bundled
-# example (a 2-layer BERT-style encoder exported from PyTorch with dynamic batch and sequence).
+# example (a 2-layer BERT-style encoder exported from PyTorch with dynamic batch and sequence),
+# in fp32 and with the int8 recipe.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -12,3 +13,10 @@ $ec compile examples/tiny_bert.onnx --target native \
     --input-shape input_ids=1x32 --input-shape attention_mask=1x32 -o build/tiny_bert
 $ec run build/tiny_bert --input examples/tiny_bert_inputs.npz --output build/tiny_bert_outputs.npz
 $ec bench build/tiny_bert --runs 50
+# The int8 recipe, calibrated on the bundled samples: per-layer error, then the same run and timing.
+$ec compile examples/tiny_bert.onnx --target native \
+    --input-shape input_ids=1x32 --input-shape attention_mask=1x32 \
+    --recipe int8 --calib examples/tiny_bert_calib.npz -o build/tiny_bert_int8
+$ec inspect build/tiny_bert_int8 --quant
+$ec run build/tiny_bert_int8 --input examples/tiny_bert_inputs.npz --output build/tiny_bert_int8_outputs.npz
+$ec bench build/tiny_bert_int8 --runs 50
