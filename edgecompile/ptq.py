@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,7 +25,7 @@ from edgecompile.calibrate.observers import OBSERVERS, Observer
 from edgecompile.errors import RecipeError
 from edgecompile.lower.patchify import PatchifyConv
 from edgecompile.passes.graph_walk import bindings
-from edgecompile.passes.quantize import QuantConfig, find_layers, observed_vars, quantize_function
+from edgecompile.passes.quantize import QuantConfig, find_layers, observed_vars, op_name, quantize_function
 
 ERROR_SAMPLES = 16
 
@@ -92,51 +92,48 @@ def quantize_model(
     if not layers:
         raise RecipeError("int8: the model has no matmul, linear or add to quantize")
     wanted = observed_vars(layers)
-    observers = observe(
-        func,
-        wanted,
-        samples,
-        input_names,
-        build,
-        lambda: Observer(config.observer, config.percentile),
-        lambda i, n: say("calibrating", i, n),
-    )
+    frun = Runner(with_outputs(func, wanted), input_names, build)  # built once: calibration and errors
+    make_observer = lambda: Observer(config.observer, config.percentile)  # noqa: E731
+    observers = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating", i, n))
     # Softmax outputs are probabilities in [0, 1] whose largest values matter most (peaked
     # attention): their range is the observed max, whatever the observer clips elsewhere.
-    softmax = {b.var for b in bindings(func) if getattr(getattr(b.value, "op", None), "name", "") == "relax.nn.softmax"}
+    softmax = {b.var for b in bindings(func) if op_name(b.value) == "relax.nn.softmax"}
     thresholds = {v: (o.max if v in softmax else o.threshold()) for v, o in observers.items()}
     keep = list(config.keep_float)
-    errors = _layer_errors(func, layers, thresholds, keep, samples[:ERROR_SAMPLES], input_names, build, say)
+    measure = functools.partial(_layer_errors, func, layers, thresholds, frun, wanted, samples[:ERROR_SAMPLES], say)
+    errors = measure(keep)
     if keep_worst:
         worst = sorted((e for e in errors if e["quantized"]), key=lambda e: e["sqnr_db"])[:keep_worst]
         keep += [e["name"] for e in worst]
-        errors = _layer_errors(func, layers, thresholds, keep, samples[:ERROR_SAMPLES], input_names, build, say)
+        errors = measure(keep)
     qfunc = quantize_function(func, layers, thresholds, keep)
     out = tvm.IRModule({**{gv: f for gv, f in mod.functions.items() if gv.name_hint != "main"}})
     out["main"] = qfunc
     return QuantResult(out, errors, keep, len(samples))
 
 
-def _layer_errors(func, layers, thresholds, keep, samples, names, build, say) -> list[dict]:
+def _layer_errors(func, layers, thresholds, frun: Runner, wanted, samples, say, keep) -> list[dict]:
+    """SQNR of each layer's output: the float values from ``frun`` (which returns ``wanted``, the
+    layer outputs among them) against the quantized model's, dequantized."""
     outputs = [layer.output for layer in layers]
     qmod = tvm.IRModule({"main": quantize_function(func, layers, thresholds, keep, extra_outputs=outputs)})
-    frun = Runner(with_outputs(func, outputs), names, build)
-    qrun = Runner(qmod, names, build)
+    qrun = Runner(qmod, frun.names, frun.build)
+    pos = {v: i for i, v in enumerate(wanted)}
     signal, noise = np.zeros(len(layers)), np.zeros(len(layers))
     for i, sample in enumerate(samples):
-        for j, (f, q) in enumerate(zip(frun(sample), qrun(sample))):
-            f64 = f.astype(np.float64)
+        floats = frun(sample)
+        for j, q in enumerate(qrun(sample)):
+            f64 = floats[pos[layers[j].output]].astype(np.float64)
             signal[j] += float(np.sum(f64**2))
             noise[j] += float(np.sum((f64 - q) ** 2))
         say("measuring layer error", i + 1, len(samples))
     rows = []
     for j, layer in enumerate(layers):
-        quantized = bool(layer.info) and not any(fnmatch.fnmatchcase(layer.name, p) for p in keep)
         rows.append(
             {
                 "name": layer.name,
                 "kind": layer.kind,
-                "quantized": quantized,
+                "quantized": bool(layer.info),  # only rewritten layers carry scales
                 "sqnr_db": round(_sqnr(signal[j], noise[j]), 2),
                 **{k: (float(v) if np.isscalar(v) else [float(x) for x in v]) for k, v in layer.info.items()},
             }

@@ -129,7 +129,6 @@ def test_int_matmul_bias_relu_compiled_equals_reference():
         return relax.op.maximum(acc, relax.const(0, "int32"))
 
     f = _func({"a": (a.shape, "int8")}, body)
-    ref = intops.int_relu(np.clip(intops.int_matmul(a, w, bias), -128, 127)).astype(np.int32)
     ref = np.maximum(intops.int_matmul(a, w, bias), 0)
     np.testing.assert_array_equal(_compiled(f, a), ref)
     np.testing.assert_array_equal(reference.run(f, {"a": a}), ref)

@@ -39,6 +39,7 @@ class Runner:
     def __init__(self, mod: tvm.IRModule, input_names: list[str], build: Callable):
         self.vm = relax.VirtualMachine(build(mod), tvm.cpu())
         self.names = input_names
+        self.build = build
 
     def __call__(self, sample: dict[str, np.ndarray]) -> list[np.ndarray]:
         out = self.vm["main"](*[tvm.runtime.tensor(sample[n]) for n in self.names])
@@ -46,16 +47,14 @@ class Runner:
 
 
 def observe(
-    func: relax.Function,
+    run: Runner,
     wanted: list[relax.Var],
     samples: list[dict],
-    input_names: list[str],
-    build: Callable,
     make_observer: Callable[[], Observer],
     progress: Progress | None = None,
 ) -> dict[relax.Var, Observer]:
-    """One observer per wanted tensor, fed by every sample."""
-    run = Runner(with_outputs(func, wanted), input_names, build)
+    """One observer per wanted tensor, fed by every sample; ``run`` is the float function built
+    by ``Runner(with_outputs(func, wanted), ...)``."""
     observers = {v: make_observer() for v in wanted}
     for i, sample in enumerate(samples):
         for v, value in zip(wanted, run(sample)):

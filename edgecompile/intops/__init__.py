@@ -16,6 +16,7 @@ from edgecompile.intops.linear import (
     int_relu,
     quantize,
     requantize,
+    rescale,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "int_relu",
     "quantize",
     "requantize",
+    "rescale",
 ]

@@ -53,11 +53,15 @@ def dequantize(q: np.ndarray, scale: float | np.ndarray) -> np.ndarray:
     return q.astype(np.float32) * np.asarray(scale, np.float32)
 
 
+def rescale(acc: np.ndarray, b, c) -> np.ndarray:
+    """``(acc * b + 2^(c-1)) >> c`` in int64, unclipped (``acc`` int32, ``b < 2^31``)."""
+    b, c = np.asarray(b, np.int64), np.asarray(c, np.int64)
+    return (acc.astype(np.int64) * b + (np.int64(1) << (c - 1))) >> c
+
+
 def requantize(acc: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """``clip((acc * b + 2^(c-1)) >> c)`` to int8, in int64 (``acc`` int32, ``b < 2^31``)."""
-    b, c = np.asarray(b, np.int64), np.asarray(c, np.int64)
-    v = (acc.astype(np.int64) * b + (np.int64(1) << (c - 1))) >> c
-    return np.clip(v, QMIN, QMAX).astype(np.int8)
+    return np.clip(rescale(acc, b, c), QMIN, QMAX).astype(np.int8)
 
 
 def int_matmul(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
@@ -70,9 +74,7 @@ def int_matmul(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> 
 
 def int_add(qa: np.ndarray, ba, ca, qb: np.ndarray, bb, cb) -> np.ndarray:
     """Residual add of two int8 tensors at different scales into a third scale."""
-    ra = (qa.astype(np.int64) * ba + (np.int64(1) << (np.int64(ca) - 1))) >> ca
-    rb = (qb.astype(np.int64) * bb + (np.int64(1) << (np.int64(cb) - 1))) >> cb
-    return np.clip(ra + rb, QMIN, QMAX).astype(np.int8)
+    return np.clip(rescale(qa, ba, ca) + rescale(qb, bb, cb), QMIN, QMAX).astype(np.int8)
 
 
 def int_relu(q: np.ndarray) -> np.ndarray:

@@ -72,7 +72,8 @@ class Layer:
     info: dict = field(default_factory=dict)  # scales etc., filled by the rewrite
 
 
-def _op(value) -> str:
+def op_name(value) -> str:
+    """The operator name of a call binding's value ('' for anything else)."""
     return getattr(getattr(value, "op", None), "name", "") if isinstance(value, relax.Call) else ""
 
 
@@ -107,13 +108,13 @@ def find_layers(func: relax.Function) -> list[Layer]:
         return f"{kind}.{counts[kind] - 1}"
 
     for b in binds:
-        op, v = _op(b.value), b.value
+        op, v = op_name(b.value), b.value
         if op == "relax.matmul" and _is_float_var(v.args[0]):
             w = _const_array(v.args[1])
             if w is not None and w.ndim == 2 and w.dtype == np.float32:
                 bias_b = None
                 users = uses.get(b.var, [])
-                if len(users) == 1 and users[0] is not None and _op(users[0].value) == "relax.add":
+                if len(users) == 1 and users[0] is not None and op_name(users[0].value) == "relax.add":
                     other = [a for a in users[0].value.args if not a.same_as(b.var)]
                     bias = _const_array(other[0]) if len(other) == 1 else None
                     if bias is not None and bias.dtype == np.float32 and bias.size == w.shape[1]:
@@ -197,12 +198,17 @@ class _Rewriter:
                 self.qcache[v] = (self.bb.emit(q, name_hint=f"{v.name}_q"), s)
         return self.qcache[v]
 
-    def requant(self, acc, ratio, name):
+    @staticmethod
+    def rescale(x, ratio):
+        """:func:`edgecompile.intops.rescale` by the dyadic form of ``ratio``: int64, unclipped."""
         b, c = intops.dyadic(ratio)
-        y = relax.op.multiply(relax.op.astype(acc, "int64"), relax.const(b, "int64"))
+        y = relax.op.multiply(relax.op.astype(x, "int64"), relax.const(b, "int64"))
         y = relax.op.add(y, relax.const(np.int64(1) << (c - 1), "int64"))
-        y = relax.op.right_shift(y, relax.const(c, "int64"))
-        return self.bb.emit(relax.op.astype(relax.op.clip(y, -128, 127), "int8"), name_hint=name)
+        return relax.op.right_shift(y, relax.const(c, "int64"))
+
+    def requant(self, acc, ratio, name):
+        y = relax.op.clip(self.rescale(acc, ratio), -128, 127)
+        return self.bb.emit(relax.op.astype(y, "int8"), name_hint=name)
 
     # -- layers --------------------------------------------------------------------------------
     def kept(self, layer: Layer) -> bool:
@@ -254,13 +260,8 @@ class _Rewriter:
             return False  # only between integer tensors; a float operand keeps the add in float
         (qa, sa), (qb, sb) = self.as_quant(a), self.as_quant(b)
         sy = self.scale[layer.output]
-        terms = []
-        for q, s in ((qa, sa), (qb, sb)):
-            bb_, cc = intops.dyadic(np.float64(s) / sy)
-            t = relax.op.multiply(relax.op.astype(q, "int64"), relax.const(bb_, "int64"))
-            t = relax.op.add(t, relax.const(np.int64(1) << (cc - 1), "int64"))
-            terms.append(relax.op.right_shift(t, relax.const(cc, "int64")))
-        y = relax.op.astype(relax.op.clip(relax.op.add(*terms), -128, 127), "int8")
+        total = relax.op.add(self.rescale(qa, np.float64(sa) / sy), self.rescale(qb, np.float64(sb) / sy))
+        y = relax.op.astype(relax.op.clip(total, -128, 127), "int8")
         self.env[layer.output] = ("q", self.bb.emit(y, name_hint=layer.name), sy)
         layer.info = {"scale_in": [sa, sb], "scale_out": sy}
         return True
@@ -280,7 +281,7 @@ class _Rewriter:
                 return None
         if v in self.bias_of and not self.kept(self.bias_of[v]):
             return None  # folded into its linear layer
-        op, value = _op(b.value), b.value
+        op, value = op_name(b.value), b.value
         if op and isinstance(value.args[0], relax.Var) and self.kind(value.args[0]) != "f":
             x = value.args[0]
             c = _scalar_const(value.args[1]) if op in ("relax.multiply", "relax.divide") else None

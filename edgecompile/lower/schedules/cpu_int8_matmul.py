@@ -14,9 +14,10 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from edgecompile.lower.schedules.cpu_matmul import Matmul
+from edgecompile.lower.schedules.cpu_matmul import inline_epilogue
 from edgecompile.lower.schedules.int8_dot import INT8_GEMM_ATTR, INT8_MR_ATTR, int8_kernel
 from edgecompile.lower.schedules.isa import vector_isa
+from edgecompile.lower.schedules.loops import vectorize_innermost
 
 
 def _int8_gemm_block(sch: s_tir.Schedule):
@@ -41,7 +42,7 @@ class Int8Matmul(CPUScheduleRule):
         if kernel is None or str(ann[INT8_GEMM_ATTR]) != kernel.intrin:
             return None  # packed for another ISA: leave it to the generic rules
         mr = int(ann[INT8_MR_ATTR])
-        epilogue = Matmul._inline_epilogue(sch, main)
+        epilogue = inline_epilogue(sch, main)
         if epilogue in ("fail", None):
             return None
         # Side inputs of the epilogue computed in the same function (e.g. the other operand of a
@@ -79,11 +80,11 @@ class Int8Matmul(CPUScheduleRule):
         sch.unroll(i1)
         sch.unroll(jv)
         init = sch.decompose_reduction(main, ko)
-        Matmul._vectorize_last(sch, init, kernel.lanes)
+        vectorize_innermost(sch, init, kernel.lanes)
         sch.tensorize(jl, kernel.intrin)
-        Matmul._vectorize_last(sch, epilogue, kernel.lanes)
+        vectorize_innermost(sch, epilogue, kernel.lanes)
 
         *rows, k = sch.get_loops(prep)
         sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
-        Matmul._vectorize_last(sch, prep, 32 if kernel.a_dtype == "int16" else 64)
+        vectorize_innermost(sch, prep, 32 if kernel.a_dtype == "int16" else 64)
         return sch

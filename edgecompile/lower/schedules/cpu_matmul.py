@@ -20,12 +20,8 @@ from tvm.s_tir.dlight.gpu.matmul import get_index_map, get_reduction_blocks
 from tvm.target import Target
 
 from edgecompile.lower.schedules.isa import vector_isa
+from edgecompile.lower.schedules.loops import extent, vectorize_innermost
 from edgecompile.lower.schedules.tiles import gemm_mr, gemm_nr
-
-
-def _extent(sch, loop) -> int | None:
-    ext = sch.get(loop).extent
-    return int(ext) if isinstance(ext, tirx.IntImm) else None
 
 
 class Matmul(CPUScheduleRule):
@@ -44,7 +40,7 @@ class Matmul(CPUScheduleRule):
         if maps is None and not _is_canonical(sch.get(main)):
             return None
         # Epilogue: inline every elementwise block after the matmul except the last one.
-        epilogue = self._inline_epilogue(sch, main)
+        epilogue = inline_epilogue(sch, main)
         if epilogue == "fail":
             return None
         # Anything before the matmul (e.g. a fused transpose) is inlined into its reads.
@@ -69,7 +65,7 @@ class Matmul(CPUScheduleRule):
         bits = sch.get(main).writes[0].source.dtype.bits
         isa = vector_isa(target)
         vw = isa.lanes(bits)
-        m, n = _extent(sch, i), _extent(sch, j)
+        m, n = extent(sch, i), extent(sch, j)
         b_pad = None
         nr = gemm_nr(isa, n, bits)
         mr = gemm_mr(isa, m, nr, bits, allow_tail=True)
@@ -104,7 +100,7 @@ class Matmul(CPUScheduleRule):
         sch.parallel(par)
         if b_pad is not None:
             sch.compute_at(b_pad, par, preserve_unit_loops=True)
-            self._vectorize_last(sch, b_pad, vw)
+            vectorize_innermost(sch, b_pad, vw)
 
         if epilogue is None:
             wb = sch.cache_write(main, 0, "local")
@@ -115,53 +111,40 @@ class Matmul(CPUScheduleRule):
         # Innermost micro-kernel: unroll the MR rows, vectorize the NR columns (before the
         # reduction is split into init and update: vectorize needs the whole reduction block).
         sch.unroll(i1)
-        self._vectorize_last(sch, main, vw)
+        vectorize_innermost(sch, main, vw)
         init = sch.decompose_reduction(main, k)
-        self._vectorize_last(sch, init, vw)
-        self._vectorize_last(sch, wb, vw)
+        vectorize_innermost(sch, init, vw)
+        vectorize_innermost(sch, wb, vw)
         return sch
 
-    @staticmethod
-    def _inline_epilogue(sch, main):
-        """Inline the chain after ``main`` into its last block; return that block (or None)."""
-        consumers = sch.get_consumers(main)
-        if not consumers:
-            return None
-        chain = []
-        frontier = list(consumers)
-        while frontier:
-            b = frontier.pop(0)
-            if any(sch.get(b).same_as(sch.get(c)) for c in chain):
-                continue
-            chain.append(b)
-            frontier.extend(sch.get_consumers(b))
-        last = [b for b in chain if not sch.get_consumers(b)]
-        if len(last) != 1:
-            return "fail"
-        for b in chain:
-            if sch.get(b).same_as(sch.get(last[0])):
-                continue
-            try:
-                sch.compute_inline(b)
-            except Exception:
-                return "fail"
-        block = last[0]
-        if any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(block).iter_vars):
-            return "fail"
-        return block
 
-    @staticmethod
-    def _vectorize_last(sch, block, vw):
-        loop = sch.get_loops(block)[-1]
-        ext = _extent(sch, loop)
-        if ext is None or ext <= 1:
-            return
-        if ext > vw and ext % vw == 0:
-            outer, inner = sch.split(loop, [None, vw])
-            sch.unroll(outer)
-            sch.vectorize(inner)
-        elif ext <= vw:
-            sch.vectorize(loop)
+def inline_epilogue(sch, main):
+    """Inline the chain after ``main`` into its last block; return that block (or None)."""
+    consumers = sch.get_consumers(main)
+    if not consumers:
+        return None
+    chain = []
+    frontier = list(consumers)
+    while frontier:
+        b = frontier.pop(0)
+        if any(sch.get(b).same_as(sch.get(c)) for c in chain):
+            continue
+        chain.append(b)
+        frontier.extend(sch.get_consumers(b))
+    last = [b for b in chain if not sch.get_consumers(b)]
+    if len(last) != 1:
+        return "fail"
+    for b in chain:
+        if sch.get(b).same_as(sch.get(last[0])):
+            continue
+        try:
+            sch.compute_inline(b)
+        except Exception:
+            return "fail"
+    block = last[0]
+    if any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(block).iter_vars):
+        return "fail"
+    return block
 
 
 def _is_canonical(block) -> bool:

@@ -17,15 +17,11 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
 from edgecompile.lower.schedules.isa import vector_isa
+from edgecompile.lower.schedules.loops import extent, vectorize_innermost
 
 
 def _is_reduction(sch, block) -> bool:
     return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
-
-
-def _extent(sch, loop) -> int | None:
-    ext = sch.get(loop).extent
-    return int(ext) if isinstance(ext, tirx.IntImm) else None
 
 
 class RowReduction(CPUScheduleRule):
@@ -55,7 +51,7 @@ class RowReduction(CPUScheduleRule):
                 return None
         vw = vector_isa(target).lanes(32)
         for b in reductions:  # rows of whole vectors; ragged rows (ViT's 197) are left to dlight
-            ext = _extent(sch, sch.get_loops(b)[-1])
+            ext = extent(sch, sch.get_loops(b)[-1])
             if ext is None or ext < 2 * vw or ext % vw:
                 return None
         out = blocks[-1]
@@ -81,7 +77,7 @@ class RowReduction(CPUScheduleRule):
             return None
         row = sch.fuse(*loops[:-1])
         sch.parallel(row)
-        self._vectorize(sch, out, vw)
+        vectorize_innermost(sch, out, vw, unroll=False)
         remaining = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if not sch.get(b).same_as(sch.get(out))]
         for b in reversed(remaining):
             sch.compute_at(b, row, preserve_unit_loops=False)
@@ -91,17 +87,5 @@ class RowReduction(CPUScheduleRule):
             sch.vectorize(sch.get_loops(rf)[-1])
         for b in sch.get_child_blocks(row):
             if not _is_reduction(sch, b) and not sch.get(b).same_as(sch.get(out)):
-                self._vectorize(sch, b, vw)
+                vectorize_innermost(sch, b, vw, unroll=False)
         return sch
-
-    @staticmethod
-    def _vectorize(sch, block, vw):
-        loop = sch.get_loops(block)[-1]
-        ext = _extent(sch, loop)
-        if ext is None or ext <= 1:
-            return
-        if ext % vw == 0 and ext > vw:
-            _, inner = sch.split(loop, [None, vw])
-            sch.vectorize(inner)
-        elif ext <= vw:
-            sch.vectorize(loop)

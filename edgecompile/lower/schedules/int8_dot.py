@@ -88,42 +88,26 @@ def _register(k: Int8Kernel, bits: int) -> None:
                     vi, vr = T.axis.remap("SR", [i, r])
                     C[vi] = C[vi] + T.Cast("int32", A[vr]) * T.Cast("int32", B[vi, vr])
 
-    if k.in_place:
-
-        @T.prim_func(s_tir=True)
-        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-            A = T.match_buffer(a, (kr,), a_dt, offset_factor=1)
-            B = T.match_buffer(b, (lanes, kr), b_dt, offset_factor=1)
-            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
-            with T.sblock("root"):
-                T.reads(C[0:lanes], A[0:kr], B[0:lanes, 0:kr])
-                T.writes(C[0:lanes])
-                a32 = T.reinterpret(A.vload([0], a_group), dtype="int32")
-                C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(llvm),
-                    C.vload([0], c_vec),
-                    T.reinterpret(T.broadcast(a32, lanes), dtype=a_vec),
-                    B.vload([0, 0], b_vec),
-                    dtype=c_vec,
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (kr,), a_dt, offset_factor=1)
+        B = T.match_buffer(b, (lanes, kr), b_dt, offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:kr], B[0:lanes, 0:kr])
+            T.writes(C[0:lanes])
+            a32 = T.reinterpret(A.vload([0], a_group), dtype="int32")
+            a_all = T.reinterpret(T.broadcast(a32, lanes), dtype=a_vec)
+            b_all = T.Cast(a_vec, B.vload([0, 0], b_vec)) if widen else B.vload([0, 0], b_vec)
+            # vpdpbusd / sdot add into their accumulator operand; vpmaddwd's products are added after
+            C[T.ramp(T.int32(0), 1, lanes)] = (
+                T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm), C.vload([0], c_vec), a_all, b_all, dtype=c_vec
                 )
-
-    else:
-
-        @T.prim_func(s_tir=True)
-        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-            A = T.match_buffer(a, (kr,), a_dt, offset_factor=1)
-            B = T.match_buffer(b, (lanes, kr), b_dt, offset_factor=1)
-            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
-            with T.sblock("root"):
-                T.reads(C[0:lanes], A[0:kr], B[0:lanes, 0:kr])
-                T.writes(C[0:lanes])
-                a32 = T.reinterpret(A.vload([0], a_group), dtype="int32")
-                C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], c_vec) + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(llvm),
-                    T.reinterpret(T.broadcast(a32, lanes), dtype=a_vec),
-                    T.Cast(a_vec, B.vload([0, 0], b_vec)) if widen else B.vload([0, 0], b_vec),
-                    dtype=c_vec,
-                )
+                if k.in_place
+                else C.vload([0], c_vec)
+                + T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(llvm), a_all, b_all, dtype=c_vec)
+            )
 
     TensorIntrin.register(k.intrin, desc, impl, override=True)
     _REGISTERED.add(k.intrin)
