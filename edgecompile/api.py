@@ -47,7 +47,8 @@ def compile(  # noqa: A001 - the product's verb
     float; ``calib_progress(stage, done, total)`` reports calibration.
     """
     from edgecompile.frontend import import_model
-    from edgecompile.lower.build import compile_module, export
+    from edgecompile.lower.build import compile_module, export, make_target
+    from edgecompile.lower.float_ops import float_kernels
     from edgecompile.lower.package import finish, prepare_output
     from edgecompile.native_output import captured
     from edgecompile.recipe import parse_recipe
@@ -64,13 +65,14 @@ def compile(  # noqa: A001 - the product's verb
         with captured(log):
             imported = import_model(model, shapes, input_dtypes, example_inputs)
         mod, quant = imported.mod, None
-        part = rec.part("int8")
+        part = rec.part("int8") or rec.part("int8-integer-only")
         if part is not None:
             mod, quant = _quantize(imported, part, profile, calib, keep_float, say, calib_progress)
         elif calib is not None or keep_float:
             raise RecipeError(f"recipe {rec} does not quantize: --calib and --keep-float need an int8 recipe")
         say(f"building for {profile.name} ({profile.tvm.get('kind')}, recipe {rec})")
         with captured(log):
+            float_ops = float_kernels(mod, make_target(profile))
             if tune is not None:
                 say(f"tuning up to {tune} trials")
             executable = compile_module(mod, profile, tune, tuning_db and Path(tuning_db), tune_progress)
@@ -87,6 +89,7 @@ def compile(  # noqa: A001 - the product's verb
             "link_command": lib.link_command,
             "tuning": None if tune is None else {"trials": tune},
             "quantization": quant,
+            "float_ops": float_ops,
         }
         return finish(staging, out, manifest)
     finally:
@@ -104,7 +107,7 @@ def _quantize(imported, part, profile, calib, keep_float, say, calib_progress):
     from edgecompile.ptq import config_from_options, quantize_model
     from edgecompile.targets import get_profile
 
-    config, keep_worst = config_from_options(part.options)
+    config, keep_worst = config_from_options(part.options, part.preset == "int8-integer-only")
     if keep_float:
         config = dataclasses.replace(config, keep_float=config.keep_float + tuple(keep_float))
     samples = load_samples(calib, imported.inputs, config.samples)

@@ -40,6 +40,7 @@ class QuantResult:
     def to_json(self, config: QuantConfig) -> dict:
         return {
             "observer": config.observer,
+            "integer_ops": dict(config.nonlinear),
             "percentile": config.percentile if config.observer == "percentile" else None,
             "samples": self.samples,
             "kept_float": self.kept_float,
@@ -47,8 +48,9 @@ class QuantResult:
         }
 
 
-def config_from_options(options: dict[str, str]) -> tuple[QuantConfig, int]:
-    """``QuantConfig`` and ``keep_worst`` from the ``int8`` recipe part's options."""
+def config_from_options(options: dict[str, str], integer_only: bool = False) -> tuple[QuantConfig, int]:
+    """``QuantConfig`` and ``keep_worst`` from the ``int8`` (or ``int8-integer-only``) recipe part's
+    options."""
     observer = options.get("observer", QuantConfig.observer)
     if observer not in OBSERVERS:
         raise RecipeError(f"int8: unknown observer '{observer}' (choose {', '.join(OBSERVERS)})")
@@ -63,7 +65,12 @@ def config_from_options(options: dict[str, str]) -> tuple[QuantConfig, int]:
     if samples is not None and samples < 1:
         raise RecipeError("int8: samples must be at least 1")
     keep = tuple(p for p in options.get("keep_float", "").replace(";", " ").split() if p)
-    return QuantConfig(observer, pct, samples, keep), keep_worst
+    nonlinear = ()
+    if integer_only:
+        from edgecompile.passes.integer_only import nonlinear_choice
+
+        nonlinear = tuple(sorted(nonlinear_choice(options).items()))
+    return QuantConfig(observer, pct, samples, keep, nonlinear), keep_worst
 
 
 def _sqnr(signal: float, noise: float) -> float:
@@ -88,7 +95,7 @@ def quantize_model(
     # convolutions become GEMMs first, so they are quantized as linear layers.
     mod = PatchifyConv()(relax.transform.FoldConstant()(mod))
     func = mod["main"]
-    layers = find_layers(func)
+    layers = find_layers(func, config.integer_only)
     if not layers:
         raise RecipeError("int8: the model has no matmul, linear or add to quantize")
     wanted = observed_vars(layers)
@@ -100,23 +107,27 @@ def quantize_model(
     softmax = {b.var for b in bindings(func) if op_name(b.value) == "relax.nn.softmax"}
     thresholds = {v: (o.max if v in softmax else o.threshold()) for v, o in observers.items()}
     keep = list(config.keep_float)
-    measure = functools.partial(_layer_errors, func, layers, thresholds, frun, wanted, samples[:ERROR_SAMPLES], say)
+    nonlinear = dict(config.nonlinear)
+    measure = functools.partial(
+        _layer_errors, func, layers, thresholds, frun, wanted, samples[:ERROR_SAMPLES], say, nonlinear
+    )
     errors = measure(keep)
     if keep_worst:
         worst = sorted((e for e in errors if e["quantized"]), key=lambda e: e["sqnr_db"])[:keep_worst]
         keep += [e["name"] for e in worst]
         errors = measure(keep)
-    qfunc = quantize_function(func, layers, thresholds, keep)
-    out = tvm.IRModule({**{gv: f for gv, f in mod.functions.items() if gv.name_hint != "main"}})
-    out["main"] = qfunc
+    out = quantize_function(func, layers, thresholds, keep, nonlinear=nonlinear)
+    for gv, f in mod.functions.items():
+        if gv.name_hint != "main":
+            out[gv] = f
     return QuantResult(out, errors, keep, len(samples))
 
 
-def _layer_errors(func, layers, thresholds, frun: Runner, wanted, samples, say, keep) -> list[dict]:
+def _layer_errors(func, layers, thresholds, frun: Runner, wanted, samples, say, nonlinear, keep) -> list[dict]:
     """SQNR of each layer's output: the float values from ``frun`` (which returns ``wanted``, the
     layer outputs among them) against the quantized model's, dequantized."""
     outputs = [layer.output for layer in layers]
-    qmod = tvm.IRModule({"main": quantize_function(func, layers, thresholds, keep, extra_outputs=outputs)})
+    qmod = quantize_function(func, layers, thresholds, keep, extra_outputs=outputs, nonlinear=nonlinear)
     qrun = Runner(qmod, frun.names, frun.build)
     pos = {v: i for i, v in enumerate(wanted)}
     signal, noise = np.zeros(len(layers)), np.zeros(len(layers))
@@ -135,7 +146,13 @@ def _layer_errors(func, layers, thresholds, frun: Runner, wanted, samples, say, 
                 "kind": layer.kind,
                 "quantized": bool(layer.info),  # only rewritten layers carry scales
                 "sqnr_db": round(_sqnr(signal[j], noise[j]), 2),
-                **{k: (float(v) if np.isscalar(v) else [float(x) for x in v]) for k, v in layer.info.items()},
+                **{k: _jsonable(v) for k, v in layer.info.items()},
             }
         )
     return rows
+
+
+def _jsonable(v):
+    if isinstance(v, (str, bool)):
+        return v
+    return float(v) if np.isscalar(v) else [float(x) for x in v]

@@ -39,6 +39,23 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
+_NONLINEAR_OPTIONS = {
+    "ops": "the integer nonlinears: ivit (Shiftmax, ShiftGELU, I-LayerNorm; default) or ibert (i-exp softmax, "
+    "i-GELU, integer-sqrt LayerNorm); also written as a bare word, int8-integer-only:ibert",
+    "softmax": "per-op override: ivit, ibert or float",
+    "gelu": "per-op override: ivit, ibert or float (erf and tanh forms)",
+    "layernorm": "per-op override: ivit, ibert or float",
+    "tanh": "per-op override: ivit (ShiftExp sigmoid) or float",
+}
+PRESETS["int8-integer-only"] = Preset(
+    "int8-integer-only",
+    "int8 with integer-only softmax, GELU, LayerNorm and tanh: no float arithmetic between the input "
+    "quantize and the output dequantize (needs --calib)",
+    {**PRESETS["int8"].options, **_NONLINEAR_OPTIONS},
+)
+# A bare word after a preset's colon is shorthand for one of its options: ``int8-integer-only:ibert``.
+FLAVORS: dict[str, tuple[str, tuple[str, ...]]] = {"int8-integer-only": ("ops", ("ivit", "ibert"))}
+
 
 @dataclass
 class RecipePart:
@@ -91,6 +108,9 @@ def parse_recipe(text: str | Path | None) -> Recipe:
         options = {}
         for kv in filter(None, (o.strip() for o in opts.split(","))):
             k, sep, v = kv.partition("=")
+            flavor = FLAVORS.get(name.strip())
+            if not sep and flavor and kv in flavor[1]:
+                k, sep, v = flavor[0], "=", kv
             if not sep or not k:
                 raise RecipeError(f"malformed recipe option '{kv}' in '{chunk}': write key=value")
             options[k.strip()] = v.strip()

@@ -75,7 +75,31 @@ _OPS = {
     "relax.tanh": lambda c, x: np.tanh(x),
     "relax.exp": lambda c, x: np.exp(x),
     "relax.sqrt": lambda c, x: np.sqrt(x),
+    "relax.floor_divide": lambda c, a, b: np.floor_divide(a, b).astype(_dtype(c)),
+    "relax.negative": lambda c, x: np.negative(x),
+    "relax.abs": lambda c, x: np.abs(x),
+    "relax.sign": lambda c, x: np.sign(x).astype(x.dtype),
+    "relax.greater": lambda c, a, b: np.greater(a, b),
+    "relax.greater_equal": lambda c, a, b: np.greater_equal(a, b),
+    "relax.max": lambda c, x: x.max(axis=_axes(c), keepdims=bool(c.attrs.keepdims)),
+    "relax.sum": lambda c, x: x.sum(axis=_axes(c), keepdims=bool(c.attrs.keepdims), dtype=x.dtype),
+    "relax.concat": lambda c, xs: np.concatenate(xs, axis=int(c.attrs.axis)),
+    "relax.call_tir": lambda c, f, args: _call_tir(c, args),
 }
+
+
+def _axes(call):
+    return None if call.attrs.axis is None else tuple(int(a) for a in call.attrs.axis)
+
+
+def _call_tir(call, args):
+    """Our own TIR kernels, by name: the integer square root of I-LayerNorm."""
+    name = call.args[0].name_hint
+    if name.startswith("isqrt_i64"):
+        from edgecompile.intops.nonlinear import isqrt
+
+        return isqrt(args[0])
+    raise NotImplementedError(f"the reference interpreter has no kernel {name}")
 
 
 def _value(expr, env):
@@ -90,6 +114,8 @@ def _value(expr, env):
         return _value(expr.tuple_value, env)[expr.index]
     if isinstance(expr, relax.ShapeExpr):
         return tuple(int(v) for v in expr.values)
+    if isinstance(expr, relax.GlobalVar):
+        return expr
     if isinstance(expr, relax.Call):
         name = getattr(expr.op, "name", str(expr.op))
         fn = _OPS.get(name)

@@ -63,3 +63,46 @@ def test_i_layernorm_compiled_equals_reference(magnitude):
     got = _run(q.shape, "int16", lambda bb, v: emit_i_layernorm(bb, v, 192)[0], q)
     ref, _ = nl.i_layernorm(q)
     np.testing.assert_array_equal(got, ref)
+
+
+def test_shiftmax_of_int32_logits_with_an_attention_mask_equals_reference():
+    """Scores straight from the int32 accumulator (scale ~3e-4, I0 ~ 3000) with -10000 masked keys."""
+    scale, tokens = 3e-4, 128
+    rng = np.random.default_rng(3)
+    q = np.rint(rng.normal(0, 4 / scale, (1, 4, 8, tokens))).astype(np.int32)
+    q[..., 100:] -= np.int32(10000 / scale)  # padded keys
+    q[0, 0, 0] = -(2**31) + 5  # an extreme value must not overflow the exp's multiply
+    n = shiftmax_n(tokens, scale)
+    got = _run(q.shape, "int32", lambda bb, v: emit_shiftmax(v, scale, n, 8, True), q)
+    ref = nl.shiftmax(q, scale, n=n, k=8, rounding=True)
+    np.testing.assert_array_equal(got, ref)
+    assert ref[0, 1, :, 100:].max() == 0 and ref[0, 1].sum(-1).min() >= 120
+
+
+@pytest.mark.parametrize("scale", [2e-3, 2**-13])
+def test_ibert_softmax_compiled_equals_reference(scale):
+    from edgecompile.passes.integer_ops import emit_ibert_softmax
+
+    rng = np.random.default_rng(5)
+    q = np.rint(rng.normal(0, 3 / scale, (2, 4, 16, 64))).astype(np.int32)
+    q[..., 40:] -= np.int32(30 / scale)
+    got = _run(q.shape, "int32", lambda bb, v: emit_ibert_softmax(v, scale, k=7), q)
+    np.testing.assert_array_equal(got, nl.ibert_softmax(q, scale, k=7))
+
+
+@pytest.mark.parametrize("scale", [1e-3, 2e-4])
+def test_i_gelu_compiled_equals_reference(scale):
+    from edgecompile.passes.integer_ops import emit_i_gelu
+
+    q = np.arange(-int(6 / scale), int(6 / scale), 7, dtype=np.int32)[None]
+    got = _run(q.shape, "int32", lambda bb, v: emit_i_gelu(v, scale)[0], q)
+    np.testing.assert_array_equal(got, nl.i_gelu(q, scale)[0])
+
+
+@pytest.mark.parametrize("scale", [0.01, 0.05])
+def test_shift_tanh_compiled_equals_reference_for_every_int8(scale):
+    from edgecompile.passes.integer_ops import emit_shift_tanh
+
+    q = np.arange(-128, 128, dtype=np.int8)[None]
+    got = _run(q.shape, "int8", lambda bb, v: emit_shift_tanh(v, scale)[0], q)
+    np.testing.assert_array_equal(got, nl.shift_tanh(q, scale))

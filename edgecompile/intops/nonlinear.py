@@ -41,9 +41,11 @@ def shift_exp(d, one: int, n: int) -> np.ndarray:
     ``d * log2(e)`` is ``d + (d >> 1) - (d >> 4)`` (x1.4375), capped at ``-n * I0`` so the result
     is at least ``2^-n``; with ``d = -q * I0 + r``, ``2^(r S) ~ 1 + r S / 2`` (``r`` in ``(-I0, 0]``),
     kept exact before the shift: ``e = ((r + 2 I0) << (n - q)) >> 1``. Widths: ``e <= I0 * 2^n``,
-    so ``n + log2(I0) + 1`` bits (I-ViT's n=15 and ``I0 <= 100`` fit 23 bits).
+    so ``n + log2(I0) + 1`` bits (I-ViT's n=15 and ``I0 <= 100`` fit 23 bits). ``d`` is capped at
+    ``-n * I0`` before the multiply too (the same result: ``x1.4375`` only moves it further down), so
+    any int32 ``d`` (an int32 logit row holding a -10000 attention mask) cannot overflow.
     """
-    d = _i64(d)
+    d = np.maximum(_i64(d), -n * one)  # the same result as capping after the multiply, no overflow
     d = d + (d >> 1) - (d >> 4)
     d = np.maximum(d, -n * one)
     q = d // -one
@@ -100,13 +102,30 @@ def shift_gelu(q, scale: float, n: int | None = None, k: int = 8, row_max: bool 
         num = shift_exp(q - m, one, n)
         den = num + shift_exp(-m, one, n)
         return q * ((num * (INT31 // np.minimum(den, INT31))) >> (32 - k))
+    return q * shift_sigmoid(q, one, k, n)
+
+
+def shift_sigmoid(q, one: int, k: int = 8, n: int | None = None) -> np.ndarray:
+    """``sigmoid(q / I0)`` in ``[0, 2^(k-1)]`` at scale ``2^-(k-1)``, from :func:`shift_exp` (the
+    per-element form of :func:`shift_gelu`): ``p = e^(-|t|)``, ``num = 1`` (``t >= 0``) or ``p``,
+    ``den = 1 + p`` at scale ``2^-n``, ``sigma = (num * 2^(k-1) + den / 2) // den``. ``n`` defaults
+    to the largest that keeps ``num * 2^(k-1) < 2^31`` (all int32)."""
+    q = _i64(q)
     if n is None:
         n = 30 - (k - 1) - one.bit_length()
+    if n < 1:
+        raise ValueError(f"shift_sigmoid: no exponent bits left for I0={one} and k={k}")
     p = shift_exp(-np.abs(q), one, n)
     full = one << n  # e^0
     num = np.where(q >= 0, full, p)
     den = full + p
-    return q * (((num << (k - 1)) + den // 2) // den)
+    return ((num << (k - 1)) + den // 2) // den
+
+
+def shift_tanh(q, scale: float, k: int = 16) -> np.ndarray:
+    """``tanh(q * S)`` as ``2 sigmoid(2 q S) - 1`` (:func:`shift_sigmoid` at ``I0 = round(1 / 2S)``):
+    ints in ``[-2^(k-1), 2^(k-1)]`` at scale ``2^-(k-1)``. For BERT's pooler; int32 throughout."""
+    return 2 * shift_sigmoid(q, one_at_scale(2 * scale), k) - (1 << (k - 1))
 
 
 def isqrt(n) -> np.ndarray:
@@ -202,11 +221,17 @@ def ibert_softmax(q, scale: float, k: int = 8, n: int = 30) -> np.ndarray:
     q = _i64(q)
     e, _ = i_exp(q - q.max(axis=-1, keepdims=True), scale, n)
     top = e.max(axis=-1, keepdims=True)  # the row max's exp: up to ~2^54
-    bits = np.floor(np.log2(np.maximum(top, 1).astype(np.float64))).astype(np.int64) + 1
+    bits = bit_length(top)
     s = np.maximum(bits - 15, 0)  # a per-row shift puts the largest value in [2^14, 2^15)
     e16 = (e + np.where(s > 0, np.int64(1) << np.maximum(s - 1, 0), 0)) >> s
     f = (2**32) // np.maximum(e16.sum(axis=-1, keepdims=True), 1)
     return np.minimum((e16 * f + (1 << (31 - k))) >> (32 - k), 2**k - 1)  # rounded, not floored
+
+
+def bit_length(x) -> np.ndarray:
+    """Bits of non-negative int64 ``x`` (0 for 0), exactly: the count of ``2^t <= x``."""
+    x = _i64(x)
+    return (x[..., None] >= (np.int64(1) << np.arange(63, dtype=np.int64))).sum(axis=-1).astype(np.int64)
 
 
 def i_gelu(q, scale: float) -> tuple[np.ndarray, float]:

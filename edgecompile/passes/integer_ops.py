@@ -1,4 +1,4 @@
-"""Relax emitters of the integer-only softmax and GELU: the same arithmetic as
+"""Relax emitters of the integer-only softmax, GELU, tanh and LayerNorm: the same arithmetic as
 :mod:`edgecompile.intops.nonlinear`, in int32, so compiled code equals the numpy reference bit
 for bit (tests/test_integer_ops.py).
 
@@ -9,10 +9,12 @@ the scales; :func:`shiftmax_n` lowers ``n`` for long rows so the row sum stays i
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from tvm import relax
 
-from edgecompile.intops.nonlinear import INT31, one_at_scale
+from edgecompile.intops.nonlinear import ERF_A, ERF_B, EXP_A, EXP_B, EXP_C, INT31, one_at_scale
 
 op = relax.op
 
@@ -33,6 +35,7 @@ def shiftmax_n(row: int, scale: float, n: int = 15) -> int:
 
 def _shift_exp(d: relax.Expr, one: int, n: int) -> relax.Expr:
     """:func:`edgecompile.intops.nonlinear.shift_exp` on an int32 ``d <= 0``."""
+    d = op.maximum(d, _c(-n * one))
     d = op.subtract(op.add(d, op.right_shift(d, _c(1))), op.right_shift(d, _c(4)))
     d = op.maximum(d, _c(-n * one))
     q = op.floor_divide(d, _c(-one))
@@ -60,15 +63,73 @@ def emit_shiftmax(q: relax.Expr, scale: float, n: int, k: int = 8, rounding: boo
 def emit_shift_gelu(q: relax.Expr, scale: float, k: int = 8) -> tuple[relax.Expr, float]:
     """GELU of integers at ``scale``: ``(y, scale / 2^(k-1))``, the per-element form of
     :func:`edgecompile.intops.nonlinear.shift_gelu` (int32 throughout)."""
-    one = one_at_scale(1.702 * scale)
-    n = 30 - (k - 1) - one.bit_length()
     q32 = op.astype(q, "int32")
+    return op.multiply(q32, emit_shift_sigmoid(q32, one_at_scale(1.702 * scale), k)), scale / (1 << (k - 1))
+
+
+def emit_shift_sigmoid(q32: relax.Expr, one: int, k: int = 8) -> relax.Expr:
+    """:func:`edgecompile.intops.nonlinear.shift_sigmoid` of an int32 tensor (int32 throughout)."""
+    n = 30 - (k - 1) - one.bit_length()
     p = _shift_exp(op.negative(op.abs(q32)), one, n)
     full = _c(one << n)
     num = op.where(op.greater_equal(q32, _c(0)), full, p)
     den = op.add(full, p)
-    sigma = op.floor_divide(op.add(op.left_shift(num, _c(k - 1)), op.right_shift(den, _c(1))), den)
-    return op.multiply(q32, sigma), scale / (1 << (k - 1))
+    return op.floor_divide(op.add(op.left_shift(num, _c(k - 1)), op.right_shift(den, _c(1))), den)
+
+
+def emit_shift_tanh(q: relax.Expr, scale: float, k: int = 16) -> tuple[relax.Expr, float]:
+    """:func:`edgecompile.intops.nonlinear.shift_tanh`: ``(y, 2^-(k-1))``, int32."""
+    sigma = emit_shift_sigmoid(op.astype(q, "int32"), one_at_scale(2 * scale), k)
+    return op.subtract(op.multiply(sigma, _c(2)), _c(1 << (k - 1))), 1.0 / (1 << (k - 1))
+
+
+def _bit_length(x: relax.Expr) -> relax.Expr:
+    """Bits of a non-negative int64 tensor, as :func:`edgecompile.intops.nonlinear.bit_length`."""
+    powers = relax.const(np.int64(1) << np.arange(63, dtype=np.int64), "int64")
+    return op.sum(op.astype(op.greater_equal(op.expand_dims(x, -1), powers), "int64"), axis=-1)
+
+
+def emit_ibert_softmax(q: relax.Expr, scale: float, k: int = 7, n: int = 30) -> relax.Expr:
+    """:func:`edgecompile.intops.nonlinear.ibert_softmax` over the last axis: int64 inside
+    (i-exp reaches ~2^54), ``[0, 2^k - 1]`` at scale ``2^-k`` out, int32."""
+    ln2 = int(math.floor(-math.log(2) / scale))
+    b_int = int(math.floor(EXP_B / EXP_A / scale))
+    c_int = int(math.floor(EXP_C / EXP_A / scale**2))
+    x = op.astype(q, "int64")
+    d = op.maximum(op.subtract(x, op.max(x, axis=-1, keepdims=True)), _c64(n * ln2))
+    z = op.floor_divide(d, _c64(ln2))
+    r = op.subtract(d, op.multiply(z, _c64(ln2)))
+    poly = op.add(op.multiply(r, op.add(r, _c64(b_int))), _c64(c_int))
+    e = op.maximum(op.left_shift(poly, op.subtract(_c64(n), z)), _c64(0))
+    s = op.maximum(op.subtract(_bit_length(op.max(e, axis=-1, keepdims=True)), _c64(15)), _c64(0))
+    half = op.where(
+        op.greater(s, _c64(0)), op.left_shift(_c64(1), op.maximum(op.subtract(s, _c64(1)), _c64(0))), _c64(0)
+    )
+    e16 = op.right_shift(op.add(e, half), s)
+    f = op.floor_divide(_c64(2**32), op.maximum(op.sum(e16, axis=-1, keepdims=True), _c64(1)))
+    out = op.right_shift(op.add(op.multiply(e16, f), _c64(1 << (31 - k))), _c64(32 - k))
+    return op.astype(op.minimum(out, _c64(2**k - 1)), "int32")
+
+
+def _i_gelu_constants(scale: float) -> tuple[int, int, int, float]:
+    se = scale / math.sqrt(2)
+    s_erf = ERF_A * se**2
+    return int(math.floor(ERF_B / se)), int(math.floor(1.0 / ERF_A / se**2)), int(math.floor(1.0 / s_erf)), s_erf
+
+
+def i_gelu_bound(scale: float, qmax: int) -> int:
+    """The largest ``|y|`` of :func:`emit_i_gelu` for ``|q| <= qmax``: ``qmax (B^2 + |C| + |one|)``."""
+    b_int, c_int, one, _ = _i_gelu_constants(scale)
+    return qmax * (b_int**2 + abs(c_int) + abs(one))
+
+
+def emit_i_gelu(q: relax.Expr, scale: float) -> tuple[relax.Expr, float]:
+    """:func:`edgecompile.intops.nonlinear.i_gelu`: ``(y, scale_y)``, int64."""
+    b_int, c_int, one, s_erf = _i_gelu_constants(scale)
+    x = op.astype(q, "int64")
+    u = op.add(op.minimum(op.abs(x), _c64(-b_int)), _c64(b_int))
+    poly = op.multiply(op.sign(x), op.add(op.multiply(u, u), _c64(c_int)))
+    return op.multiply(x, op.add(poly, _c64(one))), scale * s_erf / 2
 
 
 ISQRT_STEPS = 40  # Newton from 2^31 reaches floor(sqrt(n)) for any 1 <= n < 2^62 in at most ~37

@@ -32,6 +32,7 @@ import fnmatch
 from dataclasses import dataclass, field
 
 import numpy as np
+import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
@@ -46,6 +47,8 @@ LAYOUT_OPS = {
     "relax.expand_dims",
     "relax.squeeze",
     "relax.flatten",
+    "relax.take",
+    "relax.strided_slice",
 }
 
 
@@ -57,6 +60,13 @@ class QuantConfig:
     percentile: float = 99.99
     samples: int | None = None  # calibration samples to use (None: all given)
     keep_float: tuple[str, ...] = ()
+    # integer-only recipes: op -> implementation ("ivit" | "ibert" | "float") for softmax, gelu,
+    # layernorm, tanh (see :mod:`edgecompile.passes.integer_only`); empty for ``int8``
+    nonlinear: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def integer_only(self) -> bool:
+        return bool(self.nonlinear)
 
 
 @dataclass
@@ -64,12 +74,13 @@ class Layer:
     """One quantizable op, found by :func:`find_layers`."""
 
     name: str
-    kind: str  # linear | matmul | add
+    kind: str  # linear | matmul | add | embedding (+ softmax | gelu | layernorm | tanh | concat, integer-only)
     binding: relax.VarBinding
     output: relax.Var  # the var holding the layer's float output (after a folded bias)
     inputs: tuple[relax.Var, ...]
     bias_binding: relax.VarBinding | None = None
     info: dict = field(default_factory=dict)  # scales etc., filled by the rewrite
+    region: object = None  # a GELU's matched region (edgecompile.passes.gelu_match.GeluRegion)
 
 
 def op_name(value) -> str:
@@ -92,8 +103,19 @@ def _scalar_const(e) -> float | None:
     return float(a.reshape(()))
 
 
-def find_layers(func: relax.Function) -> list[Layer]:
-    """The quantizable ops of ``func`` in graph order, with their names."""
+def find_layers(func: relax.Function, integer_only: bool = False) -> list[Layer]:
+    """The quantizable ops of ``func`` in graph order, with their names; ``integer_only`` adds the
+    nonlinears, concats and adds with a constant or a float operand
+    (:func:`edgecompile.passes.integer_only.find_nonlinear_layers`)."""
+    layers = _linear_layers(func)
+    if integer_only:
+        from edgecompile.passes.integer_only import find_nonlinear_layers
+
+        layers = find_nonlinear_layers(func, layers)
+    return layers
+
+
+def _linear_layers(func: relax.Function) -> list[Layer]:
     binds = list(bindings(func))
     uses: dict = {}
     for b in binds:
@@ -152,7 +174,7 @@ def _weight_quant(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, s
 
 
-class _Rewriter:
+class Rewriter:
     """Emits the rewrite. Each original var maps to one of
     ``("f", expr)`` float, ``("q", expr, S)`` int8 at scale S, or ``("acc", expr, S_acc, S_q)``
     the int32 accumulator of a linear/matmul (``x ~ S_acc * acc``, per channel for linear
@@ -200,8 +222,11 @@ class _Rewriter:
 
     @staticmethod
     def rescale(x, ratio):
-        """:func:`edgecompile.intops.rescale` by the dyadic form of ``ratio``: int64, unclipped."""
-        b, c = intops.dyadic(ratio)
+        """:func:`edgecompile.intops.rescale` by the dyadic form of ``ratio``: int64, unclipped.
+        A negative ratio (a LayerNorm channel with a negative gamma) negates the multiplier."""
+        ratio = np.asarray(ratio, np.float64)
+        b, c = intops.dyadic(np.abs(ratio))
+        b = np.where(ratio < 0, -b, b).astype(np.int64)
         y = relax.op.multiply(relax.op.astype(x, "int64"), relax.const(b, "int64"))
         y = relax.op.add(y, relax.const(np.int64(1) << (c - 1), "int64"))
         return relax.op.right_shift(y, relax.const(c, "int64"))
@@ -267,20 +292,24 @@ class _Rewriter:
         return True
 
     # -- the walk ------------------------------------------------------------------------------
+    def rewrite(self, layer: Layer) -> bool:
+        """Emit ``layer`` in integers; False leaves it to the float path."""
+        if layer.kind == "add":
+            return self.add(layer)
+        getattr(self, layer.kind)(layer)
+        return True
+
+    def skipped(self, v) -> bool:
+        """Bindings whose value another rewrite already covers."""
+        return v in self.bias_of and not self.kept(self.bias_of[v])  # folded into its linear layer
+
     def binding(self, b):
         v = b.var
         layer = self.layers.get(v)
-        if layer is not None and not self.kept(layer):
-            if layer.kind == "linear":
-                return self.linear(layer)
-            if layer.kind == "matmul":
-                return self.matmul(layer)
-            if layer.kind == "embedding":
-                return self.embedding(layer)
-            if self.add(layer):
-                return None
-        if v in self.bias_of and not self.kept(self.bias_of[v]):
-            return None  # folded into its linear layer
+        if layer is not None and not self.kept(layer) and self.rewrite(layer):
+            return None
+        if self.skipped(v):
+            return None
         op, value = op_name(b.value), b.value
         if op and isinstance(value.args[0], relax.Var) and self.kind(value.args[0]) != "f":
             x = value.args[0]
@@ -309,17 +338,26 @@ def quantize_function(
     thresholds: dict,
     keep_float=(),
     extra_outputs: list[relax.Var] | None = None,
-) -> relax.Function:
-    """The int8 rewrite of ``func`` (see the module docstring). ``thresholds`` maps each var of
+    nonlinear: dict[str, str] | None = None,
+) -> tvm.IRModule:
+    """The int8 rewrite of ``func`` (see the module docstring): a module of ``main`` and the TIR
+    kernels it calls. ``thresholds`` maps each var of
     :func:`observed_vars` to its clipping value. ``extra_outputs`` appends the (dequantized)
-    values of those original vars to the outputs, for measuring per-layer error."""
+    values of those original vars to the outputs, for measuring per-layer error. ``nonlinear``
+    (op -> implementation) selects the integer-only rewrite of
+    :mod:`edgecompile.passes.integer_only`."""
     for layer in layers:
         layer.info = {}
     bb = relax.BlockBuilder()
     params = [relax.Var(p.name, p.ty) for p in func.params]
     with bb.function("main", params, attrs=dict(func.attrs) if func.attrs else None):
         with bb.dataflow():
-            rw = _Rewriter(bb, thresholds, layers, keep_float)
+            if nonlinear:
+                from edgecompile.passes.integer_only import IntegerOnlyRewriter
+
+                rw = IntegerOnlyRewriter(bb, thresholds, layers, keep_float, nonlinear)
+            else:
+                rw = Rewriter(bb, thresholds, layers, keep_float)
             rw.env.update({p: ("f", n) for p, n in zip(func.params, params)})
             for b in bindings(func):
                 rw.binding(b)
@@ -330,4 +368,4 @@ def quantize_function(
                 out = relax.Tuple([out, *[rw.as_float(v) for v in extra_outputs]])
             out = bb.emit_output(out)
         bb.emit_func_output(out)
-    return bb.get()["main"]
+    return bb.get()

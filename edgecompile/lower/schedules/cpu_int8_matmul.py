@@ -14,7 +14,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from edgecompile.lower.schedules.cpu_matmul import inline_epilogue
+from edgecompile.lower.schedules.cpu_matmul import inline_epilogue, inline_side_inputs
 from edgecompile.lower.schedules.int8_dot import INT8_GEMM_ATTR, INT8_MR_ATTR, int8_kernel
 from edgecompile.lower.schedules.isa import vector_isa
 from edgecompile.lower.schedules.loops import vectorize_innermost
@@ -45,19 +45,8 @@ class Int8Matmul(CPUScheduleRule):
         epilogue = inline_epilogue(sch, main)
         if epilogue in ("fail", None):
             return None
-        # Side inputs of the epilogue computed in the same function (e.g. the other operand of a
-        # residual add, requantized to the sum's scale) are inlined into the epilogue.
-        changed = True
-        while changed:
-            changed = False
-            for block in sch.get_producers(epilogue):
-                if not sch.get(block).same_as(sch.get(main)):
-                    try:
-                        sch.compute_inline(block)
-                    except Exception:
-                        return None
-                    changed = True
-                    break
+        if not inline_side_inputs(sch, epilogue, main):
+            return None
         (prep,) = sch.get_producers(main)
         for block in sch.get_producers(prep):  # e.g. a fused quantize: computed inside the prep pass
             sch.compute_inline(block)

@@ -41,7 +41,7 @@ class Matmul(CPUScheduleRule):
             return None
         # Epilogue: inline every elementwise block after the matmul except the last one.
         epilogue = inline_epilogue(sch, main)
-        if epilogue == "fail":
+        if epilogue == "fail" or (epilogue is not None and not inline_side_inputs(sch, epilogue, main)):
             return None
         # Anything before the matmul (e.g. a fused transpose) is inlined into its reads.
         for block in sch.get_producers(main):
@@ -145,6 +145,24 @@ def inline_epilogue(sch, main):
     if any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(block).iter_vars):
         return "fail"
     return block
+
+
+def inline_side_inputs(sch, epilogue, main) -> bool:
+    """Inline the epilogue's other producers computed in the same function (the other operand of a
+    residual add requantized to the sum's scale, an attention mask quantized to the logits' scale)
+    into the epilogue; False if one cannot be."""
+    changed = True
+    while changed:
+        changed = False
+        for block in sch.get_producers(epilogue):
+            if not sch.get(block).same_as(sch.get(main)):
+                try:
+                    sch.compute_inline(block)
+                except Exception:
+                    return False
+                changed = True
+                break
+    return True
 
 
 def _is_canonical(block) -> bool:
