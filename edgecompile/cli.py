@@ -284,11 +284,21 @@ def inspect_cmd(
     quant: Annotated[
         bool, typer.Option("--quant", help="Artifact: per-layer scales and SQNR against float, worst first.")
     ] = False,
+    float_ops: Annotated[
+        bool,
+        typer.Option(
+            "--float-ops",
+            help="Artifact: every kernel that still does floating-point arithmetic, and its role "
+            "(input quantize, output dequantize, or float op).",
+        ),
+    ] = False,
 ) -> None:
     """Show op coverage of an ONNX model before compiling (exit 1 if any op is unsupported),
     or summarise an artifact."""
     if path.is_dir():
-        if quant:
+        if float_ops:
+            _inspect_float_ops(path, as_json)
+        elif quant:
             _inspect_quant(path, as_json)
         else:
             _inspect_artifact(path, as_json)
@@ -338,6 +348,32 @@ def _inspect_artifact(path: Path, as_json: bool) -> None:
         out.print(f"  file {name} sha256 {digest[:16]}…", highlight=False)
 
 
+def _inspect_float_ops(path: Path, as_json: bool) -> None:
+    from edgecompile.errors import ArtifactError
+    from edgecompile.runtime.manifest import read_verified
+
+    m = read_verified(path)
+    rows = m.get("float_ops")
+    if rows is None:
+        raise ArtifactError(f"{path} was compiled before float kernels were recorded: compile it again")
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"{path}: kernels with float arithmetic (recipe {m['recipe']['spec']})")
+    for col in ("kernel", "role", "float arithmetic", "in", "out"):
+        table.add_column(col)
+    for r in rows:
+        role = r["role"] if r["role"] != "float op" else "[yellow]float op[/]"
+        table.add_row(r["kernel"], role, ", ".join(r["float"]), ", ".join(r["in"]), r["out"])
+    out.print(table)
+    inside = sum(r["role"] == "float op" for r in rows)
+    out.print(
+        f"{len(rows)} kernels with float arithmetic, {inside} of them between the input quantize and "
+        "the output dequantize",
+        highlight=False,
+    )
+
+
 def _inspect_quant(path: Path, as_json: bool) -> None:
     from edgecompile.errors import ArtifactError
     from edgecompile.runtime.manifest import read_verified
@@ -350,8 +386,8 @@ def _inspect_quant(path: Path, as_json: bool) -> None:
         out.print_json(json.dumps({**q, "layers": rows}))
         return
     obs = q["observer"] + (f" {q['percentile']}" if q.get("percentile") else "")
-    table = Table(title=f"{path}: int8 layers, worst SQNR first ({obs}, {q['samples']} calibration samples)")
-    for col in ("layer", "kind", "int8", "SQNR dB", "scale in", "scale out", "weight scales"):
+    table = Table(title=f"{path}: integer layers, worst SQNR first ({obs}, {q['samples']} calibration samples)")
+    for col in ("layer", "kind", "integer", "SQNR dB", "scale in", "scale out", "weight scales"):
         table.add_column(col)
 
     def fmt(v):
@@ -363,7 +399,7 @@ def _inspect_quant(path: Path, as_json: bool) -> None:
         ws = f"{r['weight_scale_min']:.3g}..{r['weight_scale_max']:.3g}" if "weight_scale_min" in r else "-"
         table.add_row(
             r["name"],
-            r["kind"],
+            r["kind"] + (f" ({r['impl']})" if "impl" in r else ""),
             "yes" if r["quantized"] else "float",
             f"{r['sqnr_db']:.1f}",
             fmt(r.get("scale_in")),

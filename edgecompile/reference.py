@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
@@ -92,13 +93,21 @@ def _axes(call):
     return None if call.attrs.axis is None else tuple(int(a) for a in call.attrs.axis)
 
 
+_KERNELS: dict = {}  # GlobalVar -> PrimFunc of the module being run
+
+
 def _call_tir(call, args):
-    """Our own TIR kernels, by name: the integer square root of I-LayerNorm."""
+    """Our own TIR kernels: the integer square root of I-LayerNorm and the input quantize."""
     name = call.args[0].name_hint
     if name.startswith("isqrt_i64"):
         from edgecompile.intops.nonlinear import isqrt
 
         return isqrt(args[0])
+    func = _KERNELS.get(call.args[0])
+    if func is not None and func.attrs is not None and "edgecompile.quantize" in func.attrs:
+        inv, limit = (float(v) for v in func.attrs["edgecompile.quantize"])
+        x = np.rint(args[0].astype(np.float32) * np.float32(inv))
+        return np.clip(x, -limit, limit).astype(np.int32)
     raise NotImplementedError(f"the reference interpreter has no kernel {name}")
 
 
@@ -125,8 +134,13 @@ def _value(expr, env):
     raise NotImplementedError(f"the reference interpreter cannot evaluate a {type(expr).__name__}")
 
 
-def run(func: relax.Function, inputs: dict[str, np.ndarray]):
-    """Evaluate ``func`` on ``inputs`` (by parameter name); returns an array or a tuple of them."""
+def run(func, inputs: dict[str, np.ndarray]):
+    """Evaluate ``func`` (a Relax function, or a module: its ``main`` and the kernels it calls) on
+    ``inputs`` (by parameter name); returns an array or a tuple of them."""
+    _KERNELS.clear()
+    if isinstance(func, tvm.IRModule):
+        _KERNELS.update({gv: f for gv, f in func.functions.items() if not isinstance(f, relax.Function)})
+        func = func["main"]
     env = {p: np.asarray(inputs[p.name]) for p in func.params}
     for b in bindings(func):
         env[b.var] = _value(b.value, env)

@@ -49,3 +49,33 @@ def example_artifact(tmp_path_factory) -> Path:
 def example_feeds() -> dict:
     data = np.load(EXAMPLE_INPUTS)
     return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """The digits ViT trained here (a few seconds), exported, with its 128 calibration images:
+    ``(data, onnx_path, calib_npz, tmp_dir)``."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    from digits_vit.digits import splits, train
+    from models import export_onnx
+
+    tmp = tmp_path_factory.mktemp("digits")
+    data = splits()
+    model = train(data)
+    onnx_path = tmp / "digits_vit.onnx"
+    export_onnx(model, (torch.from_numpy(data["x_test"][:1]),), onnx_path, ["pixel_values"], ["logits"], dynamo=False)
+    calib = tmp / "calib.npz"
+    np.savez(calib, pixel_values=data["x_calib"][:, None])  # [N, 1, 1, 8, 8]: one sample per row
+    return data, onnx_path, calib, tmp
+
+
+def digits_accuracy(artifact, data) -> float:
+    """Top-1 of a compiled digits ViT on the 600 held-out images."""
+    from digits_vit.digits import accuracy
+
+    import edgecompile
+
+    m = edgecompile.load(artifact)
+    logits = np.concatenate([m.run({"pixel_values": x[None]})["logits"] for x in data["x_test"]])
+    return accuracy(logits, data["y_test"])

@@ -15,28 +15,12 @@ from edgecompile.cli import app
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from digits_vit.digits import accuracy, splits, train  # noqa: E402
-from models import export_onnx  # noqa: E402
+from conftest import digits_accuracy  # noqa: E402
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("digits")
-    data = splits()
-    model = train(data)
-    onnx_path = tmp / "digits_vit.onnx"
-    export_onnx(model, (torch.from_numpy(data["x_test"][:1]),), onnx_path, ["pixel_values"], ["logits"], dynamo=False)
-    calib = tmp / "calib.npz"
-    np.savez(calib, pixel_values=data["x_calib"][:, None])  # [N, 1, 1, 8, 8]: one sample per row
-    return data, onnx_path, calib, tmp
-
-
-def _accuracy(artifact, data) -> float:
-    m = edgecompile.load(artifact)
-    logits = np.concatenate([m.run({"pixel_values": x[None]})["logits"] for x in data["x_test"]])
-    return accuracy(logits, data["y_test"])
+_accuracy = digits_accuracy
 
 
 def test_int8_keeps_digits_accuracy(digits):

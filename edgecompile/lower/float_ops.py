@@ -7,9 +7,9 @@ from a float type. Moving float data (reshape, transpose, gather) is not arithme
 
 Each such kernel gets a role from where it sits in ``main``:
 
-- ``input quantize``: it reads only model inputs, through kernels that themselves read only model
-  inputs and scalar constants (an image quantized to int8, an attention mask turned into integer
-  logit offsets), and writes integers;
+- ``input quantize``: it reads only model inputs, directly or through kernels that themselves read
+  only model inputs and scalar constants: quantizing an image to int8, or building an attention
+  mask's float offsets from the 0/1 mask and quantizing them to integer logit offsets;
 - ``output dequantize``: it reads no float tensor other than constants (scales) and writes a model
   output;
 - ``float op``: anything else, arithmetic on float values inside the model.
@@ -123,7 +123,7 @@ def float_kernels(mod: tvm.IRModule, target) -> list[dict]:
             continue
         in_types = [str(a.ty.dtype) for a in args if isinstance(a.ty, relax.TensorType)]
         out_type = str(b.var.ty.dtype) if isinstance(b.var.ty, relax.TensorType) else "tuple"
-        if from_inputs and not _is_float(out_type):
+        if from_inputs:
             role = "input quantize"
         elif b.var in outputs and not any(_is_float(a.ty.dtype) for a in var_args):  # scales are constants
             role = "output dequantize"

@@ -152,8 +152,10 @@ class IntegerOnlyRewriter(Rewriter):
             return self.rescale(e[1], np.float64(e[2]) / s_out)
         if e[0] == "acc":
             return self.rescale(e[1], np.asarray(e[2], np.float64) / s_out)
-        inv = relax.const(np.float32(1.0 / np.float32(s_out)))  # a float tensor from the inputs
-        return op.astype(op.clip(op.round(op.multiply(self.as_float(x), inv)), -limit, limit), "int64")
+        # a float tensor computed from the inputs (an attention mask): quantized in a kernel of its
+        # own, so its float arithmetic is not fused into the integer kernel that reads it
+        q = iop.emit_input_quantize(self.bb, self.as_float(x), 1.0 / np.float32(s_out), limit)
+        return op.astype(q, "int64")
 
     def fine(self, layer: Layer, total: relax.Expr, s_fine: float):
         y = op.astype(op.clip(total, -FINE_MAX, FINE_MAX), "int32")

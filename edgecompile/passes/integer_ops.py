@@ -184,3 +184,28 @@ def emit_i_layernorm(bb: relax.BlockBuilder, q: relax.Expr, channels: int) -> tu
     f = op.where(op.greater(std, _c64(0)), op.floor_divide(_c64(INT31 << 8), op.maximum(std, _c64(1))), _c64(0))
     out = op.right_shift(op.multiply(y, f), _c64(1))
     return op.astype(out, "int32"), float(np.sqrt(channels) / 2**30)
+
+
+QUANTIZE_ATTR = "edgecompile.quantize"  # (1/S, limit) of an input quantize kernel, for the reference
+
+
+def emit_input_quantize(bb: relax.BlockBuilder, x: relax.Expr, inv_scale: float, limit: int) -> relax.Expr:
+    """``clip(rint(x * float32(inv_scale)), -limit, limit)`` as int32, in a kernel marked opaque
+    so fusion keeps it apart: the float arithmetic on model inputs stays out of integer kernels."""
+    from tvm import te
+
+    ty = bb.normalize(x).ty
+    shape = [int(d) for d in ty.shape.values]
+    inv = np.float32(inv_scale)
+    a = te.placeholder(shape, "float32", name="x")
+    q = te.compute(
+        shape,
+        lambda *i: te.max(te.min(te.nearbyint(a(*i) * te.const(inv, "float32")), float(limit)), float(-limit)).astype(
+            "int32"
+        ),
+        name="quantize",
+    )
+    func = te.create_prim_func([a, q]).without_attr("global_symbol")
+    func = func.with_attr({"op_pattern": 8, QUANTIZE_ATTR: [float(inv), int(limit)]})
+    gv = bb.add_func(func, "quantize_input")
+    return bb.emit(relax.call_tir(gv, [x], relax.TensorType(shape, "int32")))
