@@ -1,17 +1,19 @@
-"""edgecompile's int8 recipe vs ONNX Runtime's int8 quantizers, in one process: accuracy, speed,
-size, and calibration memory.
+"""edgecompile's int8 and integer-only recipes vs ONNX Runtime's int8 quantizers, in one process:
+accuracy, speed, size, and calibration memory.
 
 - Accuracy: the digits ViT (examples/digits_vit, trained here on scikit-learn's digits, 600
-  held-out images): top-1 of fp32, edgecompile int8, ORT `quantize_static` (QDQ, the same 128
-  calibration images) and ORT `quantize_dynamic`. The MiniLM-L6-sized encoder (random seeded
+  held-out images): top-1 of fp32, each edgecompile recipe (int8, and the integer-only recipes
+  with I-ViT's and I-BERT's nonlinears), ORT `quantize_static` (QDQ, the same 128 calibration
+  images) and ORT `quantize_dynamic`. The MiniLM-L6-sized encoder (random seeded
   weights): mean / min cosine of the last hidden state against fp32 on 16 held-out inputs.
 - Speed: the MiniLM-L6-sized encoder, batch 1, seq 128, 1 thread and all threads: median latency of
-  edgecompile fp32 and int8, ORT fp32, dynamic int8 and QDQ int8, and the ratios.
-- Size: the int8 artifact against the fp32 artifact.
+  edgecompile fp32 and each recipe, ORT fp32, dynamic int8 and QDQ int8, and each one's ratio to
+  ORT fp32, ORT dynamic, ORT QDQ and edgecompile int8 (integer ops against the float nonlinears).
+- Size: each artifact against the fp32 artifact.
 - Calibration memory: peak RSS of compiling the int8 MiniLM-sized encoder with 32 and with 512
   calibration samples, each in a fresh process (observers keep histograms, not activations).
 
-    python benchmarks/int8_vs_onnxruntime.py [--runs 30] [--skip-memory]
+    python benchmarks/int8_vs_onnxruntime.py [--runs 30] [--skip-memory] [--recipes int8,int8-integer-only]
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-def digits_table(tmp: Path) -> None:
+def digits_table(tmp: Path, recipes: list[str]) -> None:
     import torch
     from digits_vit.digits import accuracy, splits, train
     from models import export_onnx
@@ -89,10 +91,10 @@ def digits_table(tmp: Path) -> None:
     calib = [{"pixel_values": x[None]} for x in data["x_calib"]]
     dyn, qdq = ort_int8(path, calib, tmp)
     rows = {}
-    for name, art in (
-        ("edgecompile fp32", edgecompile.compile(path, output=tmp / "d-fp32")),
-        ("edgecompile int8", edgecompile.compile(path, output=tmp / "d-int8", recipe="int8", calib=calib)),
-    ):
+    arts = [("edgecompile fp32", edgecompile.compile(path, output=tmp / "d-fp32"))]
+    for rec in recipes:
+        arts.append((f"edgecompile {rec}", edgecompile.compile(path, output=tmp / f"d-{rec}", recipe=rec, calib=calib)))
+    for name, art in arts:
         m = edgecompile.load(art)
         rows[name] = accuracy(
             np.concatenate([m.run({"pixel_values": x[None]})["logits"] for x in data["x_test"]]), data["y_test"]
@@ -104,10 +106,10 @@ def digits_table(tmp: Path) -> None:
     base = rows["edgecompile fp32"]
     print(f"\ndigits ViT, top-1 on {len(data['y_test'])} held-out images (128 calibration images)")
     for name, acc in rows.items():
-        print(f"  {name:<24} {acc:6.2f}%   {acc - base:+.2f} points vs fp32")
+        print(f"  {name:<40} {acc:6.2f}%   {acc - base:+.2f} points vs fp32")
 
 
-def minilm_tables(tmp: Path, runs: int) -> None:
+def minilm_tables(tmp: Path, runs: int, recipes: list[str]) -> None:
     import edgecompile
 
     path = minilm(tmp)
@@ -115,41 +117,49 @@ def minilm_tables(tmp: Path, runs: int) -> None:
     held_out = text_samples(16, seed=2)
     t0 = time.perf_counter()
     fp32 = edgecompile.compile(path, output=tmp / "m-fp32")
-    t1 = time.perf_counter()
-    int8 = edgecompile.compile(path, output=tmp / "m-int8", recipe="int8", calib=stacked(calib))
-    t2 = time.perf_counter()
+    compile_s = {"fp32": time.perf_counter() - t0}
+    arts = {}
+    for rec in recipes:
+        t0 = time.perf_counter()
+        arts[rec] = edgecompile.compile(path, output=tmp / f"m-{rec}", recipe=rec, calib=stacked(calib))
+        compile_s[rec] = time.perf_counter() - t0
     dyn, qdq = ort_int8(path, calib, tmp)
-    F, Q = edgecompile.load(fp32), edgecompile.load(int8)
+    F = edgecompile.load(fp32)
+    models = {rec: edgecompile.load(a) for rec, a in arts.items()}
 
     print(f"\nMiniLM-L6-sized encoder, last_hidden_state cosine vs fp32 on {len(held_out)} held-out inputs")
     ref = [F.run(s)["last_hidden_state"] for s in held_out]
-    outs = {"edgecompile int8": [Q.run(s)["last_hidden_state"] for s in held_out]}
+    outs = {f"edgecompile {rec}": [m.run(s)["last_hidden_state"] for s in held_out] for rec, m in models.items()}
     for name, p in (("ORT qdq-int8", qdq), ("ORT dyn-int8", dyn)):
         s = ort_session(p)
         outs[name] = [s.run(["last_hidden_state"], x)[0] for x in held_out]
     for name, o in outs.items():
         c = [cosine(a, b) for a, b in zip(ref, o)]
-        print(f"  {name:<18} mean {np.mean(c):.5f}  min {np.min(c):.5f}")
+        print(f"  {name:<40} mean {np.mean(c):.5f}  min {np.min(c):.5f}")
 
     feeds = held_out[0]
-    print(f"\nMiniLM-L6-sized, batch 1, seq {SEQ}, median of {runs} runs (ms)")
-    print(
-        f"{'thr':>3} {'ec fp32':>8} {'ec int8':>8} {'ORT fp32':>9} {'ORT dyn':>8} {'ORT qdq':>8}"
-        "  int8/ORTfp32 int8/dyn int8/qdq"
-    )
+    print(f"\nMiniLM-L6-sized, batch 1, seq {SEQ}, median of {runs} runs (ms), engines timed in turn")
     for threads in sorted({1, len(os.sched_getaffinity(0))}):
-        ef = F.benchmark(runs=runs, threads=threads, feeds=feeds).median_ms
-        ei = Q.benchmark(runs=runs, threads=threads, feeds=feeds).median_ms
-        of, od, oq = (time_ort(p, feeds, threads, runs) for p in (path, dyn, qdq))
-        print(
-            f"{threads:>3} {ef:8.2f} {ei:8.2f} {of:9.2f} {od:8.2f} {oq:8.2f}"
-            f"  {ei / of:12.2f} {ei / od:8.2f} {ei / oq:8.2f}"
-        )
-    sf, si = (sum(f.stat().st_size for f in Path(a).iterdir()) / 1e6 for a in (fp32, int8))
-    print(
-        f"\nartifact size: fp32 {sf:.1f} MB, int8 {si:.1f} MB ({si / sf:.2f}x); compile: fp32 {t1 - t0:.1f} s, "
-        f"int8 {t2 - t1:.1f} s (incl. calibration on {len(calib)} samples)"
-    )
+        ms = {"ORT fp32": time_ort(path, feeds, threads, runs)}
+        ms["ORT dyn-int8"] = time_ort(dyn, feeds, threads, runs)
+        ms["ORT qdq-int8"] = time_ort(qdq, feeds, threads, runs)
+        ms["edgecompile fp32"] = F.benchmark(runs=runs, threads=threads, feeds=feeds).median_ms
+        for rec, m in models.items():
+            ms[f"edgecompile {rec}"] = m.benchmark(runs=runs, threads=threads, feeds=feeds).median_ms
+        base = ms.get("edgecompile int8")
+        print(f"  {threads} thread(s): {'ms':>8} {'/ORT fp32':>10} {'/ORT dyn':>9} {'/ORT qdq':>9} {'/ec int8':>9}")
+        for name, t in ms.items():
+            vs_int8 = f"{t / base:9.2f}" if base else f"{'-':>9}"
+            print(
+                f"  {name:<38} {t:8.2f} {t / ms['ORT fp32']:10.2f} {t / ms['ORT dyn-int8']:9.2f}"
+                f" {t / ms['ORT qdq-int8']:9.2f} {vs_int8}"
+            )
+    sf = sum(f.stat().st_size for f in Path(fp32).iterdir()) / 1e6
+    print(f"\nartifact size and compile time (calibration on {len(calib)} samples included)")
+    print(f"  {'fp32':<30} {sf:6.1f} MB          {compile_s['fp32']:5.1f} s")
+    for rec, a in arts.items():
+        size = sum(f.stat().st_size for f in Path(a).iterdir()) / 1e6
+        print(f"  {rec:<30} {size:6.1f} MB ({size / sf:.2f}x) {compile_s[rec]:5.1f} s")
 
 
 def _status_mb(field: str) -> float:
@@ -175,14 +185,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument(
+        "--recipes",
+        default="int8,int8-integer-only,int8-integer-only:ibert",
+        help="edgecompile recipes to compare, comma-separated (default: %(default)s)",
+    )
     ap.add_argument("--calibration-memory", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.calibration_memory:
         calibration_memory(Path(args.calibration_memory[0]), int(args.calibration_memory[1]))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        digits_table(Path(tmp))
-        minilm_tables(Path(tmp), args.runs)
+        recipes = [r for r in args.recipes.split(",") if r]
+        digits_table(Path(tmp), recipes)
+        minilm_tables(Path(tmp), args.runs, recipes)
         if not args.skip_memory:
             print("\ncalibration memory: int8 compile of the MiniLM-L6-sized ONNX file in a fresh process")
             for n in (32, 512):

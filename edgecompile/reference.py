@@ -97,13 +97,23 @@ _KERNELS: dict = {}  # GlobalVar -> PrimFunc of the module being run
 
 
 def _call_tir(call, args):
-    """Our own TIR kernels: the integer square root of I-LayerNorm and the input quantize."""
+    """Our own TIR kernels: the integer square root of I-LayerNorm (and its per-row factor), the
+    per-row divisions and the input quantize."""
     name = call.args[0].name_hint
-    if name.startswith("isqrt_i64"):
-        from edgecompile.intops.nonlinear import isqrt
+    if name.startswith(("isqrt_i64", "ilnorm_factor_i64")):
+        from edgecompile.intops.nonlinear import INT31, isqrt
 
-        return isqrt(args[0])
+        root = isqrt(args[0])
+        if name.startswith("isqrt"):
+            return root
+        return np.where(root > 0, (INT31 << 8) // np.maximum(root, 1), 0)
     func = _KERNELS.get(call.args[0])
+    if func is not None and func.attrs is not None and "edgecompile.row_divide" in func.attrs:
+        numerator, add, divisor = (int(v) for v in func.attrs["edgecompile.row_divide"])
+        x = args[0]
+        if numerator >= 0:
+            return (np.asarray(numerator, x.dtype) // np.maximum(x, 1)).astype(x.dtype)
+        return ((x + np.asarray(add, x.dtype)) // np.asarray(divisor, x.dtype)).astype(x.dtype)
     if func is not None and func.attrs is not None and "edgecompile.quantize" in func.attrs:
         inv, limit = (float(v) for v in func.attrs["edgecompile.quantize"])
         x = np.rint(args[0].astype(np.float32) * np.float32(inv))

@@ -73,9 +73,10 @@ def test_shiftmax_of_int32_logits_with_an_attention_mask_equals_reference():
     q[..., 100:] -= np.int32(10000 / scale)  # padded keys
     q[0, 0, 0] = -(2**31) + 5  # an extreme value must not overflow the exp's multiply
     n = shiftmax_n(tokens, scale)
-    got = _run(q.shape, "int32", lambda bb, v: emit_shiftmax(v, scale, n, 8, True), q)
-    ref = nl.shiftmax(q, scale, n=n, k=8, rounding=True)
-    np.testing.assert_array_equal(got, ref)
+    for wide in (False, True):
+        got = _run(q.shape, "int32", lambda bb, v, w=wide: emit_shiftmax(v, scale, n, 8, True, w), q)
+        ref = nl.shiftmax(q, scale, n=n, k=8, rounding=True, wide=wide)
+        np.testing.assert_array_equal(got, ref)
     assert ref[0, 1, :, 100:].max() == 0 and ref[0, 1].sum(-1).min() >= 120
 
 
@@ -106,3 +107,24 @@ def test_shift_tanh_compiled_equals_reference_for_every_int8(scale):
     q = np.arange(-128, 128, dtype=np.int8)[None]
     got = _run(q.shape, "int8", lambda bb, v: emit_shift_tanh(v, scale)[0], q)
     np.testing.assert_array_equal(got, nl.shift_tanh(q, scale))
+
+
+def test_compiled_isqrt_and_layernorm_factor_are_exact():
+    from edgecompile.passes.integer_ops import emit_isqrt
+
+    rng = np.random.default_rng(9)
+    squares = np.arange(1, 2000, dtype=np.int64) ** 2
+    n = np.concatenate(
+        [
+            [0, 1, 2, 3, 4, 255, 256, 65535, 65536, 2**31 - 1, 2**32, 2**62 - 1],
+            squares - 1,
+            squares,
+            rng.integers(0, 2**62, 4000, dtype=np.int64),
+            rng.integers(0, 2**20, 4000, dtype=np.int64),
+        ]
+    ).astype(np.int64)
+    got = _run(n.shape, "int64", lambda bb, v: emit_isqrt(bb, v), n)
+    np.testing.assert_array_equal(got, nl.isqrt(n))
+    factor = _run(n.shape, "int64", lambda bb, v: emit_isqrt(bb, v, factor=True), n)
+    root = nl.isqrt(n)
+    np.testing.assert_array_equal(factor, np.where(root > 0, (nl.INT31 << 8) // np.maximum(root, 1), 0))

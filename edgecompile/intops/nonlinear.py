@@ -53,7 +53,10 @@ def shift_exp(d, one: int, n: int) -> np.ndarray:
     return ((r + 2 * one) << (n - q)) >> 1
 
 
-def shiftmax(q, scale: float, n: int = 15, k: int = 8, rounding: bool = False) -> np.ndarray:
+WIDE_P = 52  # the wide normalization's reciprocal: 2^52 // sum, at least 2^21 for sum < 2^31
+
+
+def shiftmax(q, scale: float, n: int = 15, k: int = 8, rounding: bool = False, wide: bool = False) -> np.ndarray:
     """Softmax of integer logits ``q`` (scale ``S``) over the last axis: ints in
     ``[0, 2^(k-1) - 1]`` at scale ``2^-(k-1)``.
 
@@ -62,6 +65,11 @@ def shiftmax(q, scale: float, n: int = 15, k: int = 8, rounding: bool = False) -
     ``out = (e * f) >> (32 - k)`` (``e * f < 2^31``). I-ViT floors, so every probability loses up
     to one LSB and 8-bit rows of 197 tokens sum visibly short of 1; ``rounding`` adds half an LSB
     before the shift.
+
+    ``f`` keeps only ``31 - log2(sum)`` bits: a flat row of 512 logits at ``I0 = 3333`` has
+    ``f = 1`` and every output is off by up to half its value. ``wide=True`` (what the recipe
+    uses) normalizes in int64 instead: ``F = 2^52 // sum`` (at least 21 bits),
+    ``out = (e * F [+ 2^(52-k)]) >> (53 - k)`` (``e * F <= 2^52``).
     """
     q = _i64(q)
     one = one_at_scale(scale)
@@ -69,8 +77,10 @@ def shiftmax(q, scale: float, n: int = 15, k: int = 8, rounding: bool = False) -
     total = e.sum(axis=-1, keepdims=True)
     if np.any(total > INT31):
         raise OverflowError(f"Shiftmax row sum exceeds 31 bits: lower n (now {n}) for rows of {q.shape[-1]}")
-    f = INT31 // total
-    shift = 32 - k
+    if wide:
+        f, shift = (np.int64(1) << WIDE_P) // total, WIDE_P + 1 - k
+    else:
+        f, shift = INT31 // total, 32 - k
     out = (e * f + ((1 << (shift - 1)) if rounding else 0)) >> shift
     return np.minimum(out, (1 << (k - 1)) - 1)
 

@@ -8,15 +8,18 @@ LayerNorm); an op reads the finest form it can. What each op emits:
 - ``softmax`` over the last axis, on the int32 logits at their own scale (straight from the
   ``Q K^T`` accumulator, mask added in integers): I-ViT's Shiftmax (``ivit``: rounded, ``n`` lowered
   so the row sum fits 31 bits, logits rescaled first when ``I0 = 1/S`` is too large for that) or
-  I-BERT's i-exp softmax (``ibert``: int64 inside, logits at no finer scale than ``2^-13``). Out:
+  I-BERT's i-exp softmax (``ibert``: int64 inside, logits at no finer scale than ``2^-13``); both
+  normalize each row with a 64-bit reciprocal (I-ViT's 32-bit one keeps too few bits on long or
+  flat rows: ``nonlinear.shiftmax``). Out:
   int8 ``[0, 127]`` at ``2^-7``, ready for the ``P V`` integer matmul.
 - ``gelu`` (one op, or any erf/tanh decomposition :mod:`edgecompile.passes.gelu_match` recognises):
-  ShiftGELU on the int8 input (``ivit``) or i-GELU on a 16-bit input (``ibert``, int64 inside,
-  shifted back into int32).
+  ShiftGELU on the int8 input (``ivit``; as a 256-entry table built by the same integer
+  arithmetic: its per-element division would cost more than the float GELU) or i-GELU on a 16-bit
+  input (``ibert``, int64 inside, shifted back into int32; no division).
 - ``layernorm`` over the last axis (constant gamma/beta): I-LayerNorm (integer mean, sum of squares in
   int64, exact integer square root) on a per-tensor input of at most 16 bits; gamma becomes a per
   channel output scale and beta an int32 offset. ``ibert`` uses the same integer-sqrt LayerNorm.
-- ``tanh`` (BERT's pooler): ``2 sigmoid(2x) - 1`` from ShiftExp, 16-bit output.
+- ``tanh`` (BERT's pooler): ``2 sigmoid(2x) - 1`` from ShiftExp, 16-bit output (a table too).
 - ``add`` of two integer tensors or of one and a constant, and ``concat``: every operand rescaled
   (dyadically) to a fine scale ``S_y / FINE`` and kept as int16-range values in int32, so residual
   streams feed LayerNorm with 16 bits, not 8. An add of an integer tensor and a float tensor
@@ -34,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from edgecompile.intops.nonlinear import one_at_scale
+from edgecompile.intops import nonlinear as nl
 from edgecompile.passes import integer_ops as iop
 from edgecompile.passes.gelu_match import find_gelu_regions
 from edgecompile.passes.graph_walk import bindings
@@ -44,7 +47,6 @@ op = relax.op
 FINE = 64  # residual-stream tensors: int16-range values at the calibrated scale / FINE (4x headroom)
 FINE_MAX = 2**15 - 1
 MASK_MAX = 2**29  # a quantized additive mask is clipped here, so logit + mask stays in int32
-SHIFTMAX_MIN_N = 10  # keep at least 2^-10 of exp range in Shiftmax (rescale the logits otherwise)
 IBERT_MIN_SCALE = 2.0**-13  # i-exp's int64 widths hold for logits at no finer scale than this
 EMBED_BITS = 12
 
@@ -109,6 +111,14 @@ def find_nonlinear_layers(func: relax.Function, layers: list[Layer]) -> list[Lay
         layer.name = f"{layer.kind}.{counts.get(layer.kind, 0)}"
         counts[layer.kind] = counts.get(layer.kind, 0) + 1
     return out
+
+
+def _lookup(table: np.ndarray, q: relax.Expr) -> relax.Expr:
+    """``table[q + 128]`` for int8 ``q``: an op of one int8 input is a 256-entry table, filled at
+    compile time by the op's own integer arithmetic (:mod:`edgecompile.intops.nonlinear`), so the
+    kernel gathers instead of dividing per element and the result is the same bit for bit."""
+    idx = op.add(op.astype(q, "int32"), relax.const(np.int32(128), "int32"))
+    return op.take(relax.const(table.astype(np.int32), "int32"), idx, axis=0)
 
 
 class IntegerOnlyRewriter(Rewriter):
@@ -197,15 +207,14 @@ class IntegerOnlyRewriter(Rewriter):
         row = int(layer.output.ty.shape.values[-1])
         impl = self.impl["softmax"]
         if impl == "ivit":
-            one = one_at_scale(s)
-            if row * one * 2**SHIFTMAX_MIN_N >= 2**31:  # logits too fine for a 31-bit row sum
-                s_new = 1.0 / (2**31 // (row * 2**SHIFTMAX_MIN_N) - 1)
+            s_new = iop.shiftmax_input_scale(s, row)
+            if s_new != s:  # logits too fine for a 31-bit row sum at n = 15
                 x, s = self._rescaled(x, s, s_new), s_new
-            y = iop.emit_shiftmax(x, s, iop.shiftmax_n(row, s), 8, rounding=True)
+            y = iop.emit_shiftmax(x, s, iop.shiftmax_n(row, s), 8, rounding=True, wide=True, bb=self.bb)
         else:
             if s < IBERT_MIN_SCALE:
                 x, s = self._rescaled(x, s, IBERT_MIN_SCALE), IBERT_MIN_SCALE
-            y = iop.emit_ibert_softmax(x, s, k=7)
+            y = iop.emit_ibert_softmax(x, s, k=7, bb=self.bb)
         self.env[layer.output] = ("q", self.bb.emit(op.astype(y, "int8"), name_hint=layer.name), 1.0 / 128)
         layer.info = {"impl": impl, "scale_in": s, "scale_out": 1.0 / 128}
 
@@ -218,8 +227,8 @@ class IntegerOnlyRewriter(Rewriter):
         impl = self.impl["gelu"]
         if impl == "ivit":
             q, s = self.as_quant(x)
-            y, sy = iop.emit_shift_gelu(q, s)
-            self.set_acc(layer, y, sy, narrow=True)  # |q * sigma| <= 2^14
+            table = nl.shift_gelu(np.arange(-128, 128), s)
+            self.set_acc(layer, _lookup(table, q), s / 128, narrow=True)  # |q * sigma| <= 2^14
         else:
             s = self.scale[x] / FINE
             x16 = op.clip(self.to_scale(x, s), -FINE_MAX, FINE_MAX)
@@ -245,8 +254,7 @@ class IntegerOnlyRewriter(Rewriter):
 
     def tanh(self, layer: Layer):
         q, s = self.as_quant(layer.inputs[0])
-        y, sy = iop.emit_shift_tanh(q, s)
-        self.set_acc(layer, y, sy, narrow=True)
+        self.set_acc(layer, _lookup(nl.shift_tanh(np.arange(-128, 128), s), q), 2.0**-15, narrow=True)
         layer.info = {"impl": self.impl["tanh"], "scale_out": self.scale[layer.output]}
 
     def embedding(self, layer: Layer):
