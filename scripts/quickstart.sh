@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install edgecompile into .venv, then the main job: inspect, compile, run and time the bundled
 # example (a 2-layer BERT-style encoder exported from PyTorch with dynamic batch and sequence),
-# in fp32 and with the int8 recipe.
+# in fp32, with the int8 recipe and with the integer-only recipe.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -20,3 +20,11 @@ $ec compile examples/tiny_bert.onnx --target native \
 $ec inspect build/tiny_bert_int8 --quant
 $ec run build/tiny_bert_int8 --input examples/tiny_bert_inputs.npz --output build/tiny_bert_int8_outputs.npz
 $ec bench build/tiny_bert_int8 --runs 50
+# The integer-only recipe (I-ViT's Shiftmax, ShiftGELU, I-LayerNorm): only the input quantize and
+# the output dequantize compute in float, which `inspect --float-ops` shows.
+$ec compile examples/tiny_bert.onnx --target native \
+    --input-shape input_ids=1x32 --input-shape attention_mask=1x32 \
+    --recipe int8-integer-only --calib examples/tiny_bert_calib.npz -o build/tiny_bert_io
+$ec inspect build/tiny_bert_io --float-ops
+$ec run build/tiny_bert_io --input examples/tiny_bert_inputs.npz --output build/tiny_bert_io_outputs.npz
+$ec bench build/tiny_bert_io --runs 50
