@@ -64,12 +64,18 @@ def compile(  # noqa: A001 - the product's verb
         say(f"importing {_model_stem(model)}")
         with captured(log):
             imported = import_model(model, shapes, input_dtypes, example_inputs)
-        mod, quant = imported.mod, None
+        mod, quant, lowrank = imported.mod, None, None
         part = rec.part("int8") or rec.part("int8-integer-only")
+        lr_part = rec.part("lowrank")
+        if part is None and keep_float:
+            raise RecipeError(f"recipe {rec} does not quantize: --keep-float needs an int8 recipe")
+        if part is None and lr_part is None and calib is not None:
+            raise RecipeError(f"recipe {rec} does not quantize: --calib needs an int8 or lowrank recipe")
+        samples = _samples(imported, calib, part, lr_part)
+        if lr_part is not None:  # factorize first, then quantize both factors
+            mod, lowrank = _factorize(imported, mod, lr_part, profile, samples, say, calib_progress)
         if part is not None:
-            mod, quant = _quantize(imported, part, profile, calib, keep_float, say, calib_progress)
-        elif calib is not None or keep_float:
-            raise RecipeError(f"recipe {rec} does not quantize: --calib and --keep-float need an int8 recipe")
+            mod, quant = _quantize(imported, mod, part, samples, keep_float, say, calib_progress)
         say(f"building for {profile.name} ({profile.tvm.get('kind')}, recipe {rec})")
         with captured(log):
             float_ops = float_kernels(mod, make_target(profile))
@@ -89,6 +95,7 @@ def compile(  # noqa: A001 - the product's verb
             "link_command": lib.link_command,
             "tuning": None if tune is None else {"trials": tune},
             "quantization": quant,
+            "lowrank": lowrank,
             "float_ops": float_ops,
         }
         return finish(staging, out, manifest)
@@ -97,37 +104,76 @@ def compile(  # noqa: A001 - the product's verb
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _quantize(imported, part, profile, calib, keep_float, say, calib_progress):
-    """Calibrate and rewrite ``imported`` for the ``int8`` recipe part; returns (module, manifest entry)."""
-    import dataclasses
-
+def _samples(imported, calib, part, lr_part) -> list[dict] | None:
+    """The calibration samples, loaded once for every recipe part that uses them."""
     from edgecompile.calibrate.data import load_samples
-    from edgecompile.lower.build import compile_module
-    from edgecompile.native_output import captured
-    from edgecompile.ptq import config_from_options, quantize_model
-    from edgecompile.targets import get_profile
+    from edgecompile.ptq import config_from_options
 
-    config, keep_worst = config_from_options(part.options, part.preset == "int8-integer-only")
-    if keep_float:
-        config = dataclasses.replace(config, keep_float=config.keep_float + tuple(keep_float))
-    samples = load_samples(calib, imported.inputs, config.samples)
-    host = get_profile("native").resolved()
-    say(f"calibrating on {len(samples)} samples ({config.observer})")
+    if part is not None:
+        config, _ = config_from_options(part.options, part.preset == "int8-integer-only")
+        return load_samples(calib, imported.inputs, config.samples)
+    if calib is not None:
+        return load_samples(calib, imported.inputs, None)
+    return None  # lowrank alone, without data: plain SVD
 
+
+def _progress(say, calib_progress):
     def report(stage: str, done: int, total: int) -> None:
         say(f"{stage} {done}/{total}")
         if calib_progress:
             calib_progress(stage, done, total)
 
+    return report
+
+
+def _host_build():
+    from edgecompile.lower.build import compile_module
+    from edgecompile.targets import get_profile
+
+    host = get_profile("native").resolved()
+    return lambda m: compile_module(m, host)
+
+
+def _factorize(imported, mod, part, profile, samples, say, calib_progress):
+    """Factorize ``mod`` for the ``lowrank`` recipe part; returns (module, manifest entry)."""
+    from edgecompile.lowrank.plan import config_from_options, lowrank_model
+    from edgecompile.native_output import captured
+
+    config = config_from_options(part.options)
+    say(f"factorizing linear layers ({config.spec})")
     with captured(log):
-        result = quantize_model(
-            imported.mod,
+        result = lowrank_model(
+            mod,
             samples,
             [s.name for s in imported.inputs],
             config,
-            lambda m: compile_module(m, host),
+            _host_build(),
+            profile,
+            _progress(say, calib_progress),
+        )
+    return result.mod, result.to_json(config)
+
+
+def _quantize(imported, mod, part, samples, keep_float, say, calib_progress):
+    """Calibrate and rewrite ``mod`` for the ``int8`` recipe part; returns (module, manifest entry)."""
+    import dataclasses
+
+    from edgecompile.native_output import captured
+    from edgecompile.ptq import config_from_options, quantize_model
+
+    config, keep_worst = config_from_options(part.options, part.preset == "int8-integer-only")
+    if keep_float:
+        config = dataclasses.replace(config, keep_float=config.keep_float + tuple(keep_float))
+    say(f"calibrating on {len(samples)} samples ({config.observer})")
+    with captured(log):
+        result = quantize_model(
+            mod,
+            samples,
+            [s.name for s in imported.inputs],
+            config,
+            _host_build(),
             keep_worst,
-            report,
+            _progress(say, calib_progress),
         )
     return result.mod, result.to_json(config)
 

@@ -102,7 +102,7 @@ def compile_cmd(
         Path | None,
         typer.Option(
             "--calib",
-            help="Calibration data for quantizing recipes: an .npz with one array per input stacked along a "
+            help="Calibration data for the int8 and lowrank recipes: an .npz with one array per input stacked along a "
             "leading sample axis, or a directory of them.",
         ),
     ] = None,
@@ -284,6 +284,10 @@ def inspect_cmd(
     quant: Annotated[
         bool, typer.Option("--quant", help="Artifact: per-layer scales and SQNR against float, worst first.")
     ] = False,
+    lowrank: Annotated[
+        bool,
+        typer.Option("--lowrank", help="Artifact: each factorized layer's rank, parameters and error contribution."),
+    ] = False,
     float_ops: Annotated[
         bool,
         typer.Option(
@@ -298,6 +302,8 @@ def inspect_cmd(
     if path.is_dir():
         if float_ops:
             _inspect_float_ops(path, as_json)
+        elif lowrank:
+            _inspect_lowrank(path, as_json)
         elif quant:
             _inspect_quant(path, as_json)
         else:
@@ -346,6 +352,36 @@ def _inspect_artifact(path: Path, as_json: bool) -> None:
             out.print(f"  {kind[:-1]} {t['name']}: {'x'.join(map(str, t['shape']))} {t['dtype']}", highlight=False)
     for name, digest in m["files"].items():
         out.print(f"  file {name} sha256 {digest[:16]}…", highlight=False)
+
+
+def _inspect_lowrank(path: Path, as_json: bool) -> None:
+    from edgecompile.errors import ArtifactError
+    from edgecompile.runtime.manifest import read_verified
+
+    lr = read_verified(path).get("lowrank")
+    if not lr:
+        raise ArtifactError(f"{path} was not compiled with a lowrank recipe (no factorization data)")
+    if as_json:
+        out.print_json(json.dumps(lr))
+        return
+    table = Table(title=f"{path}: low-rank layers ({lr['budget']}, {lr['method']} SVD, {lr['samples']} samples)")
+    for col in ("layer", "role", "in x out", "rank", "params", "error", "ms dense", "ms factored", "kept dense"):
+        table.add_column(col)
+    for r in lr["layers"]:
+        fac = f"{r['factored_ms']:.3f}" if r["factored_ms"] is not None else "-"
+        params = f"{r['params_before']} -> {r['params_after']}"
+        table.add_row(
+            r["name"], r["role"], "x".join(map(str, r["shape"])), str(r["rank"] or "-"), params,
+            f"{r['error']:.4f}", f"{r['dense_ms']:.3f}", fac, r["kept_dense"] or "",
+        )  # fmt: skip
+    out.print(table)
+    ratio = lr["params_after"] / max(lr["params_before"], 1)
+    err = ", ".join(f"{k} {v}" for k, v in lr["model_error"].items() if k != "drop")
+    out.print(
+        f"parameters of these layers: {lr['params_before']} -> {lr['params_after']} ({ratio:.2f}x)"
+        + (f"; model output vs float on calibration samples: {err}" if err else ""),
+        highlight=False,
+    )
 
 
 def _inspect_float_ops(path: Path, as_json: bool) -> None:

@@ -1,0 +1,378 @@
+"""The ``lowrank`` recipe: factorize linear layers where it saves time, with ranks under a budget.
+
+1. Calibrate: the float model runs on the calibration samples and each candidate layer's input
+   streams into its second moment (:class:`edgecompile.lowrank.factorize.SecondMoment`); without
+   samples, plain SVD (a warning says so).
+2. Spectra: each layer's whitened SVD; ``error(r)`` is its exact relative output error on the
+   calibration tokens at rank ``r``.
+3. Ranks, by the budget (exactly one):
+   - ``ratio=0.5``: ``r = 0.5 r*`` (``r* = in out / (in + out)``: half the parameters and MACs);
+   - ``rank=128``: that rank everywhere;
+   - ``energy=0.95``: the smallest rank keeping 95% of the whitened spectrum's energy;
+   - ``max_drop=1%``: the largest per-layer error threshold whose model, on the calibration
+     samples, changes the top-1 class of at most 1% of them and shifts the class probabilities by
+     at most 1% (mean total variation; a 2-D output: a classifier), or moves the output by at most
+     1% relative L2 error (any other model); bisection over the candidate ranks' errors, each step
+     compiled and run;
+   - ``speedup=1.5``: starting dense, lower the rank where the error grows least per millisecond
+     saved (:class:`edgecompile.lowrank.latency.LatencyTable`) until the factorizable layers
+     together run 1.5x faster.
+   Ranks are multiples of ``multiple`` (default 8). The speed gate: a layer whose factorized form
+   is not faster on the target stays dense (``gate=measure``: timed on this machine, the default
+   for its own CPU targets; ``estimate``: from multiply-adds, the default for other targets;
+   ``off``: factorize wherever the rank is below break-even).
+4. Refit: the model with every chosen layer factorized runs on the samples once more, and each
+   layer's outer factor is refit by least squares to the float model's outputs from its actual
+   (upstream-factorized) inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from edgecompile.calibrate.capture import Runner, observe, with_outputs
+from edgecompile.errors import RecipeError
+from edgecompile.lower.patchify import PatchifyConv
+from edgecompile.lowrank.factorize import SecondMoment, breakeven_rank, refit_outer, round_rank, spectrum
+from edgecompile.lowrank.latency import LatencyTable
+from edgecompile.passes.lowrank import Site, factorize_function, find_sites
+
+log = logging.getLogger(__name__)
+
+BUDGETS = ("ratio", "rank", "energy", "max_drop", "speedup")
+GRID = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)  # fractions of r* tried by max_drop and speedup
+EVAL_SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class LowRankConfig:
+    budget: str = "ratio"
+    value: float = 0.5
+    layers: str = "ffn"
+    multiple: int = 8
+    refit: bool = True
+    gate: str = "auto"  # measure (this machine) | estimate (multiply-adds) | off | auto
+
+    @property
+    def spec(self) -> str:
+        v = f"{self.value * 100:g}%" if self.budget == "max_drop" else f"{self.value:g}"
+        return f"{self.budget}={v}"
+
+
+def config_from_options(options: dict[str, str]) -> LowRankConfig:
+    """The ``lowrank`` recipe part's options: one budget, ``layers=ffn|all-linear``, ``multiple``,
+    ``refit=true|false``."""
+    given = [b for b in BUDGETS if b in options]
+    if len(given) > 1:
+        raise RecipeError(f"lowrank: give one budget, not {' and '.join(given)}")
+    budget = given[0] if given else "ratio"
+    raw = options.get(budget, "0.5")
+    try:
+        value = float(raw.rstrip("%")) / 100 if raw.endswith("%") else float(raw)
+        multiple = int(options.get("multiple", 8))
+    except ValueError as e:
+        raise RecipeError(f"lowrank: malformed option value ({e})") from e
+    limits = {"ratio": (0, 1), "energy": (0, 1), "max_drop": (0, 1), "rank": (1, 1e9), "speedup": (1, 100)}
+    lo, hi = limits[budget]
+    if not (lo < value <= hi if budget != "rank" else lo <= value):
+        raise RecipeError(f"lowrank: {budget}={raw} is out of range")
+    layers = options.get("layers", "ffn")
+    if layers not in ("ffn", "all-linear"):
+        raise RecipeError(f"lowrank: layers must be ffn or all-linear, got '{layers}'")
+    refit = options.get("refit", "true").lower() not in ("false", "0", "no", "off")
+    gate = options.get("gate", "auto")
+    if gate not in ("auto", "measure", "estimate", "off"):
+        raise RecipeError(f"lowrank: gate must be auto, measure, estimate or off, got '{gate}'")
+    return LowRankConfig(budget, value, layers, max(1, multiple), refit, gate)
+
+
+@dataclass
+class LowRankResult:
+    mod: tvm.IRModule
+    layers: list[dict]
+    method: str
+    samples: int
+    model_error: dict = field(default_factory=dict)
+
+    def to_json(self, config: LowRankConfig) -> dict:
+        before = sum(r["params_before"] for r in self.layers)
+        after = sum(r["params_after"] for r in self.layers)
+        return {
+            "budget": config.spec,
+            "layers_option": config.layers,
+            "method": self.method,
+            "refit": config.refit and self.samples > 0,
+            "samples": self.samples,
+            "params_before": before,
+            "params_after": after,
+            "model_error": self.model_error,
+            "layers": self.layers,
+        }
+
+
+def lowrank_model(
+    mod: tvm.IRModule,
+    samples: list[dict] | None,
+    input_names: list[str],
+    config: LowRankConfig,
+    build: Callable[[tvm.IRModule], object],
+    profile,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> LowRankResult:
+    """The factorized module of ``mod``; ``build`` compiles for this machine (calibration runs),
+    ``profile`` is the target (latency table); ``progress(stage, done, total)``."""
+    say = progress or (lambda *_: None)
+    mod = PatchifyConv()(relax.transform.FoldConstant()(mod))
+    func = mod["main"]
+    sites = find_sites(func, config.layers)
+    if not sites:
+        raise RecipeError(
+            f"lowrank: the model has no {'FFN ' if config.layers == 'ffn' else ''}linear layers to factorize"
+        )
+    samples = list(samples or [])
+    xs = list(dict.fromkeys(s.x for s in sites))
+    frun = None
+    if samples:
+        frun = Runner(with_outputs(func, xs), input_names, build)
+        moments = observe(frun, xs, samples, SecondMoment, lambda i, n: say("calibrating", i, n))
+        spectra = {s.name: spectrum(s.weight, moments[s.x].c) for s in sites}
+        method = "whitened"
+    else:
+        log.warning("lowrank without calibration data: plain SVD of the weights (whitened SVD needs --calib)")
+        spectra = {s.name: spectrum(s.weight) for s in sites}
+        method = "svd"
+    table = LatencyTable(profile, measure={"measure": True, "estimate": False}.get(config.gate))
+    dense_ms = {}
+    for i, s in enumerate(sites):
+        dense_ms[s.name] = table.dense(s.tokens, *s.weight.shape)
+        say("timing dense layers", i + 1, len(sites))
+
+    def gate(s: Site, r: int | None) -> int | None:
+        n_in, n_out = s.weight.shape
+        if r is None or r >= breakeven_rank(n_in, n_out):
+            return None
+        if config.gate == "off":
+            return r
+        return r if table.factored(s.tokens, n_in, r, n_out) < dense_ms[s.name] else None
+
+    ctx = _Context(func, sites, spectra, config, gate, table, samples[:EVAL_SAMPLES], input_names, build, say)
+    ranks = ctx.choose()
+    factors = {s.binding.var: spectra[s.name].factors(r) for s in sites if (r := ranks[s.name])}
+    if samples and config.refit and factors:
+        factors = ctx.refit(factors, frun)
+    out_func = factorize_function(func, factors)
+    out = tvm.IRModule({**{gv: f for gv, f in mod.functions.items() if gv.name_hint != "main"}})
+    out["main"] = out_func
+    rows = []
+    for s in sites:
+        n_in, n_out = s.weight.shape
+        r = ranks[s.name]
+        cand = ctx.candidate_rank(s)
+        rows.append(
+            {
+                "name": s.name,
+                "role": s.role,
+                "shape": [n_in, n_out],
+                "tokens": s.tokens,
+                "rank": r,
+                "params_before": n_in * n_out,
+                "params_after": r * (n_in + n_out) if r else n_in * n_out,
+                "error": round(spectra[s.name].error(r), 5) if r else 0.0,
+                "dense_ms": round(dense_ms[s.name], 4),
+                "factored_ms": round(table.factored(s.tokens, n_in, r, n_out), 4) if r else None,
+                "kept_dense": None if r else ctx.why_dense(s, cand),
+            }
+        )
+    model_error = ctx.model_error(factors) if samples else {}
+    return LowRankResult(out, rows, method, len(samples), model_error)
+
+
+class _Context:
+    """Rank selection for one model (the budgets of the module docstring)."""
+
+    def __init__(self, func, sites, spectra, config, gate, table, samples, names, build, say):
+        self.func, self.sites, self.spectra, self.config, self.table = func, sites, spectra, config, table
+        self.gate, self.samples, self.names, self.build, self.say = gate, samples, names, build, say
+        self._reference = None
+
+    def candidate_rank(self, s: Site) -> int | None:
+        """The rank the budget asks for, before the speed gate (ratio, rank, energy)."""
+        n_in, n_out = s.weight.shape
+        c, m = self.config, self.config.multiple
+        if c.budget == "ratio":
+            return round_rank(c.value * breakeven_rank(n_in, n_out), m, n_in, n_out)
+        if c.budget == "rank":
+            return round_rank(c.value, m, n_in, n_out)
+        if c.budget == "energy":
+            k = int(np.searchsorted(self.spectra[s.name].energy, c.value - 1e-12) + 1)
+            return min(min(n_in, n_out), m * int(np.ceil(k / m)))
+        return None
+
+    def why_dense(self, s: Site, cand: int | None) -> str:
+        n_in, n_out = s.weight.shape
+        if self.config.budget in ("max_drop", "speedup"):
+            return f"the {self.config.budget} budget"
+        if cand is not None and cand >= breakeven_rank(n_in, n_out):
+            return f"rank {cand} >= break-even {breakeven_rank(n_in, n_out):.0f}: no saving"
+        how = "measured" if self.table.measure else "estimated"
+        return f"rank {cand}: {how} no faster than dense on the target"
+
+    def grid(self, s: Site) -> list[int]:
+        n_in, n_out = s.weight.shape
+        r_star = breakeven_rank(n_in, n_out)
+        ranks = sorted({round_rank(f * r_star, self.config.multiple, n_in, n_out) for f in GRID})
+        return [r for r in ranks if self.gate(s, r)]
+
+    def choose(self) -> dict[str, int | None]:
+        b = self.config.budget
+        if b in ("ratio", "rank", "energy"):
+            return {s.name: self.gate(s, self.candidate_rank(s)) for s in self.sites}
+        if b == "speedup":
+            return self._speedup()
+        return self._max_drop()
+
+    # -- speedup: greedy, least error per millisecond saved ---------------------------------------
+    def _speedup(self) -> dict[str, int | None]:
+        options = {s.name: self.grid(s) for s in self.sites}
+        ranks: dict[str, int | None] = {s.name: None for s in self.sites}
+        total_dense = sum(self.ms(s, None) for s in self.sites)
+        target, total = total_dense / self.config.value, total_dense
+        while total > target:
+            best = None
+            for s in self.sites:
+                now = ranks[s.name]
+                lower = [r for r in options[s.name] if now is None or r < now]
+                if not lower:
+                    continue
+                r = max(lower)
+                saved = self.ms(s, now) - self.ms(s, r)
+                if saved <= 0:
+                    continue
+                spec = self.spectra[s.name]
+                cost = spec.error(r) ** 2 - (spec.error(now) ** 2 if now else 0.0)
+                if best is None or cost / saved < best[0]:
+                    best = (cost / saved, s, r, saved)
+            if best is None:
+                log.warning("lowrank: speedup=%g is not reachable; best %.2fx", self.config.value, total_dense / total)
+                break
+            _, s, r, saved = best
+            ranks[s.name] = r
+            total -= saved
+        return ranks
+
+    def ms(self, s: Site, r: int | None) -> float:
+        n_in, n_out = s.weight.shape
+        return self.table.dense(s.tokens, n_in, n_out) if r is None else self.table.factored(s.tokens, n_in, r, n_out)
+
+    # -- max_drop: bisection over the per-layer error threshold -------------------------------------
+    def _max_drop(self) -> dict[str, int | None]:
+        options = {s.name: self.grid(s) for s in self.sites}
+        errors = sorted({self.spectra[s.name].error(r) for s in self.sites for r in options[s.name]})
+
+        def ranks_at(t: float) -> dict[str, int | None]:
+            out = {}
+            for s in self.sites:
+                ok = [r for r in options[s.name] if self.spectra[s.name].error(r) <= t]
+                out[s.name] = min(ok) if ok else None
+            return out
+
+        lo, hi, best = 0, len(errors) - 1, {s.name: None for s in self.sites}
+        steps = int(np.ceil(np.log2(len(errors) + 1))) if errors else 0
+        step = 0
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            ranks = ranks_at(errors[mid])
+            factors = {s.binding.var: self.spectra[s.name].factors(r) for s in self.sites if (r := ranks[s.name])}
+            drop = self.model_error(factors)["drop"]
+            step += 1
+            self.say("searching ranks", step, steps)
+            if drop <= self.config.value:
+                best, lo = ranks, mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _run(self, func) -> list[np.ndarray]:
+        vm = relax.VirtualMachine(self.build(tvm.IRModule({"main": func})), tvm.cpu())
+        outs = []
+        for sample in self.samples:
+            y = vm["main"](*[tvm.runtime.tensor(sample[n]) for n in self.names])
+            outs.append((y if hasattr(y, "numpy") else y[0]).numpy())
+        return outs
+
+    def model_error(self, factors: dict) -> dict:
+        """The budget's drop of the model with ``factors`` against float on the samples: top-1
+        changes (2-D outputs) or relative L2 error; both reported."""
+        if self._reference is None:
+            self._reference = self._run(self.func)
+        got = self._run(factorize_function(self.func, factors))
+        ref = self._reference
+        rel = float(
+            np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(ref, got)) / max(sum(np.sum(a**2) for a in ref), 1e-30))
+        )
+        result = {"relative_l2": round(rel, 6)}
+        if ref[0].ndim == 2 and ref[0].shape[-1] >= 2:
+            changed = float(np.mean([np.any(a.argmax(-1) != b.argmax(-1)) for a, b in zip(ref, got)]))
+            tv = float(np.mean([0.5 * np.abs(_softmax(a) - _softmax(b)).sum(-1).mean() for a, b in zip(ref, got)]))
+            result["top1_changed"] = round(changed, 4)
+            result["prob_shift"] = round(tv, 5)
+            # calibration images are often ones the model is sure of (even training data): a top-1
+            # count there underestimates held-out flips; the mean total-variation shift of the class
+            # probabilities moves before any class flips
+            result["drop"] = max(changed, tv)
+        else:
+            result["drop"] = rel
+        return result
+
+    # -- refit -----------------------------------------------------------------------------------
+    def refit(self, factors: dict, frun: Runner) -> dict:
+        """Refit each factorized layer's outer factor to the float outputs from its real inputs."""
+        sites = [s for s in self.sites if s.binding.var in factors]
+        xs = list(dict.fromkeys(s.x for s in self.sites))
+        pos = {v: i for i, v in enumerate(xs)}
+        new = factorize_function(self.func, factors)
+        new_x = _matching_vars(self.func, new, [s.x for s in sites])
+        crun = Runner(with_outputs(new, list(new_x.values())), self.names, self.build)
+        order = list(new_x.values())
+        c_new = {s.name: 0.0 for s in sites}
+        cross = {s.name: 0.0 for s in sites}
+        for i, sample in enumerate(self.samples):
+            floats, comp = frun(sample), crun(sample)
+            for s in sites:
+                x = floats[pos[s.x]].reshape(-1, s.weight.shape[0]).astype(np.float64)
+                xn = comp[order.index(new_x[s.x])].reshape(-1, s.weight.shape[0]).astype(np.float64)
+                c_new[s.name] = c_new[s.name] + xn.T @ xn
+                cross[s.name] = cross[s.name] + xn.T @ x
+            self.say("refitting", i + 1, len(self.samples))
+        out = dict(factors)
+        for s in sites:
+            p, _ = factors[s.binding.var]
+            out[s.binding.var] = (p, refit_outer(p, s.weight, c_new[s.name], cross[s.name]))
+        return out
+
+
+def _matching_vars(old: relax.Function, new: relax.Function, wanted: list) -> dict:
+    """The vars of ``new`` that correspond to ``wanted`` vars of ``old`` (same names, same order
+    of appearance; the rewrite keeps names)."""
+    names = {v.name: v for v in wanted}
+    found = {}
+    for p_old, p_new in zip(old.params, new.params):
+        if p_old.name in names:
+            found[names[p_old.name]] = p_new
+    for block in new.body.blocks:
+        for b in block.bindings:
+            if b.var.name in names and names[b.var.name] not in found:
+                found[names[b.var.name]] = b.var
+    return found
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
