@@ -65,7 +65,7 @@ PRESETS["lowrank"] = Preset(
         "max_drop": "accuracy budget on the calibration set, e.g. 1% (top-1 changes, or relative output error)",
         "speedup": "latency budget: the factorizable layers together this many times faster (e.g. 1.5)",
         "layers": "ffn (default: FFN up/down projections) or all-linear",
-        "multiple": "ranks are multiples of this (default 8)",
+        "multiple": "ranks are multiples of this (default: the target GEMM tile width, 24 on AVX2)",
         "refit": "least-squares refit of the outer factor on the calibration set (default true)",
         "gate": "speed gate: measure (this machine), estimate (multiply-adds), off; default: measure "
         "for this machine's CPU targets",
