@@ -98,7 +98,9 @@ def model_table(tmp: Path, runs: int) -> None:
     ]
     print(f"\nMiniLM-L6-sized encoder (random weights), seq {SEQ}, 1 thread, median of {runs}")
     base = None
-    for recipe in ("fp32", "lowrank:ratio=0.5", "int8", "lowrank:ratio=0.5+int8"):
+    for recipe in (
+        "fp32", "lowrank:ratio=0.5", "int8", "lowrank:ratio=0.5+int8", "lowrank:ratio=0.5,layers=all-linear+int8",
+    ):  # fmt: skip
         art = edgecompile.compile(
             path, output=tmp / recipe.replace(":", "_"), recipe=recipe, calib=None if recipe == "fp32" else calib
         )
