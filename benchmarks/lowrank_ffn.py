@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples"))
 
 SEQ = 128
@@ -78,24 +79,12 @@ def ffn_table(runs: int) -> None:
 
 
 def model_table(tmp: Path, runs: int) -> None:
-    import torch
-    from models import BertStyleEncoder, export_onnx
+    from int8_vs_onnxruntime import minilm, text_samples
 
     import edgecompile
 
-    torch.manual_seed(0)
-    model = BertStyleEncoder(30522, 384, 6, 12, 1536, 512).eval()
-    ids = torch.randint(0, 30522, (1, SEQ), generator=torch.Generator().manual_seed(0))
-    path = tmp / "minilm.onnx"
-    export_onnx(
-        model, (ids, torch.ones(1, SEQ, dtype=torch.int64)), path, ["input_ids", "attention_mask"],
-        ["last_hidden_state", "pooled"], dynamo=False,
-    )  # fmt: skip
-    rng = np.random.default_rng(1)
-    calib = [
-        {"input_ids": rng.integers(0, 30522, (1, SEQ)).astype(np.int64), "attention_mask": np.ones((1, SEQ), np.int64)}
-        for _ in range(32)
-    ]
+    path = minilm(tmp)
+    calib = text_samples(32, seed=1)
     print(f"\nMiniLM-L6-sized encoder (random weights), seq {SEQ}, 1 thread, median of {runs}")
     base = None
     for recipe in (

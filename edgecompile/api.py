@@ -46,9 +46,10 @@ def compile(  # noqa: A001 - the product's verb
     ``keep_float`` names layers (or fnmatch patterns, e.g. ``linear.0``, ``matmul.*``) to leave in
     float; ``calib_progress(stage, done, total)`` reports calibration.
     """
+    from edgecompile.calibrate.data import load_samples
     from edgecompile.frontend import import_model
     from edgecompile.lower.build import compile_module, export, make_target
-    from edgecompile.lower.float_ops import float_kernels
+    from edgecompile.lower.float_ops import float_kernels, float_kernels_of
     from edgecompile.lower.package import finish, prepare_output
     from edgecompile.native_output import captured
     from edgecompile.recipe import parse_recipe
@@ -71,17 +72,23 @@ def compile(  # noqa: A001 - the product's verb
             raise RecipeError(f"recipe {rec} does not quantize: --keep-float needs an int8 recipe")
         if part is None and lr_part is None and calib is not None:
             raise RecipeError(f"recipe {rec} does not quantize: --calib needs an int8 or lowrank recipe")
-        samples = _samples(imported, calib, part, lr_part)
+        qconfig = _quant_config(part, keep_float) if part is not None else None
+        samples = None  # lowrank alone, without data: plain SVD
+        if qconfig is not None or calib is not None:
+            samples = load_samples(calib, imported.inputs, qconfig[0].samples if qconfig else None)
         if lr_part is not None:  # factorize first, then quantize both factors
             mod, lowrank = _factorize(imported, mod, lr_part, profile, samples, say, calib_progress)
-        if part is not None:
-            mod, quant = _quantize(imported, mod, part, samples, keep_float, say, calib_progress)
+        if qconfig is not None:
+            mod, quant = _quantize(imported, mod, *qconfig, samples, say, calib_progress)
         say(f"building for {profile.name} ({profile.tvm.get('kind')}, recipe {rec})")
         with captured(log):
-            float_ops = float_kernels(mod, make_target(profile))
             if tune is not None:
                 say(f"tuning up to {tune} trials")
-            executable = compile_module(mod, profile, tune, tuning_db and Path(tuning_db), tune_progress)
+            fused: list = []  # the CPU build hands over its fused module: no second fusion run
+            executable = compile_module(
+                mod, profile, tune, tuning_db and Path(tuning_db), tune_progress, on_fused=fused.append
+            )
+            float_ops = float_kernels_of(fused[0]) if fused else float_kernels(mod, make_target(profile))
             say("exporting the library")
             lib = export(executable, profile, staging)
         manifest = {
@@ -102,19 +109,6 @@ def compile(  # noqa: A001 - the product's verb
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-
-
-def _samples(imported, calib, part, lr_part) -> list[dict] | None:
-    """The calibration samples, loaded once for every recipe part that uses them."""
-    from edgecompile.calibrate.data import load_samples
-    from edgecompile.ptq import config_from_options
-
-    if part is not None:
-        config, _ = config_from_options(part.options, part.preset == "int8-integer-only")
-        return load_samples(calib, imported.inputs, config.samples)
-    if calib is not None:
-        return load_samples(calib, imported.inputs, None)
-    return None  # lowrank alone, without data: plain SVD
 
 
 def _progress(say, calib_progress):
@@ -154,16 +148,23 @@ def _factorize(imported, mod, part, profile, samples, say, calib_progress):
     return result.mod, result.to_json(config)
 
 
-def _quantize(imported, mod, part, samples, keep_float, say, calib_progress):
-    """Calibrate and rewrite ``mod`` for the ``int8`` recipe part; returns (module, manifest entry)."""
+def _quant_config(part, keep_float):
+    """``(QuantConfig, keep_worst)`` of the ``int8`` / ``int8-integer-only`` part, ``keep_float`` added."""
     import dataclasses
 
-    from edgecompile.native_output import captured
-    from edgecompile.ptq import config_from_options, quantize_model
+    from edgecompile.ptq import config_from_options
 
     config, keep_worst = config_from_options(part.options, part.preset == "int8-integer-only")
     if keep_float:
         config = dataclasses.replace(config, keep_float=config.keep_float + tuple(keep_float))
+    return config, keep_worst
+
+
+def _quantize(imported, mod, config, keep_worst, samples, say, calib_progress):
+    """Calibrate and rewrite ``mod`` for the quantizing recipe part; returns (module, manifest entry)."""
+    from edgecompile.native_output import captured
+    from edgecompile.ptq import quantize_model
+
     say(f"calibrating on {len(samples)} samples ({config.observer})")
     with captured(log):
         result = quantize_model(

@@ -76,6 +76,7 @@ _OPS = {
     "relax.tanh": lambda c, x: np.tanh(x),
     "relax.exp": lambda c, x: np.exp(x),
     "relax.sqrt": lambda c, x: np.sqrt(x),
+    "relax.power": lambda c, a, b: np.power(a, b).astype(_dtype(c)),
     "relax.floor_divide": lambda c, a, b: np.floor_divide(a, b).astype(_dtype(c)),
     "relax.negative": lambda c, x: np.negative(x),
     "relax.abs": lambda c, x: np.abs(x),
@@ -144,6 +145,13 @@ def _value(expr, env):
     raise NotImplementedError(f"the reference interpreter cannot evaluate a {type(expr).__name__}")
 
 
+def evaluate_bindings(binds, env: dict) -> dict:
+    """Evaluate ``binds`` in order on ``env`` (var -> array), adding each bound var to it."""
+    for b in binds:
+        env[b.var] = _value(b.value, env)
+    return env
+
+
 def run(func, inputs: dict[str, np.ndarray]):
     """Evaluate ``func`` (a Relax function, or a module: its ``main`` and the kernels it calls) on
     ``inputs`` (by parameter name); returns an array or a tuple of them."""
@@ -151,7 +159,5 @@ def run(func, inputs: dict[str, np.ndarray]):
     if isinstance(func, tvm.IRModule):
         _KERNELS.update({gv: f for gv, f in func.functions.items() if not isinstance(f, relax.Function)})
         func = func["main"]
-    env = {p: np.asarray(inputs[p.name]) for p in func.params}
-    for b in bindings(func):
-        env[b.var] = _value(b.value, env)
+    env = evaluate_bindings(bindings(func), {p: np.asarray(inputs[p.name]) for p in func.params})
     return _value(func.body.body, env)

@@ -14,23 +14,14 @@ import tvm
 from tvm import relax
 
 from edgecompile.calibrate.observers import Observer
-from edgecompile.passes.graph_walk import bindings, emit_binding, substitute
+from edgecompile.passes.graph_walk import rebuild
 
 Progress = Callable[[int, int], None]
 
 
 def with_outputs(func: relax.Function, wanted: list[relax.Var]) -> tvm.IRModule:
     """``func`` returning ``(original outputs, *wanted)``."""
-    bb = relax.BlockBuilder()
-    params = [relax.Var(p.name, p.ty) for p in func.params]
-    with bb.function("main", params, attrs=dict(func.attrs) if func.attrs else None):
-        with bb.dataflow():
-            m = dict(zip(func.params, params))
-            for b in bindings(func):
-                m[b.var] = emit_binding(bb, b, substitute(b.value, m))
-            out = bb.emit_output(relax.Tuple([substitute(func.body.body, m), *[m[v] for v in wanted]]))
-        bb.emit_func_output(out)
-    return bb.get()
+    return rebuild(func, outputs=wanted)
 
 
 class Runner:
@@ -41,9 +32,16 @@ class Runner:
         self.names = input_names
         self.build = build
 
+    def _call(self, sample: dict[str, np.ndarray]) -> list:
+        return list(self.vm["main"](*[tvm.runtime.tensor(sample[n]) for n in self.names]))
+
     def __call__(self, sample: dict[str, np.ndarray]) -> list[np.ndarray]:
-        out = self.vm["main"](*[tvm.runtime.tensor(sample[n]) for n in self.names])
-        return [t.numpy() for t in list(out)[1:]]  # the appended tensors
+        return [t.numpy() for t in self._call(sample)[1:]]  # the appended tensors
+
+    def first_output(self, sample: dict[str, np.ndarray]) -> np.ndarray:
+        """The model's own (first) output, which the appended tensors follow."""
+        y = self._call(sample)[0]
+        return (y if hasattr(y, "numpy") else y[0]).numpy()
 
 
 def observe(

@@ -42,15 +42,18 @@ def make_target(profile: TargetProfile):
         raise BuildError(f"TVM rejects the target of profile '{profile.name}': {_last_line(e)}") from e
 
 
-def compile_module(mod, profile: TargetProfile, tune_trials: int | None = None, tuning_root=None, progress=None):
+def compile_module(
+    mod, profile: TargetProfile, tune_trials: int | None = None, tuning_root=None, progress=None, on_fused=None
+):
     """Run the Relax pipeline and code generation; returns a ``tvm.runtime.Executable``.
 
     With ``tune_trials`` (CPU targets of this machine), kernels are first tuned into the database
     under ``tuning_root`` (see :mod:`edgecompile.lower.tune`); the tuned build is kept only if the
     whole model measures faster than the untuned one here, since per-kernel timings in isolation
-    can mislead (a kernel that wins alone can lose inside the model)."""
+    can mislead (a kernel that wins alone can lose inside the model). ``on_fused(mod)`` sees the
+    fused module before scheduling (CPU targets; :func:`edgecompile.lower.pipeline.cpu_pipeline`)."""
     target = make_target(profile)
-    untuned = _build(mod, target, profile, None)
+    untuned = _build(mod, target, profile, None, on_fused)
     if tune_trials is None:
         return untuned
     import os
@@ -76,14 +79,14 @@ def compile_module(mod, profile: TargetProfile, tune_trials: int | None = None, 
     return tuned if t_tuned < t_untuned else untuned
 
 
-def _build(mod, target, profile: TargetProfile, db):
+def _build(mod, target, profile: TargetProfile, db, on_fused=None):
     import tvm
 
     from edgecompile.lower.pipeline import pipeline_for
 
     try:
         with target:
-            return tvm.compile(mod, target=target, relax_pipeline=pipeline_for(target, db))
+            return tvm.compile(mod, target=target, relax_pipeline=pipeline_for(target, db, on_fused))
     except Exception as e:
         raise BuildError(
             f"TVM could not build the model for {profile.name}: {type(e).__name__}: {_last_line(e)}"

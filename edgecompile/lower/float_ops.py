@@ -93,9 +93,15 @@ def _fused(mod: tvm.IRModule, target) -> tvm.IRModule:
 
 
 def float_kernels(mod: tvm.IRModule, target) -> list[dict]:
-    """Every kernel of ``mod`` (as built for ``target``) with float arithmetic: name, role,
-    the kinds of float arithmetic, and its input/output dtypes; in call order."""
-    fused = _fused(mod, target)
+    """:func:`float_kernels_of` ``mod`` fused as the build fuses it for ``target`` (for targets
+    whose build does not hand its fused module over: the CPU build does, see
+    :func:`edgecompile.lower.build.compile_module`'s ``on_fused``)."""
+    return float_kernels_of(_fused(mod, target))
+
+
+def float_kernels_of(fused: tvm.IRModule) -> list[dict]:
+    """Every kernel of the fused module with float arithmetic: name, role, the kinds of float
+    arithmetic, and its input/output dtypes; in call order."""
     main = fused["main"]
     params = set(main.params)
     outputs = set(relax.analysis.free_vars(main.body.body))

@@ -87,16 +87,19 @@ def fusion_passes(target) -> list:
     return generic.library_dispatch_passes(target) + pre_legalize_passes(target) + generic.legalize_passes(target)
 
 
-def cpu_pipeline(target, tuning_db=None) -> tvm.transform.Pass:
+def cpu_pipeline(target, tuning_db=None, on_fused=None) -> tvm.transform.Pass:
     """TVM's CPU phases with our rewrites before legalization and our schedules after fusion;
-    kernels with a record in ``tuning_db`` (a directory) take the tuned schedule instead."""
+    kernels with a record in ``tuning_db`` (a directory) take the tuned schedule instead.
+    ``on_fused(mod)`` sees the fused, not yet scheduled module (its kernels as TIR)."""
     from tvm.relax.backend.cpu_generic import pipeline as generic
 
     from edgecompile.lower.tune import apply_database_pass
 
     tuned = [apply_database_pass(tuning_db)] if tuning_db is not None else []
+    tap = [] if on_fused is None else [_tap(on_fused)]
     passes = (
         fusion_passes(target)
+        + tap
         + tuned
         + schedule_passes(target)
         + generic.dataflow_lower_passes(target)
@@ -105,8 +108,17 @@ def cpu_pipeline(target, tuning_db=None) -> tvm.transform.Pass:
     return tvm.transform.Sequential(passes, name="edgecompile_cpu")
 
 
-def pipeline_for(target, tuning_db=None):
-    """The Relax pipeline ``tvm.compile`` should run for ``target``."""
+def _tap(on_fused) -> tvm.transform.Pass:
+    def look(mod, _ctx):
+        on_fused(mod)
+        return mod
+
+    return tvm.transform.module_pass(look, opt_level=0, name="edgecompile_tap_fused")
+
+
+def pipeline_for(target, tuning_db=None, on_fused=None):
+    """The Relax pipeline ``tvm.compile`` should run for ``target`` (``on_fused``: CPU targets
+    only, see :func:`cpu_pipeline`)."""
     if target.kind.name == "llvm":
-        return cpu_pipeline(target, tuning_db)
+        return cpu_pipeline(target, tuning_db, on_fused)
     return relax.get_default_pipeline(target)

@@ -165,11 +165,11 @@ def lowrank_model(
             return r
         return r if table.factored(s.tokens, n_in, r, n_out) < dense_ms[s.name] else None
 
-    ctx = _Context(func, sites, spectra, config, gate, table, samples[:EVAL_SAMPLES], input_names, build, say)
+    ctx = _Context(func, sites, xs, frun, spectra, config, gate, table, samples[:EVAL_SAMPLES], input_names, build, say)
     ranks = ctx.choose()
     factors = {s.binding.var: spectra[s.name].factors(r) for s in sites if (r := ranks[s.name])}
     if samples and config.refit and factors:
-        factors = ctx.refit(factors, frun)
+        factors = ctx.refit(factors)
     out_func = factorize_function(func, factors)
     out = tvm.IRModule({**{gv: f for gv, f in mod.functions.items() if gv.name_hint != "main"}})
     out["main"] = out_func
@@ -200,8 +200,9 @@ def lowrank_model(
 class _Context:
     """Rank selection for one model (the budgets of the module docstring)."""
 
-    def __init__(self, func, sites, spectra, config, gate, table, samples, names, build, say):
-        self.func, self.sites, self.spectra, self.config, self.table = func, sites, spectra, config, table
+    def __init__(self, func, sites, xs, float_run, spectra, config, gate, table, samples, names, build, say):
+        self.func, self.sites, self.xs, self.spectra, self.config, self.table = func, sites, xs, spectra, config, table
+        self.float_run: Runner | None = float_run  # the float model returning every site's input
         self.gate, self.samples, self.names, self.build, self.say = gate, samples, names, build, say
         self._reference = None
 
@@ -315,7 +316,7 @@ class _Context:
         """The budget's drop of the model with ``factors`` against float on the samples: top-1
         changes (2-D outputs) or relative L2 error; both reported."""
         if self._reference is None:
-            self._reference = self._run(self.func)
+            self._reference = [self.float_run.first_output(x) for x in self.samples]
         got = self._run(factorize_function(self.func, factors))
         ref = self._reference
         rel = float(
@@ -336,22 +337,20 @@ class _Context:
         return result
 
     # -- refit -----------------------------------------------------------------------------------
-    def refit(self, factors: dict, frun: Runner) -> dict:
-        """Refit each factorized layer's outer factor to the float outputs from its real inputs."""
+    def refit(self, factors: dict) -> dict:
+        """Refit each factorized layer's outer factor to the float outputs from its real inputs.
+        The float run returns every site's input in ``xs`` order; the factorized model is built to
+        return its own inputs of the same sites in the same order."""
         sites = [s for s in self.sites if s.binding.var in factors]
-        xs = list(dict.fromkeys(s.x for s in self.sites))
-        pos = {v: i for i, v in enumerate(xs)}
-        new = factorize_function(self.func, factors)
-        new_x = _matching_vars(self.func, new, [s.x for s in sites])
-        crun = Runner(with_outputs(new, list(new_x.values())), self.names, self.build)
-        order = list(new_x.values())
+        pos = {v: i for i, v in enumerate(self.xs)}
+        crun = Runner(tvm.IRModule({"main": factorize_function(self.func, factors, self.xs)}), self.names, self.build)
         c_new = {s.name: 0.0 for s in sites}
         cross = {s.name: 0.0 for s in sites}
         for i, sample in enumerate(self.samples):
-            floats, comp = frun(sample), crun(sample)
+            floats, comp = self.float_run(sample), crun(sample)
             for s in sites:
                 x = floats[pos[s.x]].reshape(-1, s.weight.shape[0]).astype(np.float64)
-                xn = comp[order.index(new_x[s.x])].reshape(-1, s.weight.shape[0]).astype(np.float64)
+                xn = comp[pos[s.x]].reshape(-1, s.weight.shape[0]).astype(np.float64)
                 c_new[s.name] = c_new[s.name] + xn.T @ xn
                 cross[s.name] = cross[s.name] + xn.T @ x
             self.say("refitting", i + 1, len(self.samples))
@@ -360,21 +359,6 @@ class _Context:
             p, _ = factors[s.binding.var]
             out[s.binding.var] = (p, refit_outer(p, s.weight, c_new[s.name], cross[s.name]))
         return out
-
-
-def _matching_vars(old: relax.Function, new: relax.Function, wanted: list) -> dict:
-    """The vars of ``new`` that correspond to ``wanted`` vars of ``old`` (same names, same order
-    of appearance; the rewrite keeps names)."""
-    names = {v.name: v for v in wanted}
-    found = {}
-    for p_old, p_new in zip(old.params, new.params):
-        if p_old.name in names:
-            found[names[p_old.name]] = p_new
-    for block in new.body.blocks:
-        for b in block.bindings:
-            if b.var.name in names and names[b.var.name] not in found:
-                found[names[b.var.name]] = b.var
-    return found
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

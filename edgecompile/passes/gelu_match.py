@@ -58,24 +58,12 @@ def gelu_reference(x: np.ndarray, form: str = "erf") -> np.ndarray:
     return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
 
 
-_EVAL = {
-    "relax.add": np.add,
-    "relax.subtract": np.subtract,
-    "relax.multiply": np.multiply,
-    "relax.divide": np.divide,
-    "relax.power": np.power,
-    "relax.erf": lambda a: _erf(a).astype(np.float32),
-    "relax.tanh": np.tanh,
-}
-
-
 def _evaluate(region: list, x: relax.Var, y: relax.Var) -> np.ndarray:
-    env = {x: GRID}
-    for b in region:
-        args = [env[a] if isinstance(a, relax.Var) else np.float32(a.value.numpy().reshape(())) for a in b.value.args]
-        with np.errstate(all="ignore"):
-            env[b.var] = np.asarray(_EVAL[_op(b.value)](*args), np.float32)
-    return env[y]
+    """The region on :data:`GRID`, by the reference interpreter (float32, as the graph states)."""
+    from edgecompile.reference import evaluate_bindings
+
+    with np.errstate(all="ignore"):
+        return evaluate_bindings(region, {x: GRID})[y]
 
 
 def find_gelu_regions(func: relax.Function) -> list[GeluRegion]:

@@ -39,3 +39,23 @@ def emit_binding(bb: relax.BlockBuilder, binding, value):
     if isinstance(binding, relax.MatchCast):
         return bb.match_cast(value, binding.ty, name_hint=binding.var.name)
     return bb.emit(value, name_hint=binding.var.name)
+
+
+def rebuild(func: relax.Function, emit=None, outputs: list | None = None):
+    """``func`` re-emitted binding by binding into a new module's ``main``. ``emit(bb, binding,
+    mapping)`` may emit a replacement for a binding and return its var (None: copy the binding);
+    ``outputs`` (vars of ``func``) makes ``main`` return ``(original outputs, *outputs)``."""
+    bb = relax.BlockBuilder()
+    params = [relax.Var(p.name, p.ty) for p in func.params]
+    with bb.function("main", params, attrs=dict(func.attrs) if func.attrs else None):
+        with bb.dataflow():
+            m = dict(zip(func.params, params))
+            for b in bindings(func):
+                new = emit(bb, b, m) if emit is not None else None
+                m[b.var] = new if new is not None else emit_binding(bb, b, substitute(b.value, m))
+            ret = substitute(func.body.body, m)
+            if outputs is not None:
+                ret = relax.Tuple([ret, *[m[v] for v in outputs]])
+            out = bb.emit_output(ret)
+        bb.emit_func_output(out)
+    return bb.get()

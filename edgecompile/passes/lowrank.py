@@ -18,7 +18,7 @@ import numpy as np
 from tvm import relax
 
 from edgecompile.passes.gelu_match import find_gelu_regions
-from edgecompile.passes.graph_walk import bindings, emit_binding, substitute
+from edgecompile.passes.graph_walk import bindings, rebuild
 from edgecompile.passes.quantize import _const_array, find_layers, op_name
 
 
@@ -58,21 +58,17 @@ def find_sites(func: relax.Function, layers: str = "ffn") -> list[Site]:
     return sites
 
 
-def factorize_function(func: relax.Function, factors: dict) -> relax.Function:
-    """``func`` with each site's matmul (``factors``: matmul var -> ``(P, Q)``) split in two."""
-    bb = relax.BlockBuilder()
-    params = [relax.Var(p.name, p.ty) for p in func.params]
-    with bb.function("main", params, attrs=dict(func.attrs) if func.attrs else None):
-        with bb.dataflow():
-            m = dict(zip(func.params, params))
-            for b in bindings(func):
-                pq = factors.get(b.var)
-                if pq is None:
-                    m[b.var] = emit_binding(bb, b, substitute(b.value, m))
-                    continue
-                p, q = (a.astype(np.float32) for a in pq)
-                t = bb.emit(relax.op.matmul(m[b.value.args[0]], relax.const(p)), name_hint=f"{b.var.name}_lowrank")
-                m[b.var] = bb.emit(relax.op.matmul(t, relax.const(q)), name_hint=b.var.name)
-            out = bb.emit_output(substitute(func.body.body, m))
-        bb.emit_func_output(out)
-    return bb.get()["main"]
+def factorize_function(func: relax.Function, factors: dict, outputs: list | None = None) -> relax.Function:
+    """``func`` with each site's matmul (``factors``: matmul var -> ``(P, Q)``) split in two;
+    ``outputs`` (vars of ``func``) are appended to its outputs, as
+    :func:`edgecompile.calibrate.capture.with_outputs` does."""
+
+    def split(bb, b, m):
+        pq = factors.get(b.var)
+        if pq is None:
+            return None
+        p, q = (a.astype(np.float32) for a in pq)
+        t = bb.emit(relax.op.matmul(m[b.value.args[0]], relax.const(p)), name_hint=f"{b.var.name}_lowrank")
+        return bb.emit(relax.op.matmul(t, relax.const(q)), name_hint=b.var.name)
+
+    return rebuild(func, split, outputs)["main"]
