@@ -227,3 +227,9 @@ def test_bad_lowrank_options_are_clear_errors(digits, spec, message):
     _data, onnx_path, calib, tmp = digits
     r = runner.invoke(app, ["compile", str(onnx_path), "--recipe", spec, "--calib", str(calib), "-o", str(tmp / "e")])
     assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+
+
+def test_max_drop_without_calibration_data_is_a_clear_error(digits):
+    _data, onnx_path, _calib, tmp = digits
+    r = runner.invoke(app, ["compile", str(onnx_path), "--recipe", "lowrank:max_drop=1%", "-o", str(tmp / "e")])
+    assert r.exit_code == 2 and "pass --calib" in r.output and "Traceback" not in r.output, r.output

@@ -138,6 +138,8 @@ def lowrank_model(
             f"lowrank: the model has no {'FFN ' if config.layers == 'ffn' else ''}linear layers to factorize"
         )
     samples = list(samples or [])
+    if config.budget == "max_drop" and not samples:
+        raise RecipeError("lowrank: max_drop measures the model on calibration samples: pass --calib")
     xs = list(dict.fromkeys(s.x for s in sites))
     frun = None
     if samples:
