@@ -43,6 +43,7 @@ from edgecompile.errors import RecipeError
 from edgecompile.lower.patchify import PatchifyConv
 from edgecompile.lowrank.factorize import SecondMoment, breakeven_rank, refit_outer, round_rank, spectrum
 from edgecompile.lowrank.latency import LatencyTable
+from edgecompile.passes.graph_walk import building_with, carry_functions
 from edgecompile.passes.lowrank import Site, factorize_function, find_sites
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ def lowrank_model(
     say = progress or (lambda *_: None)
     mod = PatchifyConv()(relax.transform.FoldConstant()(mod))
     func = mod["main"]
+    build = building_with(build, mod)
     sites = find_sites(func, config.layers)
     if not sites:
         raise RecipeError(
@@ -173,8 +175,7 @@ def lowrank_model(
     if samples and config.refit and factors:
         factors = ctx.refit(factors)
     out_func = factorize_function(func, factors)
-    out = tvm.IRModule({**{gv: f for gv, f in mod.functions.items() if gv.name_hint != "main"}})
-    out["main"] = out_func
+    out = carry_functions(tvm.IRModule({"main": out_func}), mod)
     rows = []
     for s in sites:
         n_in, n_out = s.weight.shape

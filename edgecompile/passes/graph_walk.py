@@ -6,8 +6,9 @@ replaces it. :func:`substitute` rebuilds one binding's value over new variables.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import tvm
 from tvm import relax
 
 
@@ -59,3 +60,19 @@ def rebuild(func: relax.Function, emit=None, outputs: list | None = None):
             out = bb.emit_output(ret)
         bb.emit_func_output(out)
     return bb.get()
+
+
+def carry_functions(out: tvm.IRModule, src: tvm.IRModule) -> tvm.IRModule:
+    """``out`` plus every function of ``src`` it lacks: the TIR kernels that importers emit for
+    some ops (ONNX ``Clip`` becomes ``call_tir(maximum, ...)``), which a re-emitted ``main`` still
+    calls."""
+    have = {gv.name_hint for gv in out.functions}
+    for gv, f in src.functions.items():
+        if gv.name_hint not in have:
+            out[gv] = f
+    return out
+
+
+def building_with(build: Callable[[tvm.IRModule], object], src: tvm.IRModule) -> Callable[[tvm.IRModule], object]:
+    """``build`` for modules re-emitted from ``src``'s ``main``: each gets ``src``'s other functions."""
+    return lambda m: build(carry_functions(m, src))
