@@ -24,8 +24,16 @@ from edgecompile.calibrate.capture import Runner, observe, with_outputs
 from edgecompile.calibrate.observers import OBSERVERS, Observer
 from edgecompile.errors import RecipeError
 from edgecompile.lower.patchify import PatchifyConv
-from edgecompile.passes.graph_walk import bindings
-from edgecompile.passes.quantize import QuantConfig, find_layers, observed_vars, op_name, quantize_function
+from edgecompile.passes.graph_walk import bindings, building_with, carry_functions
+from edgecompile.passes.quantize import (
+    QuantConfig,
+    find_layers,
+    linear_inputs,
+    observed_vars,
+    op_name,
+    quantize_function,
+    smoothing_factors,
+)
 
 ERROR_SAMPLES = 16
 
@@ -42,6 +50,7 @@ class QuantResult:
             "observer": config.observer,
             "integer_ops": dict(config.nonlinear),
             "percentile": config.percentile if config.observer == "percentile" else None,
+            "smooth": "auto" if config.smooth is None else config.smooth,
             "samples": self.samples,
             "kept_float": self.kept_float,
             "layers": self.layers,
@@ -58,10 +67,14 @@ def config_from_options(options: dict[str, str], integer_only: bool = False) -> 
         pct = float(options.get("percentile", QuantConfig.percentile))
         samples = int(options["samples"]) if "samples" in options else None
         keep_worst = int(options.get("keep_worst", 0))
+        smooth = options.get("smooth", "auto")
+        smooth = None if smooth == "auto" else float(smooth)
     except ValueError as e:
         raise RecipeError(f"int8: malformed option value ({e})") from e
     if not 50.0 < pct <= 100.0:
         raise RecipeError(f"int8: percentile must be in (50, 100], got {pct}")
+    if smooth is not None and not 0.0 <= smooth <= 1.0:
+        raise RecipeError(f"int8: smooth must be auto or in [0, 1] (0: off), got {smooth}")
     if samples is not None and samples < 1:
         raise RecipeError("int8: samples must be at least 1")
     keep = tuple(p for p in options.get("keep_float", "").replace(";", " ").split() if p)
@@ -70,7 +83,7 @@ def config_from_options(options: dict[str, str], integer_only: bool = False) -> 
         from edgecompile.passes.integer_only import nonlinear_choice
 
         nonlinear = tuple(sorted(nonlinear_choice(options).items()))
-    return QuantConfig(observer, pct, samples, keep, nonlinear), keep_worst
+    return QuantConfig(observer, pct, samples, keep, nonlinear, smooth), keep_worst
 
 
 def _sqnr(signal: float, noise: float) -> float:
@@ -95,39 +108,54 @@ def quantize_model(
     # convolutions become GEMMs first, so they are quantized as linear layers.
     mod = PatchifyConv()(relax.transform.FoldConstant()(mod))
     func = mod["main"]
+    build = building_with(build, mod)
     layers = find_layers(func, config.integer_only)
     if not layers:
         raise RecipeError("int8: the model has no matmul, linear or add to quantize")
     wanted = observed_vars(layers)
     frun = Runner(with_outputs(func, wanted), input_names, build)  # built once: calibration and errors
     make_observer = lambda: Observer(config.observer, config.percentile)  # noqa: E731
-    observers = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating", i, n))
+    readers = linear_inputs(layers) if config.smooth != 0 else {}
+    channels = dict.fromkeys(readers)
+    observers = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating", i, n), channels)
+    smooth, sigmas = {}, {}
+    if readers:
+        sigmas = {v: smoothing_factors(channels[v], readers[v], config.smooth) for v in readers}
+        sigmas = {v: s for v, s in sigmas.items() if s is not None}
+    if sigmas:  # a second pass observes x / sigma
+        smoothed = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating smoothed", i, n),
+                           divide=sigmas)  # fmt: skip
+        smooth = {v: (sigmas[v], o.threshold()) for v, o in smoothed.items()}
     # Softmax outputs are probabilities in [0, 1] whose largest values matter most (peaked
     # attention): their range is the observed max, whatever the observer clips elsewhere.
     softmax = {b.var for b in bindings(func) if op_name(b.value) == "relax.nn.softmax"}
     thresholds = {v: (o.max if v in softmax else o.threshold()) for v, o in observers.items()}
+    maxima = {v: o.max for v, o in observers.items()}
     keep = list(config.keep_float)
     nonlinear = dict(config.nonlinear)
     measure = functools.partial(
-        _layer_errors, func, layers, thresholds, frun, wanted, samples[:ERROR_SAMPLES], say, nonlinear
+        _layer_errors, func, layers, thresholds, frun, wanted, samples[:ERROR_SAMPLES], say, nonlinear, smooth, maxima
     )
     errors = measure(keep)
     if keep_worst:
         worst = sorted((e for e in errors if e["quantized"]), key=lambda e: e["sqnr_db"])[:keep_worst]
         keep += [e["name"] for e in worst]
         errors = measure(keep)
-    out = quantize_function(func, layers, thresholds, keep, nonlinear=nonlinear)
-    for gv, f in mod.functions.items():
-        if gv.name_hint != "main":
-            out[gv] = f
+    out = carry_functions(
+        quantize_function(func, layers, thresholds, keep, nonlinear=nonlinear, smooth=smooth, maxima=maxima), mod
+    )
     return QuantResult(out, errors, keep, len(samples))
 
 
-def _layer_errors(func, layers, thresholds, frun: Runner, wanted, samples, say, nonlinear, keep) -> list[dict]:
+def _layer_errors(
+    func, layers, thresholds, frun: Runner, wanted, samples, say, nonlinear, smooth, maxima, keep
+) -> list[dict]:
     """SQNR of each layer's output: the float values from ``frun`` (which returns ``wanted``, the
     layer outputs among them) against the quantized model's, dequantized."""
     outputs = [layer.output for layer in layers]
-    qmod = quantize_function(func, layers, thresholds, keep, extra_outputs=outputs, nonlinear=nonlinear)
+    qmod = quantize_function(
+        func, layers, thresholds, keep, extra_outputs=outputs, nonlinear=nonlinear, smooth=smooth, maxima=maxima
+    )
     qrun = Runner(qmod, frun.names, frun.build)
     pos = {v: i for i, v in enumerate(wanted)}
     signal, noise = np.zeros(len(layers)), np.zeros(len(layers))

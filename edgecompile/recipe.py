@@ -35,6 +35,8 @@ PRESETS: dict[str, Preset] = {
             "samples": "calibration samples to use (default: all given)",
             "keep_float": "layers to leave in float, names or patterns separated by ';' (e.g. linear.0;matmul.*)",
             "keep_worst": "keep the k layers with the lowest SQNR in float (default 0)",
+            "smooth": "SmoothQuant strength alpha for linear inputs, per-channel ranges moved into the weights: "
+            "auto (default: chosen per tensor from calibration statistics), a number in [0, 1], or 0 (off)",
         },
     ),
 }

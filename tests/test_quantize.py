@@ -306,3 +306,72 @@ def test_int8_compiles_a_torch_module_and_quantizes_embeddings(tmp_path):
     assert float(np.sum(out * ref) / np.linalg.norm(out) / np.linalg.norm(ref)) > 0.999
     layers = {r["name"]: r for r in json.loads((art / "manifest.json").read_text())["quantization"]["layers"]}
     assert layers["embedding.0"]["quantized"] and layers["linear.0"]["quantized"]
+
+
+def test_int8_keeps_the_kernels_the_onnx_importer_emits(tmp_path):
+    """TVM's ONNX importer writes ``Clip`` as ``call_tir`` of TIR kernels of its own (all-MiniLM's
+    pooling clamps this way); calibration and the rewrite re-emit ``main`` and must keep them."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import edgecompile
+
+    rng = np.random.default_rng(3)
+    w1, w2 = rng.normal(0, 0.3, (16, 32)).astype(np.float32), rng.normal(0, 0.3, (32, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Clip", ["h", "lo", "hi"], ["c"]),
+            helper.make_node("MatMul", ["c", "w2"], ["y"]),
+        ],
+        "clip",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"))]
+        + [numpy_helper.from_array(np.float32(v), n) for v, n in ((-0.5, "lo"), (0.5, "hi"))],
+    )
+    path = tmp_path / "clip.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    calib = [{"x": rng.normal(size=(1, 4, 16)).astype(np.float32)} for _ in range(8)]
+    art = edgecompile.compile(path, output=tmp_path / "q", recipe="int8", calib=calib)
+    x = calib[0]["x"]
+    ref = np.clip(x @ w1, -0.5, 0.5) @ w2
+    got = edgecompile.load(art).run({"x": x})["y"]
+    assert float(np.sum(got * ref) / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.999
+
+
+def test_smoothing_moves_an_outlier_channel_into_the_weights():
+    """One input channel 40x the others: smooth=auto smooths it (SQNR up), smooth=0 does not."""
+    from edgecompile.passes.quantize import smoothing_factors
+
+    rng = np.random.default_rng(4)
+    w = rng.normal(0, 0.2, (32, 16)).astype(np.float32)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 64, 32), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.matmul(x, relax.const(w)))
+        bb.emit_func_output(out)
+    mod = bb.get()
+
+    def sample():
+        a = rng.normal(size=(1, 64, 32)).astype(np.float32)
+        a[..., 5] *= 40.0
+        return {"x": a}
+
+    samples = [sample() for _ in range(16)]  # 1024 tokens
+    sqnr = {}
+    for smooth in ("0", "auto"):
+        cfg, _ = config_from_options({"observer": "minmax", "smooth": smooth})
+        res = quantize_model(mod, samples, ["x"], cfg, _build)
+        sqnr[smooth] = res.layers[0]["sqnr_db"]
+        assert ("smoothing" in res.layers[0]) == (smooth == "auto")
+    assert sqnr["auto"] > sqnr["0"] + 6, sqnr
+    from edgecompile.calibrate.capture import ChannelStats
+
+    flat = np.ones(32)
+    layer = type("L", (), {"binding": type("B", (), {"value": relax.op.matmul(x, relax.const(w))})()})()
+    assert smoothing_factors(ChannelStats(flat, flat * 1000, 1000), [layer], None) is None  # no outliers
+    assert smoothing_factors(ChannelStats(flat, flat, 16), [layer], None) is None  # too few tokens
+    with pytest.raises(RecipeError, match="smooth"):
+        config_from_options({"smooth": "2"})

@@ -8,6 +8,7 @@ tensor goes to its observer and is dropped, so memory holds one sample's activat
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -44,19 +45,45 @@ class Runner:
         return (y if hasattr(y, "numpy") else y[0]).numpy()
 
 
+@dataclass(frozen=True)
+class ChannelStats:
+    """Per-channel (last axis) statistics of one tensor over the calibration set."""
+
+    max: np.ndarray  # max |x|
+    sumsq: np.ndarray  # sum of x^2
+    count: int  # rows summed
+
+    @property
+    def mean_square(self) -> np.ndarray:
+        return self.sumsq / max(self.count, 1)
+
+
 def observe(
     run: Runner,
     wanted: list[relax.Var],
     samples: list[dict],
     make_observer: Callable[[], Observer],
     progress: Progress | None = None,
+    channels: dict[relax.Var, np.ndarray | None] | None = None,
+    divide: dict[relax.Var, np.ndarray] | None = None,
 ) -> dict[relax.Var, Observer]:
     """One observer per wanted tensor, fed by every sample; ``run`` is the float function built
-    by ``Runner(with_outputs(func, wanted), ...)``."""
-    observers = {v: make_observer() for v in wanted}
+    by ``Runner(with_outputs(func, wanted), ...)``. ``channels`` (var -> None) is filled in place
+    with each var's per-channel (last axis) :class:`ChannelStats`; with ``divide`` (var -> per-channel
+    divisor) only those vars are observed, as ``x / divisor``."""
+    observed = list(divide) if divide is not None else wanted
+    observers = {v: make_observer() for v in observed}
     for i, sample in enumerate(samples):
         for v, value in zip(wanted, run(sample)):
-            observers[v].observe(value)
+            if channels is not None and v in channels:
+                rows = np.asarray(value, np.float64).reshape(-1, value.shape[-1])
+                stats = channels[v] or ChannelStats(np.zeros(rows.shape[1]), np.zeros(rows.shape[1]), 0)
+                channels[v] = ChannelStats(
+                    np.maximum(stats.max, np.abs(rows).max(axis=0)), stats.sumsq + (rows**2).sum(axis=0),
+                    stats.count + rows.shape[0],
+                )  # fmt: skip
+            if v in observers:
+                observers[v].observe(value / divide[v] if divide is not None else value)
         if progress:
             progress(i + 1, len(samples))
     return observers

@@ -46,6 +46,7 @@ from edgecompile.passes.quantize import LAYOUT_OPS, Layer, Rewriter, _const_arra
 op = relax.op
 FINE = 64  # residual-stream tensors: int16-range values at the calibrated scale / FINE (4x headroom)
 FINE_MAX = 2**15 - 1
+RESIDUAL_HEADROOM = 1.25  # over the calibration maximum, for a 16-bit residual-stream tensor
 MASK_MAX = 2**29  # a quantized additive mask is clipped here, so logit + mask stays in int32
 IBERT_MIN_SCALE = 2.0**-13  # i-exp's int64 widths hold for logits at no finer scale than this
 EMBED_BITS = 12
@@ -124,8 +125,9 @@ def _lookup(table: np.ndarray, q: relax.Expr) -> relax.Expr:
 class IntegerOnlyRewriter(Rewriter):
     """:class:`edgecompile.passes.quantize.Rewriter` with the integer-only ops (module docstring)."""
 
-    def __init__(self, bb, thresholds, layers, keep_float, nonlinear: dict[str, str]):
-        super().__init__(bb, thresholds, layers, keep_float)
+    def __init__(self, bb, thresholds, layers, keep_float, nonlinear: dict[str, str], smooth=None, maxima=None):
+        super().__init__(bb, thresholds, layers, keep_float, smooth)
+        self.maxima: dict = maxima or {}  # var -> largest |x| seen in calibration
         self.impl = dict(nonlinear)
         self.narrow: set = set()  # int32 tensors whose values fit 16 bits (LayerNorm reads them as they are)
         self.gelu_of = {v: layer for layer in layers if layer.kind == "gelu" for v in layer.region.interior}
@@ -190,7 +192,9 @@ class IntegerOnlyRewriter(Rewriter):
             self.set_acc(layer, op.astype(op.clip(total, -(2**31) + 1, 2**31 - 1), "int32"), s)
             layer.info = {"scale_in": s, "mask": True}
             return True
-        s_fine = self.scale[layer.output] / FINE
+        # the residual stream keeps its rare huge channels (BERT's FFN writes 200 into one channel
+        # where the percentile is 12): its 16 bits cover the largest value calibration saw
+        s_fine = max(self.scale[layer.output] / FINE, RESIDUAL_HEADROOM * self.maxima.get(layer.output, 0.0) / FINE_MAX)
         self.fine(layer, op.add(self.to_scale(args[0], s_fine), self.to_scale(args[1], s_fine)), s_fine)
         layer.info = {"scale_out": self.scale[layer.output]}
         return True
