@@ -34,6 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
+from digits_vit.run import ort_int8  # noqa: E402
+
 from edgecompile.runtime.model import time_calls  # noqa: E402
 
 
@@ -93,37 +95,6 @@ def time_ort(path: Path, feeds: dict, threads: int, runs: int) -> float:
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return statistics.median(time_calls(lambda: sess.run(None, feeds), runs, warmup=5))
-
-
-def ort_int8(path: Path, samples: list[dict], workdir: Path) -> tuple[Path, Path]:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
-
-    dyn = workdir / f"{path.stem}.dyn.onnx"
-    quantize_dynamic(str(path), str(dyn), weight_type=QuantType.QInt8)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(samples)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    qdq = workdir / f"{path.stem}.qdq.onnx"
-    quantize_static(
-        str(path),
-        str(qdq),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-    )
-    return dyn, qdq
 
 
 def _linear_shapes(m: int, hidden: int, ffn: int) -> list[tuple[int, int, int]]:

@@ -32,7 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples"))
 
-from cpu_vs_onnxruntime import ort_int8, time_ort  # noqa: E402
+from cpu_vs_onnxruntime import time_ort  # noqa: E402
+from digits_vit.run import ort_int8  # noqa: E402
 
 SEQ = 128
 
@@ -78,35 +79,10 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def digits_table(tmp: Path, recipes: list[str]) -> None:
-    import torch
-    from digits_vit.digits import accuracy, splits, train
-    from models import export_onnx
+    from digits_vit.run import evaluate, table
 
-    import edgecompile
-
-    data = splits()
-    model = train(data)
-    path = tmp / "digits.onnx"
-    export_onnx(model, (torch.from_numpy(data["x_test"][:1]),), path, ["pixel_values"], ["logits"], dynamo=False)
-    calib = [{"pixel_values": x[None]} for x in data["x_calib"]]
-    dyn, qdq = ort_int8(path, calib, tmp)
-    rows = {}
-    arts = [("edgecompile fp32", edgecompile.compile(path, output=tmp / "d-fp32"))]
-    for rec in recipes:
-        arts.append((f"edgecompile {rec}", edgecompile.compile(path, output=tmp / f"d-{rec}", recipe=rec, calib=calib)))
-    for name, art in arts:
-        m = edgecompile.load(art)
-        rows[name] = accuracy(
-            np.concatenate([m.run({"pixel_values": x[None]})["logits"] for x in data["x_test"]]), data["y_test"]
-        )
-    for name, p in (("ORT fp32", path), ("ORT qdq-int8 (static)", qdq), ("ORT dyn-int8", dyn)):
-        s = ort_session(p)
-        logits = np.concatenate([s.run(None, {"pixel_values": x[None]})[0] for x in data["x_test"]])
-        rows[name] = accuracy(logits, data["y_test"])
-    base = rows["edgecompile fp32"]
-    print(f"\ndigits ViT, top-1 on {len(data['y_test'])} held-out images (128 calibration images)")
-    for name, acc in rows.items():
-        print(f"  {name:<40} {acc:6.2f}%   {acc - base:+.2f} points vs fp32")
+    print()
+    print(table(evaluate(("fp32", *recipes), tmp / "digits", runs=0), 600))
 
 
 def minilm_tables(tmp: Path, runs: int, recipes: list[str]) -> None:
