@@ -5,7 +5,7 @@ with the int8 and integer-only recipes, against ONNX Runtime fp32 and ORT's dyna
 Thresholds were set from one run at this size (2026-11-23): fp32 93.75%; int8 94.00% and mean
 embedding cosine 0.9918 (min 0.971); int8-integer-only 95.00% and 0.9839 (min 0.954); ORT
 quantize_dynamic 93.25% and 0.9500. Accuracy may move by a few emails of 400 either way, so its
-gate is one point; the cosine gates sit just under the measured values, and int8 must beat
+gate is a drop of at most one point (gains are noise too; agreement with fp32 bounds both ways); the cosine gates sit just under the measured values, and int8 must beat
 ORT's dynamic int8 by a clear margin, as it does on the full split."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def rows(tmp_path_factory):
 def test_int8_keeps_spam_accuracy_and_embeddings(rows):
     fp32, q, ort_dyn = rows["ORT fp32"], rows["edgecompile int8"], rows["ORT dynamic int8"]
     assert fp32.accuracy > 90.0  # a real classifier: 31% of the test emails are spam
-    assert abs(q.accuracy - fp32.accuracy) <= 1.0, (fp32.accuracy, q.accuracy)
+    assert q.accuracy >= fp32.accuracy - 1.0, (fp32.accuracy, q.accuracy)
     assert q.cosine_mean >= 0.99 and q.cosine_min >= 0.95, (q.cosine_mean, q.cosine_min)
     assert q.cosine_mean >= ort_dyn.cosine_mean + 0.02, (q.cosine_mean, ort_dyn.cosine_mean)
     assert q.agreement >= 97.0
@@ -44,7 +44,7 @@ def test_int8_keeps_spam_accuracy_and_embeddings(rows):
 
 def test_integer_only_keeps_spam_accuracy(rows):
     fp32, io = rows["ORT fp32"], rows["edgecompile int8-integer-only"]
-    assert abs(io.accuracy - fp32.accuracy) <= 1.0, (fp32.accuracy, io.accuracy)
+    assert io.accuracy >= fp32.accuracy - 1.0, (fp32.accuracy, io.accuracy)
     assert io.cosine_mean >= 0.98 and io.cosine_min >= 0.93, (io.cosine_mean, io.cosine_min)
     assert io.agreement >= 96.0
 
