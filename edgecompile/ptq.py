@@ -125,7 +125,8 @@ def quantize_model(
     if sigmas:  # a second pass observes x / sigma
         smoothed = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating smoothed", i, n),
                            divide=sigmas)  # fmt: skip
-        smooth = {v: (sigmas[v], o.threshold()) for v, o in smoothed.items()}
+        # smoothing evened the channel ranges: clipping now cuts the largest values of every channel
+        smooth = {v: (sigmas[v], o.max) for v, o in smoothed.items()}
     # Softmax outputs are probabilities in [0, 1] whose largest values matter most (peaked
     # attention): their range is the observed max, whatever the observer clips elsewhere.
     softmax = {b.var for b in bindings(func) if op_name(b.value) == "relax.nn.softmax"}

@@ -14,7 +14,8 @@ LayerNorm); an op reads the finest form it can. What each op emits:
   int8 ``[0, 127]`` at ``2^-7``, ready for the ``P V`` integer matmul.
 - ``gelu`` (one op, or any erf/tanh decomposition :mod:`edgecompile.passes.gelu_match` recognises):
   ShiftGELU on the int8 input (``ivit``; as a 256-entry table built by the same integer
-  arithmetic: its per-element division would cost more than the float GELU) or i-GELU on a 16-bit
+  arithmetic: its per-element division would cost more than the float GELU; inputs past the int8
+  range, when it reaches 3, pass through as ``GELU(x) = x``) or i-GELU on a 16-bit
   input (``ibert``, int64 inside, shifted back into int32; no division).
 - ``layernorm`` over the last axis (constant gamma/beta): I-LayerNorm (integer mean, sum of squares in
   int64, exact integer square root) on a per-tensor input of at most 16 bits; gamma becomes a per
@@ -46,6 +47,7 @@ from edgecompile.passes.quantize import LAYOUT_OPS, Layer, Rewriter, _const_arra
 op = relax.op
 FINE = 64  # residual-stream tensors: int16-range values at the calibrated scale / FINE (4x headroom)
 FINE_MAX = 2**15 - 1
+GELU_TAIL_MIN = 3.0  # ShiftGELU passes x through beyond the int8 range when that range reaches this
 RESIDUAL_HEADROOM = 1.25  # over the calibration maximum, for a 16-bit residual-stream tensor
 MASK_MAX = 2**29  # a quantized additive mask is clipped here, so logit + mask stays in int32
 IBERT_MIN_SCALE = 2.0**-13  # i-exp's int64 widths hold for logits at no finer scale than this
@@ -232,7 +234,17 @@ class IntegerOnlyRewriter(Rewriter):
         if impl == "ivit":
             q, s = self.as_quant(x)
             table = nl.shift_gelu(np.arange(-128, 128), s)
-            self.set_acc(layer, _lookup(table, q), s / 128, narrow=True)  # |q * sigma| <= 2^14
+            y = _lookup(table, q)
+            e = self.env.get(x)
+            if e is not None and e[0] == "acc" and 127 * s >= GELU_TAIL_MIN:
+                # past the int8 range GELU(x) = x (to 0.4% from 3 on): the rare huge activations
+                # real BERTs have (25 where the 99.99th percentile is 12) pass through unclipped
+                wide = op.clip(self.rescale(e[1], np.asarray(e[2], np.float64) / s), -(2**23), 2**23)
+                tail = op.astype(op.multiply(wide, relax.const(np.int64(128), "int64")), "int32")
+                y = op.where(op.greater(wide, relax.const(np.int64(127), "int64")), tail, y)
+                self.set_acc(layer, y, s / 128)
+            else:
+                self.set_acc(layer, y, s / 128, narrow=True)  # |q * sigma| <= 2^14
         else:
             s = self.scale[x] / FINE
             x16 = op.clip(self.to_scale(x, s), -FINE_MAX, FINE_MAX)
