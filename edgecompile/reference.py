@@ -82,6 +82,8 @@ _OPS = {
     "relax.abs": lambda c, x: np.abs(x),
     "relax.sign": lambda c, x: np.sign(x).astype(x.dtype),
     "relax.greater": lambda c, a, b: np.greater(a, b),
+    "relax.isnan": lambda c, x: np.isnan(x),
+    "relax.zeros": lambda c, _shape: np.zeros([int(d) for d in c.ty.shape.values], _dtype(c)),
     "relax.greater_equal": lambda c, a, b: np.greater_equal(a, b),
     "relax.max": lambda c, x: x.max(axis=_axes(c), keepdims=bool(c.attrs.keepdims)),
     "relax.sum": lambda c, x: x.sum(axis=_axes(c), keepdims=bool(c.attrs.keepdims), dtype=x.dtype),

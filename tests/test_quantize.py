@@ -375,3 +375,40 @@ def test_smoothing_moves_an_outlier_channel_into_the_weights():
     assert smoothing_factors(ChannelStats(flat, flat, 16), [layer], None) is None  # too few tokens
     with pytest.raises(RecipeError, match="smooth"):
         config_from_options({"smooth": "2"})
+
+
+def _attention_module(rng, guard: bool):
+    """q, k, v linears -> softmax(q k^T) [-> where(isnan(P), 0, P), as torch's SDPA export] -> P v."""
+    ws = [relax.const(rng.normal(0, 0.3, (16, 16)).astype(np.float32)) for _ in range(3)]
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 12, 16), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            q, k, v = (bb.emit(relax.op.matmul(x, w)) for w in ws)
+            p = bb.emit(relax.op.nn.softmax(relax.op.matmul(q, relax.op.permute_dims(k, [0, 2, 1])), axis=-1))
+            if guard:
+                p = bb.emit(relax.op.where(relax.op.isnan(p), relax.const(0.0, "float32"), p))
+            out = bb.emit_output(relax.op.matmul(p, v))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("integer_only", [False, True], ids=["int8", "integer-only"])
+def test_attention_probabilities_use_all_256_levels(integer_only):
+    """P in [0, 1] is quantized as u - 128 on [0, max] (the P V matmul adds 128 * sum_k V back):
+    compiled == reference bit for bit, and the exporters' NaN
+    guard on an integer P costs no float kernel."""
+    rng = np.random.default_rng(5)
+    samples = [{"x": rng.normal(size=(1, 12, 16)).astype(np.float32)} for _ in range(8)]
+    mod = _attention_module(rng, guard=True)
+    cfg, _ = config_from_options({"observer": "minmax", "smooth": "0"}, integer_only=integer_only)
+    res = quantize_model(mod, samples, ["x"], cfg, _build)
+    text = res.mod["main"].script()
+    assert "_u" in text and "R.sum(" in text
+    assert "R.isnan" not in text if integer_only else "R.isnan" in text
+    vm = relax.VirtualMachine(_build(res.mod), tvm.cpu())
+    for s in samples[:3]:
+        got = vm["main"](tvm.runtime.tensor(s["x"])).numpy()
+        np.testing.assert_array_equal(got, reference.run(res.mod, s))
+    pv = [r for r in res.layers if r["name"] == "matmul.1"][0]
+    assert pv["sqnr_db"] > 25, pv

@@ -11,7 +11,8 @@ LayerNorm); an op reads the finest form it can. What each op emits:
   I-BERT's i-exp softmax (``ibert``: int64 inside, logits at no finer scale than ``2^-13``); both
   normalize each row with a 64-bit reciprocal (I-ViT's 32-bit one keeps too few bits on long or
   flat rows: ``nonlinear.shiftmax``). Out:
-  int8 ``[0, 127]`` at ``2^-7``, ready for the ``P V`` integer matmul.
+  ``[0, 255]`` at ``2^-8`` (int32), which the ``P V`` integer matmul reads as int8 ``u - 128``
+  and corrects with ``128 * sum_k V[k, :]`` (twice the resolution of ``[0, 127]``).
 - ``gelu`` (one op, or any erf/tanh decomposition :mod:`edgecompile.passes.gelu_match` recognises):
   ShiftGELU on the int8 input (``ivit``; as a 256-entry table built by the same integer
   arithmetic: its per-element division would cost more than the float GELU; inputs past the int8
@@ -216,13 +217,14 @@ class IntegerOnlyRewriter(Rewriter):
             s_new = iop.shiftmax_input_scale(s, row)
             if s_new != s:  # logits too fine for a 31-bit row sum at n = 15
                 x, s = self._rescaled(x, s, s_new), s_new
-            y = iop.emit_shiftmax(x, s, iop.shiftmax_n(row, s), 8, rounding=True, wide=True, bb=self.bb)
+            y = iop.emit_shiftmax(x, s, iop.shiftmax_n(row, s), 9, rounding=True, wide=True, bb=self.bb)
         else:
             if s < IBERT_MIN_SCALE:
                 x, s = self._rescaled(x, s, IBERT_MIN_SCALE), IBERT_MIN_SCALE
-            y = iop.emit_ibert_softmax(x, s, k=7, bb=self.bb)
-        self.env[layer.output] = ("q", self.bb.emit(op.astype(y, "int8"), name_hint=layer.name), 1.0 / 128)
-        layer.info = {"impl": impl, "scale_in": s, "scale_out": 1.0 / 128}
+            y = iop.emit_ibert_softmax(x, s, k=8, bb=self.bb)
+        # [0, 255] at 2^-8 in int32: the P V matmul reads it as int8 u - 128 (Rewriter.as_unsigned)
+        self.set_acc(layer, y, 1.0 / 256, narrow=True)
+        layer.info = {"impl": impl, "scale_in": s, "scale_out": 1.0 / 256}
 
     def _rescaled(self, x, s: float, s_new: float) -> relax.Expr:
         y = op.clip(self.rescale(x, s / s_new), -(2**31) + 1, 2**31 - 1)
@@ -288,6 +290,10 @@ class IntegerOnlyRewriter(Rewriter):
         layer.info = {"scale_out": self.scale[layer.output]}
 
     # -- the walk ------------------------------------------------------------------------------
+    def alias(self, v, x) -> None:
+        if x in self.narrow:
+            self.narrow.add(v)
+
     def binding(self, b):
         v, value, name = b.var, b.value, op_name(b.value)
         if v not in self.layers and name in LAYOUT_OPS and isinstance(value.args[0], relax.Var):
@@ -297,6 +303,8 @@ class IntegerOnlyRewriter(Rewriter):
                 self.env[v] = ("acc", self.bb.emit(new, name_hint=v.name), e[2], e[3])
                 if value.args[0] in self.narrow:
                     self.narrow.add(v)
+                if value.args[0] in self.nonneg:
+                    self.nonneg.add(v)
                 return None
         return super().binding(b)
 

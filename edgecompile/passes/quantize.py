@@ -244,6 +244,8 @@ class Rewriter:
         self.bb = bb
         self.scale = {v: t / 127.0 for v, t in thresholds.items()}
         self.smooth: dict = smooth or {}  # linear input var -> (sigma, threshold of x / sigma)
+        self.nonneg: set = set()  # softmax outputs (and layout ops of them): values in [0, 1]
+        self.nans: dict = {}  # isnan(x) of an integer x -> x
         self.env: dict = {}
         self.fcache: dict = {}
         self.qcache: dict = {}
@@ -342,9 +344,33 @@ class Rewriter:
             **({"smoothing": [float(sigma.min()), float(sigma.max())]} if sigma is not None else {}),
         }
 
+    def as_unsigned(self, v):
+        """``(u - 128 as int8, scale)`` for a tensor of probabilities in ``[0, 1]`` (softmax): all
+        256 levels on ``[0, max]``, twice the resolution of int8 at zero point 0; the matmul
+        reading it adds ``128 * sum_k B[k, :]`` back. None where ``v`` is int8 already."""
+        e = self.env.get(v)
+        if v not in self.nonneg or (e is not None and e[0] == "q"):
+            return None
+        key = (v, "unsigned")
+        if key not in self.qcache:
+            if e is not None and e[0] == "acc":  # integer-only softmax: [0, 255] at 2^-8
+                q = relax.op.astype(relax.op.subtract(e[1], relax.const(np.int32(128))), "int8")
+                self.qcache[key] = (self.bb.emit(q, name_hint=f"{v.name}_u"), float(e[2]))
+            else:
+                s = self.scale[v] * 127.0 / 255.0
+                x = relax.op.multiply(self.as_float(v), relax.const(np.float32(1.0 / np.float32(s))))
+                x = relax.op.subtract(relax.op.clip(relax.op.round(x), 0, 255), relax.const(np.float32(128)))
+                self.qcache[key] = (self.bb.emit(relax.op.astype(x, "int8"), name_hint=f"{v.name}_u"), s)
+        return self.qcache[key]
+
     def matmul(self, layer: Layer):
-        (aq, sa), (bq, sb) = self.as_quant(layer.inputs[0]), self.as_quant(layer.inputs[1])
-        acc = self.bb.emit(relax.op.matmul(aq, bq, out_dtype="int32"), name_hint=f"{layer.name}_acc")
+        unsigned = self.as_unsigned(layer.inputs[0])
+        (aq, sa), (bq, sb) = unsigned or self.as_quant(layer.inputs[0]), self.as_quant(layer.inputs[1])
+        acc = relax.op.matmul(aq, bq, out_dtype="int32")
+        if unsigned is not None:
+            zero = relax.op.sum(relax.op.astype(bq, "int32"), axis=[-2], keepdims=True)
+            acc = relax.op.add(acc, relax.op.multiply(zero, relax.const(np.int32(128))))
+        acc = self.bb.emit(acc, name_hint=f"{layer.name}_acc")
         sy = self.scale[layer.output]
         self.env[layer.output] = ("acc", acc, np.float64(sa) * sb, sy)
         layer.info = {"scale_in": [sa, sb], "scale_out": sy}
@@ -386,8 +412,36 @@ class Rewriter:
         """Bindings whose value another rewrite already covers."""
         return v in self.bias_of and not self.kept(self.bias_of[v])  # folded into its linear layer
 
+    def nan_guard(self, b) -> bool:
+        """Exporters guard attention against all-masked rows with ``where(isnan(P), 0, P)``: an
+        integer tensor is never NaN, so the guard is the tensor itself (no float kernel); a float
+        one stays, and either way a guarded softmax output is still in ``[0, 1]``."""
+        v, value, name = b.var, b.value, op_name(b.value)
+        if name == "relax.isnan" and isinstance(value.args[0], relax.Var) and self.kind(value.args[0]) != "f":
+            shape = [int(d) for d in v.ty.shape.values]
+            self.env[v] = ("f", self.bb.emit(relax.op.zeros(shape, "bool"), name_hint=v.name))
+            self.nans[v] = value.args[0]
+            return True
+        if name != "relax.where" or _scalar_const(value.args[1]) != 0.0 or not isinstance(value.args[2], relax.Var):
+            return False
+        x = value.args[2]
+        if x in self.nonneg:
+            self.nonneg.add(v)
+        if self.nans.get(value.args[0]) is not None and self.nans[value.args[0]].same_as(x):
+            self.env[v] = self.env[x]
+            self.alias(v, x)
+            return True
+        return False
+
+    def alias(self, v, x) -> None:
+        """``v`` is the same tensor as ``x`` (subclasses copy what they track)."""
+
     def binding(self, b):
         v = b.var
+        if op_name(b.value) in LAYOUT_OPS and b.value.args[0] in self.nonneg:
+            self.nonneg.add(v)
+        if self.nan_guard(b):
+            return None
         layer = self.layers.get(v)
         if layer is not None and not self.kept(layer) and self.rewrite(layer):
             return None
@@ -446,6 +500,7 @@ def quantize_function(
             else:
                 rw = Rewriter(bb, thresholds, layers, keep_float, smooth)
             rw.env.update({p: ("f", n) for p, n in zip(func.params, params)})
+            rw.nonneg = {b.var for b in bindings(func) if op_name(b.value) == "relax.nn.softmax"}
             for b in bindings(func):
                 rw.binding(b)
             ret = func.body.body

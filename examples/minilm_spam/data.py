@@ -8,7 +8,9 @@ Text of an email: ``Subject + ". " +`` its text/plain and text/html parts (tags 
 whitespace collapsed), first 2,000 characters. Label 1 = spam (groups ``spam-1``, ``spam-2``).
 
 Split (fixed, ``seed=0``): stratified 70/30 train/test (4,232 / 1,814 emails); the first 128 train
-emails are also the calibration set of the int8 recipes. ``size="small"`` is a stratified subset
+emails are also the calibration set of the int8 recipes. The corpus repeats some emails (5,900
+distinct texts): the split is by email, as the corpus is published, so 67 test texts (3 in
+``small``) also occur in train. ``size="small"`` is a stratified subset
 of that split (600 train, 400 test, same seed) for the README demo and the test-suite gate.
 """
 
