@@ -447,6 +447,64 @@ def _inspect_quant(path: Path, as_json: bool) -> None:
         out.print(f"kept in float: {', '.join(q['kept_float'])}", highlight=False)
 
 
+@app.command("report")
+@_handle_errors
+def report_cmd(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    eval_data: Annotated[
+        Path, typer.Option("--eval", help=".npz of inputs (leading sample axis) and, for top1, a 'labels' array.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Report directory (reused rows are kept).")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Target profile.")] = "native",
+    calib: Annotated[str | None, typer.Option("--calib", help="Calibration data for quantizing recipes.")] = None,
+    metric: Annotated[str, typer.Option("--metric", help="top1 | cosine | mse | custom:module:function.")] = "top1",
+    recipes: Annotated[
+        str | None, typer.Option("--recipes", help="Comma-separated recipes [default: the sweep, --sweep].")
+    ] = None,
+    sweep: Annotated[bool, typer.Option("--sweep", help="The default sweep of 7 recipes.")] = False,
+    max_drop: Annotated[
+        str | None, typer.Option("--max-drop", help="Largest metric drop to accept: 1 (units) or 1% (top1: points).")
+    ] = None,
+    latency_budget: Annotated[
+        str | None, typer.Option("--latency-budget", help="Latency budget, e.g. 5ms: the most accurate within it.")
+    ] = None,
+    input_shape: Annotated[
+        list[str] | None, typer.Option("--input-shape", help="Fix a dynamic input, NAME=1x128; repeat per input.")
+    ] = None,
+    runs: Annotated[int, typer.Option("--runs", help="Timed runs per recipe.")] = 30,
+    threads: Annotated[int, typer.Option("--threads", help="CPU threads for timing.")] = 1,
+) -> None:
+    """Compile MODEL with each recipe, measure metric and latency, and recommend one (report.json/md/html)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from edgecompile.frontend.spec import parse_assignments
+    from edgecompile.report import render
+    from edgecompile.report.sweep import SWEEP, run_report
+
+    chosen = SWEEP if sweep or not recipes else tuple(r.strip() for r in recipes.split(",") if r.strip())
+    budget = None
+    if latency_budget is not None:
+        try:
+            budget = float(latency_budget.lower().removesuffix("ms"))
+        except ValueError:
+            raise InputMismatchError(f"--latency-budget takes milliseconds, e.g. 5ms, got {latency_budget!r}") from None
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("report", total=len(chosen))
+
+        def on_progress(msg: str, done: int, total: int) -> None:
+            bar.update(task, description=msg, completed=done, total=total)
+
+        report = run_report(
+            model, output, eval_data, target=target, calib=calib, metric=metric, recipes=chosen,
+            max_drop=max_drop, latency_budget_ms=budget, input_shapes=parse_assignments(input_shape, "--input-shape"),
+            runs=runs, threads=threads, progress=on_progress,
+        )  # fmt: skip
+    paths = render.write(report, output)
+    out.print(render.markdown(report), highlight=False, markup=False)
+    out.print(f"wrote {output / 'report.json'}, {', '.join(str(p) for p in paths)}", highlight=False)
+
+
 @app.command("targets")
 @_handle_errors
 def targets_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
