@@ -265,20 +265,23 @@ def _run_index(i: int) -> CaseResult:
     return run_case(_POOL_CASES[i])
 
 
+def _set_cases(cases: list[NodeCase]) -> None:
+    _POOL_CASES[:] = cases
+
+
 def run_cases(cases: list[NodeCase], jobs: int = 1, progress=None) -> list[CaseResult]:
-    """Run ``cases`` on ``jobs`` forked workers; ``progress`` wraps the result iterator (e.g. rich's track)."""
+    """Run ``cases`` on ``jobs`` worker processes; ``progress`` wraps the result iterator (e.g.
+    rich's track). Workers are spawned, not forked: a fork of a process whose thread pools (TVM's,
+    OpenMP's, ONNX Runtime's) already ran inherits them without their threads, and a parallel
+    kernel in the child can spin forever waiting for them (seen after a test that ran models)."""
     import multiprocessing as mp
 
-    _POOL_CASES[:] = cases
-    try:
-        if jobs <= 1:
-            it = (run_case(c) for c in cases)
-            return list(progress(it, len(cases)) if progress else it)
-        with mp.get_context("fork").Pool(jobs) as pool:
-            it = pool.imap(_run_index, range(len(cases)), chunksize=4)
-            return list(progress(it, len(cases)) if progress else it)
-    finally:
-        _POOL_CASES.clear()
+    if jobs <= 1:
+        it = (run_case(c) for c in cases)
+        return list(progress(it, len(cases)) if progress else it)
+    with mp.get_context("spawn").Pool(jobs, initializer=_set_cases, initargs=(cases,)) as pool:
+        it = pool.imap(_run_index, range(len(cases)), chunksize=4)
+        return list(progress(it, len(cases)) if progress else it)
 
 
 def summarize(results: list[CaseResult]) -> dict[str, dict]:
