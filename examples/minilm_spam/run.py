@@ -142,6 +142,7 @@ def evaluate(
         art = edgecompile.compile(
             onnx_path, output=workdir / f"ec-{rec.replace(':', '_')}", input_shapes=shapes, recipe=rec,
             calib=None if rec == "fp32" else calib, progress=lambda m: say(f"  {m}"),
+            calib_progress=lambda stage, done, total: say(f"  {stage}: {total} samples") if done == total else None,
         )  # fmt: skip
         compile_s = time.perf_counter() - t0
         model = edgecompile.load(art)
