@@ -118,10 +118,8 @@ def quantize_model(
     readers = linear_inputs(layers) if config.smooth != 0 else {}
     channels = dict.fromkeys(readers)
     observers = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating", i, n), channels)
-    smooth, sigmas = {}, {}
-    if readers:
-        sigmas = {v: smoothing_factors(channels[v], readers[v], config.smooth) for v in readers}
-        sigmas = {v: s for v, s in sigmas.items() if s is not None}
+    sigmas = {v: s for v in readers if (s := smoothing_factors(channels[v], readers[v], config.smooth)) is not None}
+    smooth = {}
     if sigmas:  # a second pass observes x / sigma
         smoothed = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating smoothed", i, n),
                            divide=sigmas)  # fmt: skip

@@ -303,8 +303,6 @@ class IntegerOnlyRewriter(Rewriter):
                 self.env[v] = ("acc", self.bb.emit(new, name_hint=v.name), e[2], e[3])
                 if value.args[0] in self.narrow:
                     self.narrow.add(v)
-                if value.args[0] in self.nonneg:
-                    self.nonneg.add(v)
                 return None
         return super().binding(b)
 

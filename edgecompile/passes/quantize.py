@@ -226,6 +226,21 @@ def smoothing_factors(stats, readers: list[Layer], alpha: float | None) -> np.nd
     return best if noise(best) < noise(np.ones_like(amax)) / SMOOTH_GAIN else None
 
 
+def nonnegative_vars(func: relax.Function) -> set[relax.Var]:
+    """Tensors of probabilities in ``[0, 1]``: softmax outputs, layout ops of them, and the
+    ``where(isnan(P), 0, P)`` guard exporters wrap them in."""
+    out: set = set()
+    for b in bindings(func):
+        name, value = op_name(b.value), b.value
+        if name == "relax.nn.softmax":
+            out.add(b.var)
+        elif name in LAYOUT_OPS and value.args[0] in out:
+            out.add(b.var)
+        elif name == "relax.where" and _scalar_const(value.args[1]) == 0.0 and value.args[2] in out:
+            out.add(b.var)
+    return out
+
+
 def _weight_quant(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     s = np.abs(w).max(axis=0) / 127.0
     s = np.where(s > 0, s, 1.0).astype(np.float64)
@@ -244,7 +259,7 @@ class Rewriter:
         self.bb = bb
         self.scale = {v: t / 127.0 for v, t in thresholds.items()}
         self.smooth: dict = smooth or {}  # linear input var -> (sigma, threshold of x / sigma)
-        self.nonneg: set = set()  # softmax outputs (and layout ops of them): values in [0, 1]
+        self.nonneg: set = set()  # values in [0, 1]: :func:`nonnegative_vars`
         self.nans: dict = {}  # isnan(x) of an integer x -> x
         self.env: dict = {}
         self.fcache: dict = {}
@@ -415,7 +430,7 @@ class Rewriter:
     def nan_guard(self, b) -> bool:
         """Exporters guard attention against all-masked rows with ``where(isnan(P), 0, P)``: an
         integer tensor is never NaN, so the guard is the tensor itself (no float kernel); a float
-        one stays, and either way a guarded softmax output is still in ``[0, 1]``."""
+        one stays."""
         v, value, name = b.var, b.value, op_name(b.value)
         if name == "relax.isnan" and isinstance(value.args[0], relax.Var) and self.kind(value.args[0]) != "f":
             shape = [int(d) for d in v.ty.shape.values]
@@ -425,8 +440,6 @@ class Rewriter:
         if name != "relax.where" or _scalar_const(value.args[1]) != 0.0 or not isinstance(value.args[2], relax.Var):
             return False
         x = value.args[2]
-        if x in self.nonneg:
-            self.nonneg.add(v)
         if self.nans.get(value.args[0]) is not None and self.nans[value.args[0]].same_as(x):
             self.env[v] = self.env[x]
             self.alias(v, x)
@@ -438,8 +451,6 @@ class Rewriter:
 
     def binding(self, b):
         v = b.var
-        if op_name(b.value) in LAYOUT_OPS and b.value.args[0] in self.nonneg:
-            self.nonneg.add(v)
         if self.nan_guard(b):
             return None
         layer = self.layers.get(v)
@@ -500,7 +511,7 @@ def quantize_function(
             else:
                 rw = Rewriter(bb, thresholds, layers, keep_float, smooth)
             rw.env.update({p: ("f", n) for p, n in zip(func.params, params)})
-            rw.nonneg = {b.var for b in bindings(func) if op_name(b.value) == "relax.nn.softmax"}
+            rw.nonneg = nonnegative_vars(func)
             for b in bindings(func):
                 rw.binding(b)
             ret = func.body.body

@@ -28,28 +28,24 @@ class MetricError(EdgeCompileError):
     """A metric that cannot be used."""
 
 
-def load_eval(path: str | Path, specs: list) -> tuple[list[dict], np.ndarray | None]:
-    """The checked samples (``{input: array}`` each) and the labels (or None) of an eval ``.npz``;
-    ``specs`` are the model's input :class:`edgecompile.frontend.spec.TensorSpec`."""
-    from edgecompile.calibrate.data import _read_npz, load_samples
-
-    if not Path(path).is_file():
-        raise CalibrationError(f"evaluation data not found: {path}")
-    arrays = _read_npz(Path(path))
-    labels = arrays.pop("labels", None)
-    samples = load_samples(arrays, specs)
-    if labels is not None and len(labels) != len(samples):
-        raise CalibrationError(f"{path}: {len(labels)} labels for {len(samples)} samples")
-    return samples, labels
-
-
-def has_labels(path: str | Path) -> bool:
-    """Whether the eval ``.npz`` holds a ``labels`` array (a clear error for an unreadable file)."""
+def read_eval(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The input arrays (leading sample axis) and the labels (or None) of an eval ``.npz``."""
     from edgecompile.calibrate.data import _read_npz
 
     if not Path(path).is_file():
         raise CalibrationError(f"evaluation data not found: {path}")
-    return "labels" in _read_npz(Path(path))
+    arrays = _read_npz(Path(path))
+    return arrays, arrays.pop("labels", None)
+
+
+def eval_samples(arrays: dict[str, np.ndarray], labels: np.ndarray | None, specs: list) -> list[dict]:
+    """The checked samples of :func:`read_eval`'s arrays for the model's input ``specs``."""
+    from edgecompile.calibrate.data import load_samples
+
+    samples = load_samples(arrays, specs)
+    if labels is not None and len(labels) != len(samples):
+        raise CalibrationError(f"evaluation data: {len(labels)} labels for {len(samples)} samples")
+    return samples
 
 
 def scorer(spec: str, labels: np.ndarray | None) -> Callable[[np.ndarray, int, np.ndarray], float]:

@@ -20,7 +20,6 @@ the evaluation samples.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -30,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from edgecompile.errors import RecipeError
-from edgecompile.report.metrics import bootstrap_drop, has_labels, load_eval, scorer
+from edgecompile.report.metrics import bootstrap_drop, eval_samples, read_eval, scorer
+from edgecompile.runtime.manifest import sha256_file
 
 SCHEMA = 1
 SWEEP = (
@@ -42,14 +42,6 @@ SWEEP = (
     "lowrank:ratio=0.5",
     "lowrank:ratio=0.5+int8",
 )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _slug(recipe: str) -> str:
@@ -139,17 +131,17 @@ def run_report(
     model, out_dir = Path(model), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     recipes = ("fp32", *[r for r in recipes if r != "fp32"])
-    labelled = has_labels(eval_path)
+    arrays, labels = read_eval(eval_path)
     if not model.is_file():
         from edgecompile.errors import ModelLoadError
 
         raise ModelLoadError(f"model file not found: {model}")
     head = {
         "version": SCHEMA,
-        "model": {"file": model.name, "sha256": _sha256(model)},
+        "model": {"file": model.name, "sha256": sha256_file(model)},
         "target": target,
         "metric": metric,
-        "eval": {"file": Path(eval_path).name, "sha256": _sha256(Path(eval_path))},
+        "eval": {"file": Path(eval_path).name, "sha256": sha256_file(Path(eval_path))},
         "timing": {"runs": runs, "threads": threads},
     }
     report_file = out_dir / "report.json"
@@ -167,7 +159,7 @@ def run_report(
     reference = np.load(ref_file) if "fp32" in done and ref_file.exists() else None
     if reference is None:
         done = {}
-    samples = labels = score = None
+    samples = score = None
     for k, recipe in enumerate(recipes):
         if recipe in done:
             rows.append({**done[recipe], "reused": True})
@@ -183,7 +175,7 @@ def run_report(
         m = load(art)
         if samples is None:
             specs = [TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in m.inputs]
-            samples, labels = load_eval(eval_path, specs)
+            samples = eval_samples(arrays, labels, specs)
             score = scorer(metric, labels)
         say(f"{recipe}: evaluating {len(samples)} samples", k, len(recipes))
         name = m.outputs[0]["name"]
@@ -205,9 +197,9 @@ def run_report(
                 "scores": [float(x) for x in scores],
             }
         )
-        _finish(rows, head, labelled, max_drop, latency_budget_ms, report_file)
+        _finish(rows, head, labels is not None, max_drop, latency_budget_ms, report_file)
         say(f"{recipe}: done", k + 1, len(recipes))
-    return _finish(rows, head, labelled, max_drop, latency_budget_ms, report_file)
+    return _finish(rows, head, labels is not None, max_drop, latency_budget_ms, report_file)
 
 
 def _finish(rows, head, has_labels: bool, max_drop, budget_ms, report_file: Path) -> dict:
