@@ -30,6 +30,7 @@ def compile(  # noqa: A001 - the product's verb
     calib=None,
     keep_float: list[str] | None = None,
     calib_progress: Callable[[str, int, int], None] | None = None,
+    on_quantized: Callable[[object], None] | None = None,
 ) -> Path:
     """Compile ``model`` for ``target`` into an artifact directory and return its path.
 
@@ -44,9 +45,11 @@ def compile(  # noqa: A001 - the product's verb
     Recipes that quantize (``int8``) need ``calib``: an ``.npz`` with one array per input stacked
     along a leading sample axis, a directory of them, or an iterable of ``{name: array}``;
     ``keep_float`` names layers (or fnmatch patterns, e.g. ``linear.0``, ``matmul.*``) to leave in
-    float; ``calib_progress(stage, done, total)`` reports calibration.
+    float; ``calib_progress(stage, done, total)`` reports calibration; ``on_quantized`` receives
+    the calibrated :class:`edgecompile.ptq.QuantResult` (per-layer sensitivity reuses it).
     """
     from edgecompile.calibrate.data import load_samples
+    from edgecompile.energy import model_energy
     from edgecompile.frontend import import_model
     from edgecompile.lower.build import compile_module, export, make_target
     from edgecompile.lower.float_ops import float_kernels, float_kernels_of
@@ -79,7 +82,8 @@ def compile(  # noqa: A001 - the product's verb
         if lr_part is not None:  # factorize first, then quantize both factors
             mod, lowrank = _factorize(imported, mod, lr_part, profile, samples, say, calib_progress)
         if qconfig is not None:
-            mod, quant = _quantize(imported, mod, *qconfig, samples, say, calib_progress)
+            mod, quant = _quantize(imported, mod, *qconfig, samples, say, calib_progress, on_quantized)
+        energy = model_energy(mod, profile.energy)
         say(f"building for {profile.name} ({profile.tvm.get('kind')}, recipe {rec})")
         with captured(log):
             if tune is not None:
@@ -104,6 +108,7 @@ def compile(  # noqa: A001 - the product's verb
             "quantization": quant,
             "lowrank": lowrank,
             "float_ops": float_ops,
+            "energy": energy,
         }
         return finish(staging, out, manifest)
     finally:
@@ -160,7 +165,7 @@ def _quant_config(part, keep_float):
     return config, keep_worst
 
 
-def _quantize(imported, mod, config, keep_worst, samples, say, calib_progress):
+def _quantize(imported, mod, config, keep_worst, samples, say, calib_progress, on_quantized=None):
     """Calibrate and rewrite ``mod`` for the quantizing recipe part; returns (module, manifest entry)."""
     from edgecompile.native_output import captured
     from edgecompile.ptq import quantize_model
@@ -176,6 +181,8 @@ def _quantize(imported, mod, config, keep_worst, samples, say, calib_progress):
             keep_worst,
             _progress(say, calib_progress),
         )
+    if on_quantized is not None:
+        on_quantized(result)
     return result.mod, result.to_json(config)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
@@ -25,6 +25,7 @@ from edgecompile.calibrate.observers import OBSERVERS, Observer
 from edgecompile.errors import RecipeError
 from edgecompile.lower.patchify import PatchifyConv
 from edgecompile.passes.graph_walk import bindings, building_with, carry_functions
+from edgecompile.passes.layer_switch import switched_module
 from edgecompile.passes.quantize import (
     QuantConfig,
     find_layers,
@@ -38,12 +39,50 @@ from edgecompile.passes.quantize import (
 ERROR_SAMPLES = 16
 
 
+@dataclass(repr=False)
+class Calibration:
+    """What calibration found, enough to rewrite the model again with other choices."""
+
+    func: relax.Function  # the float main the layers belong to
+    src: tvm.IRModule  # its module (the importer's TIR kernels)
+    layers: list
+    thresholds: dict
+    nonlinear: dict
+    smooth: dict
+    maxima: dict
+    keep_float: tuple[str, ...] = ()
+    record: dict = field(default_factory=dict)  # of the recipe's rewrite: forms, requantized
+
+    def rewrite(self, keep_float=None) -> tvm.IRModule:
+        """The quantized module, with ``keep_float`` (default: the recipe's) left in float."""
+        keep = self.keep_float if keep_float is None else keep_float
+        record: dict = {}
+        mod = quantize_function(
+            self.func, self.layers, self.thresholds, keep, nonlinear=self.nonlinear, smooth=self.smooth,
+            maxima=self.maxima, record=record,
+        )  # fmt: skip
+        if keep_float is None:
+            self.record = record
+        return carry_functions(mod, self.src)
+
+    def switched(self) -> tuple[tvm.IRModule, list[dict]]:
+        """The module of :mod:`edgecompile.passes.layer_switch` (per-layer sensitivity) and its
+        layers, ``{"name", "kind"}`` per switch value."""
+        if not self.record:
+            self.rewrite()
+        mod, alone = switched_module(
+            self.func, self.layers, self.thresholds, self.record, self.nonlinear, self.smooth, self.maxima
+        )
+        return carry_functions(mod, self.src), [{"name": layer.name, "kind": layer.kind} for layer in alone]
+
+
 @dataclass
 class QuantResult:
     mod: tvm.IRModule
     layers: list[dict]  # per quantized layer: name, kind, scales, sqnr_db
     kept_float: list[str]
     samples: int
+    calibration: Calibration | None = field(default=None, repr=False)
 
     def to_json(self, config: QuantConfig) -> dict:
         return {
@@ -140,10 +179,8 @@ def quantize_model(
         worst = sorted((e for e in errors if e["quantized"]), key=lambda e: e["sqnr_db"])[:keep_worst]
         keep += [e["name"] for e in worst]
         errors = measure(keep)
-    out = carry_functions(
-        quantize_function(func, layers, thresholds, keep, nonlinear=nonlinear, smooth=smooth, maxima=maxima), mod
-    )
-    return QuantResult(out, errors, keep, len(samples))
+    calibration = Calibration(func, mod, layers, thresholds, nonlinear, smooth, maxima, tuple(keep))
+    return QuantResult(calibration.rewrite(), errors, keep, len(samples), calibration)
 
 
 def _layer_errors(

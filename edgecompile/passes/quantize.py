@@ -267,6 +267,10 @@ class Rewriter:
         self.layers = {layer.binding.var: layer for layer in layers}
         self.bias_of = {layer.bias_binding.var: layer for layer in layers if layer.bias_binding is not None}
         self.keep = tuple(keep_float)
+        # per rewritten layer, the integer form of each input it read: ("q", S) or ("acc", S_acc,
+        # S_q, narrow); per-layer sensitivity rebuilds these from float values
+        # (:mod:`edgecompile.passes.layer_switch`)
+        self.forms: dict[str, dict] = {}
 
     def kind(self, v) -> str:
         return self.env.get(v, ("f",))[0]
@@ -449,13 +453,26 @@ class Rewriter:
     def alias(self, v, x) -> None:
         """``v`` is the same tensor as ``x`` (subclasses copy what they track)."""
 
+    def form(self, v) -> tuple | None:
+        """How ``v`` is held now, without its expression: None (float), ``("q", S)`` or
+        ``("acc", S_acc, S_q, narrow)``."""
+        e = self.env.get(v)
+        if e is None or e[0] == "f":
+            return None
+        if e[0] == "q":
+            return ("q", e[2])
+        return ("acc", e[2], e[3], v in getattr(self, "narrow", ()))
+
     def binding(self, b):
         v = b.var
         if self.nan_guard(b):
             return None
         layer = self.layers.get(v)
-        if layer is not None and not self.kept(layer) and self.rewrite(layer):
-            return None
+        if layer is not None and not self.kept(layer):
+            forms = {x: f for x in layer.inputs if (f := self.form(x)) is not None}
+            if self.rewrite(layer):
+                self.forms[layer.name] = forms
+                return None
         if self.skipped(v):
             return None
         op, value = op_name(b.value), b.value
@@ -489,6 +506,7 @@ def quantize_function(
     nonlinear: dict[str, str] | None = None,
     smooth: dict | None = None,
     maxima: dict | None = None,
+    record: dict | None = None,
 ) -> tvm.IRModule:
     """The int8 rewrite of ``func`` (see the module docstring): a module of ``main`` and the TIR
     kernels it calls. ``thresholds`` maps each var of
@@ -497,7 +515,9 @@ def quantize_function(
     (op -> implementation) selects the integer-only rewrite of
     :mod:`edgecompile.passes.integer_only`. ``smooth`` maps linear inputs to ``(sigma, threshold
     of x / sigma)`` (:func:`smoothing_factors`); ``maxima`` the largest ``|x|`` calibration saw per
-    var (integer-only: the 16-bit residual stream's range)."""
+    var (integer-only: the 16-bit residual stream's range). ``record``, if given, receives
+    ``forms`` (:attr:`Rewriter.forms`: which layers were rewritten, reading which integer inputs)
+    and ``requantized`` (the layers whose int32 output was requantized to int8 for a reader)."""
     for layer in layers:
         layer.info = {}
     bb = relax.BlockBuilder()
@@ -521,4 +541,8 @@ def quantize_function(
                 out = relax.Tuple([out, *[rw.as_float(v) for v in extra_outputs]])
             out = bb.emit_output(out)
         bb.emit_func_output(out)
+    if record is not None:
+        record["forms"] = rw.forms
+        outputs = {layer.output: layer.name for layer in layers}
+        record["requantized"] = {outputs[v] for v in rw.qcache if isinstance(v, relax.Var) and v in outputs}
     return bb.get()

@@ -26,6 +26,8 @@ PROFILE_DIR = Path(__file__).parent / "profiles"
 DEFAULT_ENERGY_PJ = {
     "fp32_mul": 3.7,
     "fp32_add": 0.9,
+    "fp16_mul": 1.1,
+    "fp16_add": 0.4,
     "int8_mul": 0.2,
     "int8_add": 0.03,
     "int32_mul": 3.1,
