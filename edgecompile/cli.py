@@ -350,6 +350,14 @@ def _inspect_artifact(path: Path, as_json: bool) -> None:
     for kind in ("inputs", "outputs"):
         for t in m[kind]:
             out.print(f"  {kind[:-1]} {t['name']}: {'x'.join(map(str, t['shape']))} {t['dtype']}", highlight=False)
+    e = m.get("energy")
+    if e:
+        ops = ", ".join(f"{k} {v:.3g}" for k, v in e["counts"].items())
+        out.print(
+            f"  energy estimate {e['total_uj']:.4g} uJ per run (compute {e['compute_uj']:.4g}, memory "
+            f"{e['memory_uj']:.4g}; {ops})",
+            highlight=False,
+        )
     for name, digest in m["files"].items():
         out.print(f"  file {name} sha256 {digest[:16]}…", highlight=False)
 
@@ -450,11 +458,14 @@ def _inspect_quant(path: Path, as_json: bool) -> None:
 @app.command("report")
 @_handle_errors
 def report_cmd(
-    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    model: Annotated[Path | None, typer.Argument(help="ONNX model file.")] = None,
     eval_data: Annotated[
-        Path, typer.Option("--eval", help=".npz of inputs (leading sample axis) and, for top1, a 'labels' array.")
-    ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Report directory (reused rows are kept).")],
+        Path | None,
+        typer.Option("--eval", help=".npz of inputs (leading sample axis) and, for top1, a 'labels' array."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Report directory (reused rows are kept).")
+    ] = None,
     target: Annotated[str, typer.Option("--target", "-t", help="Target profile.")] = "native",
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration data for quantizing recipes.")] = None,
     metric: Annotated[str, typer.Option("--metric", help="top1 | cosine | mse | custom:module:function.")] = "top1",
@@ -473,14 +484,45 @@ def report_cmd(
     ] = None,
     runs: Annotated[int, typer.Option("--runs", help="Timed runs per recipe.")] = 30,
     threads: Annotated[int, typer.Option("--threads", help="CPU threads for timing.")] = 1,
+    sensitivity: Annotated[
+        int | None,
+        typer.Option(
+            "--sensitivity-samples",
+            help="Eval samples for per-layer sensitivity [default: up to 32, as fit in 15 s a recipe; 0: skip].",
+        ),
+    ] = None,
+    rpc: Annotated[
+        str | None, typer.Option("--rpc", help="Time on a device of this TVM RPC tracker, HOST:PORT.")
+    ] = None,
+    key: Annotated[str | None, typer.Option("--key", help="The device's key at the RPC tracker.")] = None,
+    compare: Annotated[
+        tuple[Path, Path] | None,
+        typer.Option("--compare", help="Compare two reports (report.json files or their directories)."),
+    ] = None,
 ) -> None:
-    """Compile MODEL with each recipe, measure metric and latency, and recommend one (report.json/md/html)."""
+    """Compile MODEL with each recipe, measure metric, latency, energy and per-layer sensitivity, and
+    recommend one (report.json/md/html); or --compare two reports."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from edgecompile.frontend.spec import parse_assignments
     from edgecompile.report import render
     from edgecompile.report.sweep import SWEEP, run_report
 
+    if compare is not None:
+        from edgecompile.report.compare import compare as diff
+        from edgecompile.report.compare import read_report
+
+        a, b = compare
+        out.print(diff(read_report(a), read_report(b), (str(a), str(b))), highlight=False, markup=False)
+        return
+    missing = [n for n, v in (("MODEL", model), ("--eval", eval_data), ("--output", output)) if v is None]
+    if missing:
+        raise InputMismatchError(f"report needs {', '.join(missing)} (or --compare A B)")
+    remote = None
+    if rpc is not None or key is not None:
+        from edgecompile.report.remote import parse_rpc
+
+        remote = parse_rpc(rpc or "", key)
     chosen = SWEEP if sweep or not recipes else tuple(r.strip() for r in recipes.split(",") if r.strip())
     budget = None
     if latency_budget is not None:
@@ -498,7 +540,7 @@ def report_cmd(
         report = run_report(
             model, output, eval_data, target=target, calib=calib, metric=metric, recipes=chosen,
             max_drop=max_drop, latency_budget_ms=budget, input_shapes=parse_assignments(input_shape, "--input-shape"),
-            runs=runs, threads=threads, progress=on_progress,
+            runs=runs, threads=threads, sensitivity_samples=sensitivity, rpc=remote, progress=on_progress,
         )  # fmt: skip
     paths = render.write(report, output)
     out.print(render.markdown(report), highlight=False, markup=False)

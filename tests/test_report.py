@@ -33,7 +33,7 @@ def report_run(digits):
 def test_report_measures_every_recipe_and_recommends_one(report_run):
     out, _args, printed = report_run
     rep = json.loads((out / "report.json").read_text())
-    assert rep["version"] == 1 and rep["metric"] == "top1" and rep["eval"] == {**rep["eval"], "samples": 300}
+    assert rep["version"] == 2 and rep["metric"] == "top1" and rep["eval"] == {**rep["eval"], "samples": 300}
     assert [r["recipe"] for r in rep["rows"]] == RECIPES.split(",")
     base = rep["rows"][0]
     assert base["drop"] == 0.0 and 90.0 < base["metric"] <= 100.0
@@ -41,6 +41,12 @@ def test_report_measures_every_recipe_and_recommends_one(report_run):
         lo, hi = r["drop_ci95"]
         assert lo <= r["drop"] <= hi and len(r["scores"]) == 300
         assert r["latency_ms"]["median"] > 0 and r["size_bytes"] > 0 and (out / r["artifact"]).is_dir()
+        assert r["energy_uj"] > 0
+        if r["recipe"] != "fp32":  # per-layer sensitivity of the quantized recipes, worst first
+            layers = r["sensitivity"]["layers"]
+            assert r["sensitivity"]["samples"] == 32 and len(layers) >= 10
+            assert [x["drop"] for x in layers] == sorted((x["drop"] for x in layers), reverse=True)
+    assert rep["timing"]["device"] == "local"
     assert rep["recommended"] in RECIPES.split(",") and rep["recommended"] in rep["pareto"]
     assert "fastest recipe" in rep["reason"]
     md = (out / "report.md").read_text()
@@ -131,6 +137,7 @@ def test_report_html_renders_in_headless_chromium(report_run):
     common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
     dom = subprocess.run([*common, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
     assert dom.count("<tr>") == 4 and 'id="pareto"' in dom and "Recommended:" in dom
+    assert dom.count('class="sensitivity"') == 2  # the bar charts of int8 and int8-integer-only
     shots = Path(__file__).resolve().parents[1] / "build" / "test-artifacts"
     shots.mkdir(parents=True, exist_ok=True)
     png = shots / "report.png"
@@ -145,3 +152,30 @@ def test_report_html_renders_in_headless_chromium(report_run):
     points = pixels([31, 119, 180]) + pixels([127, 127, 127])  # front (tab:blue) and the others (tab:gray)
     assert points > 150 and pixels([214, 39, 40]) > 50, "no plotted points or recommendation ring in the screenshot"
     assert (img.sum(axis=-1) < 200).sum() > 1000  # text and table borders drew
+
+
+def test_compare_shows_what_changed(report_run, tmp_path):
+    out, *_ = report_run
+    rep = json.loads((out / "report.json").read_text())
+    changed = json.loads(json.dumps(rep))
+    changed["timing"]["threads"] = 2
+    changed["rows"][1]["latency_ms"]["median"] = rep["rows"][1]["latency_ms"]["median"] * 2
+    changed["rows"] = changed["rows"][:2] + [{**changed["rows"][1], "recipe": "int8:observer=mse"}]
+    changed["recommended"], changed["reason"] = "fp32", "because"
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "report.json").write_text(json.dumps(changed))
+    r = CliRunner().invoke(app, ["report", "--compare", str(out), str(tmp_path / "b" / "report.json")])
+    assert r.exit_code == 0, r.output
+    assert "- timing changed:" in r.output and '"threads": 2' in r.output
+    assert "| int8 |" in r.output and "| 2.00x |" in r.output
+    assert "| int8-integer-only | only in " in r.output and "| int8:observer=mse | only in " in r.output
+    assert f"Recommended: {rep['recommended']} -> fp32" in r.output or rep["recommended"] == "fp32"
+    (tmp_path / "bad.json").write_text("{}")
+    for bad, message in ((tmp_path / "bad.json", "not a report.json"), (tmp_path / "none", "no report at")):
+        r = CliRunner().invoke(app, ["report", "--compare", str(out), str(bad)])
+        assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+
+
+def test_report_needs_model_eval_and_output(tmp_path):
+    r = CliRunner().invoke(app, ["report", "--eval", str(tmp_path / "e.npz")])
+    assert r.exit_code == 2 and "report needs MODEL, --output" in r.output

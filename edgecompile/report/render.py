@@ -1,5 +1,6 @@
-"""``report.md`` and a self-contained ``report.html`` (the Pareto plot as an embedded PNG) from
-``report.json``'s dict (:mod:`edgecompile.report.sweep`)."""
+"""``report.md`` and a self-contained ``report.html`` (the Pareto plot and a per-layer sensitivity
+bar chart per quantized recipe, as embedded PNGs) from ``report.json``'s dict
+(:mod:`edgecompile.report.sweep`)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ def _rows(report: dict) -> list[list[str]]:
     out = []
     for r in report["rows"]:
         lo, hi = r["drop_ci95"]
-        marks = ("recommended" if r["recipe"] == report["recommended"] else "") + (
-            " pareto" if r["recipe"] in report["pareto"] else ""
+        marks = (
+            ("recommended" if r["recipe"] == report["recommended"] else "")
+            + (" pareto" if r["recipe"] in report["pareto"] else "")
+            + (f" fix of {r['fix_of']}" if r.get("fix_of") else "")
         )
         out.append(
             [
@@ -24,6 +27,7 @@ def _rows(report: dict) -> list[list[str]]:
                 f"{r['latency_ms']['median']:.3f}",
                 f"{r['latency_ms']['p90']:.3f}",
                 f"{r['size_bytes'] / 1e6:.2f}",
+                "-" if r.get("energy_uj") is None else f"{r['energy_uj']:.4g}",
                 f"{r['compile_s']:.1f}",
                 marks.strip(),
             ]
@@ -31,7 +35,27 @@ def _rows(report: dict) -> list[list[str]]:
     return out
 
 
-HEADER = ["recipe", "metric", "drop [95% CI]", "median ms", "p90 ms", "size MB", "compile s", ""]
+HEADER = ["recipe", "metric", "drop [95% CI]", "median ms", "p90 ms", "size MB", "energy uJ", "compile s", ""]
+WORST = 5  # layers listed per recipe in report.md
+BARS = 12  # layers drawn per recipe in the HTML's bar chart
+
+
+def _sensitivity_lines(report: dict) -> list[str]:
+    lines = []
+    for r in report["rows"]:
+        sens = r.get("sensitivity")
+        if not sens:
+            continue
+        worst = ", ".join(f"{s['layer']} ({s['kind']}) {s['drop']:+.3g}" for s in sens["layers"][:WORST])
+        lines.append(f"- **{r['recipe']}** ({len(sens['layers'])} layers, {sens['samples']} samples): {worst}")
+        fix = r.get("fix")
+        if fix:
+            tried = ", ".join(f"k={k}: {d:+.3g}" for k, d in fix["tried"])
+            found = f"fix: {fix['recipe']}" if fix["recipe"] else f"no fix: {fix.get('why', '')}"
+            lines.append(f"  - over the budget {fix['limit']:.3g}; {found}" + (f" (tried {tried})" if tried else ""))
+    if lines:
+        lines = ["Per-layer sensitivity (drop when only that layer is quantized, worst first):", "", *lines, ""]
+    return lines
 
 
 def markdown(report: dict) -> str:
@@ -48,6 +72,7 @@ def markdown(report: dict) -> str:
         "",
         f"**Recommended:** {report['recommended'] or 'none'}. {report['reason']}",
         "",
+        *_sensitivity_lines(report),
     ]
     return "\n".join(lines)
 
@@ -84,8 +109,46 @@ def pareto_png(report: dict) -> bytes:
     return buf.getvalue()
 
 
+def sensitivity_png(report: dict, row: dict) -> bytes:
+    """Horizontal bars: the metric drop of the :data:`BARS` most sensitive layers of ``row``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = row["sensitivity"]["layers"][:BARS][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(layers) + 1.2), dpi=110)
+    kept = set(row.get("kept_float", []))
+    fixed = next((r.get("kept_float", []) for r in report["rows"] if r.get("fix_of") == row["recipe"]), [])
+    kept |= set(fixed)
+    colors = ["tab:orange" if s["layer"] in kept else "tab:blue" for s in layers]
+    ax.barh([f"{s['layer']} ({s['kind']})" for s in layers], [s["drop"] for s in layers], color=colors)
+    ax.set_xlabel(f"{report['metric']} drop with only this layer quantized")
+    ax.set_title(f"{row['recipe']}: per-layer sensitivity" + (" (orange: kept float by the fix)" if fixed else ""),
+                 fontsize=9)  # fmt: skip
+    ax.tick_params(axis="y", labelsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode()
+
+
 def html_page(report: dict) -> str:
     png = base64.b64encode(pareto_png(report)).decode()
+    bars = "".join(
+        f'<h3>{html.escape(r["recipe"])}</h3><img class="sensitivity" alt="per-layer sensitivity of '
+        f'{html.escape(r["recipe"])}" src="data:image/png;base64,{_b64(sensitivity_png(report, r))}">'
+        for r in report["rows"]
+        if r.get("sensitivity")
+    )
+    if bars:
+        bars = "<h2>Per-layer sensitivity</h2><p>Metric drop when only that layer is quantized, worst first.</p>" + bars
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in _rows(report))
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
     return f"""<!doctype html>
@@ -99,6 +162,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{t
 {html.escape(report["reason"])}</p>
 <img id="pareto" alt="accuracy vs latency, Pareto front" src="data:image/png;base64,{png}">
 <table id="rows"><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>
+{bars}
 </body></html>
 """
 

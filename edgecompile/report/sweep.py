@@ -6,16 +6,25 @@ self-contained ``report.html`` (:mod:`edgecompile.report.render`), and ``artifac
 build. ``report.json`` is rewritten after each recipe, so a rerun into the same directory with the
 same model, target, evaluation data and metric reuses the finished rows (resumable).
 
-Schema (version 1)::
+Schema (version 2)::
 
-    {"version": 1, "model": {"file", "sha256"}, "target", "metric", "eval": {"file", "sha256",
-     "samples", "labels"}, "timing": {"runs", "threads"}, "max_drop", "latency_budget_ms",
+    {"version": 2, "model": {"file", "sha256"}, "target", "metric", "eval": {"file", "sha256",
+     "samples", "labels"}, "timing": {"runs", "threads", "device": "local" | "rpc KEY@HOST:PORT"},
+     "max_drop", "latency_budget_ms",
      "rows": [{"recipe", "metric", "drop", "drop_ci95": [lo, hi], "latency_ms": {"median", "p90"},
-               "size_bytes", "compile_s", "artifact", "scores": [per-sample metric]}],
+               "size_bytes", "energy_uj", "compile_s", "artifact", "scores": [per-sample metric],
+               # quantized recipes:
+               "sensitivity": {"samples", "layers": [{"layer", "kind", "drop"}, ...worst first]},
+               "fix": {"limit", "recipe" | null, "tried": [[k, drop], ...], "why"?},
+               # the fix's own row:
+               "fix_of": recipe, "kept_float": [layer, ...]}],
      "pareto": [recipe, ...], "recommended": recipe | null, "reason": str}
 
 ``drop`` is fp32's metric minus the recipe's (positive: worse), its interval a paired bootstrap over
-the evaluation samples.
+the evaluation samples. ``energy_uj`` is the compiler's estimate from op counts and the target
+profile's energy table (:mod:`edgecompile.energy`). A quantized recipe over ``--max-drop`` gets a
+fix row: the same recipe with its most sensitive layers kept in float
+(:mod:`edgecompile.report.sensitivity`).
 """
 
 from __future__ import annotations
@@ -28,11 +37,22 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecompile.errors import RecipeError
+from edgecompile.errors import ModelLoadError, RecipeError
+from edgecompile.recipe import parse_recipe
 from edgecompile.report.metrics import bootstrap_drop, eval_samples, read_eval, scorer
-from edgecompile.runtime.manifest import sha256_file
+from edgecompile.report.remote import RemoteDevice
+from edgecompile.report.sensitivity import (
+    BUDGET_S,
+    FIX_MAX_LAYERS,
+    MAX_SAMPLES,
+    layer_sensitivity,
+    quant_part,
+    smallest_fix,
+    with_kept_float,
+)
+from edgecompile.runtime.manifest import read_verified, sha256_file
 
-SCHEMA = 1
+SCHEMA = 2
 SWEEP = (
     "fp32",
     "int8",
@@ -90,7 +110,7 @@ def recommend(rows: list[dict], max_drop: float | None, budget_ms: float | None)
             f"{best['recipe']} is the most accurate recipe within {budget_ms:g} ms "
             f"({_ms(best):.2f} ms, drop {best['drop']:+.3g})"
         )
-    limit = 0.0 if max_drop is None else (max_drop if max_drop >= 0 else -max_drop / 100 * abs(base["metric"]))
+    limit = resolve_limit(max_drop, base["metric"])
     fit = [r for r in rows if r["drop"] <= limit and (budget_ms is None or _ms(r) <= budget_ms)]
     if not fit:
         return None, f"no recipe keeps the drop within {limit:.3g}"
@@ -120,86 +140,216 @@ def run_report(
     input_shapes: dict | None = None,
     runs: int = 30,
     threads: int = 1,
+    sensitivity_samples: int | None = None,
+    rpc: RemoteDevice | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
-    """Measure every recipe (fp32 first, the baseline) and write the report; returns report.json's dict."""
-    from edgecompile.api import compile as compile_model
-    from edgecompile.frontend.spec import TensorSpec
-    from edgecompile.runtime import load
-
-    say = progress or (lambda *_: None)
+    """Measure every recipe (fp32 first, the baseline) and write the report; returns report.json's dict.
+    ``sensitivity_samples`` evaluation samples measure per-layer sensitivity (None: as many as fit
+    :data:`edgecompile.report.sensitivity.BUDGET_S`; 0: none); ``rpc``
+    times the artifacts on a device of a TVM RPC tracker instead of this machine."""
     model, out_dir = Path(model), Path(out_dir)
+    if not model.is_file():
+        raise ModelLoadError(f"model file not found: {model}")
+    if rpc is not None:
+        rpc.check()  # before hours of compiling
     out_dir.mkdir(parents=True, exist_ok=True)
     recipes = ("fp32", *[r for r in recipes if r != "fp32"])
     arrays, labels = read_eval(eval_path)
-    if not model.is_file():
-        from edgecompile.errors import ModelLoadError
-
-        raise ModelLoadError(f"model file not found: {model}")
     head = {
         "version": SCHEMA,
         "model": {"file": model.name, "sha256": sha256_file(model)},
         "target": target,
         "metric": metric,
         "eval": {"file": Path(eval_path).name, "sha256": sha256_file(Path(eval_path))},
-        "timing": {"runs": runs, "threads": threads},
+        "timing": {"runs": runs, "threads": threads, "device": rpc.describe() if rpc else "local"},
     }
     report_file = out_dir / "report.json"
-    done: dict[str, dict] = {}
-    if report_file.exists():
-        try:
-            old = json.loads(report_file.read_text())
-            same = {**old, "eval": {k: old.get("eval", {}).get(k) for k in head["eval"]}}
-            if all(same.get(k) == v for k, v in head.items()):
-                done = {r["recipe"]: r for r in old.get("rows", [])}
-        except (OSError, json.JSONDecodeError):
-            done = {}
-    rows: list[dict] = []
+    done = _finished_rows(report_file, head)
     ref_file = out_dir / "fp32_outputs.npy"
-    reference = np.load(ref_file) if "fp32" in done and ref_file.exists() else None
-    if reference is None:
+    if "fp32" not in done or not ref_file.exists():
         done = {}
-    samples = score = None
+    sweep = _Sweep(model, out_dir, target, calib, input_shapes, metric, arrays, labels, runs, threads, rpc,
+                   sensitivity_samples, progress or (lambda *_: None))  # fmt: skip
+    if done:
+        sweep.reference, sweep.base_scores = np.load(ref_file), np.array(done["fp32"]["scores"])
+    rows: list[dict] = []
     for k, recipe in enumerate(recipes):
+        sweep.step = (k, len(recipes))
         if recipe in done:
             rows.append({**done[recipe], "reused": True})
-            say(f"{recipe}: reused", k + 1, len(recipes))
+            sweep.say(f"{recipe}: reused", k + 1, len(recipes))
             continue
-        say(f"{recipe}: compiling", k, len(recipes))
+        rows.append(sweep.measure(recipe))
+        if k == 0:
+            np.save(ref_file, sweep.reference)
+        _finish(rows, head, labels is not None, max_drop, latency_budget_ms, report_file)
+        sweep.say(f"{recipe}: done", k + 1, len(recipes))
+    limit = resolve_limit(parse_max_drop(max_drop, metric), rows[0]["metric"])
+    if max_drop is not None:
+        for row in list(rows):
+            fix = sweep.fix(row, rows, limit, done)
+            if fix is not None:
+                rows.insert(rows.index(row) + 1, fix)
+                _finish(rows, head, labels is not None, max_drop, latency_budget_ms, report_file)
+    return _finish(rows, head, labels is not None, max_drop, latency_budget_ms, report_file)
+
+
+def resolve_limit(max_drop: float | None, base_metric: float) -> float:
+    """The drop budget in the metric's units (0 without one); see :func:`parse_max_drop`."""
+    if max_drop is None:
+        return 0.0
+    return max_drop if max_drop >= 0 else -max_drop / 100 * abs(base_metric)
+
+
+def _finished_rows(report_file: Path, head: dict) -> dict[str, dict]:
+    """The rows of an earlier report in the same directory with the same model, target, metric,
+    evaluation data and timing, by recipe."""
+    if not report_file.exists():
+        return {}
+    try:
+        old = json.loads(report_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    same = {**old, "eval": {k: old.get("eval", {}).get(k) for k in head["eval"]}}
+    if not all(same.get(k) == v for k, v in head.items()):
+        return {}
+    return {r["recipe"]: r for r in old.get("rows", [])}
+
+
+class _Sweep:
+    """Compiles, evaluates and times recipes for :func:`run_report`."""
+
+    def __init__(self, model, out_dir, target, calib, input_shapes, metric, arrays, labels, runs, threads, rpc,
+                 sensitivity_samples, say):  # fmt: skip
+        self.model, self.out_dir, self.target, self.calib = model, out_dir, target, calib
+        self.input_shapes, self.metric, self.arrays, self.labels = input_shapes, metric, arrays, labels
+        self.runs, self.threads, self.rpc, self.sensitivity_samples = runs, threads, rpc, sensitivity_samples
+        self._say = say
+        self.samples: list[dict] | None = None
+        self.score = None
+        self.reference: np.ndarray | None = None
+        self.base_scores: np.ndarray | None = None
+        self.step = (0, 1)
+
+    def say(self, msg: str, done: int, total: int) -> None:
+        self._say(msg, done, total)
+
+    def stage(self, msg: str) -> None:
+        self._say(msg, *self.step)
+
+    def measure(self, recipe: str, sensitivity: bool = True, timed: bool = True) -> dict:
+        """One row: compile, evaluate (and per-layer sensitivity), time."""
+        from edgecompile.api import compile as compile_model
+
+        self.stage(f"{recipe}: compiling")
+        quant: list = []
         t0 = time.perf_counter()
         art = compile_model(
-            str(model), target, out_dir / "artifacts" / _slug(recipe), input_shapes=input_shapes,
-            recipe=recipe, calib=None if recipe == "fp32" else calib,
+            str(self.model), self.target, self.out_dir / "artifacts" / _slug(recipe), input_shapes=self.input_shapes,
+            recipe=recipe, calib=None if recipe == "fp32" else self.calib, on_quantized=quant.append,
         )  # fmt: skip
         compile_s = time.perf_counter() - t0
-        m = load(art)
-        if samples is None:
-            specs = [TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in m.inputs]
-            samples = eval_samples(arrays, labels, specs)
-            score = scorer(metric, labels)
-        say(f"{recipe}: evaluating {len(samples)} samples", k, len(recipes))
-        name = m.outputs[0]["name"]
-        outs = np.stack([m.run(s)[name] for s in samples])
-        if reference is None:
-            reference = outs
-            np.save(ref_file, outs)
-        scores = np.array([score(o, i, r) for i, (o, r) in enumerate(zip(outs, reference))])
-        say(f"{recipe}: timing", k, len(recipes))
-        bench = m.benchmark(runs=runs, threads=threads, feeds=samples[0])
-        rows.append(
-            {
-                "recipe": recipe,
-                "metric": float(scores.mean()),
-                "latency_ms": {"median": bench.median_ms, "p90": bench.p90_ms},
-                "size_bytes": sum(f.stat().st_size for f in Path(art).iterdir() if f.is_file()),
-                "compile_s": round(compile_s, 2),
-                "artifact": str(Path(art).relative_to(out_dir)),
-                "scores": [float(x) for x in scores],
-            }
-        )
-        _finish(rows, head, labels is not None, max_drop, latency_budget_ms, report_file)
-        say(f"{recipe}: done", k + 1, len(recipes))
-    return _finish(rows, head, labels is not None, max_drop, latency_budget_ms, report_file)
+        manifest = read_verified(art)
+        m = None if self.rpc is not None else _load(art)  # on a device of the tracker: not loaded here
+        scores = self.evaluate(recipe, art, manifest, m)
+        row = {
+            "recipe": recipe,
+            "metric": float(scores.mean()),
+            "drop": float(self.base_scores.mean() - scores.mean()),
+            "latency_ms": None,
+            "size_bytes": sum(f.stat().st_size for f in Path(art).iterdir() if f.is_file()),
+            "energy_uj": (manifest.get("energy") or {}).get("total_uj"),
+            "compile_s": round(compile_s, 2),
+            "artifact": str(Path(art).relative_to(self.out_dir)),
+            "scores": [float(x) for x in scores],
+        }
+        if sensitivity and quant and self.sensitivity_samples != 0:
+            n = min(self.sensitivity_samples or MAX_SAMPLES, len(self.samples))
+            names = [i["name"] for i in manifest["inputs"]]
+            sens, used = layer_sensitivity(
+                quant[-1], self.samples[:n], names, self.reference[:n], self.score,
+                lambda d, t: self.stage(f"{recipe}: sensitivity, layer {d}/{t}"),
+                BUDGET_S if self.sensitivity_samples is None else None,
+            )  # fmt: skip
+            row["sensitivity"] = {"samples": used, "layers": sens}
+        if timed:
+            row["latency_ms"] = self.time(recipe, art, m)
+        return row
+
+    def evaluate(self, recipe: str, art: Path, manifest: dict, m) -> np.ndarray:
+        """Per-sample scores of the artifact, run here (``m``) or on the tracker's devices."""
+        from edgecompile.frontend.spec import TensorSpec
+
+        if self.samples is None:
+            specs = [TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"]]
+            self.samples = eval_samples(self.arrays, self.labels, specs)
+            self.score = scorer(self.metric, self.labels)
+        self.stage(f"{recipe}: evaluating {len(self.samples)} samples")
+        name = manifest["outputs"][0]["name"]
+        if m is None:
+            outs = self.rpc.outputs(art, self.samples, name)
+        else:
+            outs = np.stack([m.run(s)[name] for s in self.samples])
+        if self.reference is None:
+            self.reference = outs
+        scores = np.array([self.score(o, i, r) for i, (o, r) in enumerate(zip(outs, self.reference))])
+        if self.base_scores is None:
+            self.base_scores = scores if recipe == "fp32" else None
+        return scores
+
+    def time(self, recipe: str, art: Path, m) -> dict:
+        if self.rpc is not None:
+            self.stage(f"{recipe}: timing on {self.rpc.describe()}")
+            return self.rpc.time(art, self.samples[0], self.runs, self.threads)
+        self.stage(f"{recipe}: timing")
+        bench = m.benchmark(runs=self.runs, threads=self.threads, feeds=self.samples[0])
+        return {"median": bench.median_ms, "p90": bench.p90_ms}
+
+    def fix(self, row: dict, rows: list[dict], limit: float, done: dict) -> dict | None:
+        """The keep-float fix row for a quantized ``row`` over the budget (module
+        :mod:`edgecompile.report.sensitivity`); records the search in ``row["fix"]``."""
+        recipe = row["recipe"]
+        rec = parse_recipe(recipe)
+        if row.get("fix_of") or quant_part(rec) is None or row["drop"] <= limit or not row.get("sensitivity"):
+            return None
+        old = row.get("fix")
+        if old is not None and old.get("limit") == limit:
+            return {**done[old["recipe"]], "reused": True} if old.get("recipe") in done else None
+        rest = "+".join(str(p) for p in rec.parts if p is not quant_part(rec))
+        floor = next((r for r in rows if rest and r["recipe"] == rest), None)
+        if floor is not None and floor["drop"] > limit:
+            why = f"{rest} alone drops {floor['drop']:+.3g}: keeping layers in float cannot undo it"
+            row["fix"] = {"limit": limit, "recipe": None, "tried": [], "why": why}
+            return None
+        worst = [s["layer"] for s in row["sensitivity"]["layers"] if s["drop"] > 0][:FIX_MAX_LAYERS]
+        if not worst:
+            why = "no single layer's sensitivity is positive"
+            row["fix"] = {"limit": limit, "recipe": None, "tried": [], "why": why}
+            return None
+        trials: dict[int, dict] = {}
+
+        def drop_with(k: int) -> float:
+            trials[k] = self.measure(with_kept_float(recipe, worst[:k]), sensitivity=False, timed=False)
+            return trials[k]["drop"]
+
+        k, tried = smallest_fix(drop_with, limit, len(worst))
+        row["fix"] = {"limit": limit, "recipe": None if k is None else trials[k]["recipe"], "tried": tried}
+        if k is None:
+            row["fix"]["why"] = f"keeping the {len(worst)} most sensitive layers in float still misses {limit:.3g}"
+            return None
+        best = trials[k]
+        art = self.out_dir / best["artifact"]
+        best["latency_ms"] = self.time(best["recipe"], art, None if self.rpc else _load(art))
+        best["fix_of"] = recipe
+        best["kept_float"] = worst[:k]
+        return best
+
+
+def _load(art: Path):
+    from edgecompile.runtime import load
+
+    return load(art)
 
 
 def _finish(rows, head, has_labels: bool, max_drop, budget_ms, report_file: Path) -> dict:
