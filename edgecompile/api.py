@@ -71,16 +71,24 @@ def compile(  # noqa: A001 - the product's verb
         mod, quant, lowrank = imported.mod, None, None
         part = rec.part("int8") or rec.part("int8-integer-only")
         lr_part = rec.part("lowrank")
+        hash_part = rec.part("hash-attention")
         if part is None and keep_float:
             raise RecipeError(f"recipe {rec} does not quantize: --keep-float needs an int8 recipe")
-        if part is None and lr_part is None and calib is not None:
-            raise RecipeError(f"recipe {rec} does not quantize: --calib needs an int8 or lowrank recipe")
+        if part is None and lr_part is None and hash_part is None and calib is not None:
+            raise RecipeError(
+                f"recipe {rec} does not quantize: --calib needs an int8, lowrank or hash-attention recipe"
+            )
         qconfig = _quant_config(part, keep_float) if part is not None else None
         samples = None  # lowrank alone, without data: plain SVD
+        if hash_part is not None and calib is None:
+            raise RecipeError("hash-attention learns its hash from calibration data: pass --calib")
         if qconfig is not None or calib is not None:
             samples = load_samples(calib, imported.inputs, qconfig[0].samples if qconfig else None)
         if lr_part is not None:  # factorize first, then quantize both factors
             mod, lowrank = _factorize(imported, mod, lr_part, profile, samples, say, calib_progress)
+        hashed = None
+        if hash_part is not None:
+            mod, hashed = _hash_attention(imported, mod, hash_part, profile, samples, say, calib_progress)
         if qconfig is not None:
             mod, quant = _quantize(imported, mod, *qconfig, samples, say, calib_progress, on_quantized)
         energy = model_energy(mod, profile.energy)
@@ -107,6 +115,7 @@ def compile(  # noqa: A001 - the product's verb
             "tuning": None if tune is None else {"trials": tune},
             "quantization": quant,
             "lowrank": lowrank,
+            "hash_attention": hashed,
             "float_ops": float_ops,
             "energy": energy,
         }
@@ -148,6 +157,26 @@ def _factorize(imported, mod, part, profile, samples, say, calib_progress):
             config,
             _host_build(),
             profile,
+            _progress(say, calib_progress),
+        )
+    return result.mod, result.to_json(config)
+
+
+def _hash_attention(imported, mod, part, profile, samples, say, calib_progress):
+    """Rewrite attention blocks for the ``hash-attention`` recipe part; returns (module, manifest entry)."""
+    from edgecompile.native_output import captured
+    from edgecompile.passes.hash_attention import config_from_options, hash_attention_model
+
+    config = config_from_options(part.options)
+    say(f"learning binary-hash attention ({config.spec})")
+    with captured(log):
+        result = hash_attention_model(
+            mod,
+            samples,
+            [s.name for s in imported.inputs],
+            config,
+            _host_build(),
+            profile.energy,
             _progress(say, calib_progress),
         )
     return result.mod, result.to_json(config)

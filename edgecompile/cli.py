@@ -288,6 +288,10 @@ def inspect_cmd(
         bool,
         typer.Option("--lowrank", help="Artifact: each factorized layer's rank, parameters and error contribution."),
     ] = False,
+    hash_attention: Annotated[
+        bool,
+        typer.Option("--hash", help="Artifact: each attention block, converted to hash attention or why not, energy."),
+    ] = False,
     float_ops: Annotated[
         bool,
         typer.Option(
@@ -304,6 +308,8 @@ def inspect_cmd(
             _inspect_float_ops(path, as_json)
         elif lowrank:
             _inspect_lowrank(path, as_json)
+        elif hash_attention:
+            _inspect_hash(path, as_json)
         elif quant:
             _inspect_quant(path, as_json)
         else:
@@ -360,6 +366,38 @@ def _inspect_artifact(path: Path, as_json: bool) -> None:
         )
     for name, digest in m["files"].items():
         out.print(f"  file {name} sha256 {digest[:16]}…", highlight=False)
+
+
+def _inspect_hash(path: Path, as_json: bool) -> None:
+    from edgecompile.errors import ArtifactError
+    from edgecompile.runtime.manifest import read_verified
+
+    h = read_verified(path).get("hash_attention")
+    if not h:
+        raise ArtifactError(f"{path} was not compiled with a hash-attention recipe (no attention data)")
+    if as_json:
+        out.print_json(json.dumps(h))
+        return
+    table = Table(title=f"{path}: attention blocks (hash-attention {h['options']}, {h['samples']} samples)")
+    for col in ("block", "tokens", "heads", "converted", "fidelity (rel. err)", "c", "energy uJ soft -> hash", "why"):
+        table.add_column(col)
+    soft = hashed = 0.0
+    for r in h["layers"]:
+        e = r["energy_hash_uj"] if r["converted"] else r["energy_softmax_uj"]
+        soft, hashed = soft + r["energy_softmax_uj"], hashed + e
+        fid = f"{r['fidelity_relerr']:.4f}" if "fidelity_relerr" in r else "-"
+        table.add_row(
+            r["name"], str(r["seq"]), str(r["heads"]), "yes" if r["converted"] else "no", fid, str(r.get("c", "-")),
+            f"{r['energy_softmax_uj']:.4g} -> {r['energy_hash_uj']:.4g}", r["reason"],
+        )  # fmt: skip
+    out.print(table)
+    d, d_all = h["drop"] or {}, h["drop_no_gate"] or {}
+    out.print(
+        f"attention energy {soft:.4g} -> {hashed:.4g} uJ ({100 * (1 - hashed / soft) if soft else 0:.1f}% less); "
+        f"output drop on held-out calibration samples {d.get('drop', 0):.4g} (every eligible block converted: "
+        f"{d_all.get('drop', 0):.4g})",
+        highlight=False,
+    )
 
 
 def _inspect_lowrank(path: Path, as_json: bool) -> None:
@@ -488,7 +526,7 @@ def report_cmd(
         int | None,
         typer.Option(
             "--sensitivity-samples",
-            help="Eval samples for per-layer sensitivity [default: up to 32, as fit in 15 s a recipe; 0: skip].",
+            help="Eval samples for per-layer sensitivity [default: up to 32, as fit in 8 s a recipe; 0: skip].",
         ),
     ] = None,
     rpc: Annotated[

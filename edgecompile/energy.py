@@ -10,7 +10,8 @@ counted by the arithmetic it implies, by number type:
 - ``exp``/``erf``/``tanh``/``sigmoid``/``sqrt``/``rsqrt``/``log``: 4 multiplies and 4 adds per
   element (a polynomial), ``softmax``: that plus a multiply and an add, ``layer_norm``: 3 adds and
   3 multiplies per element; reductions: one add per input element; layout ops: memory only;
-  gathers (``take``): memory only; a call to a TIR kernel of the importer: one add per element.
+  gathers (``take``): memory only; a call to a TIR kernel: the counts the kernel carries
+  (:data:`OPS_ATTR`, e.g. the binary-hash attention kernels), else one add per output element.
 - memory: every call reads its operands (weights included) and writes its output; views
   (``reshape``, ``squeeze``, ``expand_dims``, ``flatten``) and ops of constants alone (folded
   when built) are free. Counted in 32-bit words at
@@ -32,6 +33,7 @@ from tvm.ir.expr import Constant
 
 from edgecompile.passes.graph_walk import bindings
 
+OPS_ATTR = "edgecompile.ops"  # a TIR kernel's own op counts per call ({"fp32_add": n, ...})
 VIEWS = {"relax.reshape", "relax.squeeze", "relax.expand_dims", "relax.flatten"}
 MEMORY_ONLY = {"relax.permute_dims", "relax.take", "relax.strided_slice", "relax.concat", "relax.split"}
 MULTIPLY = {"relax.multiply", "relax.divide", "relax.power", "relax.floor_divide"}
@@ -69,14 +71,22 @@ def _tensors(value) -> list:
     return [a for a in out if isinstance(a.ty, relax.TensorType)]
 
 
-def count_ops(func: relax.Function) -> Counter:
-    """``{"fp32_mul": n, "int8_mul": n, "int32_add": n, ..., "mem_words": n}`` for one run of ``func``."""
+def count_ops(func: relax.Function, mod=None) -> Counter:
+    """``{"fp32_mul": n, "int8_mul": n, "int32_add": n, ..., "mem_words": n}`` for one run of ``func``;
+    a ``call_tir`` of a kernel of ``mod`` that carries :data:`OPS_ATTR` counts those."""
     c: Counter = Counter()
     for b in bindings(func):
         value = b.value
         if not isinstance(value, relax.Call):
             continue
         name = getattr(value.op, "name", "")
+        if name == "relax.call_tir" and mod is not None:
+            gv = value.args[0]
+            attrs = mod[gv].attrs if gv in mod.get_global_vars() else None
+            ops = attrs.get(OPS_ATTR) if attrs is not None else None
+            if ops is not None:
+                c.update({str(k): int(v) for k, v in ops.items()})
+                continue
         n = _numel(b.var.ty)
         if name in VIEWS or n is None:
             continue
@@ -137,4 +147,4 @@ def estimate(counts: Counter, table: dict) -> dict:
 
 def model_energy(mod, table: dict) -> dict:
     """:func:`estimate` for a module's ``main``."""
-    return estimate(count_ops(mod["main"]), table)
+    return estimate(count_ops(mod["main"], mod), table)

@@ -73,6 +73,22 @@ PRESETS["lowrank"] = Preset(
         "for this machine's CPU targets",
     },
 )
+PRESETS["hash-attention"] = Preset(
+    "hash-attention",
+    "binary-hash attention (EcoFormer, learned post-training from --calib): softmax attention blocks "
+    "become linear attention on packed b-bit codes where the model's output allows; compose as "
+    "hash-attention+int8",
+    {
+        "bits": "code bits per token, 1..31 (default 16)",
+        "anchors": "RBF anchors per head (default 25)",
+        "topk": "top/bottom keys per query in the hash's target (default 10)",
+        "layers": "auto (default: the gate converts blocks while the output stays within max_drop), all, or "
+        "names separated by ';' (attn.0;attn.2)",
+        "min_seq": "blocks with fewer tokens keep softmax (default 512)",
+        "max_drop": "the gate's budget on the model's output on held-out calibration samples (default 1%)",
+        "iters": "Adam steps per bit of the hash fit (default 100)",
+    },
+)
 # A bare word after a preset's colon is shorthand for one of its options: ``int8-integer-only:ibert``.
 FLAVORS: dict[str, tuple[str, tuple[str, ...]]] = {"int8-integer-only": ("ops", ("ivit", "ibert"))}
 

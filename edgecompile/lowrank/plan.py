@@ -39,6 +39,7 @@ import tvm
 from tvm import relax
 
 from edgecompile.calibrate.capture import Runner, observe, with_outputs
+from edgecompile.calibrate.output_drop import output_drop
 from edgecompile.errors import RecipeError
 from edgecompile.lower.patchify import PatchifyConv
 from edgecompile.lowrank.factorize import SecondMoment, breakeven_rank, refit_outer, round_rank, spectrum
@@ -320,24 +321,7 @@ class _Context:
         changes (2-D outputs) or relative L2 error; both reported."""
         if self._reference is None:
             self._reference = [self.float_run.first_output(x) for x in self.samples]
-        got = self._run(factorize_function(self.func, factors))
-        ref = self._reference
-        rel = float(
-            np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(ref, got)) / max(sum(np.sum(a**2) for a in ref), 1e-30))
-        )
-        result = {"relative_l2": round(rel, 6)}
-        if ref[0].ndim == 2 and ref[0].shape[-1] >= 2:
-            changed = float(np.mean([np.any(a.argmax(-1) != b.argmax(-1)) for a, b in zip(ref, got)]))
-            tv = float(np.mean([0.5 * np.abs(_softmax(a) - _softmax(b)).sum(-1).mean() for a, b in zip(ref, got)]))
-            result["top1_changed"] = round(changed, 4)
-            result["prob_shift"] = round(tv, 5)
-            # calibration images are often ones the model is sure of (even training data): a top-1
-            # count there underestimates held-out flips; the mean total-variation shift of the class
-            # probabilities moves before any class flips
-            result["drop"] = max(changed, tv)
-        else:
-            result["drop"] = rel
-        return result
+        return output_drop(self._reference, self._run(factorize_function(self.func, factors)))
 
     # -- refit -----------------------------------------------------------------------------------
     def refit(self, factors: dict) -> dict:
@@ -362,11 +346,6 @@ class _Context:
             p, _ = factors[s.binding.var]
             out[s.binding.var] = (p, refit_outer(p, s.weight, c_new[s.name], cross[s.name]))
         return out
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 def tile_width(profile) -> int:

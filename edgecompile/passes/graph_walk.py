@@ -42,13 +42,14 @@ def emit_binding(bb: relax.BlockBuilder, binding, value):
     return bb.emit(value, name_hint=binding.var.name)
 
 
-def rebuild(func: relax.Function, emit=None, outputs: list | None = None):
+def rebuild(func: relax.Function, emit=None, outputs: list | None = None, extra_params: list | None = None):
     """``func`` re-emitted binding by binding into a new module's ``main``. ``emit(bb, binding,
     mapping)`` may emit a replacement for a binding and return its var (None: copy the binding);
-    ``outputs`` (vars of ``func``) makes ``main`` return ``(original outputs, *outputs)``."""
+    ``outputs`` (vars of ``func``) makes ``main`` return ``(original outputs, *outputs)``;
+    ``extra_params`` (new vars) are appended to ``main``'s parameters."""
     bb = relax.BlockBuilder()
     params = [relax.Var(p.name, p.ty) for p in func.params]
-    with bb.function("main", params, attrs=dict(func.attrs) if func.attrs else None):
+    with bb.function("main", [*params, *(extra_params or [])], attrs=dict(func.attrs) if func.attrs else None):
         with bb.dataflow():
             m = dict(zip(func.params, params))
             for b in bindings(func):

@@ -1,0 +1,1 @@
+"""Binary-hash attention (EcoFormer, learned post-training): matching, hash fitting, packed kernels."""

@@ -1,0 +1,47 @@
+"""A long-sequence ViT on the same real digits: images upsampled to ``size x size`` and one token
+per pixel, so attention runs over ``size^2 + 1`` tokens (577 at the default 24): the model the
+binary-hash attention pass is measured on (tests/test_hash_attention.py, benchmarks/hash_attention.py).
+
+Same split as :mod:`digits`; ``examples.models.TinyViT`` with 1x1 patches, hidden 32, 2 layers,
+2 heads, FFN 64; trained with AdamW in about a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SIZE = 24
+
+
+def upsample(x: np.ndarray, size: int = SIZE) -> np.ndarray:
+    """``[N, 1, 8, 8]`` images to ``[N, 1, size, size]`` (bilinear)."""
+    import torch
+
+    t = torch.nn.functional.interpolate(torch.from_numpy(x), size=(size, size), mode="bilinear", align_corners=False)
+    return t.numpy().astype(np.float32)
+
+
+def long_splits(data: dict, size: int = SIZE) -> dict:
+    """:func:`digits.splits`'s arrays with the images upsampled."""
+    return {k: upsample(v, size) if k.startswith("x_") else v for k, v in data.items()}
+
+
+def train_long(data: dict, epochs: int = 6, seed: int = 0, size: int = SIZE):
+    """The trained long-sequence ViT (eval mode) on :func:`long_splits` data."""
+    import torch
+    from models import TinyViT
+
+    torch.manual_seed(seed)
+    model = TinyViT(image=size, patch=1, channels=1, hidden=32, layers=2, heads=2, ffn=64, classes=10, seed=seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=4e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    x, y = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"]).long()
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(32):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+        sched.step()
+    return model.eval()

@@ -1,0 +1,173 @@
+"""Binary-hash attention: pattern matching on every exporter's form, the hash fit on real Q/K, the
+packed kernels bit for bit against numpy, the gate, and the long-sequence digits ViT end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+from typer.testing import CliRunner
+
+import edgecompile
+from edgecompile.cli import app
+from edgecompile.errors import RecipeError
+from edgecompile.hashattn.kernels import context_kernel, output_kernel, pack, reference
+from edgecompile.hashattn.match import find_attention
+from edgecompile.lower.build import compile_module
+from edgecompile.passes.hash_attention import _energy, config_from_options
+from edgecompile.targets import DEFAULT_ENERGY_PJ, get_profile
+
+torch = pytest.importorskip("torch")
+
+
+def _blocks(module, args, tmp_path, dynamo: bool, names):
+    from models import export_onnx
+
+    from edgecompile.frontend import import_model
+
+    path = tmp_path / f"m_{dynamo}.onnx"
+    export_onnx(module, args, path, names, ["out"] if len(names) else None, dynamo=dynamo)
+    return find_attention(import_model(str(path), {}, None, None).mod["main"])
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_finds_attention_in_every_exporters_form(tmp_path, dynamo):
+    from models import BertStyleEncoder, EncoderStack
+
+    # nn.MultiheadAttention (nn.TransformerEncoderLayer): 3-D [B*H, N, d] from TorchScript, SDPA from dynamo
+    stack = _blocks(EncoderStack(hidden=32, layers=2, heads=4, ffn=64), (torch.randn(1, 24, 32),), tmp_path,
+                    dynamo, ["x"])  # fmt: skip
+    assert [b.name for b in stack] == ["attn.0", "attn.1"] and all(b.reason == "" for b in stack)
+    assert all(b.seq == 24 and b.shape[-1] == 8 and b.mask is None for b in stack)
+    # hand-written BERT attention with a key-padding mask [B, 1, 1, N]
+    bert = BertStyleEncoder(vocab=100, hidden=32, layers=2, heads=4, ffn=64, max_pos=32)
+    ids, mask = torch.randint(0, 100, (1, 16)), torch.ones(1, 16, dtype=torch.int64)
+    found = _blocks(bert, (ids, mask), tmp_path, dynamo, ["input_ids", "attention_mask"])
+    assert len(found) == 2 and all(b.reason == "" and b.mask is not None and b.seq == 16 for b in found)
+    assert all(abs(b.scale - 1 / np.sqrt(8)) < 1e-6 for b in found) or dynamo  # dynamo scales Q and K instead
+
+
+def test_a_causal_mask_keeps_softmax(tmp_path):
+    class Causal(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+
+        def forward(self, x):
+            m = torch.triu(torch.full((x.shape[1], x.shape[1]), float("-inf")), 1)
+            return self.attn(x, x, x, attn_mask=m, need_weights=False)[0]
+
+    (b,) = _blocks(Causal(), (torch.randn(1, 12, 32),), tmp_path, False, ["x"])
+    assert "mask differs per query" in b.reason
+
+
+@pytest.mark.parametrize("groups, n, bits, dv", [(3, 50, 16, 8), (2, 33, 31, 5), (1, 7, 1, 16)])
+def test_packed_kernels_match_numpy_bit_for_bit(groups, n, bits, dv):
+    rng = np.random.default_rng(n)
+    v = rng.standard_normal((groups, n, dv)).astype(np.float32)
+    cq, ck = pack(rng.random((groups, n, bits)) > 0.5), pack(rng.random((groups, n, bits)) > 0.5)
+    keep = (rng.random((groups, n)) > 0.25).astype(np.int32)
+    keep[:, 0] = 1
+    c = float(bits + 1)
+    bb = relax.BlockBuilder()
+    ins = [relax.Var(x, relax.TensorType(s, t)) for x, s, t in
+           (("cq", (groups, n), "int32"), ("ck", (groups, n), "int32"), ("keep", (groups, n), "int32"),
+            ("v", (groups, n, dv), "float32"))]  # fmt: skip
+    with bb.function("main", ins):
+        with bb.dataflow():
+            g1 = bb.add_func(context_kernel(groups, n, bits, dv, c), "ctx")
+            g2 = bb.add_func(output_kernel(groups, n, bits, dv), "out")
+            t = bb.emit(relax.call_tir(g1, ins[1:], [relax.TensorType((groups, bits + 1, dv), "float32"),
+                                                     relax.TensorType((groups, bits + 1), "float32")]))  # fmt: skip
+            o = bb.emit(relax.call_tir(g2, [ins[0], relax.TupleGetItem(t, 0), relax.TupleGetItem(t, 1)],
+                                       relax.TensorType((groups, n, dv), "float32")))  # fmt: skip
+            out = bb.emit_output(o)
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(compile_module(bb.get(), get_profile("native").resolved()), tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(x) for x in (cq, ck, keep, v)]).numpy()
+    want = reference(cq, ck, keep, v, bits, c)
+    assert np.array_equal(got, want)
+    # and it is linear attention with weights h_i . h_j + c over the kept keys
+    hq = ((cq[..., None] >> np.arange(bits)) & 1) * 2.0 - 1
+    hk = ((ck[..., None] >> np.arange(bits)) & 1) * 2.0 - 1
+    w = (np.einsum("gib,gjb->gij", hq, hk) + c) * keep[:, None, :]
+    np.testing.assert_allclose(want, np.einsum("gij,gjd->gid", w, v) / w.sum(-1, keepdims=True), atol=2e-5)
+
+
+@pytest.fixture(scope="module")
+def long_digits(tmp_path_factory):
+    """A long-sequence digits ViT (16x16 upsampled digits, one token per pixel: 257 tokens), trained
+    here, exported, with 16 calibration images."""
+    from digits_vit.digits import splits
+    from digits_vit.long_seq import long_splits, train_long
+    from models import export_onnx
+
+    tmp = tmp_path_factory.mktemp("long")
+    data = long_splits(splits(), size=16)
+    model = train_long(data, epochs=8, size=16)
+    onnx_path = tmp / "long_vit.onnx"
+    export_onnx(model, (torch.from_numpy(data["x_test"][:1]),), onnx_path, ["pixel_values"], ["logits"], dynamo=False)
+    calib = tmp / "calib.npz"
+    np.savez(calib, pixel_values=data["x_calib"][:16, None])
+    return data, onnx_path, calib, tmp
+
+
+def test_gate_keeps_softmax_where_the_output_would_move(long_digits):
+    """Post-training, the hash's flat weights do not keep this model's output (it attends to a few
+    shared keys): with max_drop 1% the gate converts no block and the model is the float one; with
+    layers=all both blocks run on the hash kernels, the drop it measured is reported, and inspect
+    says which blocks were converted and why not."""
+    data, onnx_path, calib, tmp = long_digits
+    fp32 = edgecompile.compile(onnx_path, "native", tmp / "fp32")
+    recipe = "hash-attention:min_seq=200,iters=20"
+    gated = edgecompile.compile(onnx_path, "native", tmp / "gated", recipe=recipe, calib=calib)
+    every = edgecompile.compile(onnx_path, "native", tmp / "all", recipe=f"{recipe},layers=all", calib=calib)
+    hg = json.loads((gated / "manifest.json").read_text())["hash_attention"]
+    ha = json.loads((every / "manifest.json").read_text())["hash_attention"]
+    assert [r["name"] for r in hg["layers"]] == ["attn.0", "attn.1"] and all(r["seq"] == 257 for r in hg["layers"])
+    assert ha["drop_no_gate"]["drop"] > 0.01 and all(r["converted"] for r in ha["layers"])
+    for r in hg["layers"]:
+        assert not r["converted"] and "max_drop" in r["reason"] and 0 < r["fidelity_relerr"]
+        assert r["energy_hash_uj"] < 0.3 * r["energy_softmax_uj"]
+    x = data["x_test"][:50]
+    run = lambda art: np.concatenate([edgecompile.load(art).run({"pixel_values": xi[None]})["logits"] for xi in x])  # noqa: E731
+    np.testing.assert_allclose(run(gated), run(fp32), rtol=1e-5, atol=1e-5)
+    assert np.abs(run(every) - run(fp32)).max() > 1e-2  # really rewritten
+    r = CliRunner().invoke(app, ["inspect", str(gated), "--hash"])
+    assert r.exit_code == 0 and "attn.1" in r.output and "max_drop" in r.output and "attention energy" in r.output
+    short = edgecompile.compile(onnx_path, "native", tmp / "short", recipe="hash-attention", calib=calib)
+    rows = json.loads((short / "manifest.json").read_text())["hash_attention"]["layers"]
+    assert all("sequence 257 < min_seq 512" in r["reason"] for r in rows)
+
+
+def test_needs_attention_and_calibration(digits, tmp_path):
+    _, onnx_path, calib, _ = digits
+    with pytest.raises(RecipeError, match="calibration data"):
+        edgecompile.compile(onnx_path, "native", tmp_path / "a", recipe="hash-attention")
+    from models import export_onnx
+
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU())
+    export_onnx(mlp, (torch.randn(1, 8),), tmp_path / "mlp.onnx", ["x"], ["y"], dynamo=False)
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal((4, 1, 8)).astype(np.float32))
+    with pytest.raises(RecipeError, match="no softmax attention block"):
+        edgecompile.compile(tmp_path / "mlp.onnx", "native", tmp_path / "b", recipe="hash-attention",
+                            calib=tmp_path / "c.npz")  # fmt: skip
+
+
+def test_energy_estimate_of_a_block():
+    config = config_from_options({})
+    for n in (512, 4096):
+        soft, hashed = _energy(6, n, 64, 64, config, DEFAULT_ENERGY_PJ)
+        assert hashed < 0.3 * soft  # >= 70% less attention energy at equal length
+    assert _energy(6, 8192, 64, 64, config, DEFAULT_ENERGY_PJ)[1] < 4.5 * _energy(6, 2048, 64, 64, config,
+                                                                                  DEFAULT_ENERGY_PJ)[1]  # fmt: skip
+
+
+def test_option_errors():
+    for options, message in (({"bits": "40"}, "bits must be 1..31"), ({"anchors": "x"}, "malformed"),
+                             ({"max_drop": "200%"}, "max_drop")):  # fmt: skip
+        with pytest.raises(RecipeError, match=message):
+            config_from_options(options)
