@@ -377,17 +377,20 @@ def _emit_block(bb, b: AttentionBlock, bh: BlockHash, config: HashConfig, m: dic
 
 def _codes(x: relax.Expr, bh: BlockHash, side: str, bits: int) -> relax.Expr:
     """Packed sign bits ``[G, N]`` int32 of ``x`` ``[G, N, d]``: ``sign((phi(x) - mu) W^T)`` with
-    ``phi(x) = [x / |x|, exp((x / |x| . a - 1) / sigma)]`` (:func:`edgecompile.hashattn.fit.features`)."""
+    ``phi(x) = [x / |x|, exp((x / |x| . a - 1) / sigma)]`` (:func:`edgecompile.hashattn.fit.features`),
+    computed as ``xn W_dir + rbf W_rbf - mu W`` (no concatenated feature tensor)."""
+    d = int(bh.heads[0].anchors.shape[1])
     anchors = np.stack([h.anchors.T for h in bh.heads]).astype(np.float32)  # [G, d, m]
     inv_sigma = np.array([1.0 / h.sigma for h in bh.heads], np.float32).reshape(-1, 1, 1)
-    mu = np.stack([(h.mu_q if side == "q" else h.mu_k)[None] for h in bh.heads]).astype(np.float32)  # [G, 1, m]
-    w = np.stack([(h.w_q if side == "q" else h.w_k).T for h in bh.heads]).astype(np.float32)  # [G, m, b]
+    w = np.stack([(h.w_q if side == "q" else h.w_k).T for h in bh.heads])  # [G, d + m, b]
+    mu = np.stack([(h.mu_q if side == "q" else h.mu_k) for h in bh.heads])  # [G, d + m]
+    offset = np.einsum("gf,gfb->gb", mu, w)[:, None, :].astype(np.float32)  # [G, 1, b]
     norm = op.rsqrt(op.add(op.sum(op.multiply(x, x), axis=[-1], keepdims=True), relax.const(np.float32(1e-12))))
     xn = op.multiply(x, norm)
     rbf = op.exp(op.multiply(op.subtract(op.matmul(xn, relax.const(anchors)), relax.const(np.float32(1))),
                              relax.const(inv_sigma)))  # fmt: skip
-    phi = op.subtract(op.concat([xn, rbf], axis=-1), relax.const(mu))
-    proj = op.matmul(phi, relax.const(w))
-    set_bits = op.astype(op.greater(proj, relax.const(np.float32(0))), "int32")
+    proj = op.add(op.matmul(xn, relax.const(w[:, :d].astype(np.float32))),
+                  op.matmul(rbf, relax.const(w[:, d:].astype(np.float32))))  # fmt: skip
+    set_bits = op.astype(op.greater(proj, relax.const(offset)), "int32")
     shifted = op.left_shift(set_bits, relax.const(np.arange(bits, dtype=np.int32)))
     return op.sum(shifted, axis=[-1])
