@@ -138,6 +138,10 @@ def test_gate_keeps_softmax_where_the_output_would_move(long_digits):
     assert np.abs(run(every) - run(fp32)).max() > 1e-2  # really rewritten
     r = CliRunner().invoke(app, ["inspect", str(gated), "--hash"])
     assert r.exit_code == 0 and "attn.1" in r.output and "max_drop" in r.output and "attention energy" in r.output
+    both = edgecompile.compile(onnx_path, "native", tmp / "int8", recipe=f"{recipe},layers=all+int8", calib=calib)
+    manifest = json.loads((both / "manifest.json").read_text())
+    assert all(r["converted"] for r in manifest["hash_attention"]["layers"]) and manifest["quantization"]["layers"]
+    np.testing.assert_allclose(run(both), run(every), atol=0.5 * np.abs(run(every)).max())  # int8 on top
     short = edgecompile.compile(onnx_path, "native", tmp / "short", recipe="hash-attention", calib=calib)
     rows = json.loads((short / "manifest.json").read_text())["hash_attention"]["layers"]
     assert all("sequence 257 < min_seq 512" in r["reason"] for r in rows)
