@@ -135,3 +135,24 @@ def test_report_adds_the_keep_float_fix_when_a_recipe_misses_the_budget(digits, 
     md = (tmp_path / "r" / "report.md").read_text()
     assert f"fix: {fix['recipe']}" in md and "fix of int8" in md
     assert (tmp_path / "r" / "report.html").read_text().count('class="sensitivity"') == 1
+
+
+def test_integer_only_layers_alone_see_their_real_inputs(digits):
+    """Integer-only: P V reads the integer softmax's [0, 255] at 2^-8; held from float, P = 1.0
+    must stay 255 (256 wrapped to -128 in int8 once and made one P V look 60x worse than the whole
+    recipe). Each attention matmul alone moves the logits less than the full recipe does."""
+    data, onnx_path, calib, tmp = digits
+    got = []
+    full = edgecompile.compile(onnx_path, "native", tmp / "sens-io", recipe="int8-integer-only", calib=calib,
+                               on_quantized=got.append)  # fmt: skip
+    mod, layers = got[0].calibration.switched()
+    names = [layer["name"] for layer in layers]
+    assert {"softmax", "gelu", "layernorm", "matmul", "linear"} <= {layer["kind"] for layer in layers}
+    vm = relax.VirtualMachine(_host_build()(mod), tvm.cpu())
+    xs = data["x_test"][:20]
+    float_out = _run(vm, xs, tvm.runtime.tensor(np.int32(-1)))
+    m = edgecompile.load(full)
+    whole = np.abs(np.concatenate([m.run({"pixel_values": x[None]})["logits"] for x in xs]) - float_out).max()
+    for name in ("matmul.1", "matmul.3", "softmax.0"):
+        alone = np.abs(_run(vm, xs, tvm.runtime.tensor(np.int32(names.index(name)))) - float_out).max()
+        assert 0 < alone < whole, (name, alone, whole)

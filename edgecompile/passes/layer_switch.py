@@ -82,8 +82,11 @@ class _Lone:
             return ("q", self.bb.emit(q, name_hint=f"{x.name}_held"), form[1])
         _, s_acc, s_q, narrow = form
         bound = 2**15 - 1 if narrow else 2**31 - 128  # float32 rounds 2^31 - 1 up
+        low = -bound
+        if x in self.nonneg:  # probabilities: the integer softmax gives [0, 255] at 2^-8, never 256
+            low, bound = 0, min(bound, int(round(1.0 / float(s_acc))) - 1)
         inv = (1.0 / np.asarray(s_acc, np.float64)).astype(np.float32)
-        q = relax.op.clip(relax.op.round(relax.op.multiply(f, relax.const(inv))), -bound, bound)
+        q = relax.op.clip(relax.op.round(relax.op.multiply(f, relax.const(inv))), low, bound)
         q = self.bb.emit(relax.op.astype(q, "int32"), name_hint=f"{x.name}_held")
         if narrow:
             self.narrow.add(x)
