@@ -4,8 +4,8 @@ One ViT-style attention block (hidden 384, 6 heads of 64; Q, K, V given), batch 
 our softmax attention (``softmax(Q K^T / 8) V`` through edgecompile's CPU pipeline), the same
 block rewritten by the hash-attention pass (16 bits, 25 anchors; the hash's parameters are random
 here: latency does not depend on them), and ONNX Runtime's fp32 MatMul-Softmax-MatMul in the same
-process. Median of ``--runs`` calls after warm-up (3x as many for the hash block, timed first). Energy: the pass's op-count estimate with the
-default 45 nm table.
+process. Median of ``--runs`` calls after warm-up (3x as many for the hash block, timed first).
+Energy: the pass's op-count estimate with the default 45 nm table.
 
     python benchmarks/hash_attention.py [--seqs 512,2048,4096,8192] [--runs 10]
 """
@@ -16,7 +16,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TVM_NUM_THREADS", "1")
@@ -28,13 +27,9 @@ HEADS, DIM, BITS, ANCHORS = 6, 64, 16, 25
 
 
 def _median_ms(call, runs: int) -> float:
-    call()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    from edgecompile.runtime.model import time_calls
+
+    return statistics.median(time_calls(call, runs, warmup=1))
 
 
 def blocks(n: int):
@@ -73,7 +68,6 @@ def blocks(n: int):
 
 
 def ort_session(n: int):
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -124,7 +118,7 @@ def main() -> int:
             times[name] = _median_ms(lambda vm=vm, a=args_: vm["main"](*a), runs)
         sess = ort_session(n)
         ort_feeds = dict(zip("qkv", feeds))
-        times["ort"] = _median_ms(lambda: sess.run(None, ort_feeds), args.runs)
+        times["ort"] = _median_ms(lambda s=sess, f=ort_feeds: s.run(None, f), args.runs)
         e_soft, e_hash = _energy(HEADS, n, DIM, DIM, config, DEFAULT_ENERGY_PJ)
         rows.append((n, times, e_soft, e_hash))
         print(f"N={n}: softmax {times['softmax']:.2f} ms, hash {times['hash']:.2f} ms, ORT {times['ort']:.2f} ms",

@@ -69,7 +69,7 @@ def compile(  # noqa: A001 - the product's verb
         with captured(log):
             imported = import_model(model, shapes, input_dtypes, example_inputs)
         mod, quant, lowrank = imported.mod, None, None
-        part = rec.part("int8") or rec.part("int8-integer-only")
+        part = rec.quant_part()
         lr_part = rec.part("lowrank")
         hash_part = rec.part("hash-attention")
         if part is None and keep_float:

@@ -368,13 +368,19 @@ def _inspect_artifact(path: Path, as_json: bool) -> None:
         out.print(f"  file {name} sha256 {digest[:16]}…", highlight=False)
 
 
-def _inspect_hash(path: Path, as_json: bool) -> None:
+def _manifest_section(path: Path, key: str, missing: str) -> dict:
+    """The artifact's manifest entry ``key``, or a clear error saying ``missing``."""
     from edgecompile.errors import ArtifactError
     from edgecompile.runtime.manifest import read_verified
 
-    h = read_verified(path).get("hash_attention")
-    if not h:
-        raise ArtifactError(f"{path} was not compiled with a hash-attention recipe (no attention data)")
+    section = read_verified(path).get(key)
+    if not section:
+        raise ArtifactError(f"{path} was not compiled with {missing}")
+    return section
+
+
+def _inspect_hash(path: Path, as_json: bool) -> None:
+    h = _manifest_section(path, "hash_attention", "a hash-attention recipe (no attention data)")
     if as_json:
         out.print_json(json.dumps(h))
         return
@@ -401,12 +407,7 @@ def _inspect_hash(path: Path, as_json: bool) -> None:
 
 
 def _inspect_lowrank(path: Path, as_json: bool) -> None:
-    from edgecompile.errors import ArtifactError
-    from edgecompile.runtime.manifest import read_verified
-
-    lr = read_verified(path).get("lowrank")
-    if not lr:
-        raise ArtifactError(f"{path} was not compiled with a lowrank recipe (no factorization data)")
+    lr = _manifest_section(path, "lowrank", "a lowrank recipe (no factorization data)")
     if as_json:
         out.print_json(json.dumps(lr))
         return
@@ -457,12 +458,7 @@ def _inspect_float_ops(path: Path, as_json: bool) -> None:
 
 
 def _inspect_quant(path: Path, as_json: bool) -> None:
-    from edgecompile.errors import ArtifactError
-    from edgecompile.runtime.manifest import read_verified
-
-    q = read_verified(path).get("quantization")
-    if not q:
-        raise ArtifactError(f"{path} was not compiled with a quantizing recipe (no per-layer data)")
+    q = _manifest_section(path, "quantization", "a quantizing recipe (no per-layer data)")
     rows = sorted(q["layers"], key=lambda r: (not r["quantized"], r["sqnr_db"]))
     if as_json:
         out.print_json(json.dumps({**q, "layers": rows}))

@@ -117,6 +117,10 @@ class Recipe:
         """The recipe's part for ``preset``, if it has one."""
         return next((p for p in self.parts if p.preset == preset), None)
 
+    def quant_part(self) -> RecipePart | None:
+        """The quantizing part (``int8`` or ``int8-integer-only``), if any."""
+        return self.part("int8") or self.part("int8-integer-only")
+
 
 def _check_part(part: RecipePart) -> RecipePart:
     preset = PRESETS.get(part.preset)

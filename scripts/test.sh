@@ -15,6 +15,6 @@ python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 # torch==2.13.0 is the CPU build (see pyproject.toml); the rest resolves from PyPI.
 .venv/bin/pip install -q -e '.[test]'
-.venv/bin/ruff check edgecompile tests tools examples
+.venv/bin/ruff check edgecompile tests tools examples benchmarks
 export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1
 exec .venv/bin/pytest "$@"

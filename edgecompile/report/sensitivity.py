@@ -20,17 +20,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edgecompile.recipe import Recipe, RecipePart, parse_recipe
+from edgecompile.recipe import parse_recipe
 
 FIX_MAX_LAYERS = 16  # the fix keeps at most this many layers in float
 MAX_SAMPLES = 32  # by default, sensitivity uses up to this many evaluation samples ...
 BUDGET_S = 8.0  # ... as many as one pass over the layers runs in this many seconds on this machine
 MIN_SAMPLES = 4
-
-
-def quant_part(rec: Recipe) -> RecipePart | None:
-    """The quantizing part of ``rec`` (``int8`` or ``int8-integer-only``), or None."""
-    return rec.part("int8") or rec.part("int8-integer-only")
 
 
 def layer_sensitivity(
@@ -50,11 +45,10 @@ def layer_sensitivity(
     import tvm
     from tvm import relax
 
-    from edgecompile.lower.build import compile_module
-    from edgecompile.targets import get_profile
+    from edgecompile.api import _host_build
 
     mod, layers = quant.calibration.switched()
-    vm = relax.VirtualMachine(compile_module(mod, get_profile("native").resolved()), tvm.cpu())
+    vm = relax.VirtualMachine(_host_build()(mod), tvm.cpu())
     inputs = [[tvm.runtime.tensor(np.ascontiguousarray(s[n])) for n in input_names] for s in samples]
 
     def mean_score(k: int, limit: int | None = None) -> float:
@@ -86,7 +80,7 @@ def layer_sensitivity(
 def with_kept_float(recipe: str, layers: list[str]) -> str:
     """``recipe`` with ``layers`` added to its quantizing part's ``keep_float``."""
     rec = parse_recipe(recipe)
-    part = quant_part(rec)
+    part = rec.quant_part()
     kept = [p for p in part.options.get("keep_float", "").split(";") if p]
     part.options["keep_float"] = ";".join([*kept, *(n for n in layers if n not in kept)])
     return str(rec)

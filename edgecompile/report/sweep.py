@@ -46,7 +46,6 @@ from edgecompile.report.sensitivity import (
     FIX_MAX_LAYERS,
     MAX_SAMPLES,
     layer_sensitivity,
-    quant_part,
     smallest_fix,
     with_kept_float,
 )
@@ -225,18 +224,15 @@ class _Sweep:
         self.model, self.out_dir, self.target, self.calib = model, out_dir, target, calib
         self.input_shapes, self.metric, self.arrays, self.labels = input_shapes, metric, arrays, labels
         self.runs, self.threads, self.rpc, self.sensitivity_samples = runs, threads, rpc, sensitivity_samples
-        self._say = say
+        self.say = say
         self.samples: list[dict] | None = None
         self.score = None
         self.reference: np.ndarray | None = None
         self.base_scores: np.ndarray | None = None
         self.step = (0, 1)
 
-    def say(self, msg: str, done: int, total: int) -> None:
-        self._say(msg, done, total)
-
     def stage(self, msg: str) -> None:
-        self._say(msg, *self.step)
+        self.say(msg, *self.step)
 
     def measure(self, recipe: str, sensitivity: bool = True, timed: bool = True) -> dict:
         """One row: compile, evaluate (and per-layer sensitivity), time."""
@@ -250,8 +246,8 @@ class _Sweep:
             recipe=recipe, calib=None if recipe == "fp32" else self.calib, on_quantized=quant.append,
         )  # fmt: skip
         compile_s = time.perf_counter() - t0
-        manifest = read_verified(art)
         m = None if self.rpc is not None else _load(art)  # on a device of the tracker: not loaded here
+        manifest = read_verified(art) if m is None else m.manifest
         scores = self.evaluate(recipe, art, manifest, m)
         row = {
             "recipe": recipe,
@@ -311,12 +307,12 @@ class _Sweep:
         :mod:`edgecompile.report.sensitivity`); records the search in ``row["fix"]``."""
         recipe = row["recipe"]
         rec = parse_recipe(recipe)
-        if row.get("fix_of") or quant_part(rec) is None or row["drop"] <= limit or not row.get("sensitivity"):
+        if row.get("fix_of") or rec.quant_part() is None or row["drop"] <= limit or not row.get("sensitivity"):
             return None
         old = row.get("fix")
         if old is not None and old.get("limit") == limit:
             return {**done[old["recipe"]], "reused": True} if old.get("recipe") in done else None
-        rest = "+".join(str(p) for p in rec.parts if p is not quant_part(rec))
+        rest = "+".join(str(p) for p in rec.parts if p is not rec.quant_part())
         floor = next((r for r in rows if rest and r["recipe"] == rest), None)
         if floor is not None and floor["drop"] > limit:
             why = f"{rest} alone drops {floor['drop']:+.3g}: keeping layers in float cannot undo it"

@@ -37,13 +37,20 @@ def train(data: dict, epochs: int = 40, seed: int = 0):
 
     torch.manual_seed(seed)
     model = TinyViT(image=8, patch=2, channels=1, hidden=64, layers=2, heads=4, ffn=128, classes=10, seed=seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    return fit(model, data, epochs, lr=3e-3, batch=64, seed=seed)
+
+
+def fit(model, data: dict, epochs: int, lr: float, batch: int, seed: int = 0):
+    """``model`` trained on ``data``'s train split (AdamW, cosine schedule), in eval mode."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     x, y = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"]).long()
     g = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=g).split(64):
+        for idx in torch.randperm(len(x), generator=g).split(batch):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()

@@ -31,17 +31,8 @@ def train_long(data: dict, epochs: int = 6, seed: int = 0, size: int = SIZE):
     import torch
     from models import TinyViT
 
+    from .digits import fit
+
     torch.manual_seed(seed)
     model = TinyViT(image=size, patch=1, channels=1, hidden=32, layers=2, heads=2, ffn=64, classes=10, seed=seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=4e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    x, y = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"]).long()
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=g).split(32):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-        sched.step()
-    return model.eval()
+    return fit(model, data, epochs, lr=4e-3, batch=32, seed=seed)
