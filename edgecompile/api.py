@@ -112,6 +112,7 @@ def compile(  # noqa: A001 - the product's verb
             "library": lib.file.name,
             "linker": lib.linker,
             "link_command": lib.link_command,
+            "device_code": lib.device_code,
             "tuning": None if tune is None else {"trials": tune},
             "quantization": quant,
             "lowrank": lowrank,

@@ -5,6 +5,8 @@ TVM's dlight rules on GPU targets). This module owns target construction, compil
 
 - host-architecture targets are linked with the system C compiler into ``model.so``;
 - cross targets are linked with the first ``cross_cc`` of the profile found on PATH;
+- CUDA kernels, which TVM exports as source, are also compiled by nvcc into fatbin files of the
+  artifact (:mod:`edgecompile.lower.cuda_binary`), so the device needs no compiler;
 - without one, the objects are packed into ``model.tar`` (deterministic: sorted, mtime 0) and the
   manifest records the one-line link command to run where the toolchain is.
 """
@@ -28,6 +30,7 @@ class BuiltLibrary:
     file: Path
     linker: str  # "system cc", a cross compiler name, or "none (objects)"
     link_command: str | None = None
+    device_code: list[dict] | None = None  # CUDA: prebuilt fatbins (see lower/cuda_binary.py)
 
 
 def make_target(profile: TargetProfile):
@@ -114,7 +117,16 @@ def _model_latency(executable, mod, runs: int = 20) -> float:
 
 
 def export(executable, profile: TargetProfile, out_dir: Path) -> BuiltLibrary:
-    """Write the library for ``profile`` into ``out_dir``."""
+    """Write the library for ``profile`` into ``out_dir`` (for CUDA, its kernels' fatbins too)."""
+    built = _export_library(executable, profile, out_dir)
+    if profile.tvm.get("kind") == "cuda":
+        from edgecompile.lower.cuda_binary import write_device_code
+
+        built.device_code = write_device_code(executable, str(profile.tvm["arch"]), out_dir)
+    return built
+
+
+def _export_library(executable, profile: TargetProfile, out_dir: Path) -> BuiltLibrary:
     linker = profile.find_linker()
     try:
         if linker is None:

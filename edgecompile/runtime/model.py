@@ -20,6 +20,7 @@ import numpy as np
 
 from edgecompile.errors import ArtifactError, InputMismatchError
 from edgecompile.hostinfo import cpu_flags, host_arch
+from edgecompile.runtime.device_code import load_cuda_sidecar, register_device_code
 from edgecompile.runtime.manifest import read_verified
 
 
@@ -54,6 +55,9 @@ class CompiledModel:
         tvm = import_tvm_runtime()
         self._tvm = tvm
         lib_file = self.path / self.manifest["library"]
+        if self.manifest["target"].get("device") == "cuda":
+            load_cuda_sidecar(tvm)
+            register_device_code(self.path, self.manifest.get("device_code") or [])
         try:
             lib = tvm.runtime.load_module(str(lib_file))
         except Exception as e:

@@ -69,6 +69,10 @@ class TargetProfile:
             p.tvm["mcpu"] = codegen.llvm_get_system_cpu()
             p.tvm.setdefault("mtriple", f"{host_arch()}-linux-gnu")
             p.cpu_features = sorted(set(p.cpu_features) | (cpu_flags() & _NATIVE_FLAGS))
+        if p.tvm.get("kind") == "cuda" and p.tvm.get("arch") == "native":
+            p.tvm["arch"] = local_cuda_arch()
+        if p.host and p.host.get("kind") == "llvm":
+            p.host.setdefault("mtriple", f"{p.arch}-linux-gnu")
         return p
 
     def find_linker(self) -> str | None:
@@ -95,6 +99,26 @@ class TargetProfile:
             "cross_cc": self.cross_cc,
             "energy": self.energy,
         }
+
+
+def local_cuda_arch() -> str:
+    """``sm_XY`` of this machine's first NVIDIA GPU, from ``nvidia-smi`` (no driver binding needed)."""
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        raise TargetError(
+            "target 'cuda' compiles for this machine's GPU, but nvidia-smi is not here (no NVIDIA driver); "
+            "name the architecture instead: --target cuda-sm80 (A100) or cuda-sm90 (H100/H200)"
+        )
+    run = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True)
+    caps = [line.strip() for line in run.stdout.splitlines() if line.strip()]
+    if run.returncode != 0 or not caps or not caps[0].replace(".", "").isdigit():
+        raise TargetError(
+            f"target 'cuda': nvidia-smi found no GPU ({(run.stderr or run.stdout).strip() or 'no output'}); "
+            "name the architecture instead: --target cuda-sm80 or cuda-sm90"
+        )
+    return "sm_" + caps[0].replace(".", "")
 
 
 _NATIVE_FLAGS = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "asimd", "asimddp"}
