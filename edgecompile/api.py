@@ -53,7 +53,7 @@ def compile(  # noqa: A001 - the product's verb
     from edgecompile.frontend import import_model
     from edgecompile.lower.build import compile_module, export, make_target
     from edgecompile.lower.float_ops import float_kernels, float_kernels_of
-    from edgecompile.lower.package import finish, prepare_output
+    from edgecompile.lower.package import constant_bytes, finish, prepare_output
     from edgecompile.native_output import captured
     from edgecompile.recipe import parse_recipe
     from edgecompile.targets import get_profile
@@ -119,6 +119,7 @@ def compile(  # noqa: A001 - the product's verb
             "hash_attention": hashed,
             "float_ops": float_ops,
             "energy": energy,
+            "weights_bytes": constant_bytes(mod),
         }
         return finish(staging, out, manifest)
     finally:

@@ -581,6 +581,56 @@ def report_cmd(
     out.print(f"wrote {output / 'report.json'}, {', '.join(str(p) for p in paths)}", highlight=False)
 
 
+@app.command("package")
+@_handle_errors
+def package_cmd(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory made by `edgecompile compile`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory to write.")],
+    runtime_only: Annotated[
+        bool,
+        typer.Option(
+            "--runtime-only/--with-compiler",
+            help="Only what the device needs: the artifact, TVM's runtime libraries, our runtime (the only kind "
+            "of bundle there is; a device never needs the compiler).",
+        ),
+    ] = True,
+    runtime_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--runtime-from",
+            help="For an artifact of another CPU architecture: a directory with that architecture's apache-tvm "
+            "and apache-tvm-ffi wheels unpacked.",
+        ),
+    ] = None,
+    python: Annotated[
+        bool,
+        typer.Option("--python", help="Add our Python runtime (run.py) beside the native runner; CUDA needs it."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the file list as JSON.")] = False,
+) -> None:
+    """Write the files a device needs to run ARTIFACT into -o, and list them with their sizes."""
+    from edgecompile.errors import ArtifactError
+    from edgecompile.lower.bundle import make_bundle
+
+    if not runtime_only:
+        raise ArtifactError("bundles hold the runtime only: a device never needs the compiler (drop --with-compiler)")
+    bundle = make_bundle(artifact, output, runtime_from, python, progress=lambda m: err.print(m, highlight=False))
+    if as_json:
+        out.print_json(json.dumps(bundle.to_json()))
+        return
+    how = f"python3 {output}/run.py --input in.npz" if python else f"{output}/run_model {output}/model IN_DIR OUT_DIR"
+    table = Table(title=f"{output}/ (run: {how})")
+    for col in ("part", "files", "MB"):
+        table.add_column(col, justify="right" if col != "part" else "left")
+    for role, size in bundle.by_role().items():
+        count = sum(1 for f in bundle.files if f.role == role)
+        table.add_row(role, str(count), f"{size / 1e6:.2f}")
+    out.print(table)
+    beyond = bundle.beyond_weights
+    tail = "" if beyond is None else f"; {beyond / 1e6:.2f} MB beyond the model's weights"
+    out.print(f"total {bundle.total / 1e6:.2f} MB{tail} (file list: {output}/bundle.json)", highlight=False)
+
+
 @app.command("targets")
 @_handle_errors
 def targets_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:

@@ -48,3 +48,22 @@ def finish(staging: Path, out_dir: Path, manifest: dict) -> Path:
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
     return out_dir
+
+
+def constant_bytes(mod) -> int:
+    """Bytes of the distinct constant tensors (the weights) the Relax functions of ``mod`` hold."""
+    import numpy as np
+    from tvm import relax
+    from tvm.ir.expr import Constant
+
+    seen: dict = {}  # Constant node -> bytes (TVM objects hash by identity)
+
+    def visit(expr) -> None:
+        if isinstance(expr, Constant) and hasattr(expr.value, "shape") and expr not in seen:
+            data = expr.value
+            seen[expr] = int(np.prod(data.shape, dtype=np.int64)) * np.dtype(str(data.dtype)).itemsize
+
+    for _gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return sum(seen.values())
