@@ -634,16 +634,20 @@ def package_cmd(
 @app.command("targets")
 @_handle_errors
 def targets_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List the bundled target profiles, one line each."""
+    """List the bundled target profiles and what this machine verifies of each (runs / builds)."""
     from edgecompile.targets import list_profiles
+    from edgecompile.targets.verify import verification
 
     profiles = list_profiles()
     if as_json:
-        out.print_json(json.dumps([p.to_json() for p in profiles]))
+        out.print_json(json.dumps([{**p.to_json(), "verified_here": verification(p)} for p in profiles]))
         return
-    width = max(len(p.name) for p in profiles)
+    table = Table(box=None, pad_edge=False)
+    for col in ("target", "kind", "verified here", "description"):
+        table.add_column(col, overflow="fold")
     for p in profiles:
-        out.print(f"{p.name:<{width}}  {p.tvm['kind']:<6}  {p.description}", highlight=False)
+        table.add_row(p.name, p.tvm.get("kind", ""), verification(p), p.description)
+    out.print(table)
 
 
 def main() -> None:
