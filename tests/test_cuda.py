@@ -103,6 +103,8 @@ def test_artifact_carries_fatbins_for_its_kernels(cuda_artifact):
     # the kernels are int8 code (the source the sidecar hands over is checked by the next test)
     library = (cuda_artifact / "model.so").read_bytes()
     assert b"__global__" in library and b"signed char* __restrict__" in library
+    # our hand-scheduled integer square root is a GPU kernel too, not host code on device memory
+    assert b"__global__ void __launch_bounds__(128) ilnorm_factor_i64_32_kernel" in library
 
 
 def test_runtime_only_load_serves_the_prebuilt_fatbin(cuda_artifact, driver_stub):

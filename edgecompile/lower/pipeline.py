@@ -9,7 +9,10 @@ CPU (LLVM) targets: TVM's generic CPU phases with two additions of ours:
 - matmuls with constant weights read them packed in column panels (:mod:`..pack_weights`);
 - after fusion, every PrimFunc is scheduled by our rules (:mod:`edgecompile.lower.schedules`);
   TVM's default CPU pipeline leaves them as unscheduled loop nests.
-GPU targets use TVM's default pipeline for the kind (dlight GPU rules).
+GPU targets use TVM's default pipeline for the kind (dlight GPU rules), after our hand-written
+kernels (integer square root, hash attention), which come scheduled for CPUs with ``T.parallel``
+outer loops, have those loops bound to GPU blocks and threads (:class:`BindParallelLoops`);
+otherwise the GPU build would compile them as host code reading device memory.
 """
 
 from __future__ import annotations
@@ -52,6 +55,34 @@ class DecomposeGelu:
 
     def transform_module(self, mod, _ctx):
         return rewrite_functions(mod, _GeluDecomposer(mod))
+
+
+@tvm.transform.module_pass(opt_level=0, name="BindParallelLoops")
+class BindParallelLoops:
+    """On GPU targets: every ``T.parallel`` loop at the top of a pre-scheduled PrimFunc becomes
+    ``blockIdx.x`` x ``threadIdx.x`` (the iterations are independent by construction)."""
+
+    def __init__(self, threads: int = 128):
+        self.threads = threads
+
+    def transform_module(self, mod, _ctx):
+        from tvm import s_tir
+
+        for gv, func in list(mod.functions.items()):
+            if not isinstance(func, tvm.tirx.PrimFunc) or not func.attrs or "tirx.is_scheduled" not in func.attrs:
+                continue
+            sch = s_tir.Schedule(func)
+            bound = False
+            for block in sch.get_child_blocks(sch.get_sblock("root")):
+                loops = sch.get_loops(block)
+                if loops and sch.get(loops[0]).kind == tvm.tirx.ForKind.PARALLEL:
+                    outer, inner = sch.split(loops[0], [None, self.threads])
+                    sch.bind(outer, "blockIdx.x")
+                    sch.bind(inner, "threadIdx.x")
+                    bound = True
+            if bound:
+                mod[gv] = sch.mod["main"]
+        return mod
 
 
 def schedule_passes(target) -> list:
@@ -121,4 +152,4 @@ def pipeline_for(target, tuning_db=None, on_fused=None):
     only, see :func:`cpu_pipeline`)."""
     if target.kind.name == "llvm":
         return cpu_pipeline(target, tuning_db, on_fused)
-    return relax.get_default_pipeline(target)
+    return tvm.transform.Sequential([BindParallelLoops(), relax.get_default_pipeline(target)], name="edgecompile_gpu")
