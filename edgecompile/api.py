@@ -78,6 +78,11 @@ def compile(  # noqa: A001 - the product's verb
             raise RecipeError(
                 f"recipe {rec} does not quantize: --calib needs an int8, lowrank or hash-attention recipe"
             )
+        if profile.runtime == "coreml":  # an ML Program through coremltools, not a TVM build
+            manifest = _coreml(imported, rec, profile, staging, calib, keep_float, say, calib_progress)
+            return finish(staging, out, manifest)
+        if rec.part("fp16") is not None:
+            raise RecipeError(f"recipe fp16 is supported on Core ML targets only so far, not on {profile.name}")
         qconfig = _quant_config(part, keep_float) if part is not None else None
         samples = None  # lowrank alone, without data: plain SVD
         if hash_part is not None and calib is None:
@@ -162,6 +167,22 @@ def _factorize(imported, mod, part, profile, samples, say, calib_progress):
             _progress(say, calib_progress),
         )
     return result.mod, result.to_json(config)
+
+
+def _coreml(imported, rec, profile, staging, calib, keep_float, say, calib_progress) -> dict:
+    """A Core ML target's manifest: lowrank first where the recipe has it, then the ``model.mlpackage``
+    export (weight-only int8 needs no calibration; see :mod:`edgecompile.lower.coreml_export`)."""
+    from edgecompile.calibrate.data import load_samples
+    from edgecompile.lower.coreml_export import check_recipe, export_coreml
+
+    check_recipe(rec, keep_float)
+    mod, lowrank, lr_part = imported.mod, None, rec.part("lowrank")
+    if lr_part is not None:
+        samples = load_samples(calib, imported.inputs, None) if calib is not None else None
+        mod, lowrank = _factorize(imported, mod, lr_part, profile, samples, say, calib_progress)
+    elif calib is not None:
+        log.info("Core ML weight-only int8 needs no calibration: --calib is not used")
+    return export_coreml(imported, mod, rec, profile, staging, lowrank=lowrank, progress=say)
 
 
 def _hash_attention(imported, mod, part, profile, samples, say, calib_progress):

@@ -166,9 +166,10 @@ def compile_cmd(
         )
     manifest = json.loads((path / "manifest.json").read_text())
     lib = path / manifest["library"]
+    size = sum(f.stat().st_size for f in lib.rglob("*") if f.is_file()) if lib.is_dir() else lib.stat().st_size
     out.print(
         f"compiled {model.name} for {manifest['target']['name']} in {time.perf_counter() - t0:.1f} s "
-        f"-> {path}/ ({lib.name}, {lib.stat().st_size / 1e6:.1f} MB)",
+        f"-> {path}/ ({lib.name}, {size / 1e6:.1f} MB)",
         highlight=False,
     )
     if manifest.get("link_command"):
@@ -364,6 +365,18 @@ def _inspect_artifact(path: Path, as_json: bool) -> None:
             f"{e['memory_uj']:.4g}; {ops})",
             highlight=False,
         )
+    cm = m.get("coreml")
+    if cm:
+        out.print(
+            f"  Core ML {cm['minimum_deployment_target']}: compute {cm['compute_precision']}, weights {cm['weights']}; "
+            f"weight tensors {', '.join(f'{k} {v}' for k, v in cm['weight_dtypes'].items())}",
+            highlight=False,
+        )
+        for t in cm["inputs"] + cm["outputs"]:
+            out.print(f"  Core ML feature {t['name']}: {'x'.join(map(str, t['shape']))} {t['dtype']}", highlight=False)
+        out.print(f"  Core ML ops: {', '.join(f'{k} {v}' for k, v in cm['ops'].items())}", highlight=False)
+        if cm["stayed_float"]:
+            out.print(f"  stayed float (Core ML has no integer-only form): {', '.join(cm['stayed_float'])}")
     for name, digest in m["files"].items():
         out.print(f"  file {name} sha256 {digest[:16]}…", highlight=False)
 
@@ -437,6 +450,17 @@ def _inspect_float_ops(path: Path, as_json: bool) -> None:
 
     m = read_verified(path)
     rows = m.get("float_ops")
+    if rows is None and m.get("coreml"):
+        stayed = m["coreml"]["stayed_float"]
+        if as_json:
+            out.print_json(json.dumps({"coreml": True, "stayed_float": stayed}))
+            return
+        out.print(
+            f"{path}: a Core ML package computing in {m['coreml']['compute_precision']}"
+            + (f"; integer-only ops that stayed float: {', '.join(stayed)}" if stayed else ""),
+            highlight=False,
+        )
+        return
     if rows is None:
         raise ArtifactError(f"{path} was compiled before float kernels were recorded: compile it again")
     if as_json:

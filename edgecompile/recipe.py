@@ -26,6 +26,11 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "fp32": Preset("fp32", "the float model as exported, no rewrite"),
+    "fp16": Preset(
+        "fp16",
+        "float16 weights and activations (Core ML targets; compose as fp16+int8 for int8 weights with float16 "
+        "activations there); TVM targets refuse it for now",
+    ),
     "int8": Preset(
         "int8",
         "int8 post-training quantization: integer linear layers and matmuls, dyadic requantization (needs --calib)",

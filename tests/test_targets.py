@@ -26,6 +26,8 @@ REQUIRED = {
     "cuda-sm90",
     "opencl-adreno",
     "opencl-mali",
+    "coreml-ios17",
+    "coreml-macos14",
 }
 # ELF e_machine values: x86-64 62, AArch64 183, ARM 40.
 ELF_MACHINE = {"x86_64": 62, "aarch64": 183, "arm": 40}
@@ -43,6 +45,8 @@ def test_bundled_profiles_cover_the_product_targets():
     assert REQUIRED <= names
     for p in list_profiles():
         assert p.description and p.tvm["kind"] in ("llvm", "cuda", "opencl")
+        assert p.runtime in ("tvm", "coreml")
+        assert bool(p.minimum_deployment_target) == (p.runtime == "coreml")  # Core ML: the OS it needs
         assert set(p.energy) >= {"fp32_mul", "int8_mul", "int32_add"}
 
 
@@ -96,7 +100,11 @@ def test_every_target_builds(name, tmp_path):
     manifest = json.loads((art / "manifest.json").read_text())
     lib = art / manifest["library"]
     assert manifest["target"]["tvm"] == profile.tvm
-    if lib.suffix == ".so":
+    if profile.runtime == "coreml":  # an ML Program package, not a TVM library (tests/test_coreml.py checks it)
+        assert lib.name == "model.mlpackage" and (lib / "Data" / "com.apple.CoreML" / "model.mlmodel").is_file()
+        with pytest.raises(ArtifactError, match="Core ML package"):
+            edgecompile.load(art)
+    elif lib.suffix == ".so":
         bits, machine = elf_machine(lib)
         assert machine == ELF_MACHINE[profile.arch]
         assert bits == (1 if profile.arch == "arm" else 2)

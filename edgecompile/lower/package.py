@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgecompile import __version__
 from edgecompile.errors import ArtifactError
-from edgecompile.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, seal, sha256_file
+from edgecompile.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, file_digests, seal
 
 
 def prepare_output(out_dir: Path) -> Path:
@@ -34,7 +34,7 @@ def finish(staging: Path, out_dir: Path, manifest: dict) -> Path:
     """Checksum the staged files, seal the manifest and move the artifact into ``out_dir``."""
     import tvm
 
-    files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.name != MANIFEST}
+    files = file_digests(staging)
     full = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -1,6 +1,7 @@
 """The artifact manifest: its format, its canonical bytes, and its verification.
 
-An artifact is a directory holding ``manifest.json`` and the files it lists with their SHA-256.
+An artifact is a directory holding ``manifest.json`` and the files it lists with their SHA-256
+(a directory in it, such as a Core ML ``model.mlpackage``, is listed file by file).
 The manifest also carries ``manifest_sha256``: the digest of its own canonical JSON without that
 field, so an edited manifest (a changed shape, a swapped checksum) is refused like an edited
 library. This module is shared by the compiler (which writes) and the runtime (which reads); it
@@ -26,6 +27,16 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``root`` but the manifest, keyed by its path relative to ``root``
+    (``model.so``; ``model.mlpackage/Manifest.json`` for the files inside a package directory)."""
+    return {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).as_posix() != MANIFEST
+    }
 
 
 def canonical_bytes(manifest: dict) -> bytes:
@@ -69,6 +80,14 @@ def read_verified(artifact: str | Path) -> dict:
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise ArtifactError(f"{mpath} lists no files")
+    for folder in sorted({name.split("/")[0] for name in files if "/" in name}):
+        inside = (root / folder).rglob("*") if (root / folder).is_dir() else ()
+        extra = sorted(q for q in (p.relative_to(root).as_posix() for p in inside if p.is_file()) if q not in files)
+        if extra:
+            raise ArtifactError(
+                f"artifact directory {folder} holds files the manifest does not list ({extra[0]}"
+                f"{', …' if len(extra) > 1 else ''}): it was modified after compile; recompile or restore it"
+            )
     for name, digest in sorted(files.items()):
         fpath = root / name
         if not fpath.is_file():

@@ -69,6 +69,12 @@ class CompiledModel:
     def _check_machine(self) -> None:
         target = self.manifest["target"]
         lib = self.manifest["library"]
+        if target.get("runtime") == "coreml":
+            raise ArtifactError(
+                f"{self.path} is a Core ML package ({lib}) for {target['name']}: it runs with Core ML on Apple "
+                "devices, not with edgecompile's TVM runtime (on macOS: "
+                f"coremltools.models.MLModel('{self.path / lib}'))"
+            )
         if not lib.endswith(".so"):
             raise ArtifactError(
                 f"this artifact holds unlinked objects ({lib}) for {target['name']}; link them on a "

@@ -4,7 +4,8 @@ A profile names the TVM target (a dict), the host target for GPU code, the CPU a
 library runs on (``arch``, used to pick the linker and to refuse a wrong-machine load), the CPU
 features the code needs at run time (checked by the runtime before loading), the cross compilers
 to try (``cross_cc``), and an energy table in pJ per operation. The ``native`` profile is resolved
-at compile time to the compiling machine's CPU as LLVM detects it.
+at compile time to the compiling machine's CPU as LLVM detects it. A ``runtime = "coreml"`` profile
+is exported as a Core ML ML Program for its ``minimum_deployment_target`` instead of a TVM library.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class TargetProfile:
     cpu_features: list[str] = field(default_factory=list)
     cross_cc: list[str] = field(default_factory=list)
     energy: dict = field(default_factory=lambda: dict(DEFAULT_ENERGY_PJ))
+    minimum_deployment_target: str = ""  # runtime "coreml": a coremltools.target name (iOS17, macOS14)
     source: str = ""
 
     @property
@@ -87,6 +89,7 @@ class TargetProfile:
         return ""
 
     def to_json(self) -> dict:
+        extra = {"minimum_deployment_target": self.minimum_deployment_target} if self.minimum_deployment_target else {}
         return {
             "name": self.name,
             "description": self.description,
@@ -98,6 +101,7 @@ class TargetProfile:
             "cpu_features": self.cpu_features,
             "cross_cc": self.cross_cc,
             "energy": self.energy,
+            **extra,
         }
 
 
