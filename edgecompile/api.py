@@ -81,8 +81,12 @@ def compile(  # noqa: A001 - the product's verb
         if profile.runtime == "coreml":  # an ML Program through coremltools, not a TVM build
             manifest = _coreml(imported, rec, profile, staging, calib, keep_float, say, calib_progress)
             return finish(staging, out, manifest)
-        if rec.part("fp16") is not None:
-            raise RecipeError(f"recipe fp16 is supported on Core ML targets only so far, not on {profile.name}")
+        half = rec.part("fp16") is not None
+        if half and (part is not None or hash_part is not None):
+            raise RecipeError(
+                f"recipe {rec}: on TVM targets fp16 is a recipe of its own (add lowrank if you like); int8 with "
+                "fp16 activations is a Core ML recipe"
+            )
         qconfig = _quant_config(part, keep_float) if part is not None else None
         samples = None  # lowrank alone, without data: plain SVD
         if hash_part is not None and calib is None:
@@ -96,6 +100,10 @@ def compile(  # noqa: A001 - the product's verb
             mod, hashed = _hash_attention(imported, mod, hash_part, profile, samples, say, calib_progress)
         if qconfig is not None:
             mod, quant = _quantize(imported, mod, *qconfig, samples, say, calib_progress, on_quantized)
+        if half:
+            from edgecompile.passes.half_precision import to_fp16
+
+            mod = to_fp16(mod)
         energy = model_energy(mod, profile.energy)
         say(f"building for {profile.name} ({profile.tvm.get('kind')}, recipe {rec})")
         with captured(log):

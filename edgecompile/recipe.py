@@ -28,8 +28,8 @@ PRESETS: dict[str, Preset] = {
     "fp32": Preset("fp32", "the float model as exported, no rewrite"),
     "fp16": Preset(
         "fp16",
-        "float16 weights and activations (Core ML targets; compose as fp16+int8 for int8 weights with float16 "
-        "activations there); TVM targets refuse it for now",
+        "float16 matmuls with float32 accumulation (GPU targets' tensor cores; CPUs compile it through "
+        "conversions); on Core ML, float16 everywhere, and fp16+int8 gives int8 weights with float16 activations",
     ),
     "int8": Preset(
         "int8",

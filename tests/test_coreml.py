@@ -177,11 +177,6 @@ def test_recipes_core_ml_refuses(tmp_path, recipe, kw, msg):
         )
 
 
-def test_fp16_is_core_ml_only_for_now(tmp_path):
-    with pytest.raises(RecipeError, match="fp16 is supported on Core ML targets only"):
-        edgecompile.compile(EXAMPLE_ONNX, "native", tmp_path / "o", input_shapes=EXAMPLE_SHAPES, recipe="fp16")
-
-
 def test_loading_with_our_runtime_says_use_core_ml(tiny_bert):
     with pytest.raises(ArtifactError, match="Core ML package .* runs with Core ML on Apple devices"):
         edgecompile.load(tiny_bert["fp32"])
