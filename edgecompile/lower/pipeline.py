@@ -152,4 +152,34 @@ def pipeline_for(target, tuning_db=None, on_fused=None):
     only, see :func:`cpu_pipeline`)."""
     if target.kind.name == "llvm":
         return cpu_pipeline(target, tuning_db, on_fused)
+    if target.kind.name == "cuda":
+        return cuda_pipeline(target)
     return tvm.transform.Sequential([BindParallelLoops(), relax.get_default_pipeline(target)], name="edgecompile_gpu")
+
+
+def cuda_pipeline(target) -> tvm.transform.Pass:
+    """TVM's CUDA phases with dlight's rules, its Matmul replaced by ours (int8 WMMA only where it
+    compiles, :mod:`edgecompile.lower.schedules.gpu_matmul`), after :class:`BindParallelLoops`."""
+    from tvm.relax.backend.cuda import pipeline as cuda
+    from tvm.s_tir import dlight as dl
+
+    from edgecompile.lower.schedules.gpu_matmul import Matmul
+
+    legalize = [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        dl.ApplyDefaultSchedule(
+            Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
+        ),
+    ]
+    passes = (
+        [BindParallelLoops()]
+        + cuda.library_dispatch_passes(target)
+        + legalize
+        + cuda.dataflow_lower_passes(target)
+        + cuda.finalize_passes(target)
+    )
+    return tvm.transform.Sequential(passes, name="edgecompile_cuda")
