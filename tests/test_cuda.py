@@ -172,3 +172,40 @@ def test_cuda_target_detects_the_local_gpu(tmp_path, monkeypatch):
     smi.unlink()
     with pytest.raises(TargetError, match="nvidia-smi is not here.*--target cuda-sm80"):
         get_profile("cuda").resolved()
+
+
+def _int8_gemm(bias: bool):
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 128, 384), "int8"))
+    rng = np.random.default_rng(0)
+    w = relax.const(rng.integers(-127, 128, (384, 384)).astype("int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(x, w, out_dtype="int32"))
+            if bias:
+                y = bb.emit(relax.op.add(y, relax.const(rng.integers(-999, 999, (384,)).astype("int32"))))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_int8_gemms_build_although_tvms_wmma_tiles_do_not():
+    """dlight's WMMA int8 tiles break TVM 0.27's CUDA code generator (a plain GEMM and one with a
+    fused bias add alike); our pipeline probes each such kernel and builds it without tensor cores."""
+    import tvm
+    from tvm import relax
+
+    from edgecompile.lower.build import make_target
+    from edgecompile.lower.cuda_binary import cuda_sources
+    from edgecompile.lower.pipeline import pipeline_for
+
+    target = make_target(get_profile("cuda-sm90").resolved())
+    for bias in (False, True):
+        with target:
+            with pytest.raises(Exception, match="fragment_info_"):
+                tvm.compile(_int8_gemm(bias), target=target, relax_pipeline=relax.get_default_pipeline(target))
+            built = tvm.compile(_int8_gemm(bias), target=target, relax_pipeline=pipeline_for(target))
+        source = cuda_sources(built)[0]
+        assert "wmma" not in source and "signed char* __restrict__" in source

@@ -1,11 +1,13 @@
 """GPU matmul rule: dlight's, with int8 tensor-core tiles only where TVM can compile them.
 
 dlight's ``Matmul`` tensorizes int8 x int8 -> int32 GEMMs with WMMA tiles on sm_70+ when every
-dimension exceeds 64. In TVM 0.27 the CUDA code generator rejects those schedules when the GEMM
-has a fused epilogue reading another buffer (our bias add before requantization: "Check failed:
-it != fragment_info_.end()"), so MiniLM's int8 build failed. This rule keeps the tensorized
-schedule when that kernel compiles on its own and otherwise schedules the same kernel without
-tensor cores (``dlight.do_not_tensorize``), so every int8 recipe builds.
+dimension exceeds 64. TVM 0.27's CUDA code generator rejects those schedules ("Check failed: it
+!= fragment_info_.end()"; seen for a plain GEMM and with a fused bias add), so MiniLM's int8
+build failed. This rule keeps a tensorized schedule when that kernel compiles on its own (a later
+TVM may fix it) and otherwise schedules the same kernel without tensor cores
+(``dlight.do_not_tensorize``): every int8 recipe builds, its GEMMs on CUDA cores (int32
+multiply-adds). Fast int8 on NVIDIA GPUs (dp4a or mma.sync int8 tiles of our own) is still to
+be written, and measured on a GPU.
 """
 
 from __future__ import annotations
