@@ -178,14 +178,14 @@ def _int8_gemm(bias: bool):
     from tvm import relax
 
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, 128, 384), "int8"))
+    x = relax.Var("x", relax.TensorType((1, 80, 96), "int8"))
     rng = np.random.default_rng(0)
-    w = relax.const(rng.integers(-127, 128, (384, 384)).astype("int8"))
+    w = relax.const(rng.integers(-127, 128, (96, 80)).astype("int8"))
     with bb.function("main", [x]):
         with bb.dataflow():
             y = bb.emit(relax.op.matmul(x, w, out_dtype="int32"))
             if bias:
-                y = bb.emit(relax.op.add(y, relax.const(rng.integers(-999, 999, (384,)).astype("int32"))))
+                y = bb.emit(relax.op.add(y, relax.const(rng.integers(-999, 999, (80,)).astype("int32"))))
             out = bb.emit_output(y)
         bb.emit_func_output(out)
     return bb.get()
