@@ -21,10 +21,12 @@ def test_fp16_matches_onnxruntime_fp32_within_half_precision(tmp_path):
     got = edgecompile.load(art).run(feeds)
     errors = {name: assert_close(ref[name], got[name], rel=1e-2) for name in ref}
     # and it really computed in half precision: not bit-identical to an fp32 build
-    fp32 = edgecompile.load(
-        edgecompile.compile(EXAMPLE_ONNX, "native", tmp_path / "fp32", input_shapes=EXAMPLE_SHAPES)
-    ).run(feeds)
+    fp32_art = edgecompile.compile(EXAMPLE_ONNX, "native", tmp_path / "fp32", input_shapes=EXAMPLE_SHAPES)
+    fp32 = edgecompile.load(fp32_art).run(feeds)
     assert any(not np.array_equal(fp32[n], got[n]) for n in got) and max(errors.values()) > 1e-5
+    # the matmul weights are stored in float16 (embeddings and LayerNorm parameters stay float32)
+    weights = [json.loads((a / "manifest.json").read_text())["weights_bytes"] for a in (art, fp32_art)]
+    assert weights[0] < 0.8 * weights[1]
 
 
 def test_fp16_cuda_kernels_are_half_precision(tmp_path):

@@ -20,4 +20,6 @@ def to_fp16(mod):
     from tvm import relax
 
     mod = relax.transform.ConvertToDataflow()(mod)
-    return relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
+    mod = relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
+    # casts of constant weights become float16 constants: half the size, no cast per inference
+    return relax.transform.FoldConstant()(mod)
