@@ -35,6 +35,14 @@ class HeadHash:
     mu_k: np.ndarray  # [m]
     w_q: np.ndarray  # [b, m]
     w_k: np.ndarray  # [b, m]
+    key_bias: np.ndarray | None = None  # [d]: key j's weight is exp(k_j . key_bias) (None: 1)
+
+    def key_weights(self, k: np.ndarray) -> np.ndarray:
+        """``exp(k_j . key_bias - max)`` per key ``[..., N]`` (ones without a key bias)."""
+        if self.key_bias is None:
+            return np.ones(k.shape[:-1])
+        s = k.astype(np.float64) @ self.key_bias
+        return np.exp(s - s.max(-1, keepdims=True))
 
     def codes(self, x: np.ndarray, side: str) -> np.ndarray:
         """Sign bits ``[..., b]`` (True: +1) of queries (``side="q"``) or keys."""
@@ -66,20 +74,22 @@ def _kmeans(x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
     return centres
 
 
-def targets(logits: np.ndarray, keep: np.ndarray | None, topk: int) -> np.ndarray:
-    """``S`` for one sample: +1 on each row's ``topk`` largest logits, -1 on its ``topk`` smallest
-    (masked keys excluded), 0 elsewhere."""
-    lg = logits.copy()
+def targets(logits: np.ndarray, keep: np.ndarray | None, topk: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(S, W)`` for one sample: ``S = +1`` on each row's ``topk`` largest logits and ``-1`` on every
+    other kept key; ``W`` weighs the pairs so that a row's positives and negatives count alike
+    (masked keys weigh 0). Every kept pair is labelled: KSH's zeros ("don't care") would let the
+    bits separate the top keys from the bottom ones only, leaving the middle, where the top-k
+    competitors are, unranked."""
+    lg = np.where(np.ones_like(logits, bool) if keep is None else keep[None, :], logits, -np.inf)
+    n = int(np.isfinite(lg[0]).sum())
+    k = min(topk, max(1, n // 2))
+    top = np.argsort(-lg, axis=1)[:, :k]
+    s = -np.ones(lg.shape)
+    s[np.arange(len(lg))[:, None], top] = 1.0
+    w = np.where(s > 0, 1.0, k / max(n - k, 1))
     if keep is not None:
-        lg[:, ~keep] = np.nan
-    k = min(topk, max(1, int(np.isfinite(lg[0]).sum()) // 2))
-    order = np.argsort(np.where(np.isnan(lg), -np.inf, lg), axis=1)
-    low = np.argsort(np.where(np.isnan(lg), np.inf, lg), axis=1)[:, :k]
-    s = np.zeros_like(lg, dtype=np.float64)
-    rows = np.arange(len(lg))[:, None]
-    s[rows, order[:, -k:]] = 1.0
-    s[rows, low] = -1.0
-    return s
+        w[:, ~keep] = 0.0
+    return s, w
 
 
 def fit_head(
@@ -92,6 +102,7 @@ def fit_head(
     topk: int = 10,
     iters: int = 100,
     seed: int = 0,
+    key_bias: bool = True,
 ) -> HeadHash:
     """The hash of one head from calibration samples: ``qs[s]`` [Nq, d] queries (a subsample),
     ``ks[s]`` [N, d] keys, ``logits[s]`` [Nq, N] their real attention logits, ``keeps[s]`` the
@@ -105,14 +116,32 @@ def fit_head(
     fk = [features(k, centres, sigma) for k in ks]
     mu_q, mu_k = np.mean(np.concatenate(fq), 0), np.mean(np.concatenate(fk), 0)
     fq, fk = [f - mu_q for f in fq], [f - mu_k for f in fk]
-    resid = [bits * targets(lg, kp, topk) for lg, kp in zip(logits, keeps)]
+    g = _key_bias(ks, logits, keeps) if key_bias else None
+    if g is not None:  # the bits fit what the key bias leaves: row- and column-centred logits
+        logits = [lg - k @ g for lg, k in zip(logits, ks)]
+    sw = [targets(lg, kp, topk) for lg, kp in zip(logits, keeps)]
+    resid, weight = [bits * t for t, _ in sw], [w for _, w in sw]
     w_q, w_k = np.zeros((bits, fq[0].shape[1])), np.zeros((bits, fk[0].shape[1]))
     for t in range(bits):
-        a_q, a_k = _fit_bit(fq, fk, resid, iters, rng)
+        # the weighted loss sum W (b S - H_q H_k^T)^2 drops by 2 y_q^T (W * R) y_k with bit t's y
+        a_q, a_k = _fit_bit(fq, fk, [w * r for w, r in zip(weight, resid)], iters, rng)
         w_q[t], w_k[t] = a_q, a_k
         for s in range(len(resid)):
             resid[s] -= np.outer(np.sign(fq[s] @ a_q), np.sign(fk[s] @ a_k))
-    return HeadHash(centres, sigma, mu_q, mu_k, w_q, w_k)
+    return HeadHash(centres, sigma, mu_q, mu_k, w_q, w_k, g)
+
+
+def _key_bias(ks, logits, keeps) -> np.ndarray:
+    """``g`` with ``k_j . g`` the least-squares fit of key ``j``'s mean logit over the queries
+    (up to a constant, which the weights' normalisation cancels): for ``logits = s Q K^T`` it is
+    ``s`` times the mean query."""
+    rows, target = [], []
+    for k, lg, kp in zip(ks, logits, keeps):
+        sel = np.ones(len(k), bool) if kp is None else kp
+        rows.append(np.concatenate([k[sel], np.ones((int(sel.sum()), 1))], 1))
+        target.append(lg[:, sel].mean(0))
+    sol = np.linalg.lstsq(np.concatenate(rows).astype(np.float64), np.concatenate(target), rcond=None)[0]
+    return sol[:-1]
 
 
 def _objective(fq, fk, resid, a_q, a_k) -> float:

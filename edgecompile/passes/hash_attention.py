@@ -44,7 +44,7 @@ from edgecompile.passes.graph_walk import building_with, carry_functions, rebuil
 
 op = relax.op
 SWITCH_INPUT = "edgecompile_hash_layers"
-C_GRID = (1.0, 1.25, 1.5, 2.0, 3.0, 4.0)  # c / b tried
+C_GRID = (1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 8.0, 32.0)  # c / b tried (large: the key bias alone)
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class HashConfig:
     min_seq: int = 512
     max_drop: float = 0.01  # fraction
     iters: int = 100
+    key_bias: bool = True  # weights exp(k_j . g) (h_i . h_j + c): the keys' shared popularity apart from the bits
 
     @property
     def spec(self) -> str:
@@ -78,6 +79,7 @@ def config_from_options(options: dict[str, str]) -> HashConfig:
             min_seq=int(options.get("min_seq", 512)),
             max_drop=drop,
             iters=int(options.get("iters", 100)),
+            key_bias=options.get("key_bias", "1").lower() not in ("0", "false", "no", "off"),
         )
     except ValueError as e:
         raise RecipeError(f"hash-attention: malformed option value ({e})") from e
@@ -242,8 +244,12 @@ def _energy(g: int, n: int, d: int, dv: int, config: HashConfig, table: dict) ->
     feat_add = rows * (d + m * d + 5 * m + m * b + 2 * b)
     ctx_add = g * n * (1 + b // 2) * dv  # each kept key: its value row into Sv and into its set bits' rows
     out_add, out_mul = g * n * b * (dv + 1), g * n * (dv + 1)  # +-C[t] rows, the denominator, 1/den
-    hashed = (feat_mul + out_mul) * mul + (feat_add + ctx_add + out_add) * add
+    # the key bias: k_j . g, exp (4 + 4), e_j v_j and the final ratio (a divide counted as a multiply)
+    bias_mul = g * n * (d + 4 + 2 * dv) if config.key_bias else 0
+    bias_add = g * n * (d + 4) if config.key_bias else 0
+    hashed = (feat_mul + out_mul + bias_mul) * mul + (feat_add + ctx_add + out_add + bias_add) * add
     hashed += (rows * (2 * d + 4 * m + 2 * b) + g * n * dv * 2 + g * n * (b + 1) * (dv + 1)) * mem
+    hashed += (g * n * (d + 2 * dv + 2) if config.key_bias else 0) * mem
     return soft * 1e-6, hashed * 1e-6
 
 
@@ -283,7 +289,7 @@ def _hash_outputs(h: HeadHash, q, k, v, keep, c: float) -> np.ndarray:
     """The rewritten block's output for one head in numpy (float64): rows of ``q``."""
     hq = h.codes(q, "q").astype(np.float64) * 2 - 1
     hk = h.codes(k, "k").astype(np.float64) * 2 - 1
-    w = hq @ hk.T + c
+    w = (hq @ hk.T + c) * h.key_weights(k)[None, :]
     if keep is not None:
         w = w * keep[None, :]
     return (w @ v) / w.sum(-1, keepdims=True)
@@ -298,7 +304,7 @@ def _fit_block(b: AttentionBlock, caps: list[dict], n_fit: int, config: HashConf
             fit_head(
                 [c["q"][h] for c in fit], [c["k"][h] for c in fit], [c["logits"][h] for c in fit],
                 [None if c["keep"] is None else c["keep"][h] for c in fit],
-                config.bits, config.anchors, config.topk, config.iters, seed=h,
+                config.bits, config.anchors, config.topk, config.iters, seed=h, key_bias=config.key_bias,
             )
         )  # fmt: skip
 
@@ -354,6 +360,13 @@ def _emit_block(bb, b: AttentionBlock, bh: BlockHash, config: HashConfig, m: dic
         flag = op.astype(op.greater(mask, relax.const(np.float32(np.log(0.5)))), "int32")
         keep = op.reshape(op.broadcast_to(flag, [*lead, 1, n]), [g, n])
     keep = bb.emit(keep)
+    weighted = bh.heads[0].key_bias is not None
+    if weighted:  # values [e_j v_j, e_j], e_j = exp(k_j . g - max): the output is their ratio
+        g_vec = np.stack([h.key_bias for h in bh.heads]).astype(np.float32)[:, :, None]  # [G, d, 1]
+        logit = bb.emit(op.matmul(k, relax.const(g_vec)))  # [G, N, 1]
+        e = bb.emit(op.exp(op.subtract(logit, op.max(logit, axis=[1], keepdims=True))))
+        v = op.concat([op.multiply(v, e), e], axis=-1)
+        dv += 1
     half = bits // 2  # bits set per key, on average: value rows added per key besides Sv
     ctx_ops = {"fp32_add": g * n * (1 + half) * (dv + 1), "mem_words": g * n * (2 + dv) + g * (bits + 1) * (dv + 1)}
     out_ops = {"fp32_add": g * n * bits * (dv + 1), "fp32_mul": g * n * (dv + 1),
@@ -372,6 +385,9 @@ def _emit_block(bb, b: AttentionBlock, bh: BlockHash, config: HashConfig, m: dic
         relax.call_tir(out_gv, [codes_q, relax.TupleGetItem(ctx, 0), relax.TupleGetItem(ctx, 1)],
                        relax.TensorType((g, n, dv), "float32"))
     )  # fmt: skip
+    if weighted:
+        out = op.divide(op.strided_slice(out, axes=[2], begin=[0], end=[dv - 1]),
+                        op.strided_slice(out, axes=[2], begin=[dv - 1], end=[dv]))  # fmt: skip
     return op.reshape(out, [int(x) for x in b.output.ty.shape.values])
 
 
