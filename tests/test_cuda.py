@@ -102,7 +102,7 @@ def test_artifact_carries_fatbins_for_its_kernels(cuda_artifact):
     assert len(entries[0]["source_sha256"]) == 64
     # the kernels are int8 code (the source the sidecar hands over is checked by the next test)
     library = (cuda_artifact / "model.so").read_bytes()
-    assert b"__global__" in library and b"signed char* __restrict__" in library
+    assert b"__global__" in library and b"signed char* __restrict__" in library and b"__dp4a(" in library
     # our hand-scheduled integer square root is a GPU kernel too, not host code on device memory
     assert b"__global__ void __launch_bounds__(128) ilnorm_factor_i64_32_kernel" in library
 
@@ -191,9 +191,9 @@ def _int8_gemm(bias: bool):
     return bb.get()
 
 
-def test_int8_gemms_build_although_tvms_wmma_tiles_do_not():
+def test_int8_gemms_use_dp4a_where_tvms_wmma_tiles_do_not_build():
     """dlight's WMMA int8 tiles break TVM 0.27's CUDA code generator (a plain GEMM and one with a
-    fused bias add alike); our pipeline probes each such kernel and builds it without tensor cores."""
+    fused bias add alike); our pipeline schedules int8 GEMMs itself, K in steps of four with __dp4a."""
     import tvm
     from tvm import relax
 
@@ -208,4 +208,4 @@ def test_int8_gemms_build_although_tvms_wmma_tiles_do_not():
                 tvm.compile(_int8_gemm(bias), target=target, relax_pipeline=relax.get_default_pipeline(target))
             built = tvm.compile(_int8_gemm(bias), target=target, relax_pipeline=pipeline_for(target))
         source = cuda_sources(built)[0]
-        assert "wmma" not in source and "signed char* __restrict__" in source
+        assert "wmma" not in source and "signed char* __restrict__" in source and "__dp4a(" in source

@@ -163,7 +163,7 @@ def cuda_pipeline(target) -> tvm.transform.Pass:
     from tvm.relax.backend.cuda import pipeline as cuda
     from tvm.s_tir import dlight as dl
 
-    from edgecompile.lower.schedules.gpu_matmul import Matmul
+    from edgecompile.lower.schedules.gpu_matmul import Int8Dp4aMatmul, Matmul
 
     legalize = [
         relax.transform.LegalizeOps(),
@@ -172,7 +172,7 @@ def cuda_pipeline(target) -> tvm.transform.Pass:
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         dl.ApplyDefaultSchedule(
-            Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
+            Int8Dp4aMatmul(), Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
         ),
     ]
     passes = (

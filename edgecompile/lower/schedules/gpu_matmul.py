@@ -6,14 +6,30 @@ dimension exceeds 64. TVM 0.27's CUDA code generator rejects those schedules ("C
 build failed. This rule keeps a tensorized schedule when that kernel compiles on its own (a later
 TVM may fix it) and otherwise schedules the same kernel without tensor cores
 (``dlight.do_not_tensorize``): every int8 recipe builds, its GEMMs on CUDA cores (int32
-multiply-adds). Fast int8 on NVIDIA GPUs (dp4a or mma.sync int8 tiles of our own) is still to
-be written, and measured on a GPU.
+multiply-adds) unless :class:`Int8Dp4aMatmul` takes them first.
+
+``Int8Dp4aMatmul`` is our int8 GEMM schedule for CUDA: dlight's normalization to
+``C[S, I, J] += A[S, I, K] * B[S, J, K]`` (so both operands are K-contiguous), dlight's tiling
+(thread tiles of 4x4 outputs, K staged through shared memory in steps of 16), and the innermost
+4 of K tensorized with ``__dp4a`` (four int8 products summed into an int32 in one instruction,
+sm_61+), shared rows padded to a multiple of 4 bytes so the int8x4 loads are aligned. Schedules
+preserve semantics and tensorization checks the intrinsic, so the result is exact by
+construction; its speed has not been measured (no GPU here).
 """
 
 from __future__ import annotations
 
 import tvm
 from tvm.s_tir import dlight as dl
+from tvm.s_tir.dlight.analysis import get_root_block
+from tvm.s_tir.dlight.gpu.matmul import (
+    auto_inline_consumer_chain,
+    auto_inline_producers,
+    get_index_map,
+    get_reduction_blocks,
+)
+
+DP4A = "dp4a_s8s8s32"
 
 
 class Matmul(dl.gpu.Matmul):
@@ -34,3 +50,74 @@ class Matmul(dl.gpu.Matmul):
 def _uses_wmma(sch) -> bool:
     """Whether the schedule stages tiles in WMMA fragments (TIR has no Python visitor in 0.27)."""
     return "wmma." in sch.mod["main"].script()
+
+
+class Int8Dp4aMatmul(dl.gpu.Matmul):
+    """int8 x int8 -> int32 GEMMs on CUDA with ``__dp4a`` (see the module docstring)."""
+
+    BLOCK_X, BLOCK_Y, MICRO_X, MICRO_Y, STEP_K = 8, 16, 4, 4, 16
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tvm.tirx.PrimFunc) or target.kind.name != "cuda":
+            return None
+        from tvm import s_tir
+        from tvm.s_tir.tensor_intrin import dot_product_common  # noqa: F401 - registers the dp4a intrinsics
+
+        sch = s_tir.Schedule(func)
+        reductions = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
+        if reductions is None or len(reductions) != 1:
+            return None
+        main = reductions[0]
+        stmt = sch.get(main)
+        reads = [str(r.source.dtype) for r in stmt.reads]
+        if reads[-2:] != ["int8", "int8"] or str(stmt.writes[0].source.dtype) != "int32":
+            return None
+        maps = get_index_map(stmt)
+        if maps is None:
+            return None
+        try:
+            return self._schedule(sch, main, maps)
+        except Exception:  # noqa: BLE001 - a shape this schedule cannot take: leave it to the next rule
+            return None
+
+    def _schedule(self, sch, main, maps):
+        matmul_map, a_map, b_map, c_map = maps
+        reindex_a = sch.reindex(main, ("read", 0))
+        reindex_b = sch.reindex(main, ("read", 1))
+        reindex_c = sch.reindex(main, ("write", 0))
+        sch.transform_layout(reindex_a, ("write", 0), a_map)
+        sch.transform_layout(reindex_b, ("write", 0), b_map)
+        sch.transform_layout(reindex_c, ("read", 0), c_map)
+        sch.transform_block_layout(main, matmul_map)
+        tile_x, tile_y = self.BLOCK_X * self.MICRO_X, self.BLOCK_Y * self.MICRO_Y
+        sch.pad_einsum(main, [1, tile_x, tile_y, self.STEP_K])
+        batch, x, y, k = sch.get_loops(main)
+        by, ty, yi = sch.split(y, [None, self.BLOCK_Y, self.MICRO_Y])
+        bx, tx, xi = sch.split(x, [None, self.BLOCK_X, self.MICRO_X])
+        ko, ki, k4 = sch.split(k, [None, self.STEP_K // 4, 4])
+        sch.reorder(by, bx, ty, tx, ko, ki, xi, yi, k4)
+        by = sch.fuse(batch, by)
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(by, "blockIdx.y")
+        sch.bind(ty, "threadIdx.y")
+        sch.bind(tx, "threadIdx.x")
+        sch.annotate(tx, ann_key="pragma_auto_unroll_max_step", ann_val=256)
+        sch.annotate(tx, ann_key="pragma_unroll_explicit", ann_val=1)
+        l2g = sch.cache_write(main, 0, "local")
+        sch.reverse_compute_at(l2g, tx, preserve_unit_loops=True)
+        for index in (0, 1):
+            g2s = sch.cache_read(main, index, "shared")
+            count = len(sch.get_loops(g2s))
+            sch.compute_at(g2s, ko, preserve_unit_loops=True)
+            loops = sch.get_loops(g2s)[-count:]
+            fty, ftx, _, vec = sch.split(sch.fuse(*loops), factors=[self.BLOCK_Y, self.BLOCK_X, None, 4])
+            sch.vectorize(vec)
+            sch.bind(fty, "threadIdx.y")
+            sch.bind(ftx, "threadIdx.x")
+            sch.storage_align(g2s, 0, axis=1, factor=16, offset=4)  # rows of 20 bytes: aligned int8x4
+            auto_inline_producers(sch, g2s)
+        auto_inline_consumer_chain(sch, l2g)
+        init = sch.decompose_reduction(main, ko)
+        del init
+        sch.tensorize(k4, DP4A)
+        return sch
