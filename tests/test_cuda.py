@@ -209,3 +209,27 @@ def test_int8_gemms_use_dp4a_where_tvms_wmma_tiles_do_not_build():
             built = tvm.compile(_int8_gemm(bias), target=target, relax_pipeline=pipeline_for(target))
         source = cuda_sources(built)[0]
         assert "wmma" not in source and "signed char* __restrict__" in source and "__dp4a(" in source
+
+
+def test_hash_attention_kernels_build_for_cuda():
+    """The packed-code kernels are written for CPUs (a parallel outer loop, 64-lane vectors inside);
+    on CUDA each outer iteration becomes a thread with plain inner loops, and nvcc compiles it."""
+    import tvm
+
+    from edgecompile.hashattn.kernels import context_kernel, output_kernel
+    from edgecompile.lower.build import make_target
+    from edgecompile.lower.cuda_binary import nvcc_fatbin
+    from edgecompile.lower.pipeline import BindParallelLoops
+
+    target = make_target(get_profile("cuda-sm90").resolved())
+    mod = tvm.IRModule(
+        {
+            "hash_context": context_kernel(6, 512, 16, 64, 1.0).with_attr("global_symbol", "hash_context"),
+            "hash_output": output_kernel(6, 512, 16, 64).with_attr("global_symbol", "hash_output"),
+        }
+    )
+    with target:
+        lib = tvm.tirx.build(BindParallelLoops()(mod), target=target)
+    source = next(m for m in lib.imports if m.kind == "cuda").inspect_source()
+    assert "hash_context_kernel" in source and "hash_output_kernel" in source and "threadIdx.x" in source
+    assert nvcc_fatbin(source, "sm_90")[:4] == FATBIN_MAGIC

@@ -60,7 +60,8 @@ class DecomposeGelu:
 @tvm.transform.module_pass(opt_level=0, name="BindParallelLoops")
 class BindParallelLoops:
     """On GPU targets: every ``T.parallel`` loop at the top of a pre-scheduled PrimFunc becomes
-    ``blockIdx.x`` x ``threadIdx.x`` (the iterations are independent by construction)."""
+    ``blockIdx.x`` x ``threadIdx.x`` (the iterations are independent by construction), and the
+    CPU-width vectorized loops inside become serial loops of each thread."""
 
     def __init__(self, threads: int = 128):
         self.threads = threads
@@ -81,7 +82,9 @@ class BindParallelLoops:
                     sch.bind(inner, "threadIdx.x")
                     bound = True
             if bound:
-                mod[gv] = sch.mod["main"]
+                # a GPU thread has no 64-lane vectors: its vectorized loops become plain loops
+                scalar = tvm.tirx.transform.VectorizeLoop(enable_vectorize=False)(sch.mod)
+                mod[gv] = scalar["main"]
         return mod
 
 
