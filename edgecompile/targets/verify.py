@@ -22,14 +22,13 @@ QEMU = {"aarch64": "qemu-aarch64", "arm": "qemu-arm"}
 
 
 def emulation_sysroot(arch: str) -> Path | None:
-    """An aarch64 sysroot with Python and TVM for qemu-user (``EDGECOMPILE_AARCH64_SYSROOT``, or the
-    one ``scripts/aarch64_sysroot.sh`` builds under ``.cache/``), if present."""
+    """An aarch64 sysroot with Python and TVM for qemu-user, if present: ``EDGECOMPILE_AARCH64_SYSROOT``
+    when set, else the one ``scripts/aarch64_sysroot.sh`` builds under the checkout's ``.cache/``."""
     if arch != "aarch64":
         return None
     env = os.environ.get("EDGECOMPILE_AARCH64_SYSROOT")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / ".cache" / "aarch64-sysroot")
-    return next((c for c in candidates if (c / "usr" / "bin").is_dir()), None)
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / ".cache" / "aarch64-sysroot"
+    return path if (path / "usr" / "bin").is_dir() else None
 
 
 def verification(profile: TargetProfile) -> str:
