@@ -398,7 +398,8 @@ def _inspect_hash(path: Path, as_json: bool) -> None:
         out.print_json(json.dumps(h))
         return
     table = Table(title=f"{path}: attention blocks (hash-attention {h['options']}, {h['samples']} samples)")
-    for col in ("block", "tokens", "heads", "converted", "fidelity (rel. err)", "c", "energy uJ soft -> hash", "why"):
+    cols = ("block", "tokens", "heads", "converted", "fidelity (rel. err)", "c", "exact rows", "energy uJ soft -> hash")
+    for col in (*cols, "why"):
         table.add_column(col)
     soft = hashed = 0.0
     for r in h["layers"]:
@@ -407,6 +408,7 @@ def _inspect_hash(path: Path, as_json: bool) -> None:
         fid = f"{r['fidelity_relerr']:.4f}" if "fidelity_relerr" in r else "-"
         table.add_row(
             r["name"], str(r["seq"]), str(r["heads"]), "yes" if r["converted"] else "no", fid, str(r.get("c", "-")),
+            ",".join(map(str, r.get("global_queries") or [])) or "-",
             f"{r['energy_softmax_uj']:.4g} -> {r['energy_hash_uj']:.4g}", r["reason"],
         )  # fmt: skip
     out.print(table)

@@ -92,6 +92,8 @@ PRESETS["hash-attention"] = Preset(
         "min_seq": "blocks with fewer tokens keep softmax (default 512)",
         "max_drop": "the gate's budget on the model's output on held-out calibration samples (default 1%)",
         "iters": "Adam steps per bit of the hash fit (default 100)",
+        "global_queries": "query positions per block kept on exact softmax attention over all keys, those the "
+        "hash served worst in calibration (default 1: a ViT's class token; 0: none)",
     },
 )
 # A bare word after a preset's colon is shorthand for one of its options: ``int8-integer-only:ibert``.

@@ -7,7 +7,7 @@ learned binary codes (EcoFormer, post-training), where it keeps the model's outp
    quarter of them, at least one, held out) and fit a hash per head
    (:mod:`edgecompile.hashattn.fit`); the constant ``c`` of the weights ``h_i . h_j + c`` (``b`` to
    ``4b``) is chosen on the fitting samples; the block's fidelity is its output's relative error on
-   the held-out ones.
+   the held-out ones, with the exact rows in place (as the rewrite computes them).
 3. Gate (``layers=auto``): blocks are converted in order of fidelity, each kept only if the
    model's output on the held-out samples stays within ``max_drop`` of float (top-1 changes and
    probability shift for a classifier, relative L2 otherwise:
@@ -16,9 +16,13 @@ learned binary codes (EcoFormer, post-training), where it keeps the model's outp
    every eligible block, ``layers=attn.0;attn.2`` those.
 4. Rewrite: per block, ``x / |x|`` -> anchors matmul -> ``exp`` -> centre -> projection ->
    ``sign`` bits packed into an int32 word per token, then the packed kernels of
-   :mod:`edgecompile.hashattn.kernels` (additions only on the codes). The float softmax path is
-   dropped. Composes with ``int8`` / ``int8-integer-only`` after it: the hash path stays float (its
-   matmuls have 3-D constant operands, which int8 leaves alone); the rest is quantized as usual.
+   :mod:`edgecompile.hashattn.kernels` (additions only on the codes). ``global_queries`` query
+   positions per block (default 1: those whose hash rows erred most in calibration, the class
+   token in a ViT, whose row alone reaches the classifier) keep exact softmax attention over all
+   keys, a ``[G, P, N]`` logits slice, still linear in N; the manifest lists them. The float
+   softmax path is otherwise dropped. Composes with ``int8`` / ``int8-integer-only`` after it:
+   the hash path stays float (its matmuls have 3-D constant operands, which int8 leaves alone);
+   the rest is quantized as usual.
 
 Energy per block (``energy_softmax_uj`` / ``energy_hash_uj``) is from op counts with the target
 profile's table, the same conventions as :mod:`edgecompile.energy`.
@@ -57,12 +61,13 @@ class HashConfig:
     max_drop: float = 0.01  # fraction
     iters: int = 100
     key_bias: bool = True  # weights exp(k_j . g) (h_i . h_j + c): the keys' shared popularity apart from the bits
+    global_queries: int = 1  # query positions per block computed with exact softmax (the worst in calibration)
 
     @property
     def spec(self) -> str:
         return (
             f"bits={self.bits} anchors={self.anchors} topk={self.topk} layers={self.layers} "
-            f"min_seq={self.min_seq} max_drop={self.max_drop * 100:g}%"
+            f"min_seq={self.min_seq} max_drop={self.max_drop * 100:g}% global_queries={self.global_queries}"
         )
 
 
@@ -80,6 +85,7 @@ def config_from_options(options: dict[str, str]) -> HashConfig:
             max_drop=drop,
             iters=int(options.get("iters", 100)),
             key_bias=options.get("key_bias", "1").lower() not in ("0", "false", "no", "off"),
+            global_queries=int(options.get("global_queries", 1)),
         )
     except ValueError as e:
         raise RecipeError(f"hash-attention: malformed option value ({e})") from e
@@ -87,16 +93,20 @@ def config_from_options(options: dict[str, str]) -> HashConfig:
         raise RecipeError(f"hash-attention: bits must be 1..31 (one int32 word per token), got {cfg.bits}")
     if cfg.anchors < 2 or cfg.topk < 1 or cfg.min_seq < 0 or cfg.iters < 0 or not 0 <= cfg.max_drop <= 1:
         raise RecipeError("hash-attention: anchors >= 2, topk >= 1, min_seq >= 0, iters >= 0, max_drop in 0..100%")
+    if cfg.global_queries < 0:
+        raise RecipeError(f"hash-attention: global_queries must be >= 0, got {cfg.global_queries}")
     return cfg
 
 
 @dataclass
 class BlockHash:
-    """What the rewrite bakes into one block: a hash per group (head) and the constant c."""
+    """What the rewrite bakes into one block: a hash per group (head), the constant c and the query
+    positions computed exactly (None: the first ``global_queries`` of the config)."""
 
     heads: list[HeadHash]
     c: float
-    fidelity: float  # relative error of the block output on held-out calibration samples
+    fidelity: float  # relative error of the block output on held-out calibration samples (exact rows included)
+    queries: tuple[int, ...] | None = None  # sorted query positions with exact softmax rows
 
 
 @dataclass
@@ -162,6 +172,7 @@ def hash_attention_model(
         hashes[b.name] = _fit_block(b, captured[b.name], len(fit_samples), config)
         rows[b.name]["fidelity_relerr"] = round(hashes[b.name].fidelity, 5)
         rows[b.name]["c"] = hashes[b.name].c
+        rows[b.name]["global_queries"] = list(hashes[b.name].queries)
     say("fitting hashes", len(eligible), len(eligible))
     switched = carry_functions(_rewrite(func, eligible, hashes, config, switch=True), mod)
     vm = relax.VirtualMachine(build(switched), tvm.cpu())
@@ -231,7 +242,9 @@ def _energy(g: int, n: int, d: int, dv: int, config: HashConfig, table: dict) ->
     """Attention energy (uJ) of one block, softmax vs hash, from op counts with
     :mod:`edgecompile.energy`'s conventions: a multiply-add is a multiply and an add; exp 4 + 4
     and softmax 5 + 5 per element; every op reads its operands and writes its result (32-bit
-    words). The hash side assumes half the bits of a key set (its context adds)."""
+    words). The hash side assumes half the bits of a key set (its context adds), and adds the
+    ``global_queries`` rows computed exactly (softmax's costs on ``P`` of the ``N`` queries, plus
+    reading K and V and writing the output around them)."""
     mul, add, mem = table["fp32_mul"], table["fp32_add"], table["mem_read_32b"]
     nn = g * n * n
     # Q K^T, scale, (mask), softmax, P V
@@ -250,12 +263,17 @@ def _energy(g: int, n: int, d: int, dv: int, config: HashConfig, table: dict) ->
     hashed = (feat_mul + out_mul + bias_mul) * mul + (feat_add + ctx_add + out_add + bias_add) * add
     hashed += (rows * (2 * d + 4 * m + 2 * b) + g * n * dv * 2 + g * n * (b + 1) * (dv + 1)) * mem
     hashed += (g * n * (d + 2 * dv + 2) if config.key_bias else 0) * mem
+    # the global queries' exact rows: softmax attention on a [G, P, N] slice, and their scatter
+    pn = g * min(config.global_queries, n) * n
+    exact_ops = pn * d + pn + 5 * pn + pn * dv
+    hashed += exact_ops * mul + (exact_ops + pn) * add
+    hashed += (g * min(config.global_queries, n) * (d + 2 * dv) + g * n * d + pn * 10 + g * n * dv + g * n * dv) * mem
     return soft * 1e-6, hashed * 1e-6
 
 
 def _capture(func, blocks, names, build, samples, say) -> dict[str, list[dict]]:
-    """Per block and sample: q, k ([G, N, d]), v, logits ([G, Nq, N], a query subsample), keep,
-    the query rows chosen and the block output on them."""
+    """Per block and sample: q, k ([G, N, d]), v, the block output ([G, N, dv]), keep, and the
+    logits ([G, Nq, N]) of a query subsample ``rows`` (the hash's fitting target)."""
     wanted = []
     for b in blocks:
         wanted += [b.q, b.kt, b.v, b.logits, b.output]
@@ -278,8 +296,8 @@ def _capture(func, blocks, names, build, samples, say) -> dict[str, list[dict]]:
                 keep = np.broadcast_to(mask, (*b.shape[:-2], 1, n)).reshape(g, n) > np.log(0.5)
             rows = np.sort(rng.choice(n, size=min(n, MAX_QUERIES), replace=False))
             out[b.name].append(
-                {"q": q[:, rows], "k": k, "v": got[pos[b.v]].reshape(g, n, dv), "logits": lg[:, rows], "keep": keep,
-                 "out": got[pos[b.output]].reshape(g, n, dv)[:, rows]}
+                {"q": q, "k": k, "v": got[pos[b.v]].reshape(g, n, dv), "logits": lg[:, rows], "rows": rows,
+                 "keep": keep, "out": got[pos[b.output]].reshape(g, n, dv)}
             )  # fmt: skip
         say("capturing attention", i + 1, len(samples))
     return out
@@ -296,30 +314,45 @@ def _hash_outputs(h: HeadHash, q, k, v, keep, c: float) -> np.ndarray:
 
 
 def _fit_block(b: AttentionBlock, caps: list[dict], n_fit: int, config: HashConfig) -> BlockHash:
+    """The block's hashes, ``c`` and exact query positions. ``c`` minimises the fitting samples'
+    error of all but the ``global_queries`` worst rows; the positions are those whose hash rows
+    err most on the held-out samples (summed squared error over heads and samples: the fitting
+    samples would favour the query rows the hash was fitted on); the fidelity is the held-out
+    relative error of the whole output with those rows exact, as the rewrite computes it."""
     g = caps[0]["q"].shape[0]
     fit, test = caps[:n_fit], caps[n_fit:] or caps
     heads = []
     for h in range(g):
         heads.append(
             fit_head(
-                [c["q"][h] for c in fit], [c["k"][h] for c in fit], [c["logits"][h] for c in fit],
+                [c["q"][h][c["rows"]] for c in fit], [c["k"][h] for c in fit], [c["logits"][h] for c in fit],
                 [None if c["keep"] is None else c["keep"][h] for c in fit],
                 config.bits, config.anchors, config.topk, config.iters, seed=h, key_bias=config.key_bias,
             )
         )  # fmt: skip
 
-    def error(c_over_b: float, caps_: list[dict]) -> float:
-        num = den = 0.0
+    def errors(c_over_b: float, caps_: list[dict]) -> tuple[np.ndarray, float]:
+        """Squared error per query position of the hash rows, and the output's squared norm."""
+        per_row, den = 0.0, 0.0
         for cap in caps_:
             for h, hh in enumerate(heads):
                 keep = None if cap["keep"] is None else cap["keep"][h]
                 o = _hash_outputs(hh, cap["q"][h], cap["k"][h], cap["v"][h], keep, c_over_b * config.bits)
-                num += float(np.sum((o - cap["out"][h]) ** 2))
+                per_row = per_row + np.sum((o - cap["out"][h]) ** 2, axis=-1)
                 den += float(np.sum(cap["out"][h].astype(np.float64) ** 2))
-        return float(np.sqrt(num / max(den, 1e-30)))
+        return np.asarray(per_row), max(den, 1e-30)
 
-    best = min(C_GRID, key=lambda r: error(r, fit))
-    return BlockHash(heads, best * config.bits, error(best, test))
+    n_exact = min(config.global_queries, caps[0]["q"].shape[1])
+
+    def rest(c_over_b: float) -> float:  # the fitting error without each sample's worst rows
+        per_row, den = errors(c_over_b, fit)
+        return float(np.sqrt((per_row.sum() - np.sort(per_row)[::-1][:n_exact].sum()) / den))
+
+    best = min(C_GRID, key=rest)
+    per_row, den = errors(best, test)
+    queries = tuple(sorted(int(i) for i in np.argsort(-per_row, kind="stable")[:n_exact]))
+    fidelity = float(np.sqrt((per_row.sum() - per_row[list(queries)].sum()) / den))
+    return BlockHash(heads, best * config.bits, fidelity, queries)
 
 
 def _rewrite(func, blocks: list[AttentionBlock], hashes: dict, config: HashConfig, switch: bool) -> tvm.IRModule:
@@ -388,7 +421,41 @@ def _emit_block(bb, b: AttentionBlock, bh: BlockHash, config: HashConfig, m: dic
     if weighted:
         out = op.divide(op.strided_slice(out, axes=[2], begin=[0], end=[dv - 1]),
                         op.strided_slice(out, axes=[2], begin=[dv - 1], end=[dv]))  # fmt: skip
+    queries = _queries(bh, config, n)
+    if queries:
+        out = _with_exact_rows(bb, bb.emit(out), b, queries, m)
     return op.reshape(out, [int(x) for x in b.output.ty.shape.values])
+
+
+def _queries(bh: BlockHash, config: HashConfig, n: int) -> tuple[int, ...]:
+    return tuple(range(min(config.global_queries, n))) if bh.queries is None else tuple(bh.queries)
+
+
+def _with_exact_rows(bb, hashed: relax.Expr, b: AttentionBlock, queries: tuple[int, ...], m: dict) -> relax.Expr:
+    """``hashed`` ``[G, N, dv]`` with the rows at ``queries`` replaced by the block's exact softmax
+    attention: ``softmax(scale q_P K^T (+ mask)) V`` on a ``[G, P, N]`` logits slice (O(P N d))."""
+    g, n, d, dv = _groups(b)
+    q = op.reshape(m.get(b.q, b.q), [g, n, d])
+    kt = op.reshape(m.get(b.kt, b.kt) if isinstance(b.kt, relax.Var) else b.kt, [g, d, n])
+    v = op.reshape(m.get(b.v, b.v), [g, n, dv])
+    p = len(queries)
+    prefix = queries == tuple(range(p))
+    if prefix:
+        qp = op.strided_slice(q, axes=[1], begin=[0], end=[p])
+    else:
+        qp = op.take(q, relax.const(np.array(queries, np.int32)), axis=1)
+    logits = op.matmul(qp, kt)
+    if b.scale != 1.0:
+        logits = op.multiply(logits, relax.const(np.float32(b.scale)))
+    if b.mask is not None:
+        lead = list(b.shape[:-2])
+        logits = op.add(logits, op.reshape(op.broadcast_to(m.get(b.mask, b.mask), [*lead, 1, n]), [g, 1, n]))
+    exact = bb.emit(op.matmul(op.nn.softmax(bb.emit(logits), axis=-1), v))  # [G, P, dv]
+    if prefix:
+        return op.concat([exact, op.strided_slice(hashed, axes=[1], begin=[p], end=[n])], axis=1)
+    index = np.arange(n, dtype=np.int32)
+    index[list(queries)] = n + np.arange(p, dtype=np.int32)  # row i: hashed[i], or exact[j] where i = queries[j]
+    return op.take(op.concat([hashed, exact], axis=1), relax.const(index), axis=1)
 
 
 def _codes(x: relax.Expr, bh: BlockHash, side: str, bits: int) -> relax.Expr:

@@ -3,7 +3,8 @@ per pixel, so attention runs over ``size^2 + 1`` tokens (577 at the default 24):
 binary-hash attention pass is measured on (tests/test_hash_attention.py, benchmarks/hash_attention.py).
 
 Same split as :mod:`digits`; ``examples.models.TinyViT`` with 1x1 patches, hidden 32, 2 layers,
-2 heads, FFN 64; trained with AdamW in about a minute on 2 CPU cores.
+2 heads, FFN 64; trained with AdamW. With the defaults (6 epochs, seed 0) it reaches 68.0% top-1
+on the 600 test images (about 4 minutes on 2 busy cores); 12 epochs reach 79.5% (about 8 minutes).
 """
 
 from __future__ import annotations
