@@ -146,13 +146,3 @@ def test_cli_package_lists_sizes_and_refuses_bad_requests(int8_artifact, tmp_pat
     with pytest.raises(ArtifactError, match="not a bundle"):
         make_bundle(int8_artifact, tmp_path / "keep")
     assert (tmp_path / "keep" / "notes.txt").read_text() == "mine"
-
-
-def test_cuda_bundle_needs_the_python_runtime(tmp_path):
-    art = edgecompile.compile(EXAMPLE_ONNX, target="cuda-sm90", output=tmp_path / "cu", input_shapes=EXAMPLE_SHAPES)
-    with pytest.raises(ArtifactError, match="native runner runs CPU targets; a cuda artifact needs --python"):
-        make_bundle(art, tmp_path / "b")
-    bundle = make_bundle(art, tmp_path / "b", python=True)
-    files = {p.relative_to(bundle.root).as_posix() for p in bundle.root.rglob("*") if p.is_file()}
-    assert {"python/tvm/lib/libtvm_runtime_cuda.so", "model/kernels-0.sm_90.fatbin"} <= files
-    assert "run_model" not in files

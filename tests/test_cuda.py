@@ -233,3 +233,14 @@ def test_hash_attention_kernels_build_for_cuda():
     source = next(m for m in lib.imports if m.kind == "cuda").inspect_source()
     assert "hash_context_kernel" in source and "hash_output_kernel" in source and "threadIdx.x" in source
     assert nvcc_fatbin(source, "sm_90")[:4] == FATBIN_MAGIC
+
+
+def test_cuda_bundle_needs_the_python_runtime(cuda_artifact, tmp_path):
+    from edgecompile.lower.bundle import make_bundle
+
+    with pytest.raises(ArtifactError, match="native runner runs CPU targets; a cuda artifact needs --python"):
+        make_bundle(cuda_artifact, tmp_path / "b")
+    bundle = make_bundle(cuda_artifact, tmp_path / "b", python=True)
+    files = {p.relative_to(bundle.root).as_posix() for p in bundle.root.rglob("*") if p.is_file()}
+    assert {"python/tvm/lib/libtvm_runtime_cuda.so", "model/kernels-0.sm_80.fatbin", "run.py"} <= files
+    assert "run_model" not in files
