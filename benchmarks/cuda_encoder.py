@@ -54,8 +54,6 @@ def _torch_module(name: str):
 
 
 def build(args) -> None:
-    import torch
-
     import edgecompile
     from edgecompile.lower.bundle import make_bundle
 
@@ -69,19 +67,8 @@ def build(args) -> None:
         d = out / name
         d.mkdir(parents=True, exist_ok=True)
         onnx_path = d / f"{name}.onnx"
-        if not onnx_path.exists():
-            feeds = encoder.tokenize(tok, texts[:1])
-            batch, seq = torch.export.Dim("batch", max=64), torch.export.Dim("seq", max=512)
-            torch.onnx.export(
-                _torch_module(name),
-                tuple(torch.from_numpy(feeds[n]) for n in encoder.INPUTS),
-                str(onnx_path),
-                input_names=list(encoder.INPUTS),
-                output_names=[encoder.OUTPUT],
-                dynamic_shapes={n: {0: batch, 1: seq} for n in encoder.INPUTS},
-                dynamo=True,
-                external_data=True,
-            )
+        if not onnx_path.exists():  # (building the module costs seconds; skip it when exported)
+            encoder.export(onnx_path, tok, module=_torch_module(name))
         inputs = encoder.tokenize(tok, texts[:1])
         np.savez(d / "inputs.npz", **inputs)
         calib = encoder.tokenize(tok, texts * 8)

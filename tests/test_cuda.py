@@ -197,8 +197,7 @@ def test_int8_gemms_use_dp4a_where_tvms_wmma_tiles_do_not_build():
     import tvm
     from tvm import relax
 
-    from edgecompile.lower.build import make_target
-    from edgecompile.lower.cuda_binary import cuda_sources
+    from edgecompile.lower.build import device_sources, make_target
     from edgecompile.lower.pipeline import pipeline_for
 
     target = make_target(get_profile("cuda-sm90").resolved())
@@ -207,7 +206,7 @@ def test_int8_gemms_use_dp4a_where_tvms_wmma_tiles_do_not_build():
             with pytest.raises(Exception, match="fragment_info_"):
                 tvm.compile(_int8_gemm(bias), target=target, relax_pipeline=relax.get_default_pipeline(target))
             built = tvm.compile(_int8_gemm(bias), target=target, relax_pipeline=pipeline_for(target))
-        source = cuda_sources(built)[0]
+        source = device_sources(built, "cuda")[0]
         assert "wmma" not in source and "signed char* __restrict__" in source and "__dp4a(" in source
 
 

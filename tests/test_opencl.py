@@ -16,7 +16,7 @@ import edgecompile
 from edgecompile.api import _quant_config, _quantize
 from edgecompile.calibrate.data import load_samples
 from edgecompile.frontend import import_model
-from edgecompile.lower.build import compile_module, make_target
+from edgecompile.lower.build import compile_module, device_sources, make_target
 from edgecompile.lower.pipeline import pipeline_for
 from edgecompile.recipe import parse_recipe
 from edgecompile.targets import get_profile
@@ -34,17 +34,6 @@ def _module(recipe: str):
     return _quantize(imported, imported.mod, *config, samples, lambda _m: None, None)[0]
 
 
-def _opencl_source(executable) -> str:
-    def walk(m):
-        for sub in m.imports:
-            yield sub
-            yield from walk(sub)
-
-    sources = [m.inspect_source() for m in walk(executable.mod) if m.kind == "opencl"]
-    assert len(sources) == 1
-    return sources[0]
-
-
 @pytest.mark.parametrize("recipe", ["fp32", "int8-integer-only"])
 def test_opencl_kernels_are_the_scheduled_entry_points(recipe):
     profile = get_profile("opencl-mali").resolved()
@@ -53,7 +42,9 @@ def test_opencl_kernels_are_the_scheduled_entry_points(recipe):
     with target:
         lowered = pipeline_for(target)(mod)
     expected = {f"{gv.name_hint}_kernel" for gv, f in lowered.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
-    source = _opencl_source(compile_module(mod, profile))
+    sources = device_sources(compile_module(mod, profile), "opencl")
+    assert len(sources) == 1
+    source = sources[0]
     kernels = set(re.findall(r"__kernel void (\w+)\(", source))
     assert kernels == expected and len(kernels) > 10
     if recipe == "int8-integer-only":

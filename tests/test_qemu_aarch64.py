@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import EXAMPLE_ONNX, EXAMPLE_SHAPES, REL_TOL, assert_close
+from test_targets import elf_machine
 
 import edgecompile
 from edgecompile import hostinfo
@@ -135,10 +136,6 @@ def run_on_x86(art: Path, samples: list[dict]) -> list[dict]:
     return [model.run(s) for s in samples]
 
 
-def elf_machine(lib: Path) -> int:
-    return struct.unpack("<H", lib.read_bytes()[18:20])[0]
-
-
 def compare(recipe: str, ref: list[dict], got: list[dict]) -> list[float]:
     """Bit equality for integer-only recipes, ``assert_close`` otherwise; the relative errors."""
     errors = []
@@ -197,7 +194,7 @@ def test_tiny_bert_runs_on_aarch64_like_on_x86(tmp_path_factory, tmp_path, dotpr
         )
         x86[target, recipe] = tiny_bert(tmp_path_factory, "native", recipe)
     for art in arm.values():
-        assert elf_machine(art / "model.so") == EM_AARCH64, art
+        assert elf_machine(art / "model.so")[1] == EM_AARCH64, art
 
     # the dotprod artifacts' int8 GEMMs are sdot kernels, the plain aarch64 ones have none
     objdump = shutil.which("aarch64-linux-gnu-objdump")
@@ -252,7 +249,7 @@ def test_device_bundle_runs_on_aarch64(tmp_path_factory, tmp_path, dotprod_profi
     bundle = make_bundle(art, tmp_path / "bundle", runtime_from=SYSROOT / "site-packages")
     assert bundle.beyond_weights is not None and bundle.beyond_weights <= 8 * 2**20, bundle.to_json()
     runner = bundle.root / "run_model"
-    assert elf_machine(runner) == EM_AARCH64
+    assert elf_machine(runner)[1] == EM_AARCH64
     (tmp_path / "in").mkdir()
     (tmp_path / "out").mkdir()
     for name, value in example_feeds.items():

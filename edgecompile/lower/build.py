@@ -96,6 +96,20 @@ def _build(mod, target, profile: TargetProfile, db, on_fused=None):
         ) from e
 
 
+def device_sources(executable, kind: str) -> list[str]:
+    """The source of every ``kind`` module (``cuda``, ``opencl``) the built executable imports."""
+    found: list[str] = []
+
+    def walk(module) -> None:
+        for sub in module.imports:
+            if sub.kind == kind:
+                found.append(sub.inspect_source())
+            walk(sub)
+
+    walk(executable.mod)
+    return found
+
+
 def _model_latency(executable, mod, runs: int = 20) -> float:
     """Median seconds of ``main`` on random inputs of its static shapes."""
     import statistics

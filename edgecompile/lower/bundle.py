@@ -311,5 +311,6 @@ def _native_files(source: Path, device: str, python: bool) -> list[str]:
 
 
 def _elf_arch(path: Path) -> str:
-    machine = int.from_bytes(path.read_bytes()[18:20], "little")
+    with open(path, "rb") as f:
+        machine = int.from_bytes(f.read(20)[18:20], "little")
     return {62: "x86_64", 183: "aarch64", 40: "arm"}.get(machine, f"ELF machine {machine}")

@@ -70,26 +70,14 @@ def nvcc_fatbin(code: str, arch: str, nvcc: str | None = None) -> bytes:
         return out.read_bytes()
 
 
-def cuda_sources(executable) -> list[str]:
-    """The CUDA source of every CUDA module the built executable imports (usually one)."""
-    found: list[str] = []
-
-    def walk(module) -> None:
-        for sub in module.imports:
-            if sub.kind == "cuda":
-                found.append(sub.inspect_source())
-            walk(sub)
-
-    walk(executable.mod)
-    return found
-
-
 def write_device_code(executable, arch: str, out_dir: Path) -> list[dict]:
     """Compile the executable's CUDA kernels into ``kernels-<i>.<arch>.fatbin`` files in ``out_dir``;
     returns the manifest entries ``{file, arch, source_sha256}`` the runtime matches them by."""
     nvcc = find_nvcc()
     entries = []
-    for i, code in enumerate(cuda_sources(executable)):
+    from edgecompile.lower.build import device_sources
+
+    for i, code in enumerate(device_sources(executable, "cuda")):
         path = out_dir / f"kernels-{i}.{arch}.fatbin"
         path.write_bytes(nvcc_fatbin(code, arch, nvcc))
         entries.append({"file": path.name, "arch": arch, "source_sha256": hashlib.sha256(code.encode()).hexdigest()})

@@ -76,19 +76,10 @@ def float_arith(func) -> list[str]:
 
 
 def _fused(mod: tvm.IRModule, target) -> tvm.IRModule:
-    from edgecompile.lower.pipeline import fusion_passes
+    from edgecompile.lower.pipeline import fusion_passes, gpu_fusion_passes
 
     with target:
-        if target.kind.name == "llvm":
-            passes = fusion_passes(target)
-        else:
-            passes = [
-                relax.transform.LegalizeOps(),
-                relax.transform.AnnotateTIROpPattern(),
-                relax.transform.FoldConstant(),
-                relax.transform.FuseOps(),
-                relax.transform.FuseTIR(),
-            ]
+        passes = fusion_passes(target) if target.kind.name == "llvm" else gpu_fusion_passes()
         return tvm.transform.Sequential(passes)(mod)
 
 

@@ -160,20 +160,26 @@ def pipeline_for(target, tuning_db=None, on_fused=None):
     return tvm.transform.Sequential([BindParallelLoops(), relax.get_default_pipeline(target)], name="edgecompile_gpu")
 
 
-def cuda_pipeline(target) -> tvm.transform.Pass:
-    """TVM's CUDA phases with dlight's rules, its Matmul replaced by ours (int8 WMMA only where it
-    compiles, :mod:`edgecompile.lower.schedules.gpu_matmul`), after :class:`BindParallelLoops`."""
-    from tvm.relax.backend.cuda import pipeline as cuda
-    from tvm.s_tir import dlight as dl
-
-    from edgecompile.lower.schedules.gpu_matmul import Int8Dp4aMatmul, Matmul
-
-    legalize = [
+def gpu_fusion_passes() -> list:
+    """Legalization and fusion on GPU targets (TVM's, before scheduling)."""
+    return [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
+    ]
+
+
+def cuda_pipeline(target) -> tvm.transform.Pass:
+    """TVM's CUDA phases with dlight's rules, int8 GEMMs scheduled by ours (``__dp4a``; int8 WMMA only
+    where it compiles, :mod:`edgecompile.lower.schedules.gpu_matmul`), after :class:`BindParallelLoops`."""
+    from tvm.relax.backend.cuda import pipeline as cuda
+    from tvm.s_tir import dlight as dl
+
+    from edgecompile.lower.schedules.gpu_matmul import Int8Dp4aMatmul, Matmul
+
+    legalize = gpu_fusion_passes() + [
         dl.ApplyDefaultSchedule(
             Int8Dp4aMatmul(), Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
         ),

@@ -10,7 +10,6 @@ NVRTC or Python compiler package is needed on the device.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 from pathlib import Path
 
@@ -22,19 +21,17 @@ CALLBACK = "tvm_callback_cuda_compile"
 def load_cuda_sidecar(tvm) -> None:
     """Load ``libtvm_runtime_cuda.so`` from TVM's library directory (once)."""
     from tvm.base import _LOADED_LIBS
+    from tvm_ffi.libinfo import load_lib_ctypes
 
     if "tvm_runtime_cuda" in _LOADED_LIBS:
         return
     lib_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
-    path = lib_dir / "libtvm_runtime_cuda.so"
-    if not path.is_file():
-        raise ArtifactError(f"this CUDA artifact needs TVM's CUDA runtime library, not found at {path}")
-    try:
-        _LOADED_LIBS["tvm_runtime_cuda"] = ctypes.CDLL(str(path), mode=ctypes.RTLD_LOCAL)
-    except OSError as e:
+    try:  # as TVM's own CUDA backend loads it, which runtime-only mode skips
+        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes("tvm", "tvm_runtime_cuda", "RTLD_LOCAL", [lib_dir])
+    except (OSError, RuntimeError) as e:
         raise ArtifactError(
-            f"cannot load TVM's CUDA runtime ({path.name}): {e}; a CUDA artifact needs an NVIDIA GPU with its "
-            "driver (libcuda.so.1) and the CUDA runtime (libcudart.so.13) on the library path"
+            f"cannot load TVM's CUDA runtime (libtvm_runtime_cuda.so beside {lib_dir}): {e}; a CUDA artifact needs "
+            "an NVIDIA GPU with its driver (libcuda.so.1) and the CUDA runtime (libcudart.so.13) on the library path"
         ) from e
 
 
@@ -45,10 +42,8 @@ def register_device_code(artifact: Path, entries: list[dict]) -> None:
     """Serve the artifact's prebuilt fatbins to the CUDA module loader, matched by source hash."""
     import tvm_ffi
 
-    first = not _PREBUILT
     _PREBUILT.update({e["source_sha256"]: artifact / e["file"] for e in entries})
-    if first:
-        tvm_ffi.register_global_func(CALLBACK, _prebuilt, override=True)
+    tvm_ffi.register_global_func(CALLBACK, _prebuilt, override=True)
 
 
 def _prebuilt(code: str) -> bytes:

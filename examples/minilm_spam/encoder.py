@@ -56,8 +56,9 @@ def sentence_encoder():
     return SentenceEncoder(AutoModel.from_pretrained(model_dir()).eval()).eval()
 
 
-def export(path: Path, tok=None) -> Path:
-    """Export the encoder to ``path`` (weights in an external data file beside it); reused if present."""
+def export(path: Path, tok=None, module=None) -> Path:
+    """Export the encoder (or ``module``, same inputs and output) to ``path`` (weights in an external
+    data file beside it); reused if present."""
     import torch
 
     path = Path(path)
@@ -67,7 +68,7 @@ def export(path: Path, tok=None) -> Path:
     feeds = tokenize(tok or tokenizer(), ["A man is playing a guitar."])
     b, s = torch.export.Dim("batch", max=64), torch.export.Dim("seq", max=512)
     torch.onnx.export(
-        sentence_encoder(),
+        module if module is not None else sentence_encoder(),
         tuple(torch.from_numpy(feeds[n]) for n in INPUTS),
         str(path),
         input_names=list(INPUTS),

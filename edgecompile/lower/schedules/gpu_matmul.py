@@ -37,7 +37,8 @@ class Matmul(dl.gpu.Matmul):
 
     def apply(self, func, target, tunable):
         sch = super().apply(func, target, tunable)
-        if sch is None or target.kind.name != "cuda" or not _uses_wmma(sch):
+        # only int8 WMMA tiles are known not to compile (fp16 ones do): probe those alone
+        if sch is None or target.kind.name != "cuda" or not _int8_gemm(func) or not _uses_wmma(sch):
             return sch
         try:
             probe = sch.mod["main"].with_attr("global_symbol", "edgecompile_probe")
@@ -45,6 +46,19 @@ class Matmul(dl.gpu.Matmul):
             return sch
         except Exception:  # noqa: BLE001 - TVM raises InternalError; any failure means "not this way"
             return super().apply(func.with_attr("dlight.do_not_tensorize", True), target, tunable)
+
+
+def _int8_gemm(func) -> bool:
+    """Whether ``func``'s GEMM block reads int8 operands into an int32 accumulator."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    blocks = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
+    if not blocks:
+        return False
+    stmt = sch.get(blocks[0])
+    reads = [str(r.source.dtype) for r in stmt.reads]
+    return reads[-2:] == ["int8", "int8"] and str(stmt.writes[0].source.dtype) == "int32"
 
 
 def _uses_wmma(sch) -> bool:
@@ -63,16 +77,14 @@ class Int8Dp4aMatmul(dl.gpu.Matmul):
         from tvm import s_tir
         from tvm.s_tir.tensor_intrin import dot_product_common  # noqa: F401 - registers the dp4a intrinsics
 
+        if not _int8_gemm(func):
+            return None
         sch = s_tir.Schedule(func)
         reductions = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
-        if reductions is None or len(reductions) != 1:
+        if len(reductions) != 1:
             return None
         main = reductions[0]
-        stmt = sch.get(main)
-        reads = [str(r.source.dtype) for r in stmt.reads]
-        if reads[-2:] != ["int8", "int8"] or str(stmt.writes[0].source.dtype) != "int32":
-            return None
-        maps = get_index_map(stmt)
+        maps = get_index_map(sch.get(main))
         if maps is None:
             return None
         try:
