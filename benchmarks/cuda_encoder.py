@@ -55,7 +55,7 @@ def _torch_module(name: str):
 
 def build(args) -> None:
     import edgecompile
-    from edgecompile.lower.bundle import make_bundle
+    from edgecompile.artifact.bundle import make_bundle
 
     sys.path.insert(0, str(ROOT / "examples" / "minilm_spam"))
     import encoder

@@ -38,7 +38,7 @@ def blocks(n: int):
 
     from edgecompile.hashattn.fit import HeadHash
     from edgecompile.hashattn.match import find_attention
-    from edgecompile.passes.hash_attention import BlockHash, HashConfig, _rewrite
+    from edgecompile.hashattn.plan import BlockHash, HashConfig, _rewrite
 
     bb = relax.BlockBuilder()
     ty = relax.TensorType((HEADS, n, DIM), "float32")
@@ -94,8 +94,8 @@ def main() -> int:
     import tvm
     from tvm import relax
 
+    from edgecompile.hashattn.plan import _energy
     from edgecompile.lower.build import compile_module
-    from edgecompile.passes.hash_attention import _energy
     from edgecompile.runtime.model import set_threads
     from edgecompile.targets import DEFAULT_ENERGY_PJ, get_profile
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from edgecompile.version import __version__
 
 __all__ = ["__version__", "compile", "load", "runtime"]
 

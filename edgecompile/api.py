@@ -46,15 +46,15 @@ def compile(  # noqa: A001 - the product's verb
     along a leading sample axis, a directory of them, or an iterable of ``{name: array}``;
     ``keep_float`` names layers (or fnmatch patterns, e.g. ``linear.0``, ``matmul.*``) to leave in
     float; ``calib_progress(stage, done, total)`` reports calibration; ``on_quantized`` receives
-    the calibrated :class:`edgecompile.ptq.QuantResult` (per-layer sensitivity reuses it).
+    the calibrated :class:`edgecompile.quant.plan.QuantResult` (per-layer sensitivity reuses it).
     """
+    from edgecompile.artifact.package import constant_bytes, finish, prepare_output
     from edgecompile.calibrate.data import load_samples
-    from edgecompile.energy import model_energy
     from edgecompile.frontend import import_model
+    from edgecompile.ir.energy import model_energy
+    from edgecompile.ir.native_output import captured
     from edgecompile.lower.build import compile_module, export, make_target
     from edgecompile.lower.float_ops import float_kernels, float_kernels_of
-    from edgecompile.lower.package import constant_bytes, finish, prepare_output
-    from edgecompile.native_output import captured
     from edgecompile.recipe import parse_recipe
     from edgecompile.targets import get_profile
 
@@ -101,7 +101,7 @@ def compile(  # noqa: A001 - the product's verb
         if qconfig is not None:
             mod, quant = _quantize(imported, mod, *qconfig, samples, say, calib_progress, on_quantized)
         if half:
-            from edgecompile.passes.half_precision import to_fp16
+            from edgecompile.half.rewrite import to_fp16
 
             mod = to_fp16(mod)
         energy = model_energy(mod, profile.energy)
@@ -159,8 +159,8 @@ def _host_build():
 
 def _factorize(imported, mod, part, profile, samples, say, calib_progress):
     """Factorize ``mod`` for the ``lowrank`` recipe part; returns (module, manifest entry)."""
+    from edgecompile.ir.native_output import captured
     from edgecompile.lowrank.plan import config_from_options, lowrank_model
-    from edgecompile.native_output import captured
 
     config = config_from_options(part.options)
     say(f"factorizing linear layers ({config.spec})")
@@ -179,9 +179,9 @@ def _factorize(imported, mod, part, profile, samples, say, calib_progress):
 
 def _coreml(imported, rec, profile, staging, calib, keep_float, say, calib_progress) -> dict:
     """A Core ML target's manifest: lowrank first where the recipe has it, then the ``model.mlpackage``
-    export (weight-only int8 needs no calibration; see :mod:`edgecompile.lower.coreml_export`)."""
+    export (weight-only int8 needs no calibration; see :mod:`edgecompile.coreml.export`)."""
     from edgecompile.calibrate.data import load_samples
-    from edgecompile.lower.coreml_export import check_recipe, export_coreml
+    from edgecompile.coreml.export import check_recipe, export_coreml
 
     check_recipe(rec, keep_float)
     mod, lowrank, lr_part = imported.mod, None, rec.part("lowrank")
@@ -195,8 +195,8 @@ def _coreml(imported, rec, profile, staging, calib, keep_float, say, calib_progr
 
 def _hash_attention(imported, mod, part, profile, samples, say, calib_progress):
     """Rewrite attention blocks for the ``hash-attention`` recipe part; returns (module, manifest entry)."""
-    from edgecompile.native_output import captured
-    from edgecompile.passes.hash_attention import config_from_options, hash_attention_model
+    from edgecompile.hashattn.plan import config_from_options, hash_attention_model
+    from edgecompile.ir.native_output import captured
 
     config = config_from_options(part.options)
     say(f"learning binary-hash attention ({config.spec})")
@@ -217,7 +217,7 @@ def _quant_config(part, keep_float):
     """``(QuantConfig, keep_worst)`` of the ``int8`` / ``int8-integer-only`` part, ``keep_float`` added."""
     import dataclasses
 
-    from edgecompile.ptq import config_from_options
+    from edgecompile.quant.plan import config_from_options
 
     config, keep_worst = config_from_options(part.options, part.preset == "int8-integer-only")
     if keep_float:
@@ -227,8 +227,8 @@ def _quant_config(part, keep_float):
 
 def _quantize(imported, mod, config, keep_worst, samples, say, calib_progress, on_quantized=None):
     """Calibrate and rewrite ``mod`` for the quantizing recipe part; returns (module, manifest entry)."""
-    from edgecompile.native_output import captured
-    from edgecompile.ptq import quantize_model
+    from edgecompile.ir.native_output import captured
+    from edgecompile.quant.plan import quantize_model
 
     say(f"calibrating on {len(samples)} samples ({config.observer})")
     with captured(log):

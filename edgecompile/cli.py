@@ -635,8 +635,8 @@ def package_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the file list as JSON.")] = False,
 ) -> None:
     """Write the files a device needs to run ARTIFACT into -o, and list them with their sizes."""
+    from edgecompile.artifact.bundle import make_bundle
     from edgecompile.errors import ArtifactError
-    from edgecompile.lower.bundle import make_bundle
 
     if not runtime_only:
         raise ArtifactError("bundles hold the runtime only: a device never needs the compiler (drop --with-compiler)")

@@ -1,39 +1,14 @@
-"""Shared fixtures: the example models, exports with both ONNX exporters, and ORT references."""
+"""Shared fixtures: the example model compiled once, its inputs, and the digits ViT trained once.
+Plain helpers live in ``tests/helpers.py`` (importable as ``helpers``: pytest puts this folder on the path
+when it loads this file)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
-
-EXAMPLE_ONNX = ROOT / "examples" / "tiny_bert.onnx"
-EXAMPLE_INPUTS = ROOT / "examples" / "tiny_bert_inputs.npz"
-EXAMPLE_SHAPES = {"input_ids": "1x32", "attention_mask": "1x32"}
-
-# Compiled float outputs must match ONNX Runtime within this fraction of the output's range.
-REL_TOL = 1e-4
-
-
-def ort_run(path: Path, feeds: dict) -> dict:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(None, feeds)))
-
-
-def assert_close(ref: np.ndarray, got: np.ndarray, rel: float = REL_TOL) -> float:
-    """Assert max |ref - got| <= rel * range(ref); returns the relative error."""
-    assert ref.shape == got.shape, (ref.shape, got.shape)
-    span = float(ref.max() - ref.min()) or 1.0
-    err = float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64)))) / span
-    assert err <= rel, f"max abs error {err * span:.3g} is {err:.3g} of the output range (limit {rel})"
-    return err
+from helpers import EXAMPLE_INPUTS, EXAMPLE_ONNX, EXAMPLE_SHAPES
 
 
 @pytest.fixture(scope="session")
@@ -68,14 +43,3 @@ def digits(tmp_path_factory):
     calib = tmp / "calib.npz"
     np.savez(calib, pixel_values=data["x_calib"][:, None])  # [N, 1, 1, 8, 8]: one sample per row
     return data, onnx_path, calib, tmp
-
-
-def digits_accuracy(artifact, data) -> float:
-    """Top-1 of a compiled digits ViT on the 600 held-out images."""
-    from digits_vit.digits import accuracy
-
-    import edgecompile
-
-    m = edgecompile.load(artifact)
-    logits = np.concatenate([m.run({"pixel_values": x[None]})["logits"] for x in data["x_test"]])
-    return accuracy(logits, data["y_test"])

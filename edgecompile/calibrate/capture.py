@@ -15,7 +15,7 @@ import tvm
 from tvm import relax
 
 from edgecompile.calibrate.observers import Observer
-from edgecompile.passes.graph_walk import rebuild
+from edgecompile.ir.walk import rebuild
 
 Progress = Callable[[int, int], None]
 

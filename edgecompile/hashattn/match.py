@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from tvm import relax
 from tvm.ir.expr import Constant
 
-from edgecompile.passes.graph_walk import bindings
+from edgecompile.ir.walk import bindings
 
 
 @dataclass

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecompile.errors import BuildError
+from edgecompile.lower.cuda_binary import write_device_code
 from edgecompile.targets import TargetProfile
 
 log = logging.getLogger(__name__)
@@ -96,20 +97,6 @@ def _build(mod, target, profile: TargetProfile, db, on_fused=None):
         ) from e
 
 
-def device_sources(executable, kind: str) -> list[str]:
-    """The source of every ``kind`` module (``cuda``, ``opencl``) the built executable imports."""
-    found: list[str] = []
-
-    def walk(module) -> None:
-        for sub in module.imports:
-            if sub.kind == kind:
-                found.append(sub.inspect_source())
-            walk(sub)
-
-    walk(executable.mod)
-    return found
-
-
 def _model_latency(executable, mod, runs: int = 20) -> float:
     """Median seconds of ``main`` on random inputs of its static shapes."""
     import statistics
@@ -134,8 +121,6 @@ def export(executable, profile: TargetProfile, out_dir: Path) -> BuiltLibrary:
     """Write the library for ``profile`` into ``out_dir`` (for CUDA, its kernels' fatbins too)."""
     built = _export_library(executable, profile, out_dir)
     if profile.tvm.get("kind") == "cuda":
-        from edgecompile.lower.cuda_binary import write_device_code
-
         built.device_code = write_device_code(executable, str(profile.tvm["arch"]), out_dir)
     return built
 

@@ -75,10 +75,22 @@ def write_device_code(executable, arch: str, out_dir: Path) -> list[dict]:
     returns the manifest entries ``{file, arch, source_sha256}`` the runtime matches them by."""
     nvcc = find_nvcc()
     entries = []
-    from edgecompile.lower.build import device_sources
-
     for i, code in enumerate(device_sources(executable, "cuda")):
         path = out_dir / f"kernels-{i}.{arch}.fatbin"
         path.write_bytes(nvcc_fatbin(code, arch, nvcc))
         entries.append({"file": path.name, "arch": arch, "source_sha256": hashlib.sha256(code.encode()).hexdigest()})
     return entries
+
+
+def device_sources(executable, kind: str) -> list[str]:
+    """The source of every ``kind`` module (``cuda``, ``opencl``) the built executable imports."""
+    found: list[str] = []
+
+    def walk(module) -> None:
+        for sub in module.imports:
+            if sub.kind == kind:
+                found.append(sub.inspect_source())
+            walk(sub)
+
+    walk(executable.mod)
+    return found

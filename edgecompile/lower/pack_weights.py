@@ -25,10 +25,10 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
-from edgecompile.lower.rewrite import rewrite_functions
 from edgecompile.lower.schedules.int8_dot import INT8_GEMM_ATTR, INT8_MR_ATTR, Int8Kernel, int8_kernel
 from edgecompile.lower.schedules.isa import VectorISA, vector_isa
 from edgecompile.lower.schedules.tiles import gemm_mr, gemm_nr
+from edgecompile.passes.rewrite import rewrite_functions
 
 
 def _packed_matmul(x, wp, out_dtype):

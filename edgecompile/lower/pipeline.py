@@ -22,7 +22,7 @@ import math
 import tvm
 from tvm import relax
 
-from edgecompile.lower.rewrite import rewrite_functions
+from edgecompile.passes.rewrite import rewrite_functions
 
 
 @relax.expr_functor.mutator
@@ -102,7 +102,7 @@ def schedule_passes(target) -> list:
 def pre_legalize_passes(target) -> list:
     """Graph rewrites before legalization on CPU: GELU decomposition, fast math, weight packing."""
     from edgecompile.lower.pack_weights import PackMatmulWeights
-    from edgecompile.lower.patchify import PatchifyConv
+    from edgecompile.passes.patchify import PatchifyConv
 
     # FoldConstant first: exporters write Linear as matmul(x, permute_dims(W)).
     return [

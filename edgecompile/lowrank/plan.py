@@ -41,11 +41,11 @@ from tvm import relax
 from edgecompile.calibrate.capture import Runner, observe, with_outputs
 from edgecompile.calibrate.output_drop import output_drop
 from edgecompile.errors import RecipeError
-from edgecompile.lower.patchify import PatchifyConv
+from edgecompile.ir.walk import building_with, carry_functions
 from edgecompile.lowrank.factorize import SecondMoment, breakeven_rank, refit_outer, round_rank, spectrum
 from edgecompile.lowrank.latency import LatencyTable
-from edgecompile.passes.graph_walk import building_with, carry_functions
-from edgecompile.passes.lowrank import Site, factorize_function, find_sites
+from edgecompile.lowrank.rewrite import Site, factorize_function, find_sites
+from edgecompile.passes.patchify import PatchifyConv
 
 log = logging.getLogger(__name__)
 

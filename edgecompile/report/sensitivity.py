@@ -2,7 +2,7 @@
 
 Sensitivity of a layer: the task metric's drop when only that layer is quantized (or rewritten
 into integer-only ops) and everything else runs in float, measured on the first evaluation
-samples with the module of :mod:`edgecompile.passes.layer_switch` (one build per recipe, one run
+samples with the module of :mod:`edgecompile.quant.layer_switch` (one build per recipe, one run
 per layer and sample). Worst first. By default as many samples as one pass over the layers runs
 in :data:`BUDGET_S` seconds, between :data:`MIN_SAMPLES` and :data:`MAX_SAMPLES` (the digits ViT:
 32; all-MiniLM-L6-v2, 49 to 94 layers at 40-50 ms a run on 2 cores: 4); ``--sensitivity-samples N`` asks
@@ -38,7 +38,7 @@ def layer_sensitivity(
     budget_s: float | None = None,
 ) -> tuple[list[dict], int]:
     """``([{"layer", "kind", "drop"}] worst first, samples used)`` for the calibrated ``quant``
-    (:class:`edgecompile.ptq.QuantResult`): ``drop`` is the metric with no layer quantized minus the
+    (:class:`edgecompile.quant.plan.QuantResult`): ``drop`` is the metric with no layer quantized minus the
     metric with only that layer quantized, both from the same module, on ``samples`` (whose fp32
     outputs are ``reference``). With ``budget_s``, only the first samples that one pass over the
     layers runs in that time (at least :data:`MIN_SAMPLES`), from the time of one run."""

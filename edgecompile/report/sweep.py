@@ -22,7 +22,7 @@ Schema (version 2)::
 
 ``drop`` is fp32's metric minus the recipe's (positive: worse), its interval a paired bootstrap over
 the evaluation samples. ``energy_uj`` is the compiler's estimate from op counts and the target
-profile's energy table (:mod:`edgecompile.energy`). A quantized recipe over ``--max-drop`` gets a
+profile's energy table (:mod:`edgecompile.ir.energy`). A quantized recipe over ``--max-drop`` gets a
 fix row: the same recipe with its most sensitive layers kept in float
 (:mod:`edgecompile.report.sensitivity`).
 """

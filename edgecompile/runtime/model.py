@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from edgecompile.errors import ArtifactError, InputMismatchError
-from edgecompile.hostinfo import cpu_flags, host_arch
 from edgecompile.runtime.device_code import load_cuda_sidecar, register_device_code
+from edgecompile.runtime.hostinfo import cpu_flags, host_arch
 from edgecompile.runtime.manifest import read_verified
 
 

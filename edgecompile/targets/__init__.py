@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgecompile.errors import TargetError
-from edgecompile.hostinfo import cpu_flags, host_arch
+from edgecompile.runtime.hostinfo import cpu_flags, host_arch
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 

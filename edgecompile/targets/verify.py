@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from edgecompile.hostinfo import cpu_flags, host_arch
+from edgecompile.runtime.hostinfo import cpu_flags, host_arch
 from edgecompile.targets import TargetProfile
 
 QEMU = {"aarch64": "qemu-aarch64", "arm": "qemu-arm"}

@@ -1,0 +1,316 @@
+"""A device bundle: exactly the files a device needs to run an artifact, listed with their sizes.
+
+``edgecompile package ARTIFACT --runtime-only -o bundle/`` writes, for a CPU target::
+
+    bundle/run_model                  our native runner, built for the target: no Python on the device
+    bundle/lib/                       libtvm_runtime.so, libtvm_ffi.so (TVM's runtime, for the target)
+    bundle/model/                     the artifact (manifest.json, model.so) and io.txt (input/output specs)
+
+``bundle/run_model bundle/model IN_DIR OUT_DIR [RUNS]`` reads IN_DIR/NAME.bin per input and writes
+OUT_DIR/NAME.bin per output (raw C-order arrays; shapes and dtypes in model/io.txt); see
+``runner/run_model.cc``. It is compiled at package time with the host's C++ compiler or the
+profile's cross compiler (``aarch64-linux-gnu-gcc`` -> ``aarch64-linux-gnu-g++``) against the
+TVM FFI headers.
+
+``--python`` (needed for CUDA targets, whose inputs our Python runtime copies to the GPU) adds our
+Python runtime instead of relying on the native runner alone::
+
+    bundle/run.py                     python3 run.py --input in.npz [-o out.npz] [--bench]
+    bundle/python/edgecompile/        our runtime: runtime/, errors.py (no compiler side)
+    bundle/python/tvm/, tvm_ffi/      the TVM Python modules a runtime-only load imports, their
+                                      extension module and libraries (then the only copy of them)
+
+The Python layer needs ``python3`` (the version the TVM wheels were built for) with numpy and
+ml_dtypes on the device, and costs about 4 MB more (TVM FFI's Python extension links
+``libtvm_ffi_testing.so``). Which TVM Python modules are needed is read off a runtime-only import
+on this machine. Files come from the TVM packages for the artifact's architecture: the installed
+ones when the artifact runs on this machine's architecture, else ``runtime_from`` (a directory
+with the target's ``apache-tvm`` and ``apache-tvm-ffi`` wheels unpacked, e.g. ``pip download
+--platform manylinux2014_aarch64 --only-binary=:all: --no-deps apache-tvm==0.27.0.post1
+apache-tvm-ffi==0.1.14.post0`` then unzip both).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgecompile.errors import ArtifactError
+from edgecompile.runtime.hostinfo import host_arch
+from edgecompile.runtime.manifest import MANIFEST, read_verified
+
+# Our runtime's modules: everything under edgecompile/ that `edgecompile.runtime` imports.
+OWN_FILES = ["__init__.py", "errors.py", "version.py", "runtime"]
+RUN_PY = '''"""Run the bundled model: python3 run.py --input in.npz [-o out.npz] [--bench] [--threads N]."""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "python"))
+os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+
+import numpy as np  # noqa: E402
+
+from edgecompile.runtime import load  # noqa: E402
+
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument("--input", "-i", help=".npz holding every input by name")
+parser.add_argument("--output", "-o", help="write the outputs to this .npz")
+parser.add_argument("--bench", action="store_true", help="time the model (median of 50 runs)")
+parser.add_argument("--threads", type=int, default=None)
+args = parser.parse_args()
+model = load(HERE / "model")
+if args.input:
+    data = np.load(args.input)
+    outputs = model.run({k: data[k] for k in data.files}, threads=args.threads)
+    if args.output:
+        np.savez(args.output, **outputs)
+    for name, value in outputs.items():
+        print(f"{name}: shape {value.shape} {value.dtype}")
+if args.bench:
+    print(f"median {model.benchmark(runs=50, threads=args.threads).median_ms:.3f} ms")
+'''
+
+# Pure-Python packages the runtime imports that the bundle carries (numpy and ml_dtypes, which have
+# compiled parts per platform and Python version, are the device's to install).
+BUNDLED_PACKAGES = ("tvm", "tvm_ffi", "typing_extensions.py")
+TRACE = """
+import json, os, sys
+os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+from edgecompile.runtime.model import import_tvm_runtime
+import_tvm_runtime()
+import tvm.runtime.vm, tvm.runtime.device  # noqa
+print(json.dumps([getattr(m, "__file__", None) for m in list(sys.modules.values())]))
+"""
+
+
+@dataclass
+class BundleFile:
+    path: str  # relative to the bundle
+    size: int
+    role: str  # "model code", "model weights", "runtime library", "runner", "runtime python"
+
+
+@dataclass
+class Bundle:
+    root: Path
+    files: list[BundleFile]
+    weights_bytes: int | None  # of the artifact's library, from its manifest
+
+    @property
+    def total(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def by_role(self) -> dict[str, int]:
+        roles: dict[str, int] = {}
+        for f in self.files:
+            roles[f.role] = roles.get(f.role, 0) + f.size
+        return roles
+
+    @property
+    def beyond_weights(self) -> int | None:
+        return None if self.weights_bytes is None else self.total - self.weights_bytes
+
+    def to_json(self) -> dict:
+        return {
+            "files": [f.__dict__ for f in self.files],
+            "total_bytes": self.total,
+            "weights_bytes": self.weights_bytes,
+            "beyond_weights_bytes": self.beyond_weights,
+            "by_role": self.by_role(),
+        }
+
+
+def make_bundle(
+    artifact: Path, out: Path, runtime_from: Path | None = None, python: bool = False, progress=None
+) -> Bundle:
+    """Write the device bundle of ``artifact`` into ``out`` (see the module docstring)."""
+    say = progress or (lambda _msg: None)
+    artifact, out = Path(artifact), Path(out)
+    manifest = read_verified(artifact)
+    target = manifest["target"]
+    if target.get("runtime") == "coreml":
+        raise ArtifactError(
+            "a Core ML artifact runs with Core ML, not TVM's runtime: add its model.mlpackage to your app"
+        )
+    if not manifest["library"].endswith(".so"):
+        raise ArtifactError(f"the artifact holds unlinked objects; link them first: {manifest.get('link_command')}")
+    device = target.get("device", "cpu")
+    if device != "cpu" and not python:
+        raise ArtifactError(f"the native runner runs CPU targets; a {device} artifact needs --python")
+    if out.exists() and any(out.iterdir()) and not (out / "bundle.json").is_file():
+        raise ArtifactError(f"{out} exists and is not a bundle; choose another -o")
+    source = _runtime_source(target["arch"], runtime_from)
+    traced = _traced_python() if python else []
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    files: list[BundleFile] = []
+
+    def put(src: Path, rel: str, role: str) -> None:
+        dest = staging / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest)
+        files.append(BundleFile(rel, dest.stat().st_size, role))
+
+    def write(rel: str, text: str, role: str) -> None:
+        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        (staging / rel).write_text(text)
+        files.append(BundleFile(rel, (staging / rel).stat().st_size, role))
+
+    try:
+        for name in sorted([MANIFEST, *manifest["files"]]):
+            put(artifact / name, f"model/{name}", "model code")
+        write("model/io.txt", io_spec(manifest), "model code")
+        lib_dirs = (
+            {"tvm": "python/tvm/lib", "tvm_ffi": "python/tvm_ffi/lib"} if python else {"tvm": "lib", "tvm_ffi": "lib"}
+        )
+        for rel in _native_files(source, device, python):
+            put(source / rel, f"{lib_dirs[rel.split('/')[0]]}/{Path(rel).name}", "runtime library")
+        if device == "cpu":
+            say(f"building the native runner for {target['name']}")
+            runner = build_runner(target, source, staging / "run_model")
+            files.append(BundleFile("run_model", runner.stat().st_size, "runner"))
+        if python:
+            own = Path(__file__).resolve().parents[1]
+            for item in OWN_FILES:
+                for src in sorted((own / item).rglob("*.py")) if (own / item).is_dir() else [own / item]:
+                    put(src, f"python/edgecompile/{src.relative_to(own)}", "runtime python")
+            for rel in traced:
+                if not (source / rel).is_file():
+                    raise ArtifactError(f"the TVM packages in {source} lack {rel}: not the wheels this build uses")
+                put(source / rel, f"python/{rel}", "runtime python")
+            for ext in sorted((source / "tvm_ffi").glob("core.*.so")):
+                put(ext, f"python/tvm_ffi/{ext.name}", "runtime library")
+            write("run.py", RUN_PY, "runner")
+        weights = manifest.get("weights_bytes")
+        if weights is not None:  # split the library into its weights and its code
+            library = next(f for f in files if f.path == f"model/{manifest['library']}")
+            library.size -= weights
+            files.append(BundleFile(f"model/{manifest['library']} (constants)", weights, "model weights"))
+        bundle = Bundle(out, files, weights)
+        (staging / "bundle.json").write_text(json.dumps(bundle.to_json(), indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+        return bundle
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def io_spec(manifest: dict) -> str:
+    """``model/io.txt``: one line per input, then per output: ``input|output NAME DTYPE DIM...``."""
+    lines = [
+        " ".join([kind, t["name"], t["dtype"], *map(str, t["shape"])])
+        for kind, key in (("input", "inputs"), ("output", "outputs"))
+        for t in manifest[key]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def build_runner(target: dict, source: Path, dest: Path) -> Path:
+    """Compile ``runner/run_model.cc`` for the target's CPU against the TVM libraries in ``source``."""
+    cxx = _cxx_for(target)
+    cmd = [
+        cxx,
+        "-std=c++17",
+        "-O2",
+        "-s",
+        "-o",
+        str(dest),
+        str(Path(__file__).parent / "runner" / "run_model.cc"),
+        f"-I{source / 'tvm_ffi' / 'include'}",
+        f"-L{source / 'tvm' / 'lib'}",
+        f"-L{source / 'tvm_ffi' / 'lib'}",
+        "-ltvm_runtime",
+        "-ltvm_ffi",
+        "-Wl,-rpath,$ORIGIN/lib:$ORIGIN/python/tvm/lib:$ORIGIN/python/tvm_ffi/lib",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        raise ArtifactError(f"building the native runner with {cxx} failed:\n{tail}")
+    return dest
+
+
+def _cxx_for(target: dict) -> str:
+    """The C++ compiler for the target: the host's for this machine's architecture, else the g++/clang++
+    beside the profile's first installed cross C compiler."""
+    if target["arch"] == host_arch():
+        candidates = [os.environ.get("CXX", ""), "c++", "g++", "clang++"]
+    else:
+        candidates = []
+        for cc in target.get("cross_cc", []):
+            cc = os.environ.get(cc[1:], "") if cc.startswith("$") else cc
+            if cc.endswith("gcc"):
+                candidates.append(cc[: -len("gcc")] + "g++")
+            elif cc.endswith("clang"):
+                candidates.append(cc + "++")
+    for c in candidates:
+        if c and shutil.which(c):
+            return c
+    tried = ", ".join(c for c in candidates if c)
+    raise ArtifactError(
+        f"no C++ compiler for {target['name']} to build the native runner (tried {tried}); "
+        "install it (Debian: g++-aarch64-linux-gnu for aarch64) or pass --python"
+    )
+
+
+def _runtime_source(arch: str, runtime_from: Path | None) -> Path:
+    """The site-packages directory whose tvm/ and tvm_ffi/ packages the bundle copies."""
+    if runtime_from is not None:
+        src = Path(runtime_from)
+        if not (src / "tvm" / "lib" / "libtvm_runtime.so").is_file() or not (src / "tvm_ffi").is_dir():
+            raise ArtifactError(f"--runtime-from {src} holds no unpacked apache-tvm and apache-tvm-ffi wheels")
+        lib_arch = _elf_arch(src / "tvm" / "lib" / "libtvm_runtime.so")
+        if lib_arch != arch:
+            raise ArtifactError(f"--runtime-from {src} holds TVM for {lib_arch}, the artifact is for {arch}")
+        return src
+    if arch != host_arch():
+        raise ArtifactError(
+            f"the artifact runs on {arch}; this machine's TVM is for {host_arch()}: pass --runtime-from DIR with the "
+            f"{arch} wheels unpacked (pip download --platform manylinux2014_{arch} --only-binary=:all: --no-deps "
+            "apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post0, then unzip both into DIR)"
+        )
+    spec = importlib.util.find_spec("tvm_ffi")
+    return Path(spec.origin).resolve().parents[1]
+
+
+def _traced_python() -> list[str]:
+    """Paths (relative to site-packages) of the bundled Python modules a runtime-only load imports."""
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1"}
+    proc = subprocess.run([sys.executable, "-c", TRACE], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise ArtifactError(f"could not trace TVM's runtime imports: {proc.stderr.strip().splitlines()[-1:]}")
+    site = _runtime_source(host_arch(), None)
+    rels = set()
+    for f in json.loads(proc.stdout.strip().splitlines()[-1]):
+        if not f:
+            continue
+        p = Path(f).resolve()
+        if p.is_relative_to(site) and p.suffix == ".py" and p.relative_to(site).parts[0] in BUNDLED_PACKAGES:
+            rels.add(str(p.relative_to(site)))
+    return sorted(rels)
+
+
+def _native_files(source: Path, device: str, python: bool) -> list[str]:
+    """TVM's runtime libraries (relative to ``source``) the bundle needs for ``device``."""
+    libs = ["tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so"]
+    if device == "cuda":
+        libs.append("tvm/lib/libtvm_runtime_cuda.so")
+    if python:  # TVM FFI's Python extension links it
+        libs.append("tvm_ffi/lib/libtvm_ffi_testing.so")
+    return libs
+
+
+def _elf_arch(path: Path) -> str:
+    with open(path, "rb") as f:
+        machine = int.from_bytes(f.read(20)[18:20], "little")
+    return {62: "x86_64", 183: "aarch64", 40: "arm"}.get(machine, f"ELF machine {machine}")

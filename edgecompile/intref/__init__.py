@@ -1,0 +1,33 @@
+"""numpy references of the integer ops edgecompile emits; compiled code matches them bit for bit.
+
+- :mod:`.linear`: quantize/dequantize, dyadic requantization, int8 matmul, integer add and ReLU
+  (the ``int8`` recipe).
+- :mod:`.nonlinear`: the integer-only softmax, GELU and LayerNorm of I-ViT (Shiftmax, ShiftGELU,
+  I-LayerNorm) and I-BERT (i-exp softmax, i-GELU, integer square root).
+"""
+
+from edgecompile.intref.linear import (
+    QMAX,
+    QMIN,
+    dequantize,
+    dyadic,
+    int_add,
+    int_matmul,
+    int_relu,
+    quantize,
+    requantize,
+    rescale,
+)
+
+__all__ = [
+    "QMAX",
+    "QMIN",
+    "dequantize",
+    "dyadic",
+    "int_add",
+    "int_matmul",
+    "int_relu",
+    "quantize",
+    "requantize",
+    "rescale",
+]

@@ -1,0 +1,222 @@
+"""Post-training int8 quantization of a model: calibrate, rewrite, measure each layer's error.
+
+1. Calibrate: the float model runs on the calibration samples (built for this machine) and every
+   tensor the rewrite needs a scale for streams into an observer (:mod:`edgecompile.calibrate`).
+2. Rewrite: :mod:`edgecompile.quant.rewrite` turns the linear layers, activation matmuls and
+   adds between int8 tensors into integer ops with dyadic requantization.
+3. Measure: on up to :data:`ERROR_SAMPLES` calibration samples, each quantized layer's output
+   (dequantized) is compared with the float model's: SQNR in dB. It is the error of the whole
+   quantized model up to that layer, so the first layer with a low SQNR is where accuracy goes.
+   ``keep_worst=k`` keeps the k layers with the lowest SQNR in float and rewrites again.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from edgecompile.calibrate.capture import Runner, observe, with_outputs
+from edgecompile.calibrate.observers import OBSERVERS, Observer
+from edgecompile.errors import RecipeError
+from edgecompile.ir.walk import bindings, building_with, carry_functions
+from edgecompile.passes.patchify import PatchifyConv
+from edgecompile.quant.layer_switch import switched_module
+from edgecompile.quant.rewrite import (
+    QuantConfig,
+    find_layers,
+    linear_inputs,
+    observed_vars,
+    op_name,
+    quantize_function,
+    smoothing_factors,
+)
+
+ERROR_SAMPLES = 16
+
+
+@dataclass(repr=False)
+class Calibration:
+    """What calibration found, enough to rewrite the model again with other choices."""
+
+    func: relax.Function  # the float main the layers belong to
+    src: tvm.IRModule  # its module (the importer's TIR kernels)
+    layers: list
+    thresholds: dict
+    nonlinear: dict
+    smooth: dict
+    maxima: dict
+    keep_float: tuple[str, ...] = ()
+    record: dict = field(default_factory=dict)  # of the recipe's rewrite: forms, requantized
+
+    def rewrite(self, keep_float=None) -> tvm.IRModule:
+        """The quantized module, with ``keep_float`` (default: the recipe's) left in float."""
+        keep = self.keep_float if keep_float is None else keep_float
+        record: dict = {}
+        mod = quantize_function(
+            self.func, self.layers, self.thresholds, keep, nonlinear=self.nonlinear, smooth=self.smooth,
+            maxima=self.maxima, record=record,
+        )  # fmt: skip
+        if keep_float is None:
+            self.record = record
+        return carry_functions(mod, self.src)
+
+    def switched(self) -> tuple[tvm.IRModule, list[dict]]:
+        """The module of :mod:`edgecompile.quant.layer_switch` (per-layer sensitivity) and its
+        layers, ``{"name", "kind"}`` per switch value."""
+        if not self.record:
+            self.rewrite()
+        mod, alone = switched_module(
+            self.func, self.layers, self.thresholds, self.record, self.nonlinear, self.smooth, self.maxima
+        )
+        return carry_functions(mod, self.src), [{"name": layer.name, "kind": layer.kind} for layer in alone]
+
+
+@dataclass
+class QuantResult:
+    mod: tvm.IRModule
+    layers: list[dict]  # per quantized layer: name, kind, scales, sqnr_db
+    kept_float: list[str]
+    samples: int
+    calibration: Calibration | None = field(default=None, repr=False)
+
+    def to_json(self, config: QuantConfig) -> dict:
+        return {
+            "observer": config.observer,
+            "integer_ops": dict(config.nonlinear),
+            "percentile": config.percentile if config.observer == "percentile" else None,
+            "smooth": "auto" if config.smooth is None else config.smooth,
+            "samples": self.samples,
+            "kept_float": self.kept_float,
+            "layers": self.layers,
+        }
+
+
+def config_from_options(options: dict[str, str], integer_only: bool = False) -> tuple[QuantConfig, int]:
+    """``QuantConfig`` and ``keep_worst`` from the ``int8`` (or ``int8-integer-only``) recipe part's
+    options."""
+    observer = options.get("observer", QuantConfig.observer)
+    if observer not in OBSERVERS:
+        raise RecipeError(f"int8: unknown observer '{observer}' (choose {', '.join(OBSERVERS)})")
+    try:
+        pct = float(options.get("percentile", QuantConfig.percentile))
+        samples = int(options["samples"]) if "samples" in options else None
+        keep_worst = int(options.get("keep_worst", 0))
+        smooth = options.get("smooth", "auto")
+        smooth = None if smooth == "auto" else float(smooth)
+    except ValueError as e:
+        raise RecipeError(f"int8: malformed option value ({e})") from e
+    if not 50.0 < pct <= 100.0:
+        raise RecipeError(f"int8: percentile must be in (50, 100], got {pct}")
+    if smooth is not None and not 0.0 <= smooth <= 1.0:
+        raise RecipeError(f"int8: smooth must be auto or in [0, 1] (0: off), got {smooth}")
+    if samples is not None and samples < 1:
+        raise RecipeError("int8: samples must be at least 1")
+    keep = tuple(p for p in options.get("keep_float", "").replace(";", " ").split() if p)
+    nonlinear = ()
+    if integer_only:
+        from edgecompile.quant.integer_only import nonlinear_choice
+
+        nonlinear = tuple(sorted(nonlinear_choice(options).items()))
+    return QuantConfig(observer, pct, samples, keep, nonlinear, smooth), keep_worst
+
+
+def _sqnr(signal: float, noise: float) -> float:
+    if noise == 0:
+        return float("inf")
+    return float(10 * np.log10(max(signal, 1e-30) / noise))
+
+
+def quantize_model(
+    mod: tvm.IRModule,
+    samples: list[dict],
+    input_names: list[str],
+    config: QuantConfig,
+    build: Callable[[tvm.IRModule], object],
+    keep_worst: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> QuantResult:
+    """The int8 module of ``mod`` calibrated on ``samples``; ``build`` compiles a module for this
+    machine (for calibration runs); ``progress(stage, done, total)`` reports each sample."""
+    say = progress or (lambda *_: None)
+    # Exporters write Linear weights as permute_dims(W): fold them to constants. Patch-embedding
+    # convolutions become GEMMs first, so they are quantized as linear layers.
+    mod = PatchifyConv()(relax.transform.FoldConstant()(mod))
+    func = mod["main"]
+    build = building_with(build, mod)
+    layers = find_layers(func, config.integer_only)
+    if not layers:
+        raise RecipeError("int8: the model has no matmul, linear or add to quantize")
+    wanted = observed_vars(layers)
+    frun = Runner(with_outputs(func, wanted), input_names, build)  # built once: calibration and errors
+    make_observer = lambda: Observer(config.observer, config.percentile)  # noqa: E731
+    readers = linear_inputs(layers) if config.smooth != 0 else {}
+    channels = dict.fromkeys(readers)
+    observers = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating", i, n), channels)
+    sigmas = {v: s for v in readers if (s := smoothing_factors(channels[v], readers[v], config.smooth)) is not None}
+    smooth = {}
+    if sigmas:  # a second pass observes x / sigma
+        smoothed = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating smoothed", i, n),
+                           divide=sigmas)  # fmt: skip
+        # smoothing evened the channel ranges: clipping now cuts the largest values of every channel
+        smooth = {v: (sigmas[v], o.max) for v, o in smoothed.items()}
+    # Softmax outputs are probabilities in [0, 1] whose largest values matter most (peaked
+    # attention): their range is the observed max, whatever the observer clips elsewhere.
+    softmax = {b.var for b in bindings(func) if op_name(b.value) == "relax.nn.softmax"}
+    thresholds = {v: (o.max if v in softmax else o.threshold()) for v, o in observers.items()}
+    maxima = {v: o.max for v, o in observers.items()}
+    keep = list(config.keep_float)
+    nonlinear = dict(config.nonlinear)
+    measure = functools.partial(
+        _layer_errors, func, layers, thresholds, frun, wanted, samples[:ERROR_SAMPLES], say, nonlinear, smooth, maxima
+    )
+    errors = measure(keep)
+    if keep_worst:
+        worst = sorted((e for e in errors if e["quantized"]), key=lambda e: e["sqnr_db"])[:keep_worst]
+        keep += [e["name"] for e in worst]
+        errors = measure(keep)
+    calibration = Calibration(func, mod, layers, thresholds, nonlinear, smooth, maxima, tuple(keep))
+    return QuantResult(calibration.rewrite(), errors, keep, len(samples), calibration)
+
+
+def _layer_errors(
+    func, layers, thresholds, frun: Runner, wanted, samples, say, nonlinear, smooth, maxima, keep
+) -> list[dict]:
+    """SQNR of each layer's output: the float values from ``frun`` (which returns ``wanted``, the
+    layer outputs among them) against the quantized model's, dequantized."""
+    outputs = [layer.output for layer in layers]
+    qmod = quantize_function(
+        func, layers, thresholds, keep, extra_outputs=outputs, nonlinear=nonlinear, smooth=smooth, maxima=maxima
+    )
+    qrun = Runner(qmod, frun.names, frun.build)
+    pos = {v: i for i, v in enumerate(wanted)}
+    signal, noise = np.zeros(len(layers)), np.zeros(len(layers))
+    for i, sample in enumerate(samples):
+        floats = frun(sample)
+        for j, q in enumerate(qrun(sample)):
+            f64 = floats[pos[layers[j].output]].astype(np.float64)
+            signal[j] += float(np.sum(f64**2))
+            noise[j] += float(np.sum((f64 - q) ** 2))
+        say("measuring layer error", i + 1, len(samples))
+    rows = []
+    for j, layer in enumerate(layers):
+        rows.append(
+            {
+                "name": layer.name,
+                "kind": layer.kind,
+                "quantized": bool(layer.info),  # only rewritten layers carry scales
+                "sqnr_db": round(_sqnr(signal[j], noise[j]), 2),
+                **{k: _jsonable(v) for k, v in layer.info.items()},
+            }
+        )
+    return rows
+
+
+def _jsonable(v):
+    if isinstance(v, (str, bool)):
+        return v
+    return float(v) if np.isscalar(v) else [float(x) for x in v]
