@@ -31,9 +31,9 @@ import numpy as np
 from tvm import relax
 from tvm.ir.expr import Constant
 
+from edgecompile.ir.attrs import OPS_ATTR
 from edgecompile.ir.walk import bindings
 
-OPS_ATTR = "edgecompile.ops"  # a TIR kernel's own op counts per call ({"fp32_add": n, ...})
 VIEWS = {"relax.reshape", "relax.squeeze", "relax.expand_dims", "relax.flatten"}
 MEMORY_ONLY = {"relax.permute_dims", "relax.take", "relax.strided_slice", "relax.concat", "relax.split"}
 MULTIPLY = {"relax.multiply", "relax.divide", "relax.power", "relax.floor_divide"}

@@ -18,6 +18,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
+from edgecompile.ir.attrs import QUANTIZE_ATTR, ROW_DIVIDE_ATTR
 from edgecompile.ir.walk import bindings
 
 
@@ -111,14 +112,14 @@ def _call_tir(call, args):
             return root
         return np.where(root > 0, (INT31 << 8) // np.maximum(root, 1), 0)
     func = _KERNELS.get(call.args[0])
-    if func is not None and func.attrs is not None and "edgecompile.row_divide" in func.attrs:
-        numerator, add, divisor = (int(v) for v in func.attrs["edgecompile.row_divide"])
+    if func is not None and func.attrs is not None and ROW_DIVIDE_ATTR in func.attrs:
+        numerator, add, divisor = (int(v) for v in func.attrs[ROW_DIVIDE_ATTR])
         x = args[0]
         if numerator >= 0:
             return (np.asarray(numerator, x.dtype) // np.maximum(x, 1)).astype(x.dtype)
         return ((x + np.asarray(add, x.dtype)) // np.asarray(divisor, x.dtype)).astype(x.dtype)
-    if func is not None and func.attrs is not None and "edgecompile.quantize" in func.attrs:
-        inv, limit = (float(v) for v in func.attrs["edgecompile.quantize"])
+    if func is not None and func.attrs is not None and QUANTIZE_ATTR in func.attrs:
+        inv, limit = (float(v) for v in func.attrs[QUANTIZE_ATTR])
         x = np.rint(args[0].astype(np.float32) * np.float32(inv))
         return np.clip(x, -limit, limit).astype(np.int32)
     raise NotImplementedError(f"the reference interpreter has no kernel {name}")

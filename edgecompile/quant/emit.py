@@ -15,6 +15,7 @@ import numpy as np
 from tvm import relax
 
 from edgecompile.intref.nonlinear import ERF_A, ERF_B, EXP_A, EXP_B, EXP_C, INT31, WIDE_P, one_at_scale
+from edgecompile.ir.attrs import QUANTIZE_ATTR, ROW_DIVIDE_ATTR
 
 op = relax.op
 
@@ -237,9 +238,6 @@ def emit_i_layernorm(bb: relax.BlockBuilder, q: relax.Expr, channels: int) -> tu
     return op.astype(out, "int32"), float(np.sqrt(channels) / 2**30)
 
 
-QUANTIZE_ATTR = "edgecompile.quantize"  # (1/S, limit) of an input quantize kernel, for the reference
-
-
 def emit_input_quantize(bb: relax.BlockBuilder, x: relax.Expr, inv_scale: float, limit: int) -> relax.Expr:
     """``clip(rint(x * float32(inv_scale)), -limit, limit)`` as int32, in a kernel marked opaque
     so fusion keeps it apart: the float arithmetic on model inputs stays out of integer kernels."""
@@ -260,9 +258,6 @@ def emit_input_quantize(bb: relax.BlockBuilder, x: relax.Expr, inv_scale: float,
     func = func.with_attr({"op_pattern": 8, QUANTIZE_ATTR: [float(inv), int(limit)]})
     gv = bb.add_func(func, "quantize_input")
     return bb.emit(relax.call_tir(gv, [x], relax.TensorType(shape, "int32")))
-
-
-ROW_DIVIDE_ATTR = "edgecompile.row_divide"  # (numerator or -1, add, divisor or -1), for the reference
 
 
 def emit_row_divide(

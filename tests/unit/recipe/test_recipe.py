@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edgecompile.errors import RecipeError
-from edgecompile.recipe import PRESETS, Preset, parse_recipe
+from edgecompile.ir.stage import Stage
+from edgecompile.recipe import STAGES, parse_recipe
 
 
 def test_default_and_fp32():
@@ -14,7 +15,8 @@ def test_default_and_fp32():
 
 
 def test_parts_and_options(monkeypatch):
-    monkeypatch.setitem(PRESETS, "demo", Preset("demo", "test preset", {"bits": "code bits", "min_seq": "gate"}))
+    demo = Stage("demo", "test preset", {"bits": "code bits", "min_seq": "gate"}, dict, lambda m, o, c: (m, None), 0)
+    monkeypatch.setitem(STAGES, "demo", demo)
     r = parse_recipe("demo:bits=16,min_seq=0+fp32")
     assert [p.preset for p in r.parts] == ["demo", "fp32"]
     assert r.parts[0].options == {"bits": "16", "min_seq": "0"}

@@ -1,0 +1,70 @@
+"""The contract between a recipe stage, the recipe registry (:mod:`edgecompile.recipe`) and
+:func:`edgecompile.api.compile`.
+
+A **stage** is what one recipe preset does to the Relax module. It has the same shape in every
+stage package (``quant/``, ``lowrank/``, ``hashattn/``, ``half/``):
+
+- ``options.py``: a frozen dataclass of the preset's options, validated in ``__post_init__``,
+  built from the recipe part's ``key=value`` strings by ``from_options`` (errors are
+  :class:`edgecompile.errors.RecipeError`); it imports neither TVM nor numpy, so parsing a recipe
+  stays cheap;
+- ``plan``: calibrate and decide (which layers, which scales, which ranks), on the calibration
+  samples of :class:`StageContext`;
+- ``rewrite``: the IRModule -> IRModule rewrite the plan chose;
+- ``stage.py``: the :class:`Stage` object the registry maps the preset to.
+
+Stages never import the backends (``lower``, ``coreml``) or the artifact code: what they need of
+the target (a build for this machine to run calibration on, a build for the target to time a
+kernel, the GEMM tile width) arrives in the :class:`StageContext` that ``api.compile`` fills.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _quiet(*_args) -> None:
+    return None
+
+
+@dataclass
+class StageContext:
+    """What a stage may use besides the module: the inputs, the calibration samples, builds and
+    facts of the target, and where progress goes. Filled once per compile by ``api.compile``."""
+
+    input_names: list[str]
+    samples: list[dict] | None  # calibration samples ({input name: array}); None: no --calib
+    profile: Any  # the resolved edgecompile.targets.TargetProfile
+    host_build: Callable[[Any], Any]  # IRModule -> executable for this machine (calibration runs)
+    target_build: Callable[[Any], Any] = None  # IRModule -> executable for the target (speed gates)
+    gemm_tile: int = 8  # the target's GEMM register tile width (output columns of one micro-kernel)
+    say: Callable[[str], None] = _quiet  # one line of progress ("calibrating on 32 samples")
+    progress: Callable[[str, int, int], None] = _quiet  # (stage, done, total) of long loops
+    results: dict[str, Any] = field(default_factory=dict)  # preset -> the stage's full result object
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One recipe preset: its name, help, options and how it rewrites the module.
+
+    ``order`` places the stage in the pipeline: a recipe lists its parts in increasing order
+    (``lowrank`` 10 < ``hash-attention`` 20 < ``int8``/``int8-integer-only``/``fp16`` 30), because
+    each later stage works on what the earlier ones produced (int8 quantizes both low-rank factors;
+    hash attention is learned on float activations). ``exclusive`` names presets it cannot be
+    combined with. ``apply(mod, options, ctx)`` returns the rewritten module and the manifest entry
+    stored under ``manifest_key`` (None: nothing to record)."""
+
+    preset: str
+    description: str
+    options_help: dict[str, str]
+    parse: Callable[[dict[str, str]], Any]
+    apply: Callable[[Any, Any, StageContext], tuple[Any, dict | None]]
+    order: int
+    manifest_key: str | None = None
+    needs_calib: bool = False  # refuses to run without calibration samples
+    uses_calib: bool = False  # reads calibration samples where given
+    exclusive: tuple[str, ...] = ()
+    exclusive_why: str = ""  # what to do instead, said when a recipe combines it with an excluded preset
+    coreml: bool = False  # applied before the Core ML export (the others are the export's own)

@@ -1,0 +1,69 @@
+"""The ``int8`` and ``int8-integer-only`` stages: calibrate on the samples, rewrite linear layers,
+activation matmuls and adds (and, integer-only, the nonlinears) into integer ops."""
+
+from __future__ import annotations
+
+from edgecompile.ir.stage import Stage, StageContext
+
+INT8_OPTIONS = {
+    "observer": "activation range observer: minmax, percentile (default), mse or entropy",
+    "percentile": "percentile of |x| for the percentile observer (default 99.99)",
+    "samples": "calibration samples to use (default: all given)",
+    "keep_float": "layers to leave in float, names or patterns separated by ';' (e.g. linear.0;matmul.*)",
+    "keep_worst": "keep the k layers with the lowest SQNR in float (default 0)",
+    "smooth": "SmoothQuant strength alpha for linear inputs, per-channel ranges moved into the weights: "
+    "auto (default: chosen per tensor from calibration statistics), a number in [0, 1], or 0 (off)",
+}
+NONLINEAR_OPTIONS = {
+    "ops": "the integer nonlinears: ivit (Shiftmax, ShiftGELU, I-LayerNorm; default) or ibert (i-exp softmax, "
+    "i-GELU, integer-sqrt LayerNorm); also written as a bare word, int8-integer-only:ibert",
+    "softmax": "per-op override: ivit, ibert or float",
+    "gelu": "per-op override: ivit, ibert or float (erf and tanh forms)",
+    "layernorm": "per-op override: ivit, ibert or float",
+    "tanh": "per-op override: ivit (ShiftExp sigmoid) or float",
+}
+
+
+def _parse(integer_only: bool):
+    def parse(options: dict[str, str]):
+        from edgecompile.quant.options import QuantOptions
+
+        return QuantOptions.from_options(options, integer_only)
+
+    return parse
+
+
+def _apply(mod, options, ctx: StageContext):
+    """Calibrate and rewrite ``mod``; the full :class:`edgecompile.quant.plan.QuantResult` goes to
+    ``ctx.results`` (per-layer sensitivity reuses its calibration)."""
+    from edgecompile.quant.plan import quantize_model
+
+    ctx.say(f"calibrating on {len(ctx.samples)} samples ({options.observer})")
+    result = quantize_model(mod, ctx.samples, ctx.input_names, options, ctx.host_build, ctx.progress)
+    ctx.results["quant"] = result
+    return result.mod, result.to_json(options)
+
+
+INT8 = Stage(
+    "int8",
+    "int8 post-training quantization: integer linear layers and matmuls, dyadic requantization (needs --calib)",
+    INT8_OPTIONS,
+    _parse(False),
+    _apply,
+    order=30,
+    manifest_key="quantization",
+    needs_calib=True,
+    exclusive=("fp16",),
+)
+INT8_INTEGER_ONLY = Stage(
+    "int8-integer-only",
+    "int8 with integer-only softmax, GELU, LayerNorm and tanh: no float arithmetic between the input "
+    "quantize and the output dequantize (needs --calib)",
+    {**INT8_OPTIONS, **NONLINEAR_OPTIONS},
+    _parse(True),
+    _apply,
+    order=30,
+    manifest_key="quantization",
+    needs_calib=True,
+    exclusive=("fp16", "int8"),
+)
