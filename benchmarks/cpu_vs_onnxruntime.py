@@ -25,50 +25,42 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-
-from digits_vit.run import ort_int8  # noqa: E402
-
-from edgecompile.runtime.model import time_calls  # noqa: E402
+from _common import (
+    BERT_BASE,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
+    MINILM_L6,
+    VIT_TINY,
+    VOCAB,
+    bert_style,
+    export,
+    host_profile,
+    host_vm,
+    ort_int8,
+    ort_ms,
+    thread_counts,
+    time_ms,
+    timed_compile,
+    token_inputs,
+)
 
 
 def models(slow: bool):
     import torch
-    from models import BertStyleEncoder, TinyViT
+    from models import TinyViT
 
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 30522, (1, 128), generator=g)
-    mask = torch.ones(1, 128, dtype=torch.int64)
+    ids, mask = token_inputs(g)
     out = [
-        (
-            "MiniLM-L6-sized",
-            BertStyleEncoder(30522, 384, 6, 12, 1536, 512),
-            (ids, mask),
-            ["input_ids", "attention_mask"],
-        ),
-        (
-            "ViT-Tiny-sized",
-            TinyViT(224, 16, 3, 192, 12, 3, 768, 1000),
-            (torch.randn(1, 3, 224, 224, generator=g),),
-            ["pixel_values"],
-        ),
+        ("MiniLM-L6-sized", bert_style(MINILM_L6), (ids, mask), ENCODER_INPUTS),
+        ("ViT-Tiny-sized", TinyViT(*VIT_TINY), (torch.randn(1, 3, 224, 224, generator=g),), ["pixel_values"]),
     ]
     if slow:
-        out.append(
-            (
-                "BERT-base-sized",
-                BertStyleEncoder(30522, 768, 12, 12, 3072, 512),
-                (ids, mask),
-                ["input_ids", "attention_mask"],
-            )
-        )
+        out.append(("BERT-base-sized", bert_style(BERT_BASE), (ids, mask), ENCODER_INPUTS))
     return out
 
 
@@ -79,22 +71,12 @@ def calib_samples(feeds: dict, n: int = 16) -> list[dict]:
         s = {}
         for k, v in feeds.items():
             s[k] = (
-                rng.integers(0, 30522, v.shape).astype(v.dtype)
+                rng.integers(0, VOCAB, v.shape).astype(v.dtype)
                 if k == "input_ids"
                 else (v.copy() if v.dtype.kind != "f" else rng.standard_normal(v.shape).astype(v.dtype))
             )
         samples.append(s)
     return samples
-
-
-def time_ort(path: Path, feeds: dict, threads: int, runs: int) -> float:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return statistics.median(time_calls(lambda: sess.run(None, feeds), runs, warmup=5))
 
 
 def _linear_shapes(m: int, hidden: int, ffn: int) -> list[tuple[int, int, int]]:
@@ -165,14 +147,11 @@ def _gemm_kernel(m: int, k: int, n: int, dtype: str, rng):
 
 def gemm_table(shapes: dict[str, list[tuple[int, int, int]]], target: str, runs: int) -> None:
     import tvm
-    from tvm import relax
 
-    from edgecompile.lower.build import compile_module
     from edgecompile.lower.schedules.isa import vector_isa
     from edgecompile.runtime import set_threads
-    from edgecompile.targets import get_profile
 
-    profile = get_profile(target).resolved()
+    profile = host_profile(target)
     isa = vector_isa(tvm.target.Target(profile.tvm))
     fp32_peak, fp32_how, int8_peak, int8_how = peaks(isa, probe_rates())
     print(f"\nGEMM kernels, 1 thread ({isa.bits}-bit vectors, int8 via {isa.int8_dot or 'int32 multiply'})")
@@ -190,8 +169,7 @@ def gemm_table(shapes: dict[str, list[tuple[int, int, int]]], target: str, runs:
         for m, k, n in dims:
             calls = {}
             for dtype in ("float32", "int8"):
-                ex = compile_module(_gemm_kernel(m, k, n, dtype, rng), profile)
-                vm = relax.VirtualMachine(ex, tvm.cpu())
+                vm = host_vm(_gemm_kernel(m, k, n, dtype, rng), profile)
                 if dtype == "int8":
                     xt = tvm.runtime.tensor(rng.integers(-128, 128, (m, k)).astype("int8"))
                 else:
@@ -201,7 +179,7 @@ def gemm_table(shapes: dict[str, list[tuple[int, int, int]]], target: str, runs:
             samples = {dtype: [] for dtype in calls}
             for _ in range(3):
                 for dtype, call in calls.items():
-                    samples[dtype] += time_calls(call, max(1, runs // 3), warmup=5)
+                    samples[dtype] += time_ms(call, max(1, runs // 3), warmup=5)
             res = {}
             for dtype, ts in samples.items():
                 t = statistics.median(ts) / 1e3
@@ -228,30 +206,24 @@ def main() -> int:
             args.runs,
         )
         return 0
-    from models import export_onnx
-
     import edgecompile
 
-    all_threads = len(os.sched_getaffinity(0))
     rows = []
     shapes = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, module, inputs, names in models(args.slow):
             path = tmp / f"{name}.onnx"
-            outs = ["output_0"] if len(names) == 1 else ["last_hidden_state", "pooled"]
-            export_onnx(module.eval(), inputs, path, names, outs, dynamo=False)
+            export(module, inputs, path, names, ["output_0"] if len(names) == 1 else ENCODER_OUTPUTS)
             feeds = {n: t.numpy() for n, t in zip(names, inputs)}
-            t0 = time.perf_counter()
-            art = edgecompile.compile(path, target=args.target, output=tmp / f"{name}-art")
-            compile_s = time.perf_counter() - t0
+            art, compile_s = timed_compile(path, target=args.target, output=tmp / f"{name}-art")
             model = edgecompile.load(art)
             dyn, qdq = ort_int8(path, calib_samples(feeds), tmp)
-            for threads in sorted({1, all_threads}):
+            for threads in thread_counts():
                 ec = model.benchmark(runs=args.runs, threads=threads, feeds=feeds).median_ms
-                fp32 = time_ort(path, feeds, threads, args.runs)
-                d = time_ort(dyn, feeds, threads, args.runs)
-                q = time_ort(qdq, feeds, threads, args.runs)
+                fp32 = ort_ms(path, feeds, threads, args.runs)
+                d = ort_ms(dyn, feeds, threads, args.runs)
+                q = ort_ms(qdq, feeds, threads, args.runs)
                 rows.append((name, threads, ec, fp32, d, q, compile_s))
             shapes[name] = GEMM_SHAPES[name]
 

@@ -23,23 +23,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import SEQ, median_ms, ort_session
 
-ROOT = Path(__file__).resolve().parents[1]
-SEQ = 128
 RECIPES = ("fp16", "int8-integer-only")
 MODELS = ("minilm", "bert-base")
 
 
 def _torch_module(name: str):
-    sys.path.insert(0, str(ROOT / "examples" / "minilm_spam"))
-    import encoder
+    from minilm_spam import encoder
 
     if name == "minilm":
         return encoder.sentence_encoder()
@@ -54,11 +51,10 @@ def _torch_module(name: str):
 
 
 def build(args) -> None:
+    from minilm_spam import encoder
+
     import edgecompile
     from edgecompile.artifact.bundle import make_bundle
-
-    sys.path.insert(0, str(ROOT / "examples" / "minilm_spam"))
-    import encoder
 
     out = Path(args.output)
     tok = encoder.tokenizer()
@@ -114,16 +110,14 @@ def _time_torch(name: str, inputs: dict, runs: int) -> float | None:
         print(f"PyTorch fp16 baseline unavailable: {e}")
         return None
     args = [torch.from_numpy(inputs[k]).cuda() for k in ("input_ids", "attention_mask", "token_type_ids")]
-    times = []
+
+    def call():  # synchronised after each call; so each timed call starts on an idle device
+        module(*args)
+        torch.cuda.synchronize()
+
     with torch.inference_mode():
-        for i in range(runs + 10):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            module(*args)
-            torch.cuda.synchronize()
-            if i >= 10:
-                times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        torch.cuda.synchronize()
+        return median_ms(call, runs, warmup=10)
 
 
 def _time_ort(onnx_path: Path, inputs: dict, runs: int) -> float | None:
@@ -132,17 +126,11 @@ def _time_ort(onnx_path: Path, inputs: dict, runs: int) -> float | None:
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             return None
-        sess = ort.InferenceSession(str(onnx_path), providers=["CUDAExecutionProvider"])
+        sess = ort_session(onnx_path, threads=None, providers=["CUDAExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - optional
         print(f"ONNX Runtime CUDA baseline unavailable: {e}")
         return None
-    times = []
-    for i in range(runs + 10):
-        t0 = time.perf_counter()
-        sess.run(None, inputs)
-        if i >= 10:
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return median_ms(lambda: sess.run(None, inputs), runs, warmup=10)
 
 
 def run(args) -> None:

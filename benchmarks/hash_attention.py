@@ -14,22 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-from pathlib import Path
 
 os.environ.setdefault("TVM_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import host_profile, host_vm, median_ms, ort_session  # noqa: E402
 
 HEADS, DIM, BITS, ANCHORS = 6, 64, 16, 25
-
-
-def _median_ms(call, runs: int) -> float:
-    from edgecompile.runtime.model import time_calls
-
-    return statistics.median(time_calls(call, runs, warmup=1))
 
 
 def blocks(n: int):
@@ -38,7 +29,8 @@ def blocks(n: int):
 
     from edgecompile.hashattn.fit import HeadHash
     from edgecompile.hashattn.match import find_attention
-    from edgecompile.hashattn.plan import BlockHash, HashConfig, _rewrite
+    from edgecompile.hashattn.options import HashOptions
+    from edgecompile.hashattn.rewrite import BlockHash, rewrite_blocks
 
     bb = relax.BlockBuilder()
     ty = relax.TensorType((HEADS, n, DIM), "float32")
@@ -61,14 +53,14 @@ def blocks(n: int):
         return HeadHash(a, 1.0, np.zeros(DIM + ANCHORS), np.zeros(DIM + ANCHORS), w(), w())
 
     (block,) = find_attention(soft["main"])
-    config = HashConfig(bits=BITS, anchors=ANCHORS)
-    hashed = _rewrite(soft["main"], [block], {block.name: BlockHash([head() for _ in range(HEADS)], 32.0, 0.0)},
-                      config, switch=False)  # fmt: skip
+    config = HashOptions(bits=BITS, anchors=ANCHORS)
+    hashed = rewrite_blocks(soft["main"], [block], {block.name: BlockHash([head() for _ in range(HEADS)], 32.0, 0.0)},
+                            config, switch=False)  # fmt: skip
     return soft, relax.transform.DeadCodeElimination()(hashed), block, config
 
 
-def ort_session(n: int):
-    import onnxruntime as ort
+def ort_attention(n: int):
+    """ONNX Runtime (CPU, 1 thread) on softmax attention over q, k, v [HEADS, n, DIM]."""
     from onnx import TensorProto, helper
 
     shape = [HEADS, n, DIM]
@@ -85,25 +77,21 @@ def ort_session(n: int):
         [helper.make_tensor("c", TensorProto.FLOAT, [], [1 / 8])],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort_session(model.SerializeToString(), threads=1)
 
 
 def main() -> int:
     import tvm
-    from tvm import relax
 
-    from edgecompile.hashattn.plan import _energy
-    from edgecompile.lower.build import compile_module
-    from edgecompile.runtime.model import set_threads
-    from edgecompile.targets import DEFAULT_ENERGY_PJ, get_profile
+    from edgecompile.hashattn.energy import block_energy
+    from edgecompile.runtime import set_threads
+    from edgecompile.targets import DEFAULT_ENERGY_PJ
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seqs", default="512,2048,4096,8192")
     ap.add_argument("--runs", type=int, default=10)
     args = ap.parse_args()
-    host = get_profile("native").resolved()
+    host = host_profile("native")
     rows = []
     for n in [int(x) for x in args.seqs.split(",")]:
         soft, hashed, block, config = blocks(n)
@@ -112,14 +100,14 @@ def main() -> int:
         times = {}
         # the hash block first (and 3x the runs: it is cheap), before softmax's N^2 buffers churn memory
         for name, mod, runs in (("hash", hashed, 3 * args.runs), ("softmax", soft, args.runs)):
-            vm = relax.VirtualMachine(compile_module(mod, host), tvm.cpu())
+            vm = host_vm(mod, host)
             set_threads(1)
             args_ = [tvm.runtime.tensor(x) for x in feeds]
-            times[name] = _median_ms(lambda vm=vm, a=args_: vm["main"](*a), runs)
-        sess = ort_session(n)
+            times[name] = median_ms(lambda vm=vm, a=args_: vm["main"](*a), runs, warmup=1)
+        sess = ort_attention(n)
         ort_feeds = dict(zip("qkv", feeds))
-        times["ort"] = _median_ms(lambda s=sess, f=ort_feeds: s.run(None, f), args.runs)
-        e_soft, e_hash = _energy(HEADS, n, DIM, DIM, config, DEFAULT_ENERGY_PJ)
+        times["ort"] = median_ms(lambda s=sess, f=ort_feeds: s.run(None, f), args.runs, warmup=1)
+        e_soft, e_hash = block_energy(HEADS, n, DIM, DIM, config, DEFAULT_ENERGY_PJ)
         rows.append((n, times, e_soft, e_hash))
         print(f"N={n}: softmax {times['softmax']:.2f} ms, hash {times['hash']:.2f} ms, ORT {times['ort']:.2f} ms",
               flush=True)  # fmt: skip

@@ -19,7 +19,6 @@ accuracy, speed, size, and calibration memory.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,50 +26,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "examples"))
-
-from cpu_vs_onnxruntime import time_ort  # noqa: E402
-from digits_vit.run import ort_int8  # noqa: E402
-
-SEQ = 128
-
-
-def minilm(tmp: Path) -> Path:
-    import torch
-    from models import BertStyleEncoder, export_onnx
-
-    torch.manual_seed(0)
-    model = BertStyleEncoder(30522, 384, 6, 12, 1536, 512).eval()
-    ids = torch.randint(0, 30522, (1, SEQ), generator=torch.Generator().manual_seed(0))
-    path = tmp / "minilm.onnx"
-    export_onnx(
-        model, (ids, torch.ones(1, SEQ, dtype=torch.int64)), path, ["input_ids", "attention_mask"],
-        ["last_hidden_state", "pooled"], dynamo=False,
-    )  # fmt: skip
-    return path
-
-
-def text_samples(n: int, seed: int) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    return [
-        {"input_ids": rng.integers(0, 30522, (1, SEQ)).astype(np.int64), "attention_mask": np.ones((1, SEQ), np.int64)}
-        for _ in range(n)
-    ]
-
-
-def stacked(samples: list[dict]) -> dict[str, np.ndarray]:
-    return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
-
-
-def ort_session(path: Path, threads: int = 1):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+from _common import (
+    SEQ,
+    artifact_mb,
+    minilm_onnx,
+    ort_int8,
+    ort_ms,
+    ort_session,
+    stacked,
+    text_samples,
+    thread_counts,
+    timed_compile,
+)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -88,17 +55,14 @@ def digits_table(tmp: Path, recipes: list[str]) -> None:
 def minilm_tables(tmp: Path, runs: int, recipes: list[str]) -> None:
     import edgecompile
 
-    path = minilm(tmp)
+    path = minilm_onnx(tmp)
     calib = text_samples(32, seed=1)
     held_out = text_samples(16, seed=2)
-    t0 = time.perf_counter()
-    fp32 = edgecompile.compile(path, output=tmp / "m-fp32")
-    compile_s = {"fp32": time.perf_counter() - t0}
+    fp32, fp32_s = timed_compile(path, output=tmp / "m-fp32")
+    compile_s = {"fp32": fp32_s}
     arts = {}
     for rec in recipes:
-        t0 = time.perf_counter()
-        arts[rec] = edgecompile.compile(path, output=tmp / f"m-{rec}", recipe=rec, calib=stacked(calib))
-        compile_s[rec] = time.perf_counter() - t0
+        arts[rec], compile_s[rec] = timed_compile(path, output=tmp / f"m-{rec}", recipe=rec, calib=stacked(calib))
     dyn, qdq = ort_int8(path, calib, tmp)
     F = edgecompile.load(fp32)
     models = {rec: edgecompile.load(a) for rec, a in arts.items()}
@@ -115,10 +79,10 @@ def minilm_tables(tmp: Path, runs: int, recipes: list[str]) -> None:
 
     feeds = held_out[0]
     print(f"\nMiniLM-L6-sized, batch 1, seq {SEQ}, median of {runs} runs (ms), engines timed in turn")
-    for threads in sorted({1, len(os.sched_getaffinity(0))}):
-        ms = {"ORT fp32": time_ort(path, feeds, threads, runs)}
-        ms["ORT dyn-int8"] = time_ort(dyn, feeds, threads, runs)
-        ms["ORT qdq-int8"] = time_ort(qdq, feeds, threads, runs)
+    for threads in thread_counts():
+        ms = {"ORT fp32": ort_ms(path, feeds, threads, runs)}
+        ms["ORT dyn-int8"] = ort_ms(dyn, feeds, threads, runs)
+        ms["ORT qdq-int8"] = ort_ms(qdq, feeds, threads, runs)
         ms["edgecompile fp32"] = F.benchmark(runs=runs, threads=threads, feeds=feeds).median_ms
         for rec, m in models.items():
             ms[f"edgecompile {rec}"] = m.benchmark(runs=runs, threads=threads, feeds=feeds).median_ms
@@ -130,11 +94,11 @@ def minilm_tables(tmp: Path, runs: int, recipes: list[str]) -> None:
                 f"  {name:<38} {t:8.2f} {t / ms['ORT fp32']:10.2f} {t / ms['ORT dyn-int8']:9.2f}"
                 f" {t / ms['ORT qdq-int8']:9.2f} {vs_int8}"
             )
-    sf = sum(f.stat().st_size for f in Path(fp32).iterdir()) / 1e6
+    sf = artifact_mb(fp32)
     print(f"\nartifact size and compile time (calibration on {len(calib)} samples included)")
     print(f"  {'fp32':<30} {sf:6.1f} MB          {compile_s['fp32']:5.1f} s")
     for rec, a in arts.items():
-        size = sum(f.stat().st_size for f in Path(a).iterdir()) / 1e6
+        size = artifact_mb(a)
         print(f"  {rec:<30} {size:6.1f} MB ({size / sf:.2f}x) {compile_s[rec]:5.1f} s")
 
 

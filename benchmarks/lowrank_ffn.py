@@ -18,32 +18,32 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "examples"))
-
-SEQ = 128
+from _common import (
+    SEQ,
+    artifact_mb,
+    digits_vit_onnx,
+    host_profile,
+    host_vm,
+    median_ms,
+    minilm_onnx,
+    text_samples,
+)
 
 
 def ffn_table(runs: int) -> None:
     import tvm
     from tvm import relax
 
-    from edgecompile.lower.build import compile_module
+    from edgecompile.api import gemm_tile
     from edgecompile.lowrank.factorize import breakeven_rank, round_rank
-    from edgecompile.lowrank.plan import tile_width
-    from edgecompile.runtime.model import set_threads, time_calls
-    from edgecompile.targets import get_profile
+    from edgecompile.runtime import set_threads
 
-    host = get_profile("native").resolved()
-    tile = tile_width(host)  # the recipe's default rank multiple
+    host = host_profile("native")
+    tile = gemm_tile(host)  # the recipe's default rank multiple
     set_threads(1)
     rng = np.random.default_rng(0)
 
@@ -61,9 +61,9 @@ def ffn_table(runs: int) -> None:
                         y = bb.emit(relax.op.nn.gelu(y))
                 out = bb.emit_output(y)
             bb.emit_func_output(out)
-        vm = relax.VirtualMachine(compile_module(bb.get(), host), tvm.cpu())
+        vm = host_vm(bb.get(), host)
         arg = tvm.runtime.tensor(rng.standard_normal((SEQ, widths_list[0][0])).astype(np.float32))
-        return statistics.median(time_calls(lambda: vm["main"](arg), runs))
+        return median_ms(lambda: vm["main"](arg), runs)
 
     print(f"\nFFN (up, GELU, down), seq {SEQ}, 1 thread, median of {runs} (ms)")
     print(f"  {'shape':<14} {'dense':>8} {'ratio':>6} {'ranks':>9} {'factored':>9} {'x dense':>8} {'params':>7}")
@@ -79,11 +79,9 @@ def ffn_table(runs: int) -> None:
 
 
 def model_table(tmp: Path, runs: int) -> None:
-    from int8_vs_onnxruntime import minilm, text_samples
-
     import edgecompile
 
-    path = minilm(tmp)
+    path = minilm_onnx(tmp)
     calib = text_samples(32, seed=1)
     print(f"\nMiniLM-L6-sized encoder (random weights), seq {SEQ}, 1 thread, median of {runs}")
     base = None
@@ -95,23 +93,17 @@ def model_table(tmp: Path, runs: int) -> None:
         )
         m = edgecompile.load(art)
         ms = m.benchmark(runs=runs, threads=1, feeds=calib[0]).median_ms
-        size = sum(f.stat().st_size for f in Path(art).iterdir()) / 1e6
+        size = artifact_mb(art)
         base = base or (ms, size)
         print(f"  {recipe:<24} {ms:8.2f} ms ({ms / base[0]:.2f}x)  {size:6.1f} MB ({size / base[1]:.2f}x)")
 
 
 def digits_table(tmp: Path) -> None:
-    import torch
-    from digits_vit.digits import accuracy, splits, train
-    from models import export_onnx
+    from digits_vit.digits import accuracy
 
     import edgecompile
 
-    data = splits()
-    model = train(data)
-    path = tmp / "digits.onnx"
-    export_onnx(model, (torch.from_numpy(data["x_test"][:1]),), path, ["pixel_values"], ["logits"], dynamo=False)
-    calib = [{"pixel_values": x[None]} for x in data["x_calib"]]
+    data, path, calib = digits_vit_onnx(tmp)
 
     def evaluate(art):
         m = edgecompile.load(art)

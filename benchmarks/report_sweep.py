@@ -14,14 +14,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples" / "minilm_spam"))
+from _common import ROOT
 
 
 def main() -> int:
-    import data
-    import encoder
+    from minilm_spam import data, encoder
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "report_minilm")

@@ -1,8 +1,16 @@
-"""The Python API the CLI wraps: :func:`compile` a model to an artifact, :func:`inspect_model`
-for op coverage before compiling, :func:`load` to run an artifact."""
+"""The Python API the CLI wraps: :func:`compile` a model to an artifact, :func:`apply_recipe` for
+the rewritten module alone, :func:`inspect_model` for op coverage before compiling, :func:`load`
+to run an artifact.
+
+``compile`` is a loop: import the model, apply the recipe's stages in the order written (each a
+:class:`edgecompile.ir.stage.Stage` from the registry in :mod:`edgecompile.recipe`), then hand the
+module to the target's backend (:mod:`edgecompile.lower` for TVM targets, :mod:`edgecompile.coreml`
+for Core ML) and seal the artifact (:mod:`edgecompile.artifact`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from collections.abc import Callable
@@ -12,6 +20,7 @@ from edgecompile.errors import RecipeError
 from edgecompile.frontend.spec import parse_shape
 
 log = logging.getLogger("edgecompile")
+MANIFEST_SECTIONS = ("quantization", "lowrank", "hash_attention")  # every TVM manifest has these keys
 
 
 def compile(  # noqa: A001 - the product's verb
@@ -34,122 +43,127 @@ def compile(  # noqa: A001 - the product's verb
 ) -> Path:
     """Compile ``model`` for ``target`` into an artifact directory and return its path.
 
-    ``model`` is an ONNX file path, an ``onnx.ModelProto``, a ``torch.nn.Module`` (with
-    ``example_inputs`` or ``input_shapes``) or a ``torch.export`` program. ``target`` is a profile
-    name (see ``edgecompile targets``) or a profile file path. ``input_shapes`` fixes symbolic
-    dimensions, e.g. ``{"input_ids": (1, 128)}`` or ``{"input_ids": "1x128"}``. ``output``
-    defaults to ``build/<model>-<target>``. ``tune=N`` runs up to N MetaSchedule trials first
-    (CPU targets) with the database under ``tuning_db`` (default ``~/.cache/edgecompile/tuning``);
-    ``tune_progress(done, total, elapsed_s)`` reports the search.
-
-    Recipes that quantize (``int8``) need ``calib``: an ``.npz`` with one array per input stacked
-    along a leading sample axis, a directory of them, or an iterable of ``{name: array}``;
-    ``keep_float`` names layers (or fnmatch patterns, e.g. ``linear.0``, ``matmul.*``) to leave in
-    float; ``calib_progress(stage, done, total)`` reports calibration; ``on_quantized`` receives
-    the calibrated :class:`edgecompile.quant.plan.QuantResult` (per-layer sensitivity reuses it).
-    """
-    from edgecompile.artifact.package import constant_bytes, finish, prepare_output
-    from edgecompile.calibrate.data import load_samples
+    ``model``: an ONNX file path, an ``onnx.ModelProto``, a ``torch.nn.Module`` (with
+    ``example_inputs`` or ``input_shapes``) or a ``torch.export`` program; ``target``: a profile name
+    (``edgecompile targets``) or file; ``input_shapes`` fixes symbolic dimensions (``{"input_ids":
+    "1x128"}``); ``output`` defaults to ``build/<model>-<target>``. ``tune=N`` runs up to N
+    MetaSchedule trials (CPU targets; database under ``tuning_db``, default
+    ``~/.cache/edgecompile/tuning``), ``tune_progress(done, total, elapsed_s)`` reports them.
+    Recipes that quantize need ``calib``: an ``.npz`` with one array per input stacked along a
+    leading sample axis, a directory of them, or an iterable of ``{name: array}``; ``keep_float``
+    names layers (or fnmatch patterns: ``matmul.*``) to leave in float; ``calib_progress(stage,
+    done, total)`` reports calibration; ``on_quantized`` receives the calibrated
+    :class:`edgecompile.quant.plan.QuantResult` (per-layer sensitivity reuses it)."""
+    from edgecompile.artifact.package import finish, prepare_output
     from edgecompile.frontend import import_model
-    from edgecompile.ir.energy import model_energy
     from edgecompile.ir.native_output import captured
-    from edgecompile.lower.build import compile_module, export, make_target
-    from edgecompile.lower.float_ops import float_kernels, float_kernels_of
     from edgecompile.recipe import parse_recipe
     from edgecompile.targets import get_profile
 
     say = progress or (lambda _msg: None)
     profile = get_profile(target).resolved()
     rec = parse_recipe(recipe)
-    shapes = {k: parse_shape(v) if isinstance(v, str) else tuple(v) for k, v in (input_shapes or {}).items()}
+    stages = checked_stages(rec, profile, calib, keep_float)
     out = Path(output) if output is not None else Path("build") / f"{_model_stem(model)}-{profile.name}"
     staging = prepare_output(out)
     try:
         say(f"importing {_model_stem(model)}")
         with captured(log):
-            imported = import_model(model, shapes, input_dtypes, example_inputs)
-        mod, quant, lowrank = imported.mod, None, None
-        part = rec.quant_part()
-        lr_part = rec.part("lowrank")
-        hash_part = rec.part("hash-attention")
-        if part is None and keep_float:
-            raise RecipeError(f"recipe {rec} does not quantize: --keep-float needs an int8 recipe")
-        if part is None and lr_part is None and hash_part is None and calib is not None:
-            raise RecipeError(
-                f"recipe {rec} does not quantize: --calib needs an int8, lowrank or hash-attention recipe"
-            )
+            imported = import_model(model, _shapes(input_shapes), input_dtypes, example_inputs)
         if profile.runtime == "coreml":  # an ML Program through coremltools, not a TVM build
-            manifest = _coreml(imported, rec, profile, staging, calib, keep_float, say, calib_progress)
+            manifest = _coreml(imported, rec, stages, profile, staging, calib, keep_float, say, calib_progress)
             return finish(staging, out, manifest)
-        half = rec.part("fp16") is not None
-        if half and (part is not None or hash_part is not None):
-            raise RecipeError(
-                f"recipe {rec}: on TVM targets fp16 is a recipe of its own (add lowrank if you like); int8 with "
-                "fp16 activations is a Core ML recipe"
-            )
-        qconfig = _quant_config(part, keep_float) if part is not None else None
-        samples = None  # lowrank alone, without data: plain SVD
-        if hash_part is not None and calib is None:
-            raise RecipeError("hash-attention learns its hash from calibration data: pass --calib")
-        if qconfig is not None or calib is not None:
-            samples = load_samples(calib, imported.inputs, qconfig[0].samples if qconfig else None)
-        if lr_part is not None:  # factorize first, then quantize both factors
-            mod, lowrank = _factorize(imported, mod, lr_part, profile, samples, say, calib_progress)
-        hashed = None
-        if hash_part is not None:
-            mod, hashed = _hash_attention(imported, mod, hash_part, profile, samples, say, calib_progress)
-        if qconfig is not None:
-            mod, quant = _quantize(imported, mod, *qconfig, samples, say, calib_progress, on_quantized)
-        if half:
-            from edgecompile.half.rewrite import to_fp16
-
-            mod = to_fp16(mod)
-        energy = model_energy(mod, profile.energy)
-        say(f"building for {profile.name} ({profile.tvm.get('kind')}, recipe {rec})")
-        with captured(log):
-            if tune is not None:
-                say(f"tuning up to {tune} trials")
-            fused: list = []  # the CPU build hands over its fused module: no second fusion run
-            executable = compile_module(
-                mod, profile, tune, tuning_db and Path(tuning_db), tune_progress, on_fused=fused.append
-            )
-            float_ops = float_kernels_of(fused[0]) if fused else float_kernels(mod, make_target(profile))
-            say("exporting the library")
-            lib = export(executable, profile, staging)
-        manifest = {
-            "target": profile.to_json(),
-            "recipe": rec.to_json(),
-            "source": imported.source,
-            "inputs": [s.to_json() for s in imported.inputs],
-            "outputs": [s.to_json() for s in imported.outputs],
-            "library": lib.file.name,
-            "linker": lib.linker,
-            "link_command": lib.link_command,
-            "device_code": lib.device_code,
-            "tuning": None if tune is None else {"trials": tune},
-            "quantization": quant,
-            "lowrank": lowrank,
-            "hash_attention": hashed,
-            "float_ops": float_ops,
-            "energy": energy,
-            "weights_bytes": constant_bytes(mod),
-        }
-        return finish(staging, out, manifest)
+        ctx = stage_context(imported, profile, stages, calib, say, calib_progress)
+        mod, sections = apply_stages(imported.mod, stages, ctx)
+        if on_quantized is not None and "quant" in ctx.results:
+            on_quantized(ctx.results["quant"])
+        lib, float_ops = _build(mod, profile, staging, tune, tuning_db, tune_progress, say, rec)
+        return finish(staging, out, _tvm_manifest(imported, mod, rec, profile, lib, float_ops, tune, sections))
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _progress(say, calib_progress):
+def checked_stages(rec, profile, calib, keep_float: list[str] | None = None) -> list[tuple]:
+    """The recipe's ``(stage, options)`` pairs for ``profile``, with ``keep_float`` added to the
+    quantizing part's options; refuses what cannot run before any work is done."""
+    coreml = profile.runtime == "coreml"
+    stages = rec.stages(exclusive=not coreml)
+    quant = [i for i, (s, _) in enumerate(stages) if s.manifest_key == "quantization"]
+    if keep_float and not quant:
+        raise RecipeError(f"recipe {rec} does not quantize: --keep-float needs an int8 recipe")
+    if calib is not None and not any(s.needs_calib or s.uses_calib for s, _ in stages):
+        raise RecipeError(f"recipe {rec} does not quantize: --calib needs an int8, lowrank or hash-attention recipe")
+    if calib is None and not coreml:
+        missing = next((s for s, _ in stages if s.missing_calib is not None), None)
+        if missing is not None:
+            raise missing.missing_calib()
+    if keep_float and not coreml:
+        i = quant[0]
+        stage, options = stages[i]
+        stages[i] = (stage, dataclasses.replace(options, keep_float=options.keep_float + tuple(keep_float)))
+    return stages
+
+
+def stage_context(imported, profile, stages, calib, say=None, calib_progress=None):
+    """The :class:`edgecompile.ir.stage.StageContext` of one compile: calibration samples (loaded
+    once, checked against the model's inputs, where a stage reads them), builds, target facts."""
+    from edgecompile.calibrate.data import load_samples
+    from edgecompile.ir.stage import StageContext
+    from edgecompile.lower.build import compile_module
+
+    say = say or (lambda _msg: None)
+    samples = None
+    if calib is not None and any(s.needs_calib or s.uses_calib for s, _ in stages):
+        counts = [o.samples for _, o in stages if getattr(o, "samples", None) is not None]
+        samples = load_samples(calib, imported.inputs, counts[0] if counts else None)
+
     def report(stage: str, done: int, total: int) -> None:
         say(f"{stage} {done}/{total}")
         if calib_progress:
             calib_progress(stage, done, total)
 
-    return report
+    return StageContext(
+        input_names=[s.name for s in imported.inputs],
+        samples=samples,
+        profile=profile,
+        host_build=host_build(),
+        target_build=lambda m: compile_module(m, profile),
+        gemm_tile=gemm_tile(profile),
+        say=say,
+        progress=report,
+    )
 
 
-def _host_build():
+def apply_stages(mod, stages, ctx) -> tuple[object, dict]:
+    """``mod`` through each stage in order; returns the module and the stages' manifest sections."""
+    from edgecompile.ir.native_output import captured
+
+    sections: dict = {}
+    for stage, options in stages:
+        with captured(log):
+            mod, entry = stage.apply(mod, options, ctx)
+        if stage.manifest_key is not None:
+            sections[stage.manifest_key] = entry
+    return mod, sections
+
+
+def apply_recipe(model, recipe: str = "fp32", calib=None, *, target: str = "native", input_shapes=None):
+    """The Relax module of ``model`` after ``recipe``'s stages, before lowering (for inspecting a
+    rewrite or building it with other settings); returns ``(module, StageContext)``."""
+    from edgecompile.frontend import import_model
+    from edgecompile.recipe import parse_recipe
+    from edgecompile.targets import get_profile
+
+    profile = get_profile(target).resolved()
+    stages = checked_stages(parse_recipe(recipe), profile, calib)
+    imported = import_model(model, _shapes(input_shapes))
+    ctx = stage_context(imported, profile, stages, calib)
+    return apply_stages(imported.mod, stages, ctx)[0], ctx
+
+
+def host_build() -> Callable:
+    """IRModule -> executable built for this machine (calibration, sensitivity and gate runs)."""
     from edgecompile.lower.build import compile_module
     from edgecompile.targets import get_profile
 
@@ -157,93 +171,75 @@ def _host_build():
     return lambda m: compile_module(m, host)
 
 
-def _factorize(imported, mod, part, profile, samples, say, calib_progress):
-    """Factorize ``mod`` for the ``lowrank`` recipe part; returns (module, manifest entry)."""
+def gemm_tile(profile) -> int:
+    """The N width of ``profile``'s fp32 GEMM register tile (24 on AVX2, 64 on AVX-512), or 16 off
+    LLVM CPU targets: ranks that are multiples of it fill whole tiles."""
+    if profile.tvm.get("kind") != "llvm":
+        return 16
+    from edgecompile.lower.build import make_target
+    from edgecompile.lower.schedules.isa import vector_isa
+    from edgecompile.lower.schedules.tiles import gemm_nr
+
+    return gemm_nr(vector_isa(make_target(profile)), None, 32)
+
+
+def _build(mod, profile, staging: Path, tune, tuning_db, tune_progress, say, rec):
+    """Lower, build and export ``mod`` for a TVM target; returns the library and its float kernels."""
     from edgecompile.ir.native_output import captured
-    from edgecompile.lowrank.plan import config_from_options, lowrank_model
+    from edgecompile.lower.build import compile_module, export, make_target
+    from edgecompile.lower.float_ops import float_kernels, float_kernels_of
 
-    config = config_from_options(part.options)
-    say(f"factorizing linear layers ({config.spec})")
+    say(f"building for {profile.name} ({profile.tvm.get('kind')}, recipe {rec})")
     with captured(log):
-        result = lowrank_model(
-            mod,
-            samples,
-            [s.name for s in imported.inputs],
-            config,
-            _host_build(),
-            profile,
-            _progress(say, calib_progress),
+        if tune is not None:
+            say(f"tuning up to {tune} trials")
+        fused: list = []  # the CPU build hands over its fused module: no second fusion run
+        executable = compile_module(
+            mod, profile, tune, tuning_db and Path(tuning_db), tune_progress, on_fused=fused.append
         )
-    return result.mod, result.to_json(config)
+        float_ops = float_kernels_of(fused[0]) if fused else float_kernels(mod, make_target(profile))
+        say("exporting the library")
+        return export(executable, profile, staging), float_ops
 
 
-def _coreml(imported, rec, profile, staging, calib, keep_float, say, calib_progress) -> dict:
-    """A Core ML target's manifest: lowrank first where the recipe has it, then the ``model.mlpackage``
-    export (weight-only int8 needs no calibration; see :mod:`edgecompile.coreml.export`)."""
-    from edgecompile.calibrate.data import load_samples
+def _tvm_manifest(imported, mod, rec, profile, lib, float_ops, tune, sections: dict):
+    from edgecompile.artifact.package import constant_bytes
+    from edgecompile.ir.energy import model_energy
+    from edgecompile.runtime.manifest import Manifest
+
+    return Manifest(
+        target=profile.to_json(),
+        recipe=rec.to_json(),
+        source=imported.source,
+        inputs=[s.to_json() for s in imported.inputs],
+        outputs=[s.to_json() for s in imported.outputs],
+        library=lib.file.name,
+        linker=lib.linker,
+        link_command=lib.link_command,
+        tuning=None if tune is None else {"trials": tune},
+        **{key: sections.get(key) for key in MANIFEST_SECTIONS},
+        float_ops=float_ops,
+        energy=model_energy(mod, profile.energy),
+        extra={"device_code": lib.device_code, "weights_bytes": constant_bytes(mod)},
+    )
+
+
+def _coreml(imported, rec, stages, profile, staging, calib, keep_float, say, calib_progress):
+    """A Core ML target's manifest: the stages Core ML takes from us (lowrank) first, then the
+    ``model.mlpackage`` export, which does fp16 and weight-only int8 itself (no calibration)."""
     from edgecompile.coreml.export import check_recipe, export_coreml
 
     check_recipe(rec, keep_float)
-    mod, lowrank, lr_part = imported.mod, None, rec.part("lowrank")
-    if lr_part is not None:
-        samples = load_samples(calib, imported.inputs, None) if calib is not None else None
-        mod, lowrank = _factorize(imported, mod, lr_part, profile, samples, say, calib_progress)
-    elif calib is not None:
+    ours = [(s, o) for s, o in stages if s.coreml]
+    if calib is not None and not ours:
         log.info("Core ML weight-only int8 needs no calibration: --calib is not used")
-    return export_coreml(imported, mod, rec, profile, staging, lowrank=lowrank, progress=say)
+    ctx = stage_context(imported, profile, ours, calib, say, calib_progress)
+    mod, sections = apply_stages(imported.mod, ours, ctx)
+    return export_coreml(imported, mod, rec, profile, staging, lowrank=sections.get("lowrank"), progress=say)
 
 
-def _hash_attention(imported, mod, part, profile, samples, say, calib_progress):
-    """Rewrite attention blocks for the ``hash-attention`` recipe part; returns (module, manifest entry)."""
-    from edgecompile.hashattn.plan import config_from_options, hash_attention_model
-    from edgecompile.ir.native_output import captured
-
-    config = config_from_options(part.options)
-    say(f"learning binary-hash attention ({config.spec})")
-    with captured(log):
-        result = hash_attention_model(
-            mod,
-            samples,
-            [s.name for s in imported.inputs],
-            config,
-            _host_build(),
-            profile.energy,
-            _progress(say, calib_progress),
-        )
-    return result.mod, result.to_json(config)
-
-
-def _quant_config(part, keep_float):
-    """``(QuantConfig, keep_worst)`` of the ``int8`` / ``int8-integer-only`` part, ``keep_float`` added."""
-    import dataclasses
-
-    from edgecompile.quant.plan import config_from_options
-
-    config, keep_worst = config_from_options(part.options, part.preset == "int8-integer-only")
-    if keep_float:
-        config = dataclasses.replace(config, keep_float=config.keep_float + tuple(keep_float))
-    return config, keep_worst
-
-
-def _quantize(imported, mod, config, keep_worst, samples, say, calib_progress, on_quantized=None):
-    """Calibrate and rewrite ``mod`` for the quantizing recipe part; returns (module, manifest entry)."""
-    from edgecompile.ir.native_output import captured
-    from edgecompile.quant.plan import quantize_model
-
-    say(f"calibrating on {len(samples)} samples ({config.observer})")
-    with captured(log):
-        result = quantize_model(
-            mod,
-            samples,
-            [s.name for s in imported.inputs],
-            config,
-            _host_build(),
-            keep_worst,
-            _progress(say, calib_progress),
-        )
-    if on_quantized is not None:
-        on_quantized(result)
-    return result.mod, result.to_json(config)
+def _shapes(input_shapes) -> dict:
+    return {k: parse_shape(v) if isinstance(v, str) else tuple(v) for k, v in (input_shapes or {}).items()}
 
 
 def inspect_model(model, opset: int | None = None):

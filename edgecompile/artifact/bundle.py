@@ -16,7 +16,8 @@ TVM FFI headers.
 Python runtime instead of relying on the native runner alone::
 
     bundle/run.py                     python3 run.py --input in.npz [-o out.npz] [--bench]
-    bundle/python/edgecompile/        our runtime: runtime/, errors.py (no compiler side)
+    bundle/python/edgecompile/        our runtime: runtime/, errors.py (no compiler side): the files
+                                      of its import closure (:mod:`edgecompile.artifact.closure`)
     bundle/python/tvm/, tvm_ffi/      the TVM Python modules a runtime-only load imports, their
                                       extension module and libraries (then the only copy of them)
 
@@ -41,12 +42,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgecompile.artifact.closure import import_closure
 from edgecompile.errors import ArtifactError
 from edgecompile.runtime.hostinfo import host_arch
 from edgecompile.runtime.manifest import MANIFEST, read_verified
 
-# Our runtime's modules: everything under edgecompile/ that `edgecompile.runtime` imports.
-OWN_FILES = ["__init__.py", "errors.py", "version.py", "runtime"]
 RUN_PY = '''"""Run the bundled model: python3 run.py --input in.npz [-o out.npz] [--bench] [--threads N]."""
 import argparse
 import os
@@ -129,6 +129,12 @@ class Bundle:
         }
 
 
+def own_files() -> list[str]:
+    """Our runtime's Python files, relative to the ``edgecompile/`` directory: the files of
+    ``edgecompile.runtime``'s import closure within ``edgecompile`` (top-level files first)."""
+    return list(import_closure("edgecompile.runtime").files)
+
+
 def make_bundle(
     artifact: Path, out: Path, runtime_from: Path | None = None, python: bool = False, progress=None
 ) -> Bundle:
@@ -136,6 +142,44 @@ def make_bundle(
     say = progress or (lambda _msg: None)
     artifact, out = Path(artifact), Path(out)
     manifest = read_verified(artifact)
+    target = manifest["target"]
+    device = _check_request(manifest, out, python)
+    source = _runtime_source(target["arch"], runtime_from)
+    traced = _traced_python() if python else []
+    staging = _Staging(out.with_name(f".{out.name}.staging"))
+    try:
+        for name in sorted([MANIFEST, *manifest["files"]]):
+            staging.put(artifact / name, f"model/{name}", "model code")
+        staging.write("model/io.txt", io_spec(manifest), "model code")
+        lib_dirs = (
+            {"tvm": "python/tvm/lib", "tvm_ffi": "python/tvm_ffi/lib"} if python else {"tvm": "lib", "tvm_ffi": "lib"}
+        )
+        for rel in _native_files(source, device, python):
+            staging.put(source / rel, f"{lib_dirs[rel.split('/')[0]]}/{Path(rel).name}", "runtime library")
+        if device == "cpu":
+            say(f"building the native runner for {target['name']}")
+            runner = build_runner(target, source, staging.root / "run_model")
+            staging.files.append(BundleFile("run_model", runner.stat().st_size, "runner"))
+        if python:
+            _put_python(staging, source, traced)
+        weights = manifest.get("weights_bytes")
+        if weights is not None:  # split the library into its weights and its code
+            library = next(f for f in staging.files if f.path == f"model/{manifest['library']}")
+            library.size -= weights
+            staging.files.append(BundleFile(f"model/{manifest['library']} (constants)", weights, "model weights"))
+        bundle = Bundle(out, staging.files, weights)
+        (staging.root / "bundle.json").write_text(json.dumps(bundle.to_json(), indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        staging.root.rename(out)
+        return bundle
+    finally:
+        shutil.rmtree(staging.root, ignore_errors=True)
+
+
+def _check_request(manifest: dict, out: Path, python: bool) -> str:
+    """Refuse what cannot be bundled (a Core ML or unlinked artifact, a GPU one without ``--python``, an
+    ``out`` that is not a bundle); returns the artifact's device."""
     target = manifest["target"]
     if target.get("runtime") == "coreml":
         raise ArtifactError(
@@ -148,61 +192,41 @@ def make_bundle(
         raise ArtifactError(f"the native runner runs CPU targets; a {device} artifact needs --python")
     if out.exists() and any(out.iterdir()) and not (out / "bundle.json").is_file():
         raise ArtifactError(f"{out} exists and is not a bundle; choose another -o")
-    source = _runtime_source(target["arch"], runtime_from)
-    traced = _traced_python() if python else []
-    staging = out.with_name(f".{out.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    files: list[BundleFile] = []
+    return device
 
-    def put(src: Path, rel: str, role: str) -> None:
-        dest = staging / rel
+
+class _Staging:
+    """The bundle being written (a fresh directory) and the files put into it so far."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.files: list[BundleFile] = []
+        shutil.rmtree(root, ignore_errors=True)
+
+    def put(self, src: Path, rel: str, role: str) -> None:
+        dest = self.root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dest)
-        files.append(BundleFile(rel, dest.stat().st_size, role))
+        self.files.append(BundleFile(rel, dest.stat().st_size, role))
 
-    def write(rel: str, text: str, role: str) -> None:
-        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-        (staging / rel).write_text(text)
-        files.append(BundleFile(rel, (staging / rel).stat().st_size, role))
+    def write(self, rel: str, text: str, role: str) -> None:
+        (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (self.root / rel).write_text(text)
+        self.files.append(BundleFile(rel, (self.root / rel).stat().st_size, role))
 
-    try:
-        for name in sorted([MANIFEST, *manifest["files"]]):
-            put(artifact / name, f"model/{name}", "model code")
-        write("model/io.txt", io_spec(manifest), "model code")
-        lib_dirs = (
-            {"tvm": "python/tvm/lib", "tvm_ffi": "python/tvm_ffi/lib"} if python else {"tvm": "lib", "tvm_ffi": "lib"}
-        )
-        for rel in _native_files(source, device, python):
-            put(source / rel, f"{lib_dirs[rel.split('/')[0]]}/{Path(rel).name}", "runtime library")
-        if device == "cpu":
-            say(f"building the native runner for {target['name']}")
-            runner = build_runner(target, source, staging / "run_model")
-            files.append(BundleFile("run_model", runner.stat().st_size, "runner"))
-        if python:
-            own = Path(__file__).resolve().parents[1]
-            for item in OWN_FILES:
-                for src in sorted((own / item).rglob("*.py")) if (own / item).is_dir() else [own / item]:
-                    put(src, f"python/edgecompile/{src.relative_to(own)}", "runtime python")
-            for rel in traced:
-                if not (source / rel).is_file():
-                    raise ArtifactError(f"the TVM packages in {source} lack {rel}: not the wheels this build uses")
-                put(source / rel, f"python/{rel}", "runtime python")
-            for ext in sorted((source / "tvm_ffi").glob("core.*.so")):
-                put(ext, f"python/tvm_ffi/{ext.name}", "runtime library")
-            write("run.py", RUN_PY, "runner")
-        weights = manifest.get("weights_bytes")
-        if weights is not None:  # split the library into its weights and its code
-            library = next(f for f in files if f.path == f"model/{manifest['library']}")
-            library.size -= weights
-            files.append(BundleFile(f"model/{manifest['library']} (constants)", weights, "model weights"))
-        bundle = Bundle(out, files, weights)
-        (staging / "bundle.json").write_text(json.dumps(bundle.to_json(), indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-        return bundle
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+def _put_python(staging: _Staging, source: Path, traced: list[str]) -> None:
+    """The Python layer: our runtime's files, the traced TVM Python modules, TVM FFI's extension, run.py."""
+    own = Path(__file__).resolve().parents[1]
+    for rel in own_files():
+        staging.put(own / rel, f"python/edgecompile/{rel}", "runtime python")
+    for rel in traced:
+        if not (source / rel).is_file():
+            raise ArtifactError(f"the TVM packages in {source} lack {rel}: not the wheels this build uses")
+        staging.put(source / rel, f"python/{rel}", "runtime python")
+    for ext in sorted((source / "tvm_ffi").glob("core.*.so")):
+        staging.put(ext, f"python/tvm_ffi/{ext.name}", "runtime library")
+    staging.write("run.py", RUN_PY, "runner")
 
 
 def io_spec(manifest: dict) -> str:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from edgecompile.errors import ArtifactError
-from edgecompile.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, file_digests, seal
+from edgecompile.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, Manifest, file_digests, seal
 from edgecompile.version import __version__
 
 
@@ -30,17 +30,21 @@ def prepare_output(out_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
 
 
-def finish(staging: Path, out_dir: Path, manifest: dict) -> Path:
-    """Checksum the staged files, seal the manifest and move the artifact into ``out_dir``."""
+def finish(staging: Path, out_dir: Path, manifest: Manifest | dict) -> Path:
+    """Checksum the staged files, seal the manifest and move the artifact into ``out_dir``.
+
+    ``manifest`` is a :class:`~edgecompile.runtime.manifest.Manifest` (a plain dict of the same keys
+    is still taken while callers move over)."""
     import tvm
 
+    body = manifest.to_json() if isinstance(manifest, Manifest) else manifest
     files = file_digests(staging)
     full = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "edgecompile_version": __version__,
         "tvm_version": tvm.__version__,
-        **manifest,
+        **body,
         "files": files,
     }
     (staging / MANIFEST).write_bytes(seal(full))

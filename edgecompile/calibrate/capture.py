@@ -15,7 +15,9 @@ import tvm
 from tvm import relax
 
 from edgecompile.calibrate.observers import Observer
+from edgecompile.ir.host import HostFunction
 from edgecompile.ir.walk import rebuild
+from edgecompile.runtime.model import flatten_outputs
 
 Progress = Callable[[int, int], None]
 
@@ -26,23 +28,20 @@ def with_outputs(func: relax.Function, wanted: list[relax.Var]) -> tvm.IRModule:
 
 
 class Runner:
-    """A module built for this machine, called with ``{name: array}`` samples."""
+    """A module built for this machine (:class:`edgecompile.ir.host.HostFunction`), called with
+    ``{name: array}`` samples; returns the tensors appended to the model's own outputs."""
 
     def __init__(self, mod: tvm.IRModule, input_names: list[str], build: Callable):
-        self.vm = relax.VirtualMachine(build(mod), tvm.cpu())
+        self.host = HostFunction(mod, build, input_names)
         self.names = input_names
         self.build = build
 
-    def _call(self, sample: dict[str, np.ndarray]) -> list:
-        return list(self.vm["main"](*[tvm.runtime.tensor(sample[n]) for n in self.names]))
-
     def __call__(self, sample: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return [t.numpy() for t in self._call(sample)[1:]]  # the appended tensors
+        return [t.numpy() for t in list(self.host.raw(sample))[1:]]  # the appended tensors
 
     def first_output(self, sample: dict[str, np.ndarray]) -> np.ndarray:
         """The model's own (first) output, which the appended tensors follow."""
-        y = self._call(sample)[0]
-        return (y if hasattr(y, "numpy") else y[0]).numpy()
+        return flatten_outputs(list(self.host.raw(sample))[0])[0]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from edgecompile.errors import CalibrationError
 from edgecompile.frontend.spec import TensorSpec
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file by name; a file that cannot be read is a :class:`CalibrationError`."""
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
@@ -47,9 +48,9 @@ def iter_samples(source) -> Iterator[dict[str, np.ndarray]]:
             if not files:
                 raise CalibrationError(f"calibration directory {path} has no .npz files")
             for f in files:
-                yield from _stacked_samples(_read_npz(f), str(f))
+                yield from _stacked_samples(read_npz(f), str(f))
         elif path.is_file():
-            yield from _stacked_samples(_read_npz(path), str(path))
+            yield from _stacked_samples(read_npz(path), str(path))
         else:
             raise CalibrationError(f"calibration data not found: {path}")
         return

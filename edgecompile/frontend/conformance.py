@@ -212,11 +212,10 @@ def _to_array(value) -> np.ndarray:
 def run_case(case: NodeCase, target: dict | None = None) -> CaseResult:
     """Import, build and run one case; compare every data set with the expected outputs."""
     import tvm
-    from tvm import relax
 
     from edgecompile.frontend.onnx_import import onnx_to_relax
     from edgecompile.frontend.spec import TensorSpec
-    from edgecompile.runtime.model import flatten_outputs
+    from edgecompile.ir.host import HostFunction
 
     op, version = case.op_key
 
@@ -224,7 +223,7 @@ def run_case(case: NodeCase, target: dict | None = None) -> CaseResult:
         return CaseResult(case.name, op, version, status, detail, case.variant, len(case.model.graph.output))
 
     try:
-        vm = None
+        fn = None
         names = [i.name for i in case.model.graph.input]
         for feeds, expected in zip(case.feeds, case.expected):
             if any(
@@ -233,14 +232,15 @@ def run_case(case: NodeCase, target: dict | None = None) -> CaseResult:
                 for f in feeds
             ):
                 return result("error", "input dtype not supported by the runtime")
-            if vm is None:
+            if fn is None:
                 specs = [TensorSpec(n, tuple(f.shape), f.dtype.name) for n, f in zip(names, feeds)]
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     mod = onnx_to_relax(case.model, specs)
-                    ex = tvm.compile(mod, target=tvm.target.Target(target or {"kind": "llvm"}))
-                vm = relax.VirtualMachine(ex, tvm.cpu())
-            got = flatten_outputs(vm["main"](*[tvm.runtime.tensor(f) for f in feeds]))
+                    fn = HostFunction(
+                        mod, lambda m: tvm.compile(m, target=tvm.target.Target(target or {"kind": "llvm"}))
+                    )
+            got = fn(*feeds)
             if len(got) != len(expected):
                 return result("mismatch", f"{len(got)} outputs, expected {len(expected)}")
             for g, e in zip(got, expected):

@@ -38,10 +38,27 @@ _NO_FOLD = {
 def specialize(model, specs: list[TensorSpec]):
     """A copy of ``model`` with static input dims and its shape arithmetic folded to constants."""
     import onnx
-    from onnx import numpy_helper, shape_inference
+    from onnx import shape_inference
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    _pin_inputs(m, specs)
+    try:
+        m = shape_inference.infer_shapes(m, data_prop=True)
+    except Exception as e:  # inference is best effort; the importer infers too
+        log.info("onnx shape inference failed (%s); folding only constants", e)
+    keep, new_inits = _fold(m, _static_shapes(m))
+    if not new_inits:
+        return m
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    m.graph.initializer.extend(new_inits)
+    _drop_unused_initializers(m)
+    return m
+
+
+def _pin_inputs(m, specs: list[TensorSpec]) -> None:
+    """Set the dims of ``m``'s graph inputs named in ``specs`` to the spec's static sizes."""
     by_name = {s.name: s for s in specs}
     for vi in m.graph.input:
         spec = by_name.get(vi.name)
@@ -51,11 +68,13 @@ def specialize(model, specs: list[TensorSpec]):
         for d, size in zip(dims, spec.shape):
             d.Clear()
             d.dim_value = int(size)
-    try:
-        m = shape_inference.infer_shapes(m, data_prop=True)
-    except Exception as e:  # inference is best effort; the importer infers too
-        log.info("onnx shape inference failed (%s); folding only constants", e)
-    shapes = _static_shapes(m)
+
+
+def _fold(m, shapes: dict[str, tuple[int, ...]]) -> tuple[list, list]:
+    """``(nodes kept, initializers for the folded outputs)``: nodes are folded in graph order, each
+    over the initializers and the outputs folded before it."""
+    from onnx import numpy_helper
+
     initializers = {t.name: t for t in m.graph.initializer}
     consts: dict[str, np.ndarray] = {name: None for name in initializers}  # known, loaded on first use
 
@@ -66,32 +85,32 @@ def specialize(model, specs: list[TensorSpec]):
 
     keep, new_inits = [], []
     for node in m.graph.node:
-        folded = None
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            folded = _eval(node, [], m)
-        elif node.op_type == "Shape" and node.input[0] in shapes:
-            folded = [_shape_value(node, shapes[node.input[0]])]
-        elif (
-            node.domain in ("", "ai.onnx")
-            and node.op_type not in _NO_FOLD
-            and node.input
-            and all(i == "" or i in consts for i in node.input)
-            and all(i == "" or _small(i, consts, shapes, m) for i in node.input)
-        ):
-            folded = _eval(node, [value(i) if i else None for i in node.input], m)
+        folded = _fold_node(node, m, shapes, consts, value)
         if folded is not None and all(v is not None and v.size <= MAX_FOLD_ELEMENTS for v in folded):
             for name, v in zip(node.output, folded):
                 consts[name] = v
                 new_inits.append(numpy_helper.from_array(np.asarray(v), name))
         else:
             keep.append(node)
-    if not new_inits:
-        return m
-    del m.graph.node[:]
-    m.graph.node.extend(keep)
-    m.graph.initializer.extend(new_inits)
-    _drop_unused_initializers(m)
-    return m
+    return keep, new_inits
+
+
+def _fold_node(node, m, shapes, consts, value) -> list[np.ndarray] | None:
+    """The output values of ``node`` if it can be folded (a ``Constant``, a ``Shape`` of a static
+    tensor, a standard op over small known values), else None."""
+    if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        return _eval(node, [], m)
+    if node.op_type == "Shape" and node.input[0] in shapes:
+        return [_shape_value(node, shapes[node.input[0]])]
+    if (
+        node.domain in ("", "ai.onnx")
+        and node.op_type not in _NO_FOLD
+        and node.input
+        and all(i == "" or i in consts for i in node.input)
+        and all(i == "" or _small(i, consts, shapes, m) for i in node.input)
+    ):
+        return _eval(node, [value(i) if i else None for i in node.input], m)
+    return None
 
 
 def _small(name, consts, shapes, m) -> bool:

@@ -21,11 +21,26 @@ from __future__ import annotations
 import numpy as np
 
 
+def _add_row():
+    """A TIR macro: key ``j``'s value row added to context row ``t`` (``acc``) and counted (``cnt``).
+    Expanded in place where :func:`context_kernel` calls it, so the kernel is as if written inline."""
+    from tvm.script import tirx as T
+
+    @T.macro
+    def add_row(acc, cnt, v, g, j, t, dv):
+        cnt[t] = cnt[t] + T.float32(1)
+        for e in T.vectorized(dv):
+            acc[t, e] = acc[t, e] + v[g, j, e]
+
+    return add_row
+
+
 def context_kernel(groups: int, n: int, bits: int, dv: int, c: float):
     """TIR: ``(codes [G, N] int32, keep [G, N] int32, v [G, N, dv]) -> (ctx [G, b+1, dv], z [G, b+1])``."""
     from tvm.script import tirx as T
 
     cc = float(c)
+    add_row = _add_row()
 
     @T.prim_func(private=True, s_tir=True)
     def hash_context(
@@ -49,14 +64,10 @@ def context_kernel(groups: int, n: int, bits: int, dv: int, c: float):
                         acc[t, e] = T.float32(0)
                 for j in range(n):
                     if keep[vg, j] != 0:
-                        cnt[bits] = cnt[bits] + T.float32(1)
-                        for e in T.vectorized(dv):
-                            acc[bits, e] = acc[bits, e] + v[vg, j, e]
+                        add_row(acc, cnt, v, vg, j, bits, dv)
                         for t in range(bits):
                             if T.bitwise_and(T.shift_right(codes[vg, j], t), 1) == 1:
-                                cnt[t] = cnt[t] + T.float32(1)
-                                for e in T.vectorized(dv):
-                                    acc[t, e] = acc[t, e] + v[vg, j, e]
+                                add_row(acc, cnt, v, vg, j, t, dv)
                 for t in range(bits):
                     z[vg, t] = (cnt[t] + cnt[t]) - cnt[bits]
                     for e in T.vectorized(dv):

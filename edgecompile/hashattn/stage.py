@@ -3,7 +3,8 @@ binary codes (EcoFormer, post-training) where the model's output allows."""
 
 from __future__ import annotations
 
-from edgecompile.ir.stage import Stage, StageContext
+from edgecompile.errors import RecipeError
+from edgecompile.ir.stage import Stage, options_parser, planned
 
 OPTIONS = {
     "bits": "code bits per token, 1..31 (default 16)",
@@ -19,19 +20,8 @@ OPTIONS = {
 }
 
 
-def _parse(options: dict[str, str]):
-    from edgecompile.hashattn.options import HashOptions
-
-    return HashOptions.from_options(options)
-
-
-def _apply(mod, options, ctx: StageContext):
-    from edgecompile.hashattn.plan import hash_attention_model
-
-    ctx.say(f"learning binary-hash attention ({options.spec})")
-    result = hash_attention_model(mod, ctx, options)
-    ctx.results["hash-attention"] = result
-    return result.mod, result.to_json(options)
+def _missing_calib() -> RecipeError:
+    return RecipeError("hash-attention learns its hash from calibration data: pass --calib")
 
 
 HASH_ATTENTION = Stage(
@@ -40,10 +30,10 @@ HASH_ATTENTION = Stage(
     "become linear attention on packed b-bit codes where the model's output allows; compose as "
     "hash-attention+int8",
     OPTIONS,
-    _parse,
-    _apply,
+    options_parser("edgecompile.hashattn.options", "HashOptions"),
+    planned("edgecompile.hashattn.plan", "hash_attention_model", "learning binary-hash attention", "hash-attention"),
     order=20,
     manifest_key="hash_attention",
-    needs_calib=True,
+    missing_calib=_missing_calib,
     exclusive=("fp16",),
 )

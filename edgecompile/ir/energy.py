@@ -32,6 +32,7 @@ from tvm import relax
 from tvm.ir.expr import Constant
 
 from edgecompile.ir.attrs import OPS_ATTR
+from edgecompile.ir.ops import op_name
 from edgecompile.ir.walk import bindings
 
 VIEWS = {"relax.reshape", "relax.squeeze", "relax.expand_dims", "relax.flatten"}
@@ -39,6 +40,8 @@ MEMORY_ONLY = {"relax.permute_dims", "relax.take", "relax.strided_slice", "relax
 MULTIPLY = {"relax.multiply", "relax.divide", "relax.power", "relax.floor_divide"}
 TRANSCENDENTAL = {"relax.exp", "relax.erf", "relax.tanh", "relax.sigmoid", "relax.sqrt", "relax.rsqrt", "relax.log"}
 REDUCTIONS = {"relax.sum", "relax.mean", "relax.max", "relax.min", "relax.prod", "relax.variance"}
+# per output element, (multiplies, adds) of the ops priced as polynomials; MULTIPLY is (1, 0), the rest (0, 1)
+_ELEMENTWISE = {**dict.fromkeys(TRANSCENDENTAL, (4, 4)), "relax.nn.softmax": (5, 5), "relax.nn.layer_norm": (3, 3)}
 
 
 def _numel(ty) -> int | None:
@@ -76,53 +79,54 @@ def count_ops(func: relax.Function, mod=None) -> Counter:
     a ``call_tir`` of a kernel of ``mod`` that carries :data:`OPS_ATTR` counts those."""
     c: Counter = Counter()
     for b in bindings(func):
-        value = b.value
-        if not isinstance(value, relax.Call):
-            continue
-        name = getattr(value.op, "name", "")
-        if name == "relax.call_tir" and mod is not None:
-            gv = value.args[0]
-            attrs = mod[gv].attrs if gv in mod.get_global_vars() else None
-            ops = attrs.get(OPS_ATTR) if attrs is not None else None
-            if ops is not None:
-                c.update({str(k): int(v) for k, v in ops.items()})
-                continue
-        n = _numel(b.var.ty)
-        if name in VIEWS or n is None:
-            continue
-        args = _tensors(value)
-        if args and all(isinstance(a, Constant) for a in args):
-            continue  # folded to a constant at build time
-        words = sum((_numel(a.ty) or 0) * _bits(str(a.ty.dtype)) for a in args) + n * _bits(str(b.var.ty.dtype))
-        c["mem_words"] += words / 32
-        out_kind = _kind(str(b.var.ty.dtype)) if str(b.var.ty.dtype) != "bool" else None
-        in_kind = _kind(str(args[0].ty.dtype)) if args else out_kind
-        if name == "relax.matmul" and len(args) == 2:
-            k = int(args[0].ty.shape.values[-1])
-            c[f"{in_kind}_mul"] += n * k
-            c[f"{out_kind}_add"] += n * k
-        elif name == "relax.nn.conv2d" and len(args) == 2:
-            k = int(np.prod([int(d) for d in args[1].ty.shape.values[1:]]))
-            c[f"{in_kind}_mul"] += n * k
-            c[f"{out_kind}_add"] += n * k
-        elif name in MEMORY_ONLY:
-            continue
-        elif name in MULTIPLY:
-            c[f"{out_kind}_mul"] += n
-        elif name in TRANSCENDENTAL:
-            c[f"{out_kind}_mul"] += 4 * n
-            c[f"{out_kind}_add"] += 4 * n
-        elif name == "relax.nn.softmax":
-            c[f"{out_kind}_mul"] += 5 * n
-            c[f"{out_kind}_add"] += 5 * n
-        elif name == "relax.nn.layer_norm":
-            c[f"{out_kind}_mul"] += 3 * n
-            c[f"{out_kind}_add"] += 3 * n
-        elif name in REDUCTIONS:
-            c[f"{in_kind}_add"] += sum(_numel(a.ty) or 0 for a in args[:1])
-        else:
-            c[f"{out_kind or in_kind}_add"] += n
+        if isinstance(b.value, relax.Call):
+            kernel = _kernel_counts(b.value, mod)
+            c.update(kernel if kernel is not None else _call_counts(b))
     return c
+
+
+def _kernel_counts(value: relax.Call, mod) -> dict | None:
+    """The op counts a called TIR kernel carries (:data:`OPS_ATTR`), if it does."""
+    if op_name(value) != "relax.call_tir" or mod is None:
+        return None
+    gv = value.args[0]
+    attrs = mod[gv].attrs if gv in mod.get_global_vars() else None
+    ops = attrs.get(OPS_ATTR) if attrs is not None else None
+    return None if ops is None else {str(k): int(v) for k, v in ops.items()}
+
+
+def _call_counts(b) -> Counter:
+    """Memory words and arithmetic of one call binding (module docstring)."""
+    c: Counter = Counter()
+    name, n = op_name(b.value), _numel(b.var.ty)
+    if name in VIEWS or n is None:
+        return c
+    args = _tensors(b.value)
+    if args and all(isinstance(a, Constant) for a in args):
+        return c  # folded to a constant at build time
+    words = sum((_numel(a.ty) or 0) * _bits(str(a.ty.dtype)) for a in args) + n * _bits(str(b.var.ty.dtype))
+    c["mem_words"] += words / 32
+    out_kind = _kind(str(b.var.ty.dtype)) if str(b.var.ty.dtype) != "bool" else None
+    in_kind = _kind(str(args[0].ty.dtype)) if args else out_kind
+    if name in ("relax.matmul", "relax.nn.conv2d") and len(args) == 2:
+        k = _reduction_length(name, args)
+        c[f"{in_kind}_mul"] += n * k
+        c[f"{out_kind}_add"] += n * k
+    elif name in REDUCTIONS:
+        c[f"{in_kind}_add"] += sum(_numel(a.ty) or 0 for a in args[:1])
+    elif name not in MEMORY_ONLY:
+        muls, adds = _ELEMENTWISE.get(name, (1, 0) if name in MULTIPLY else (0, 1))
+        kind = out_kind if (muls or name in _ELEMENTWISE) else (out_kind or in_kind)
+        c[f"{kind}_mul"] += muls * n
+        c[f"{kind}_add"] += adds * n
+    return +c  # drop the zero entries
+
+
+def _reduction_length(name: str, args: list) -> int:
+    """Multiply-adds per output element of a matmul (K) or a conv2d (C_in x kernel)."""
+    if name == "relax.matmul":
+        return int(args[0].ty.shape.values[-1])
+    return int(np.prod([int(d) for d in args[1].ty.shape.values[1:]]))
 
 
 def _price(table: dict, key: str) -> float:

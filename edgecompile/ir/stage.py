@@ -20,6 +20,7 @@ kernel, the GEMM tile width) arrives in the :class:`StageContext` that ``api.com
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,8 +64,37 @@ class Stage:
     apply: Callable[[Any, Any, StageContext], tuple[Any, dict | None]]
     order: int
     manifest_key: str | None = None
-    needs_calib: bool = False  # refuses to run without calibration samples
+    missing_calib: Callable[[], Exception] | None = None  # the error when run without samples (None: runs without)
     uses_calib: bool = False  # reads calibration samples where given
     exclusive: tuple[str, ...] = ()
     exclusive_why: str = ""  # what to do instead, said when a recipe combines it with an excluded preset
     coreml: bool = False  # applied before the Core ML export (the others are the export's own)
+
+    @property
+    def needs_calib(self) -> bool:
+        return self.missing_calib is not None
+
+
+def options_parser(module: str, cls: str) -> Callable[[dict[str, str]], Any]:
+    """``parse`` of a stage whose options class ``module.cls`` has ``from_options``; imported on first
+    use, so the registry costs nothing until a recipe is parsed."""
+
+    def parse(options: dict[str, str]) -> Any:
+        return getattr(importlib.import_module(module), cls).from_options(options)
+
+    return parse
+
+
+def planned(module: str, function: str, doing: str, key: str) -> Callable[[Any, Any, StageContext], tuple]:
+    """``apply`` of a stage whose plan is ``module.function(mod, ctx, options)``, returning a result
+    with ``mod`` and ``to_json(options)``: says ``doing (options.spec)``, keeps the result in
+    ``ctx.results[key]``."""
+
+    def apply(mod, options, ctx: StageContext) -> tuple:
+        plan = getattr(importlib.import_module(module), function)
+        ctx.say(f"{doing} ({options.spec})")
+        result = plan(mod, ctx, options)
+        ctx.results[key] = result
+        return result.mod, result.to_json(options)
+
+    return apply

@@ -103,11 +103,11 @@ def _model_latency(executable, mod, runs: int = 20) -> float:
 
     import numpy as np
     import tvm
-    from tvm import relax
 
+    from edgecompile.ir.host import host_vm
     from edgecompile.runtime.model import time_calls
 
-    vm = relax.VirtualMachine(executable, tvm.cpu())
+    vm = host_vm(executable)
     rng = np.random.default_rng(0)
     args = []
     for p in mod["main"].params:

@@ -17,7 +17,8 @@
    - ``speedup=1.5``: starting dense, lower the rank where the error grows least per millisecond
      saved (:class:`edgecompile.lowrank.latency.LatencyTable`) until the factorizable layers
      together run 1.5x faster.
-   Ranks are multiples of ``multiple`` (default: the target's GEMM tile width, :func:`tile_width`).
+   Ranks are multiples of ``multiple`` (default: the target's GEMM tile width,
+   :attr:`edgecompile.ir.stage.StageContext.gemm_tile`).
    The speed gate: a layer whose factorized form is not faster on the target stays dense
    (``gate=measure``: timed on this machine, the default for its own CPU targets; ``estimate``:
    from multiply-adds, the default for other targets; ``off``: factorize wherever the rank is
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,59 +41,19 @@ from tvm import relax
 from edgecompile.calibrate.capture import Runner, observe, with_outputs
 from edgecompile.calibrate.output_drop import output_drop
 from edgecompile.errors import RecipeError
+from edgecompile.ir.host import HostFunction
+from edgecompile.ir.stage import StageContext
 from edgecompile.ir.walk import building_with, carry_functions
 from edgecompile.lowrank.factorize import SecondMoment, breakeven_rank, refit_outer, round_rank, spectrum
 from edgecompile.lowrank.latency import LatencyTable
+from edgecompile.lowrank.options import LowRankOptions
 from edgecompile.lowrank.rewrite import Site, factorize_function, find_sites
 from edgecompile.passes.patchify import PatchifyConv
 
 log = logging.getLogger(__name__)
 
-BUDGETS = ("ratio", "rank", "energy", "max_drop", "speedup")
 GRID = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)  # fractions of r* tried by max_drop and speedup
 EVAL_SAMPLES = 64
-
-
-@dataclass(frozen=True)
-class LowRankConfig:
-    budget: str = "ratio"
-    value: float = 0.5
-    layers: str = "ffn"
-    multiple: int = 0  # 0: the target's GEMM tile width (ranks that fill whole register tiles)
-    refit: bool = True
-    gate: str = "auto"  # measure (this machine) | estimate (multiply-adds) | off | auto
-
-    @property
-    def spec(self) -> str:
-        v = f"{self.value * 100:g}%" if self.budget == "max_drop" else f"{self.value:g}"
-        return f"{self.budget}={v}"
-
-
-def config_from_options(options: dict[str, str]) -> LowRankConfig:
-    """The ``lowrank`` recipe part's options: one budget, ``layers=ffn|all-linear``, ``multiple``,
-    ``refit=true|false``."""
-    given = [b for b in BUDGETS if b in options]
-    if len(given) > 1:
-        raise RecipeError(f"lowrank: give one budget, not {' and '.join(given)}")
-    budget = given[0] if given else "ratio"
-    raw = options.get(budget, "0.5")
-    try:
-        value = float(raw.rstrip("%")) / 100 if raw.endswith("%") else float(raw)
-        multiple = int(options.get("multiple", 0))
-    except ValueError as e:
-        raise RecipeError(f"lowrank: malformed option value ({e})") from e
-    limits = {"ratio": (0, 1), "energy": (0, 1), "max_drop": (0, 1), "rank": (1, 1e9), "speedup": (1, 100)}
-    lo, hi = limits[budget]
-    if not (lo < value <= hi if budget != "rank" else lo <= value):
-        raise RecipeError(f"lowrank: {budget}={raw} is out of range")
-    layers = options.get("layers", "ffn")
-    if layers not in ("ffn", "all-linear"):
-        raise RecipeError(f"lowrank: layers must be ffn or all-linear, got '{layers}'")
-    refit = options.get("refit", "true").lower() not in ("false", "0", "no", "off")
-    gate = options.get("gate", "auto")
-    if gate not in ("auto", "measure", "estimate", "off"):
-        raise RecipeError(f"lowrank: gate must be auto, measure, estimate or off, got '{gate}'")
-    return LowRankConfig(budget, value, layers, max(0, multiple), refit, gate)
 
 
 @dataclass
@@ -104,7 +64,7 @@ class LowRankResult:
     samples: int
     model_error: dict = field(default_factory=dict)
 
-    def to_json(self, config: LowRankConfig) -> dict:
+    def to_json(self, config: LowRankOptions) -> dict:
         before = sum(r["params_before"] for r in self.layers)
         after = sum(r["params_after"] for r in self.layers)
         return {
@@ -120,95 +80,91 @@ class LowRankResult:
         }
 
 
-def lowrank_model(
-    mod: tvm.IRModule,
-    samples: list[dict] | None,
-    input_names: list[str],
-    config: LowRankConfig,
-    build: Callable[[tvm.IRModule], object],
-    profile,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> LowRankResult:
-    """The factorized module of ``mod``; ``build`` compiles for this machine (calibration runs),
-    ``profile`` is the target (latency table); ``progress(stage, done, total)``."""
-    say = progress or (lambda *_: None)
+def lowrank_model(mod: tvm.IRModule, ctx: StageContext, options: LowRankOptions) -> LowRankResult:
+    """The factorized module of ``mod``: calibrated on ``ctx.samples`` (None: plain SVD) run with
+    ``ctx.host_build``; the speed gate times layers built by ``ctx.target_build`` for ``ctx.profile``;
+    ranks are multiples of ``options.multiple`` (0: ``ctx.gemm_tile``); ``ctx.progress(stage, done, total)``."""
+    say = ctx.progress
     mod = PatchifyConv()(relax.transform.FoldConstant()(mod))
     func = mod["main"]
-    build = building_with(build, mod)
-    sites = find_sites(func, config.layers)
+    build = building_with(ctx.host_build, mod)
+    sites = find_sites(func, options.layers)
     if not sites:
         raise RecipeError(
-            f"lowrank: the model has no {'FFN ' if config.layers == 'ffn' else ''}linear layers to factorize"
+            f"lowrank: the model has no {'FFN ' if options.layers == 'ffn' else ''}linear layers to factorize"
         )
-    samples = list(samples or [])
-    if config.budget == "max_drop" and not samples:
+    samples = list(ctx.samples or [])
+    if options.budget == "max_drop" and not samples:
         raise RecipeError("lowrank: max_drop measures the model on calibration samples: pass --calib")
     xs = list(dict.fromkeys(s.x for s in sites))
-    frun = None
-    if samples:
-        frun = Runner(with_outputs(func, xs), input_names, build)
-        moments = observe(frun, xs, samples, SecondMoment, lambda i, n: say("calibrating", i, n))
-        spectra = {s.name: spectrum(s.weight, moments[s.x].c) for s in sites}
-        method = "whitened"
-    else:
-        log.warning("lowrank without calibration data: plain SVD of the weights (whitened SVD needs --calib)")
-        spectra = {s.name: spectrum(s.weight) for s in sites}
-        method = "svd"
-    if not config.multiple:
-        config = dataclasses.replace(config, multiple=tile_width(profile))
-    table = LatencyTable(profile, measure={"measure": True, "estimate": False}.get(config.gate))
+    frun, spectra, method = _spectra(func, sites, xs, samples, ctx.input_names, build, say)
+    if not options.multiple:
+        options = dataclasses.replace(options, multiple=ctx.gemm_tile)
+    table = LatencyTable(ctx.profile, ctx.target_build, measure={"measure": True, "estimate": False}.get(options.gate))
     dense_ms = {}
     for i, s in enumerate(sites):
         dense_ms[s.name] = table.dense(s.tokens, *s.weight.shape)
         say("timing dense layers", i + 1, len(sites))
-
-    def gate(s: Site, r: int | None) -> int | None:
-        n_in, n_out = s.weight.shape
-        if r is None or r >= breakeven_rank(n_in, n_out):
-            return None
-        if config.gate == "off":
-            return r
-        return r if table.factored(s.tokens, n_in, r, n_out) < dense_ms[s.name] else None
-
-    ctx = _Context(func, sites, xs, frun, spectra, config, gate, table, samples[:EVAL_SAMPLES], input_names, build, say)
-    ranks = ctx.choose()
+    search = RankSearch(func, sites, xs, frun, spectra, options, table, dense_ms, samples[:EVAL_SAMPLES],
+                        ctx.input_names, build, say)  # fmt: skip
+    ranks = search.choose()
     factors = {s.binding.var: spectra[s.name].factors(r) for s in sites if (r := ranks[s.name])}
-    if samples and config.refit and factors:
-        factors = ctx.refit(factors)
+    if samples and options.refit and factors:
+        factors = search.refit(factors)
     out_func = factorize_function(func, factors)
     out = carry_functions(tvm.IRModule({"main": out_func}), mod)
-    rows = []
-    for s in sites:
-        n_in, n_out = s.weight.shape
-        r = ranks[s.name]
-        cand = ctx.candidate_rank(s)
-        rows.append(
-            {
-                "name": s.name,
-                "role": s.role,
-                "shape": [n_in, n_out],
-                "tokens": s.tokens,
-                "rank": r,
-                "params_before": n_in * n_out,
-                "params_after": r * (n_in + n_out) if r else n_in * n_out,
-                "error": round(spectra[s.name].error(r), 5) if r else 0.0,
-                "dense_ms": round(dense_ms[s.name], 4),
-                "factored_ms": round(table.factored(s.tokens, n_in, r, n_out), 4) if r else None,
-                "kept_dense": None if r else ctx.why_dense(s, cand),
-            }
-        )
-    model_error = ctx.model_error(factors) if samples else {}
+    rows = [search.row(s, ranks[s.name]) for s in sites]
+    model_error = search.model_error(factors) if samples else {}
     return LowRankResult(out, rows, method, len(samples), model_error)
 
 
-class _Context:
-    """Rank selection for one model (the budgets of the module docstring)."""
+def _spectra(func, sites: list[Site], xs: list, samples: list[dict], names: list[str], build, say):
+    """``(float run, spectra, method)``: each site's whitened spectrum from its inputs' second
+    moment on ``samples`` (the run returns every ``xs``), or without samples its plain SVD."""
+    if not samples:
+        log.warning("lowrank without calibration data: plain SVD of the weights (whitened SVD needs --calib)")
+        return None, {s.name: spectrum(s.weight) for s in sites}, "svd"
+    frun = Runner(with_outputs(func, xs), names, build)
+    moments = observe(frun, xs, samples, SecondMoment, lambda i, n: say("calibrating", i, n))
+    return frun, {s.name: spectrum(s.weight, moments[s.x].c) for s in sites}, "whitened"
 
-    def __init__(self, func, sites, xs, float_run, spectra, config, gate, table, samples, names, build, say):
+
+class RankSearch:
+    """Rank selection for one model (the budgets of the module docstring), with the speed gate."""
+
+    def __init__(self, func, sites, xs, float_run, spectra, config, table, dense_ms, samples, names, build, say):
         self.func, self.sites, self.xs, self.spectra, self.config, self.table = func, sites, xs, spectra, config, table
         self.float_run: Runner | None = float_run  # the float model returning every site's input
-        self.gate, self.samples, self.names, self.build, self.say = gate, samples, names, build, say
+        self.dense_ms = dense_ms  # site name -> its dense latency on the target
+        self.samples, self.names, self.build, self.say = samples, names, build, say
         self._reference = None
+
+    def gate(self, s: Site, r: int | None) -> int | None:
+        """``r``, or None where the factorized layer would not be smaller or (gate on) faster."""
+        n_in, n_out = s.weight.shape
+        if r is None or r >= breakeven_rank(n_in, n_out):
+            return None
+        if self.config.gate == "off":
+            return r
+        return r if self.table.factored(s.tokens, n_in, r, n_out) < self.dense_ms[s.name] else None
+
+    def row(self, s: Site, r: int | None) -> dict:
+        """The manifest row of one site factorized at rank ``r`` (None: kept dense)."""
+        n_in, n_out = s.weight.shape
+        cand = self.candidate_rank(s)
+        return {
+            "name": s.name,
+            "role": s.role,
+            "shape": [n_in, n_out],
+            "tokens": s.tokens,
+            "rank": r,
+            "params_before": n_in * n_out,
+            "params_after": r * (n_in + n_out) if r else n_in * n_out,
+            "error": round(self.spectra[s.name].error(r), 5) if r else 0.0,
+            "dense_ms": round(self.dense_ms[s.name], 4),
+            "factored_ms": round(self.table.factored(s.tokens, n_in, r, n_out), 4) if r else None,
+            "kept_dense": None if r else self.why_dense(s, cand),
+        }
 
     def candidate_rank(self, s: Site) -> int | None:
         """The rank the budget asks for, before the speed gate (ratio, rank, energy)."""
@@ -309,12 +265,8 @@ class _Context:
 
     # -- evaluation ----------------------------------------------------------------------------
     def _run(self, func) -> list[np.ndarray]:
-        vm = relax.VirtualMachine(self.build(tvm.IRModule({"main": func})), tvm.cpu())
-        outs = []
-        for sample in self.samples:
-            y = vm["main"](*[tvm.runtime.tensor(sample[n]) for n in self.names])
-            outs.append((y if hasattr(y, "numpy") else y[0]).numpy())
-        return outs
+        run = HostFunction(tvm.IRModule({"main": func}), self.build, self.names)
+        return [run.first(sample) for sample in self.samples]
 
     def model_error(self, factors: dict) -> dict:
         """The budget's drop of the model with ``factors`` against float on the samples: top-1
@@ -346,16 +298,3 @@ class _Context:
             p, _ = factors[s.binding.var]
             out[s.binding.var] = (p, refit_outer(p, s.weight, c_new[s.name], cross[s.name]))
         return out
-
-
-def tile_width(profile) -> int:
-    """The N width of the target's fp32 GEMM register tile (24 on AVX2, 64 on AVX-512), or 16:
-    a rank that is not a multiple falls back to narrow tiles (rank 152 on AVX2 ran 0.76x dense
-    at half the multiply-adds; 144, 0.5x)."""
-    if profile.tvm.get("kind") != "llvm":
-        return 16
-    from edgecompile.lower.build import make_target
-    from edgecompile.lower.schedules.isa import vector_isa
-    from edgecompile.lower.schedules.tiles import gemm_nr
-
-    return gemm_nr(vector_isa(make_target(profile)), None, 32)

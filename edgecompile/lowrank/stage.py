@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgecompile.ir.stage import Stage, StageContext
+from edgecompile.ir.stage import Stage, options_parser, planned
 
 OPTIONS = {
     "ratio": "parameter ratio of each factorized layer to its break-even rank (default 0.5)",
@@ -18,29 +18,14 @@ OPTIONS = {
 }
 
 
-def _parse(options: dict[str, str]):
-    from edgecompile.lowrank.options import LowRankOptions
-
-    return LowRankOptions.from_options(options)
-
-
-def _apply(mod, options, ctx: StageContext):
-    from edgecompile.lowrank.plan import lowrank_model
-
-    ctx.say(f"factorizing linear layers ({options.spec})")
-    result = lowrank_model(mod, ctx, options)
-    ctx.results["lowrank"] = result
-    return result.mod, result.to_json(options)
-
-
 LOWRANK = Stage(
     "lowrank",
     "low-rank factorization of linear layers (whitened SVD from --calib, least-squares refit), ranks "
     "under one budget, a layer kept dense where factorized is not faster on the target; compose with "
     "int8 as lowrank:ratio=0.5+int8",
     OPTIONS,
-    _parse,
-    _apply,
+    options_parser("edgecompile.lowrank.options", "LowRankOptions"),
+    planned("edgecompile.lowrank.plan", "lowrank_model", "factorizing linear layers", "lowrank"),
     order=10,
     manifest_key="lowrank",
     uses_calib=True,

@@ -1,1 +1,3 @@
-"""Our graph rewrites on Relax, one module per pass (see the recipe presets in :mod:`edgecompile.recipe`)."""
+"""Generic TVM passes that any stage or backend may run: :class:`.patchify.PatchifyConv` (patch
+embedding convolutions as GEMMs) and :func:`.rewrite.rewrite_functions` (a ``PyExprMutator`` over
+every Relax function). Recipe rewrites live in their stage packages; lowering passes in ``lower/``."""

@@ -1,6 +1,7 @@
-"""Relax emitters of the integer-only softmax, GELU, tanh and LayerNorm: the same arithmetic as
-:mod:`edgecompile.intref.nonlinear`, in int32, so compiled code equals the numpy reference bit
-for bit (tests/test_integer_ops.py).
+"""Relax emitters of the integer-only ops: softmax, GELU, tanh and LayerNorm with the same
+arithmetic as :mod:`edgecompile.intref.nonlinear`, in int32, so compiled code equals the numpy
+reference bit for bit (tests/unit/quant/test_integer_ops.py), and the kernels of their own they
+need (per-row divisions, the integer square root, the quantize of a float input).
 
 Each emitter takes an integer tensor and the float scale it stands for, and returns an int32
 Relax expression with its own scale. Constants (``I0``, shift counts) are chosen here, once, from

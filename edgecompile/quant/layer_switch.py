@@ -2,8 +2,10 @@
 computed both ways and a runtime index choosing which one layer reads its integer result.
 
 Per-layer sensitivity ("the metric drop when only that layer is quantized") would otherwise need a
-build per layer; this builds once. ``main`` takes one more input, :data:`SWITCH_INPUT` (an int32
-scalar): ``k`` runs the model with layer ``k`` alone in integers, ``-1`` the float model.
+build per layer; this builds once. ``main`` takes one more input, the layer switch of
+:mod:`edgecompile.ir.switch` (an int32 vector, one flag per layer in switch order; it may be longer
+than the layers switched): ``flags(width, [k])`` runs the model with layer ``k`` alone in integers,
+all zeros the float model.
 
 Only the layers the recipe really rewrites get a switch (an int8 residual add between float
 tensors stays float in the recipe, so it has none). A layer alone sees each input in the integer
@@ -22,14 +24,15 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from edgecompile.ir.walk import bindings, emit_binding, substitute
-from edgecompile.quant.rewrite import Layer, Rewriter, nonnegative_vars
+from edgecompile.ir.layers import Layer
+from edgecompile.ir.switch import choose, switch_var
+from edgecompile.ir.walk import emit_binding, substitute
+from edgecompile.quant.registry import handlers
+from edgecompile.quant.rewriter import Acc, Float, Int8, Rewriter
 
-SWITCH_INPUT = "edgecompile_layer"
 
-
-class _Lone:
-    """Rewriter mixin: float bindings, each layer's integer result selected by the switch."""
+class SwitchRewriter(Rewriter):
+    """A rewriter whose bindings all stay float, each layer's integer result selected by the switch."""
 
     def start(self, switch: relax.Var, record: dict) -> None:
         self.switch = switch
@@ -48,49 +51,43 @@ class _Lone:
         pending = self.pending.pop(v, None)
         if pending is not None:
             k, alone = pending
-            on = relax.op.equal(self.switch, relax.const(np.int32(k), "int32"))
-            y = self.bb.emit(relax.op.where(on, alone, y), name_hint=f"{v.name}_switch")
-        self.env[v] = ("f", y)
+            y = self.bb.emit(choose(self.switch, k, alone, y), name_hint=f"{v.name}_switch")
+        self.env[v] = Float(y)
 
     def alone(self, layer: Layer) -> None:
         """Emit ``layer`` in integers from its inputs' float values, each held as the full rewrite
         held it (:meth:`held`); its dequantized result waits in ``pending`` for the float binding."""
         saved = {x: self.env.get(x) for x in layer.inputs}
-        caches, narrow = (self.qcache, self.fcache), set(getattr(self, "narrow", ()))
+        caches = (self.qcache, self.fcache)
         self.qcache, self.fcache = {}, {}
         for x, form in self.input_forms[layer.name].items():
             self.env[x] = self.held(x, form)
         if self.rewrite(layer):
-            if layer.name in self.requantized and self.kind(layer.output) == "acc":
-                self.env[layer.output] = ("q", *self.as_quant(layer.output))  # as its readers see it
+            if layer.name in self.requantized and isinstance(self.env.get(layer.output), Acc):
+                self.env[layer.output] = Int8(*self.as_quant(layer.output))  # as its readers see it
             self.pending[layer.output] = (len(self.switched), self.as_float(layer.output))
             self.switched.append(layer)
         for x, e in saved.items():
             self.env[x] = e
         self.env.pop(layer.output, None)  # the float binding comes next; downstream reads floats
         self.qcache, self.fcache = caches
-        if hasattr(self, "narrow"):
-            self.narrow = narrow
 
-    def held(self, x, form: tuple) -> tuple:
-        """The float ``x`` rounded to ``form``: int8 at ``S``, or int32 at ``S_acc`` (per channel
+    def held(self, x, form: Int8 | Acc) -> Int8 | Acc:
+        """The float ``x`` rounded to ``form``: int8 at its scale, or int32 at its scale (per channel
         after a linear layer; within 16 bits where the rewrite kept it narrow)."""
         f = self.as_float(x)
-        if form[0] == "q":
-            q = relax.op.multiply(f, relax.const(np.float32(1.0 / np.float32(form[1]))))
+        if isinstance(form, Int8):
+            q = relax.op.multiply(f, relax.const(np.float32(1.0 / np.float32(form.scale))))
             q = relax.op.astype(relax.op.clip(relax.op.round(q), -128, 127), "int8")
-            return ("q", self.bb.emit(q, name_hint=f"{x.name}_held"), form[1])
-        _, s_acc, s_q, narrow = form
-        bound = 2**15 - 1 if narrow else 2**31 - 128  # float32 rounds 2^31 - 1 up
+            return Int8(self.bb.emit(q, name_hint=f"{x.name}_held"), form.scale)
+        bound = 2**15 - 1 if form.narrow else 2**31 - 128  # float32 rounds 2^31 - 1 up
         low = -bound
         if x in self.nonneg:  # probabilities: the integer softmax gives [0, 255] at 2^-8, never 256
-            low, bound = 0, min(bound, int(round(1.0 / float(s_acc))) - 1)
-        inv = (1.0 / np.asarray(s_acc, np.float64)).astype(np.float32)
+            low, bound = 0, min(bound, int(round(1.0 / float(form.scale))) - 1)
+        inv = (1.0 / np.asarray(form.scale, np.float64)).astype(np.float32)
         q = relax.op.clip(relax.op.round(relax.op.multiply(f, relax.const(inv))), low, bound)
         q = self.bb.emit(relax.op.astype(q, "int32"), name_hint=f"{x.name}_held")
-        if narrow:
-            self.narrow.add(x)
-        return ("acc", q, s_acc, s_q)
+        return Acc(q, form.scale, form.out_scale, form.narrow)
 
 
 def switched_module(
@@ -106,27 +103,15 @@ def switched_module(
     those in ``record["forms"]`` (:func:`edgecompile.quant.rewrite.quantize_function`'s record
     of the full rewrite, so kept and unconverted layers have no switch); other arguments as
     :func:`edgecompile.quant.rewrite.quantize_function`."""
-    if nonlinear:
-        from edgecompile.quant.integer_only import IntegerOnlyRewriter
-
-        base, args = IntegerOnlyRewriter, (nonlinear, smooth, maxima)
-    else:
-        base, args = Rewriter, (smooth,)
-    cls = type("LoneRewriter", (_Lone, base), {})
     for layer in layers:
         layer.info = {}
     bb = relax.BlockBuilder()
     params = [relax.Var(p.name, p.ty) for p in func.params]
-    switch = relax.Var(SWITCH_INPUT, relax.TensorType((), "int32"))
-    rw = cls(bb, thresholds, layers, (), *args)
+    switch = switch_var(max(len(record["forms"]), 1))  # every layer the full rewrite converted
+    rw = SwitchRewriter(bb, thresholds, layers, (), handlers(nonlinear), nonlinear, smooth, maxima)
     with bb.function("main", [*params, switch], attrs=dict(func.attrs) if func.attrs else None):
         with bb.dataflow():
             rw.start(switch, record)
-            rw.env.update({p: ("f", n) for p, n in zip(func.params, params)})
-            rw.nonneg = nonnegative_vars(func)
-            for b in bindings(func):
-                rw.binding(b)
-            ret = func.body.body
-            out = bb.emit_output(substitute(ret, {u: rw.as_float(u) for u in relax.analysis.free_vars(ret)}))
+            out = bb.emit_output(rw.walk(func, params))
         bb.emit_func_output(out)
     return bb.get(), rw.switched

@@ -3,7 +3,8 @@
 1. Calibrate: the float model runs on the calibration samples (built for this machine) and every
    tensor the rewrite needs a scale for streams into an observer (:mod:`edgecompile.calibrate`).
 2. Rewrite: :mod:`edgecompile.quant.rewrite` turns the linear layers, activation matmuls and
-   adds between int8 tensors into integer ops with dyadic requantization.
+   adds between int8 tensors (integer-only: the nonlinears too) into integer ops with dyadic
+   requantization.
 3. Measure: on up to :data:`ERROR_SAMPLES` calibration samples, each quantized layer's output
    (dequantized) is compared with the float model's: SQNR in dB. It is the error of the whole
    quantized model up to that layer, so the first layer with a low SQNR is where accuracy goes.
@@ -21,20 +22,16 @@ import tvm
 from tvm import relax
 
 from edgecompile.calibrate.capture import Runner, observe, with_outputs
-from edgecompile.calibrate.observers import OBSERVERS, Observer
+from edgecompile.calibrate.observers import Observer
 from edgecompile.errors import RecipeError
+from edgecompile.ir.layers import find_layers, linear_inputs, observed_vars
+from edgecompile.ir.ops import op_name
 from edgecompile.ir.walk import bindings, building_with, carry_functions
 from edgecompile.passes.patchify import PatchifyConv
 from edgecompile.quant.layer_switch import switched_module
-from edgecompile.quant.rewrite import (
-    QuantConfig,
-    find_layers,
-    linear_inputs,
-    observed_vars,
-    op_name,
-    quantize_function,
-    smoothing_factors,
-)
+from edgecompile.quant.options import QuantOptions
+from edgecompile.quant.rewrite import quantize_function
+from edgecompile.quant.smooth import smoothing_factors
 
 ERROR_SAMPLES = 16
 
@@ -84,45 +81,17 @@ class QuantResult:
     samples: int
     calibration: Calibration | None = field(default=None, repr=False)
 
-    def to_json(self, config: QuantConfig) -> dict:
+    def to_json(self, options: QuantOptions) -> dict:
+        """The manifest's ``quantization`` entry."""
         return {
-            "observer": config.observer,
-            "integer_ops": dict(config.nonlinear),
-            "percentile": config.percentile if config.observer == "percentile" else None,
-            "smooth": "auto" if config.smooth is None else config.smooth,
+            "observer": options.observer,
+            "integer_ops": dict(options.nonlinear),
+            "percentile": options.percentile if options.observer == "percentile" else None,
+            "smooth": "auto" if options.smooth is None else options.smooth,
             "samples": self.samples,
             "kept_float": self.kept_float,
             "layers": self.layers,
         }
-
-
-def config_from_options(options: dict[str, str], integer_only: bool = False) -> tuple[QuantConfig, int]:
-    """``QuantConfig`` and ``keep_worst`` from the ``int8`` (or ``int8-integer-only``) recipe part's
-    options."""
-    observer = options.get("observer", QuantConfig.observer)
-    if observer not in OBSERVERS:
-        raise RecipeError(f"int8: unknown observer '{observer}' (choose {', '.join(OBSERVERS)})")
-    try:
-        pct = float(options.get("percentile", QuantConfig.percentile))
-        samples = int(options["samples"]) if "samples" in options else None
-        keep_worst = int(options.get("keep_worst", 0))
-        smooth = options.get("smooth", "auto")
-        smooth = None if smooth == "auto" else float(smooth)
-    except ValueError as e:
-        raise RecipeError(f"int8: malformed option value ({e})") from e
-    if not 50.0 < pct <= 100.0:
-        raise RecipeError(f"int8: percentile must be in (50, 100], got {pct}")
-    if smooth is not None and not 0.0 <= smooth <= 1.0:
-        raise RecipeError(f"int8: smooth must be auto or in [0, 1] (0: off), got {smooth}")
-    if samples is not None and samples < 1:
-        raise RecipeError("int8: samples must be at least 1")
-    keep = tuple(p for p in options.get("keep_float", "").replace(";", " ").split() if p)
-    nonlinear = ()
-    if integer_only:
-        from edgecompile.quant.integer_only import nonlinear_choice
-
-        nonlinear = tuple(sorted(nonlinear_choice(options).items()))
-    return QuantConfig(observer, pct, samples, keep, nonlinear, smooth), keep_worst
 
 
 def _sqnr(signal: float, noise: float) -> float:
@@ -135,9 +104,8 @@ def quantize_model(
     mod: tvm.IRModule,
     samples: list[dict],
     input_names: list[str],
-    config: QuantConfig,
+    options: QuantOptions,
     build: Callable[[tvm.IRModule], object],
-    keep_worst: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> QuantResult:
     """The int8 module of ``mod`` calibrated on ``samples``; ``build`` compiles a module for this
@@ -148,16 +116,16 @@ def quantize_model(
     mod = PatchifyConv()(relax.transform.FoldConstant()(mod))
     func = mod["main"]
     build = building_with(build, mod)
-    layers = find_layers(func, config.integer_only)
+    layers = find_layers(func, options.integer_only)
     if not layers:
         raise RecipeError("int8: the model has no matmul, linear or add to quantize")
     wanted = observed_vars(layers)
     frun = Runner(with_outputs(func, wanted), input_names, build)  # built once: calibration and errors
-    make_observer = lambda: Observer(config.observer, config.percentile)  # noqa: E731
-    readers = linear_inputs(layers) if config.smooth != 0 else {}
+    make_observer = lambda: Observer(options.observer, options.percentile)  # noqa: E731
+    readers = linear_inputs(layers) if options.smooth != 0 else {}
     channels = dict.fromkeys(readers)
     observers = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating", i, n), channels)
-    sigmas = {v: s for v in readers if (s := smoothing_factors(channels[v], readers[v], config.smooth)) is not None}
+    sigmas = {v: s for v in readers if (s := smoothing_factors(channels[v], readers[v], options.smooth)) is not None}
     smooth = {}
     if sigmas:  # a second pass observes x / sigma
         smoothed = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating smoothed", i, n),
@@ -169,14 +137,14 @@ def quantize_model(
     softmax = {b.var for b in bindings(func) if op_name(b.value) == "relax.nn.softmax"}
     thresholds = {v: (o.max if v in softmax else o.threshold()) for v, o in observers.items()}
     maxima = {v: o.max for v, o in observers.items()}
-    keep = list(config.keep_float)
-    nonlinear = dict(config.nonlinear)
+    keep = list(options.keep_float)
+    nonlinear = dict(options.nonlinear)
     measure = functools.partial(
         _layer_errors, func, layers, thresholds, frun, wanted, samples[:ERROR_SAMPLES], say, nonlinear, smooth, maxima
     )
     errors = measure(keep)
-    if keep_worst:
-        worst = sorted((e for e in errors if e["quantized"]), key=lambda e: e["sqnr_db"])[:keep_worst]
+    if options.keep_worst:
+        worst = sorted((e for e in errors if e["quantized"]), key=lambda e: e["sqnr_db"])[: options.keep_worst]
         keep += [e["name"] for e in worst]
         errors = measure(keep)
     calibration = Calibration(func, mod, layers, thresholds, nonlinear, smooth, maxima, tuple(keep))

@@ -3,6 +3,7 @@ activation matmuls and adds (and, integer-only, the nonlinears) into integer ops
 
 from __future__ import annotations
 
+from edgecompile.errors import CalibrationError
 from edgecompile.ir.stage import Stage, StageContext
 
 INT8_OPTIONS = {
@@ -33,6 +34,10 @@ def _parse(integer_only: bool):
     return parse
 
 
+def _missing_calib() -> CalibrationError:
+    return CalibrationError("this recipe quantizes activations and needs calibration data: pass --calib FILE.npz")
+
+
 def _apply(mod, options, ctx: StageContext):
     """Calibrate and rewrite ``mod``; the full :class:`edgecompile.quant.plan.QuantResult` goes to
     ``ctx.results`` (per-layer sensitivity reuses its calibration)."""
@@ -52,7 +57,7 @@ INT8 = Stage(
     _apply,
     order=30,
     manifest_key="quantization",
-    needs_calib=True,
+    missing_calib=_missing_calib,
     exclusive=("fp16",),
 )
 INT8_INTEGER_ONLY = Stage(
@@ -64,6 +69,6 @@ INT8_INTEGER_ONLY = Stage(
     _apply,
     order=30,
     manifest_key="quantization",
-    needs_calib=True,
+    missing_calib=_missing_calib,
     exclusive=("fp16", "int8"),
 )

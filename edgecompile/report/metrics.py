@@ -30,11 +30,11 @@ class MetricError(EdgeCompileError):
 
 def read_eval(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """The input arrays (leading sample axis) and the labels (or None) of an eval ``.npz``."""
-    from edgecompile.calibrate.data import _read_npz
+    from edgecompile.calibrate.data import read_npz
 
     if not Path(path).is_file():
         raise CalibrationError(f"evaluation data not found: {path}")
-    arrays = _read_npz(Path(path))
+    arrays = read_npz(Path(path))
     return arrays, arrays.pop("labels", None)
 
 

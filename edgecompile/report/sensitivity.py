@@ -43,22 +43,22 @@ def layer_sensitivity(
     outputs are ``reference``). With ``budget_s``, only the first samples that one pass over the
     layers runs in that time (at least :data:`MIN_SAMPLES`), from the time of one run."""
     import tvm
-    from tvm import relax
 
-    from edgecompile.api import _host_build
+    from edgecompile.api import host_build
+    from edgecompile.ir.host import HostFunction
+    from edgecompile.ir.switch import flags, switch_width
 
     mod, layers = quant.calibration.switched()
-    vm = relax.VirtualMachine(_host_build()(mod), tvm.cpu())
+    fn = HostFunction(mod, host_build())
+    width = switch_width(mod)
     inputs = [[tvm.runtime.tensor(np.ascontiguousarray(s[n])) for n in input_names] for s in samples]
 
     def mean_score(k: int, limit: int | None = None) -> float:
-        switch = tvm.runtime.tensor(np.int32(k))
+        switch = tvm.runtime.tensor(flags(width, [] if k < 0 else [k]))
         total = 0.0
         for i, args in enumerate(inputs[:limit]):
-            out = vm["main"](*args, switch)
-            while not hasattr(out, "numpy"):  # the first output of a tuple
-                out = out[0]
-            total += score(out.numpy(), i, reference[i])
+            out = fn.first(*args, switch)
+            total += score(out, i, reference[i])
         return total / len(inputs[:limit])
 
     say = progress or (lambda *_: None)

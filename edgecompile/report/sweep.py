@@ -29,6 +29,7 @@ fix row: the same recipe with its most sensitive layers kept in float
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -155,14 +156,7 @@ def run_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     recipes = ("fp32", *[r for r in recipes if r != "fp32"])
     arrays, labels = read_eval(eval_path)
-    head = {
-        "version": SCHEMA,
-        "model": {"file": model.name, "sha256": sha256_file(model)},
-        "target": target,
-        "metric": metric,
-        "eval": {"file": Path(eval_path).name, "sha256": sha256_file(Path(eval_path))},
-        "timing": {"runs": runs, "threads": threads, "device": rpc.describe() if rpc else "local"},
-    }
+    head = _report_head(model, target, metric, Path(eval_path), runs, threads, rpc)
     report_file = out_dir / "report.json"
     done = _finished_rows(report_file, head)
     ref_file = out_dir / "fp32_outputs.npy"
@@ -172,6 +166,34 @@ def run_report(
                    sensitivity_samples, progress or (lambda *_: None))  # fmt: skip
     if done:
         sweep.reference, sweep.base_scores = np.load(ref_file), np.array(done["fp32"]["scores"])
+    finish = functools.partial(_finish, head=head, has_labels=labels is not None, max_drop=max_drop,
+                               budget_ms=latency_budget_ms, report_file=report_file)  # fmt: skip
+    rows = _measure_all(sweep, recipes, done, ref_file, finish)
+    limit = resolve_limit(parse_max_drop(max_drop, metric), rows[0]["metric"])
+    if max_drop is not None:
+        for row in list(rows):
+            fix = sweep.fix(row, rows, limit, done)
+            if fix is not None:
+                rows.insert(rows.index(row) + 1, fix)
+                finish(rows)
+    return finish(rows)
+
+
+def _report_head(model: Path, target: str, metric: str, eval_path: Path, runs: int, threads: int, rpc) -> dict:
+    """What every row of one report shares; a saved report with another head is not reused."""
+    return {
+        "version": SCHEMA,
+        "model": {"file": model.name, "sha256": sha256_file(model)},
+        "target": target,
+        "metric": metric,
+        "eval": {"file": eval_path.name, "sha256": sha256_file(eval_path)},
+        "timing": {"runs": runs, "threads": threads, "device": rpc.describe() if rpc else "local"},
+    }
+
+
+def _measure_all(sweep, recipes, done: dict, ref_file: Path, finish) -> list[dict]:
+    """Each recipe's row in order (reusing the finished ones of a saved report), the report
+    rewritten after each."""
     rows: list[dict] = []
     for k, recipe in enumerate(recipes):
         sweep.step = (k, len(recipes))
@@ -182,16 +204,9 @@ def run_report(
         rows.append(sweep.measure(recipe))
         if k == 0:
             np.save(ref_file, sweep.reference)
-        _finish(rows, head, labels is not None, max_drop, latency_budget_ms, report_file)
+        finish(rows)
         sweep.say(f"{recipe}: done", k + 1, len(recipes))
-    limit = resolve_limit(parse_max_drop(max_drop, metric), rows[0]["metric"])
-    if max_drop is not None:
-        for row in list(rows):
-            fix = sweep.fix(row, rows, limit, done)
-            if fix is not None:
-                rows.insert(rows.index(row) + 1, fix)
-                _finish(rows, head, labels is not None, max_drop, latency_budget_ms, report_file)
-    return _finish(rows, head, labels is not None, max_drop, latency_budget_ms, report_file)
+    return rows
 
 
 def resolve_limit(max_drop: float | None, base_metric: float) -> float:

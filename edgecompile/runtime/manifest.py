@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from edgecompile.errors import ArtifactError
@@ -19,6 +20,74 @@ from edgecompile.errors import ArtifactError
 FORMAT = "edgecompile-artifact"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+
+# The order a compile writes the keys in (the sealed bytes sort them anyway): the typed fields of
+# :class:`Manifest` with the backend sections in their places; other sections follow in insertion order.
+KEY_ORDER = (
+    "target",
+    "recipe",
+    "source",
+    "inputs",
+    "outputs",
+    "library",
+    "linker",
+    "link_command",
+    "device_code",  # TVM CUDA targets: the prebuilt fatbins (None elsewhere on TVM targets)
+    "tuning",
+    "quantization",
+    "lowrank",
+    "hash_attention",
+    "float_ops",
+    "energy",
+    "weights_bytes",  # TVM targets: bytes of the library's constants
+    "coreml",  # Core ML targets: the package's section
+)
+
+
+@dataclass
+class Manifest:
+    """What a compile writes into ``manifest.json``, before :func:`edgecompile.artifact.package.finish`
+    adds the envelope (``format``, ``format_version``, the versions, ``files``) and seals it.
+
+    The fields both backends write are typed; ``extra`` holds a backend's own sections (TVM:
+    ``device_code`` and ``weights_bytes``; Core ML: ``coreml``). :meth:`to_json` gives the dict a
+    compile wrote before this class existed, key for key; :func:`read_verified` still returns the
+    sealed dict, which :meth:`from_json` reads back (envelope keys land in ``extra``)."""
+
+    target: dict
+    recipe: dict
+    source: dict
+    inputs: list[dict]
+    outputs: list[dict]
+    library: str
+    linker: str | None = None
+    link_command: str | None = None
+    tuning: dict | None = None
+    quantization: dict | None = None
+    lowrank: dict | None = None
+    hash_attention: dict | None = None
+    float_ops: list[dict] | None = None
+    energy: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The manifest as a JSON-ready dict, keys in :data:`KEY_ORDER` (unknown sections last)."""
+        body = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        clash = sorted(body.keys() & self.extra.keys())
+        if clash:
+            raise ValueError(f"manifest sections {clash} are typed fields, not extra sections")
+        body.update(self.extra)
+        rank = {k: i for i, k in enumerate(KEY_ORDER)}
+        return dict(sorted(body.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+
+    @classmethod
+    def from_json(cls, data: dict) -> Manifest:
+        """A manifest dict (e.g. :func:`read_verified`'s) as a :class:`Manifest`; keys that are not
+        typed fields go to ``extra``."""
+        names = {f.name for f in fields(cls)} - {"extra"}
+        return cls(
+            **{k: v for k, v in data.items() if k in names}, extra={k: v for k, v in data.items() if k not in names}
+        )
 
 
 def sha256_file(path: Path) -> str:
@@ -54,6 +123,18 @@ def seal(manifest: dict) -> bytes:
 def read_verified(artifact: str | Path) -> dict:
     """Read and verify an artifact's manifest and files; raise :class:`ArtifactError` if not sound."""
     root = Path(artifact)
+    manifest, mpath = _read_manifest(root)
+    _check_header(manifest, mpath)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(f"{mpath} lists no files")
+    _check_unlisted(root, files)
+    _check_digests(root, files)
+    return manifest
+
+
+def _read_manifest(root: Path) -> tuple[object, Path]:
+    """The parsed ``manifest.json`` of the artifact directory ``root`` (any JSON value) and its path."""
     if not root.exists():
         raise ArtifactError(f"artifact not found: {root}")
     if not root.is_dir():
@@ -62,9 +143,13 @@ def read_verified(artifact: str | Path) -> dict:
     if not mpath.is_file():
         raise ArtifactError(f"not an edgecompile artifact (no {MANIFEST}) or incomplete: {root}")
     try:
-        manifest = json.loads(mpath.read_text())
+        return json.loads(mpath.read_text()), mpath
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"corrupt {MANIFEST} in {root}: {e}") from e
+
+
+def _check_header(manifest, mpath: Path) -> None:
+    """An edgecompile manifest of the version this runtime reads, its self-checksum intact."""
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{mpath} is not an edgecompile manifest")
     version = manifest.get("format_version")
@@ -77,9 +162,10 @@ def read_verified(artifact: str | Path) -> dict:
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
     if claimed != hashlib.sha256(canonical_bytes(body)).hexdigest():
         raise ArtifactError(f"{mpath} was modified after compile (its self-checksum does not match)")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise ArtifactError(f"{mpath} lists no files")
+
+
+def _check_unlisted(root: Path, files: dict) -> None:
+    """No file in a listed directory (a Core ML package) that the manifest does not list."""
     for folder in sorted({name.split("/")[0] for name in files if "/" in name}):
         inside = (root / folder).rglob("*") if (root / folder).is_dir() else ()
         extra = sorted(q for q in (p.relative_to(root).as_posix() for p in inside if p.is_file()) if q not in files)
@@ -88,6 +174,10 @@ def read_verified(artifact: str | Path) -> dict:
                 f"artifact directory {folder} holds files the manifest does not list ({extra[0]}"
                 f"{', …' if len(extra) > 1 else ''}): it was modified after compile; recompile or restore it"
             )
+
+
+def _check_digests(root: Path, files: dict) -> None:
+    """Every listed file present with the SHA-256 the manifest records."""
     for name, digest in sorted(files.items()):
         fpath = root / name
         if not fpath.is_file():
@@ -98,4 +188,3 @@ def read_verified(artifact: str | Path) -> dict:
                 f"artifact file {name} was modified or corrupted (SHA-256 {actual[:12]}…, "
                 f"manifest says {digest[:12]}…); recompile or restore it"
             )
-    return manifest

@@ -9,12 +9,7 @@ layers, 4 heads, FFN 128; 40 epochs of AdamW take a few seconds on one CPU core.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/: models.py
 
 CALIB = 128
 

@@ -1,6 +1,6 @@
 """A long-sequence ViT on the same real digits: images upsampled to ``size x size`` and one token
 per pixel, so attention runs over ``size^2 + 1`` tokens (577 at the default 24): the model the
-binary-hash attention pass is measured on (tests/test_hash_attention.py, benchmarks/hash_attention.py).
+binary-hash attention pass is measured on (tests/unit/hashattn/test_hash_attention.py, benchmarks/hash_attention.py).
 
 Same split as :mod:`digits`; ``examples.models.TinyViT`` with 1x1 patches, hidden 32, 2 layers,
 2 heads, FFN 64; trained with AdamW. With the defaults (6 epochs, seed 0) it reaches 68.0% top-1

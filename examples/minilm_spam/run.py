@@ -103,7 +103,7 @@ def evaluate(
     from sklearn.linear_model import LogisticRegression
 
     import edgecompile
-    from edgecompile.runtime.model import set_threads
+    from edgecompile.runtime import set_threads
 
     workdir = Path(workdir)
     say(f"data: SpamAssassin ({size})")

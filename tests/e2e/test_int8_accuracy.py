@@ -94,15 +94,15 @@ def test_every_kernel_of_the_int8_model_is_scheduled(digits):
     from edgecompile.frontend import import_model
     from edgecompile.lower.build import compile_module, make_target
     from edgecompile.lower.pipeline import fusion_passes, schedule_passes
+    from edgecompile.quant.options import QuantOptions
     from edgecompile.quant.plan import quantize_model
-    from edgecompile.quant.rewrite import QuantConfig
     from edgecompile.targets import get_profile
 
     data, onnx_path, _calib, _tmp = digits
     host = get_profile("native").resolved()
     imported = import_model(onnx_path)
     samples = [{"pixel_values": x[None]} for x in data["x_calib"][:16]]
-    res = quantize_model(imported.mod, samples, ["pixel_values"], QuantConfig(), lambda m: compile_module(m, host))
+    res = quantize_model(imported.mod, samples, ["pixel_values"], QuantOptions(), lambda m: compile_module(m, host))
     assert res.layers[0]["name"] == "linear.0" and res.layers[0]["quantized"]  # the patch-embedding conv
     for name in ("x86_64-avx2", "x86_64-avx512", "android-arm64"):
         target = make_target(get_profile(name).resolved())

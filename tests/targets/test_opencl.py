@@ -13,13 +13,10 @@ from helpers import EXAMPLE_ONNX, EXAMPLE_SHAPES, ROOT
 from test_targets import ELF_MACHINE, elf_machine
 
 import edgecompile
-from edgecompile.api import _quant_config, _quantize
-from edgecompile.calibrate.data import load_samples
-from edgecompile.frontend import import_model
+from edgecompile.api import apply_recipe
 from edgecompile.lower.build import compile_module, make_target
 from edgecompile.lower.cuda_binary import device_sources
 from edgecompile.lower.pipeline import pipeline_for
-from edgecompile.recipe import parse_recipe
 from edgecompile.targets import get_profile
 
 CALIB = ROOT / "examples" / "tiny_bert_calib.npz"
@@ -27,12 +24,7 @@ SHAPES = {k: tuple(int(x) for x in v.split("x")) for k, v in EXAMPLE_SHAPES.item
 
 
 def _module(recipe: str):
-    imported = import_model(EXAMPLE_ONNX, SHAPES)
-    if recipe == "fp32":
-        return imported.mod
-    config = _quant_config(parse_recipe(recipe).quant_part(), None)
-    samples = load_samples(CALIB, imported.inputs, config[0].samples)
-    return _quantize(imported, imported.mod, *config, samples, lambda _m: None, None)[0]
+    return apply_recipe(EXAMPLE_ONNX, recipe, None if recipe == "fp32" else CALIB, input_shapes=SHAPES)[0]
 
 
 @pytest.mark.parametrize("recipe", ["fp32", "int8-integer-only"])

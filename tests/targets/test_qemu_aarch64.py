@@ -2,10 +2,13 @@
 Debian's arm64 python3.11 with the aarch64 wheels of TVM and numpy (the sysroot that
 scripts/aarch64_sysroot.sh builds, in runtime-only mode), and our runtime loads the artifacts there.
 Their outputs are compared with the x86 build's on the same inputs: integer-only recipes bit for bit
-(their float outputs are int8 times the output scale, so equal bits are expected), fp32 and int8
-(whose LayerNorm, softmax and scale multiplies stay float) within ``REL_TOL`` of the output's range:
-those float kernels round differently on any two CPUs (the x86-64 baseline build differs from the
-native one in as many elements as the aarch64 build does; measured max 1.3e-7 of the range).
+(their float outputs are int8 times the output scale, so equal bits are expected), fp32 within
+``REL_TOL`` of the output's range: its float kernels round differently on any two CPUs (the x86-64
+baseline build differs from the native one in as many elements as the aarch64 build does; measured
+max 1.3e-7 of the range). int8 with float LayerNorm and softmax within ``INT8_TOL``: a float that
+rounds differently can land on the other side of an int8 rounding boundary, which moves that value
+by one quantization step downstream, and the float LayerNorm after it spreads that over the whole
+row (seen on an AVX2 Zen 3 host: max 1.3e-3 of the range, half the values beyond ``REL_TOL``).
 Emulated timings are not device latency and are not reported.
 
 The hardware capabilities the runtime checks come from the auxiliary vector (``/proc/cpuinfo`` is the
@@ -135,8 +138,12 @@ def run_on_x86(art: Path, samples: list[dict]) -> list[dict]:
     return [model.run(s) for s in samples]
 
 
+INT8_TOL = 1e-2  # a few int8 steps of the output range: float rounding flipping a requantization
+
+
 def compare(recipe: str, ref: list[dict], got: list[dict]) -> list[float]:
-    """Bit equality for integer-only recipes, ``assert_close`` otherwise; the relative errors."""
+    """Bit equality for integer-only recipes, ``assert_close`` otherwise (fp32: ``REL_TOL``; int8:
+    ``INT8_TOL``); the relative errors."""
     errors = []
     assert len(ref) == len(got)
     for r, g in zip(ref, got):
@@ -147,6 +154,8 @@ def compare(recipe: str, ref: list[dict], got: list[dict]) -> list[float]:
                 diff = int(np.sum(r[name] != g[name]))
                 assert diff == 0, f"{recipe} {name}: {diff} of {r[name].size} values differ from the x86 build"
                 errors.append(0.0)
+            elif recipe.startswith("int8"):
+                errors.append(assert_close(r[name], g[name], INT8_TOL))
             else:
                 errors.append(assert_close(r[name], g[name]))
     return errors
@@ -211,7 +220,7 @@ def test_tiny_bert_runs_on_aarch64_like_on_x86(tmp_path_factory, tmp_path, dotpr
     for key, art in arm.items():
         ref = run_on_x86(x86[key], samples)
         errors = compare(key[1], ref, outputs[art.name])
-        if "integer-only" not in key[1]:
+        if key[1] == "fp32":
             assert max(errors) <= REL_TOL
     # the two masks give different outputs: the comparison is not of constants
     got = outputs[arm["aarch64-linux", "fp32"].name]

@@ -100,7 +100,7 @@ def test_every_target_builds(name, tmp_path):
     manifest = json.loads((art / "manifest.json").read_text())
     lib = art / manifest["library"]
     assert manifest["target"]["tvm"] == profile.tvm
-    if profile.runtime == "coreml":  # an ML Program package, not a TVM library (tests/test_coreml.py checks it)
+    if profile.runtime == "coreml":  # an ML Program package, not a TVM library (tests/targets/test_coreml.py checks it)
         assert lib.name == "model.mlpackage" and (lib / "Data" / "com.apple.CoreML" / "model.mlmodel").is_file()
         with pytest.raises(ArtifactError, match="Core ML package"):
             edgecompile.load(art)

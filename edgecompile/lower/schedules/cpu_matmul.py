@@ -44,78 +44,105 @@ class Matmul(CPUScheduleRule):
         if epilogue == "fail" or (epilogue is not None and not inline_side_inputs(sch, epilogue, main)):
             return None
         # Anything before the matmul (e.g. a fused transpose) is inlined into its reads.
-        for block in sch.get_producers(main):
-            try:
-                sch.compute_inline(block)
-            except Exception:
-                return None
-        if maps is not None:
-            sch.transform_block_layout(main, maps[0])
-            loops = sch.get_loops(main)
-            if len(loops) != 4:
-                return None
-            s, i, j, k = loops
-        else:  # already [S..., I, J, K], e.g. a GEMM over packed weights
-            *spatial, k = sch.get_loops(main)
-            s = sch.fuse(*spatial[:-2]) if len(spatial) > 3 else (spatial[0] if len(spatial) == 3 else None)
-            i, j = spatial[-2:]
-            if s is None:
-                s, i = sch.split(i, [1, None])
-
-        bits = sch.get(main).writes[0].source.dtype.bits
-        isa = vector_isa(target)
-        vw = isa.lanes(bits)
-        m, n = extent(sch, i), extent(sch, j)
-        b_pad = None
-        nr = gemm_nr(isa, n, bits)
-        mr = gemm_mr(isa, m, nr, bits, allow_tail=True)
-        if (m and m % mr) or (n and n % nr):
-            # Pad the iteration space to whole tiles (e.g. ViT's 197 tokens): the padded rows and
-            # columns are computed on zeros and never stored, so the micro-kernel has no tail.
-            # GEMMs over packed weights are not einsums to TVM (j // NR indexing); they keep a
-            # guarded row tail, whose condition LLVM hoists out of the k loop.
-            b_pad = None
-            try:
-                sch.pad_einsum(main, [1, mr if m % mr else 1, nr if n % nr else 1, 1])
-                padded = True
-            except Exception:
-                padded = False
-            if padded:
-                b_buffer = sch.get(main).reads[-1].source
-                for producer in sch.get_producers(main):
-                    if sch.get(producer).writes[0].source.same_as(b_buffer) and n % nr:
-                        b_pad = producer  # copied per column panel below, so loads stay unguarded
-                    else:
-                        sch.compute_inline(producer)
-                unpad = sch.get_consumers(main)[0]
-                if epilogue is None:
-                    epilogue = unpad
-                else:
-                    sch.compute_inline(unpad)
-                s, i, j, k = sch.get_loops(main)
-        i0, i1 = sch.split(i, [None, mr])
-        j0, j1 = sch.split(j, [None, nr])
-        sch.reorder(s, j0, i0, k, i1, j1)
-        par = sch.fuse(s, j0)
-        sch.parallel(par)
-        if b_pad is not None:
-            sch.compute_at(b_pad, par, preserve_unit_loops=True)
-            vectorize_innermost(sch, b_pad, vw)
-
-        if epilogue is None:
-            wb = sch.cache_write(main, 0, "local")
-        else:
-            wb = epilogue
-            sch.set_scope(main, 0, "local")
-        sch.reverse_compute_at(wb, i0, preserve_unit_loops=True)
-        # Innermost micro-kernel: unroll the MR rows, vectorize the NR columns (before the
-        # reduction is split into init and update: vectorize needs the whole reduction block).
-        sch.unroll(i1)
-        vectorize_innermost(sch, main, vw)
-        init = sch.decompose_reduction(main, k)
-        vectorize_innermost(sch, init, vw)
-        vectorize_innermost(sch, wb, vw)
+        if not _inline_producers(sch, main):
+            return None
+        loops = _normalized_loops(sch, main, maps)
+        if loops is None:
+            return None
+        _register_block(sch, main, loops, epilogue, target)
         return sch
+
+
+def _inline_producers(sch, main) -> bool:
+    """Inline every producer of ``main``; False if one cannot be."""
+    for block in sch.get_producers(main):
+        try:
+            sch.compute_inline(block)
+        except Exception:
+            return False
+    return True
+
+
+def _normalized_loops(sch, main, maps):
+    """``main``'s loops as ``(s, i, j, k)``: by dlight's index map, or (already ``[S..., I, J, K]``, e.g.
+    a GEMM over packed weights) with the batch loops fused; None if the map gives another nest."""
+    if maps is not None:
+        sch.transform_block_layout(main, maps[0])
+        loops = sch.get_loops(main)
+        if len(loops) != 4:
+            return None
+        return tuple(loops)
+    *spatial, k = sch.get_loops(main)
+    s = sch.fuse(*spatial[:-2]) if len(spatial) > 3 else (spatial[0] if len(spatial) == 3 else None)
+    i, j = spatial[-2:]
+    if s is None:
+        s, i = sch.split(i, [1, None])
+    return s, i, j, k
+
+
+def _register_block(sch, main, loops, epilogue, target) -> None:
+    """Tile ``main`` into ``MR x NR`` register blocks (padded to whole tiles where it can be), the
+    N tiles outer and parallel, the epilogue (or a write-back) computed per row tile."""
+    s, i, j, k = loops
+    bits = sch.get(main).writes[0].source.dtype.bits
+    isa = vector_isa(target)
+    vw = isa.lanes(bits)
+    m, n = extent(sch, i), extent(sch, j)
+    b_pad = None
+    nr = gemm_nr(isa, n, bits)
+    mr = gemm_mr(isa, m, nr, bits, allow_tail=True)
+    if (m and m % mr) or (n and n % nr):
+        padded = _pad_to_tiles(sch, main, m, n, mr, nr, epilogue)
+        if padded is not None:
+            (s, i, j, k), epilogue, b_pad = padded
+    i0, i1 = sch.split(i, [None, mr])
+    j0, j1 = sch.split(j, [None, nr])
+    sch.reorder(s, j0, i0, k, i1, j1)
+    par = sch.fuse(s, j0)
+    sch.parallel(par)
+    if b_pad is not None:
+        sch.compute_at(b_pad, par, preserve_unit_loops=True)
+        vectorize_innermost(sch, b_pad, vw)
+
+    if epilogue is None:
+        wb = sch.cache_write(main, 0, "local")
+    else:
+        wb = epilogue
+        sch.set_scope(main, 0, "local")
+    sch.reverse_compute_at(wb, i0, preserve_unit_loops=True)
+    # Innermost micro-kernel: unroll the MR rows, vectorize the NR columns (before the
+    # reduction is split into init and update: vectorize needs the whole reduction block).
+    sch.unroll(i1)
+    vectorize_innermost(sch, main, vw)
+    init = sch.decompose_reduction(main, k)
+    vectorize_innermost(sch, init, vw)
+    vectorize_innermost(sch, wb, vw)
+
+
+def _pad_to_tiles(sch, main, m, n, mr, nr, epilogue):
+    """Pad the iteration space to whole tiles (e.g. ViT's 197 tokens): the padded rows and columns
+    are computed on zeros and never stored, so the micro-kernel has no tail. Returns ``(loops,
+    epilogue, b_pad)`` after padding (``b_pad``: B's padding block, copied per column panel so its
+    loads stay unguarded), or None where TVM cannot pad: GEMMs over packed weights are not einsums
+    to TVM (j // NR indexing); they keep a guarded row tail, whose condition LLVM hoists out of the
+    k loop."""
+    b_pad = None
+    try:
+        sch.pad_einsum(main, [1, mr if m % mr else 1, nr if n % nr else 1, 1])
+    except Exception:
+        return None
+    b_buffer = sch.get(main).reads[-1].source
+    for producer in sch.get_producers(main):
+        if sch.get(producer).writes[0].source.same_as(b_buffer) and n % nr:
+            b_pad = producer  # copied per column panel below, so loads stay unguarded
+        else:
+            sch.compute_inline(producer)
+    unpad = sch.get_consumers(main)[0]
+    if epilogue is None:
+        epilogue = unpad
+    else:
+        sch.compute_inline(unpad)
+    return sch.get_loops(main), epilogue, b_pad
 
 
 def inline_epilogue(sch, main):

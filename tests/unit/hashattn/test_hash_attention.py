@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 import edgecompile
 from edgecompile.cli import app
 from edgecompile.errors import RecipeError
+from edgecompile.hashattn.energy import block_energy
 from edgecompile.hashattn.kernels import context_kernel, output_kernel, pack, reference
 from edgecompile.hashattn.match import find_attention
-from edgecompile.hashattn.plan import _energy, config_from_options
+from edgecompile.hashattn.options import HashOptions
 from edgecompile.lower.build import compile_module
 from edgecompile.targets import DEFAULT_ENERGY_PJ, get_profile
 
@@ -179,7 +180,7 @@ def test_hash_fit_ranks_keys_better_than_random_hyperplanes(long_digits):
 def _random_block_hash(heads: int, d: int, queries, bits: int = 16, anchors: int = 25):
     """A BlockHash with random (unfitted) hashes: the exact rows do not depend on them."""
     from edgecompile.hashattn.fit import HeadHash
-    from edgecompile.hashattn.plan import BlockHash
+    from edgecompile.hashattn.rewrite import BlockHash
 
     rng = np.random.default_rng(0)
     out = []
@@ -198,21 +199,21 @@ def test_global_query_rows_are_exact_softmax_attention(long_digits, queries):
     while the other rows are the hash's."""
     from edgecompile.calibrate.capture import with_outputs
     from edgecompile.frontend import import_model
-    from edgecompile.hashattn.plan import HashConfig, _emit_block, _groups
+    from edgecompile.hashattn.rewrite import emit_block
     from edgecompile.ir.walk import carry_functions, rebuild
 
     data, onnx_path, *_ = long_digits
     mod = import_model(str(onnx_path), {}, None, None).mod
     func = mod["main"]
-    config = HashConfig(global_queries=len(queries))
+    config = HashOptions(global_queries=len(queries))
     host = get_profile("native").resolved()
     for block in find_attention(func):
-        g, n, d, _ = _groups(block)
+        g, n, d, _ = block.dims
         bh = _random_block_hash(g, d, queries)
 
         def emit(bb, binding, m, block=block, bh=bh):
             if binding.var.same_as(block.output):
-                return bb.emit(_emit_block(bb, block, bh, config, m), name_hint=binding.var.name)
+                return bb.emit(emit_block(bb, block, bh, config, m), name_hint=binding.var.name)
             return None
 
         def vm(m):
@@ -288,12 +289,12 @@ def test_needs_attention_and_calibration(digits, tmp_path):
 
 
 def test_energy_estimate_of_a_block():
-    config = config_from_options({})
+    config = HashOptions.from_options({})
     for n in (512, 4096):
-        soft, hashed = _energy(6, n, 64, 64, config, DEFAULT_ENERGY_PJ)
+        soft, hashed = block_energy(6, n, 64, 64, config, DEFAULT_ENERGY_PJ)
         assert hashed < 0.3 * soft  # >= 70% less attention energy at equal length
-    assert _energy(6, 8192, 64, 64, config, DEFAULT_ENERGY_PJ)[1] < 4.5 * _energy(6, 2048, 64, 64, config,
-                                                                                  DEFAULT_ENERGY_PJ)[1]  # fmt: skip
+    long, short = (block_energy(6, n, 64, 64, config, DEFAULT_ENERGY_PJ)[1] for n in (8192, 2048))
+    assert long < 4.5 * short
 
 
 def test_option_errors():
@@ -301,4 +302,4 @@ def test_option_errors():
                              ({"max_drop": "200%"}, "max_drop"),
                              ({"global_queries": "-1"}, "global_queries")):  # fmt: skip
         with pytest.raises(RecipeError, match=message):
-            config_from_options(options)
+            HashOptions.from_options(options)

@@ -86,12 +86,13 @@ def test_tiny_bert_integer_only_equals_reference_bit_for_bit_with_padding(tiny_b
 
     from edgecompile.ir import interpret as reference
     from edgecompile.lower.build import compile_module
-    from edgecompile.quant.plan import config_from_options, quantize_model
+    from edgecompile.quant.options import QuantOptions
+    from edgecompile.quant.plan import quantize_model
     from edgecompile.targets import get_profile
 
     imported, samples = tiny_bert
     host = get_profile("native").resolved()
-    config, _ = config_from_options({"ops": ops}, integer_only=True)
+    config = QuantOptions.from_options({"ops": ops}, integer_only=True)
     names = [s.name for s in imported.inputs]
     res = quantize_model(imported.mod, samples, names, config, lambda m: compile_module(m, host))
     vm = relax.VirtualMachine(compile_module(res.mod, host), tvm.cpu())

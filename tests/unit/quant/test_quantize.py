@@ -16,7 +16,8 @@ from edgecompile.errors import CalibrationError, RecipeError
 from edgecompile.frontend.spec import TensorSpec
 from edgecompile.ir import interpret as reference
 from edgecompile.lower.build import compile_module
-from edgecompile.quant.plan import config_from_options, quantize_model
+from edgecompile.quant.options import QuantOptions
+from edgecompile.quant.plan import quantize_model
 from edgecompile.targets import get_profile
 
 HOST = get_profile("native").resolved()
@@ -240,9 +241,9 @@ def test_malformed_calibration_file(tmp_path):
 
 def test_recipe_option_errors():
     with pytest.raises(RecipeError, match="unknown observer"):
-        config_from_options({"observer": "median"})
+        QuantOptions.from_options({"observer": "median"}, False)
     with pytest.raises(RecipeError, match="percentile"):
-        config_from_options({"percentile": "20"})
+        QuantOptions.from_options({"percentile": "20"}, False)
 
 
 # -- a whole quantized model: compiled == reference interpreter, bit for bit ------------------------
@@ -270,7 +271,7 @@ def test_quantized_model_compiled_equals_reference_interpreter():
     rng = np.random.default_rng(8)
     mod = _mlp_module(rng)
     samples = [{"x": rng.normal(size=(1, 24, 32)).astype(np.float32)} for _ in range(8)]
-    cfg, _ = config_from_options({"observer": "minmax"})
+    cfg = QuantOptions.from_options({"observer": "minmax"}, False)
     res = quantize_model(mod, samples, ["x"], cfg, _build)
     kinds = {r["name"]: r["quantized"] for r in res.layers}
     assert kinds == {"linear.0": True, "linear.1": True, "add.0": True, "linear.2": True}
@@ -343,7 +344,7 @@ def test_int8_keeps_the_kernels_the_onnx_importer_emits(tmp_path):
 
 def test_smoothing_moves_an_outlier_channel_into_the_weights():
     """One input channel 40x the others: smooth=auto smooths it (SQNR up), smooth=0 does not."""
-    from edgecompile.quant.rewrite import smoothing_factors
+    from edgecompile.quant.smooth import smoothing_factors
 
     rng = np.random.default_rng(4)
     w = rng.normal(0, 0.2, (32, 16)).astype(np.float32)
@@ -363,7 +364,7 @@ def test_smoothing_moves_an_outlier_channel_into_the_weights():
     samples = [sample() for _ in range(16)]  # 1024 tokens
     sqnr = {}
     for smooth in ("0", "auto"):
-        cfg, _ = config_from_options({"observer": "minmax", "smooth": smooth})
+        cfg = QuantOptions.from_options({"observer": "minmax", "smooth": smooth}, False)
         res = quantize_model(mod, samples, ["x"], cfg, _build)
         sqnr[smooth] = res.layers[0]["sqnr_db"]
         assert ("smoothing" in res.layers[0]) == (smooth == "auto")
@@ -375,7 +376,7 @@ def test_smoothing_moves_an_outlier_channel_into_the_weights():
     assert smoothing_factors(ChannelStats(flat, flat * 1000, 1000), [layer], None) is None  # no outliers
     assert smoothing_factors(ChannelStats(flat, flat, 16), [layer], None) is None  # too few tokens
     with pytest.raises(RecipeError, match="smooth"):
-        config_from_options({"smooth": "2"})
+        QuantOptions.from_options({"smooth": "2"}, False)
 
 
 def _attention_module(rng, guard: bool):
@@ -402,7 +403,7 @@ def test_attention_probabilities_use_all_256_levels(integer_only):
     rng = np.random.default_rng(5)
     samples = [{"x": rng.normal(size=(1, 12, 16)).astype(np.float32)} for _ in range(8)]
     mod = _attention_module(rng, guard=True)
-    cfg, _ = config_from_options({"observer": "minmax", "smooth": "0"}, integer_only=integer_only)
+    cfg = QuantOptions.from_options({"observer": "minmax", "smooth": "0"}, integer_only=integer_only)
     res = quantize_model(mod, samples, ["x"], cfg, _build)
     text = res.mod["main"].script()
     assert "_u" in text and "R.sum(" in text

@@ -13,8 +13,10 @@ from tvm import relax
 from typer.testing import CliRunner
 
 import edgecompile
-from edgecompile.api import _host_build
+from edgecompile.api import host_build
 from edgecompile.cli import app
+from edgecompile.ir.switch import flags, switch_width
+from edgecompile.quant.rewriter import Int8
 from edgecompile.recipe import parse_recipe
 from edgecompile.report.sensitivity import smallest_fix, with_kept_float
 
@@ -45,9 +47,10 @@ def test_switch_quantizes_exactly_one_layer(calibrated, digits):
     mod, layers = quant.calibration.switched()
     names = [layer["name"] for layer in layers]
     assert {layer["kind"] for layer in layers} == {"linear", "matmul"}  # adds here are between float tensors
-    build = _host_build()
+    build = host_build()
     vm = relax.VirtualMachine(build(mod), tvm.cpu())
-    switch = lambda k: tvm.runtime.tensor(np.int32(k))  # noqa: E731
+    width = switch_width(mod)
+    switch = lambda k: tvm.runtime.tensor(flags(width, [] if k < 0 else [k]))  # noqa: E731
     fp32 = edgecompile.compile(onnx_path, "native", tmp / "sens-fp32")
     m = edgecompile.load(fp32)
     float_out = np.concatenate([m.run({"pixel_values": x[None]})["logits"] for x in xs])
@@ -68,8 +71,8 @@ def test_switch_quantizes_exactly_one_layer(calibrated, digits):
     forms = quant.calibration.record["forms"]["matmul.1"]
     ((held, form),) = forms.items()
     qkv = next(layer for layer in quant.calibration.layers if layer.name == "linear.1")
-    assert form == ("q", quant.calibration.thresholds[qkv.output] / 127.0)
-    assert form[1] > quant.calibration.thresholds[held] / 127.0
+    assert form == Int8(None, quant.calibration.thresholds[qkv.output] / 127.0)
+    assert form.scale > quant.calibration.thresholds[held] / 127.0
     effect = np.abs(_run(vm, xs, switch(names.index("matmul.1"))) - float_out).max()
     assert 1e-3 < effect < 0.5
 
@@ -148,11 +151,12 @@ def test_integer_only_layers_alone_see_their_real_inputs(digits):
     mod, layers = got[0].calibration.switched()
     names = [layer["name"] for layer in layers]
     assert {"softmax", "gelu", "layernorm", "matmul", "linear"} <= {layer["kind"] for layer in layers}
-    vm = relax.VirtualMachine(_host_build()(mod), tvm.cpu())
+    vm = relax.VirtualMachine(host_build()(mod), tvm.cpu())
     xs = data["x_test"][:20]
-    float_out = _run(vm, xs, tvm.runtime.tensor(np.int32(-1)))
+    width = switch_width(mod)
+    float_out = _run(vm, xs, tvm.runtime.tensor(flags(width)))
     m = edgecompile.load(full)
     whole = np.abs(np.concatenate([m.run({"pixel_values": x[None]})["logits"] for x in xs]) - float_out).max()
     for name in ("matmul.1", "matmul.3", "softmax.0"):
-        alone = np.abs(_run(vm, xs, tvm.runtime.tensor(np.int32(names.index(name)))) - float_out).max()
+        alone = np.abs(_run(vm, xs, tvm.runtime.tensor(flags(width, [names.index(name)]))) - float_out).max()
         assert 0 < alone < whole, (name, alone, whole)

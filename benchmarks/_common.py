@@ -1,0 +1,229 @@
+"""What the benchmarks share: timing, the ONNX Runtime peers, edgecompile set-up on this machine and
+the example models they time.
+
+- Timing: :func:`time_ms` (each call's milliseconds after untimed warm-up calls) and
+  :func:`median_ms`; :func:`thread_counts` (1 and every CPU this process may use).
+- ONNX Runtime: :func:`ort_session` (CPU provider, ``threads`` intra-op and 1 inter-op thread),
+  :func:`ort_ms` (a session's median latency), :func:`ort_dynamic_int8` (``quantize_dynamic``,
+  int8 weights), :func:`ort_qdq_int8` (``quantize_static``, QDQ, calibrated on given samples) and
+  :func:`ort_int8` (both). OpenVINO is not a peer of any benchmark.
+- edgecompile: :func:`timed_compile` (``edgecompile.compile`` and its wall seconds),
+  :func:`artifact_mb`, :func:`host_profile` and :func:`host_vm` (a Relax module built by our CPU
+  pipeline, in a VM on this machine: the kernel-level tables).
+- Example models (``examples/models.py``, ``examples/digits_vit``): the encoder and ViT sizes
+  (:data:`MINILM_L6`, :data:`BERT_BASE`, :data:`VIT_TINY`), :func:`bert_style`,
+  :func:`token_inputs`, :func:`export`, :func:`minilm_onnx` (the MiniLM-L6-sized encoder exported
+  to ONNX), :func:`text_samples` / :func:`stacked` (its random token inputs) and
+  :func:`digits_vit_onnx` (the digits ViT trained and exported).
+
+Importing this module is cheap (standard library and numpy): torch, onnxruntime, TVM and
+edgecompile are imported by the functions that use them, so ``cuda_encoder.py run`` still works on a
+GPU machine with python3 and numpy only. Benchmarks import it as ``from _common import ...`` (a
+script's own directory, ``benchmarks/``, is first on ``sys.path``).
+
+``examples/`` on ``sys.path``: importing this module puts it there, the one place that does so. The
+example modules are then ``models``, ``digits_vit`` and ``minilm_spam`` (a namespace package:
+``from minilm_spam import data, encoder``).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+if str(EXAMPLES) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES))
+
+SEQ = 128  # tokens per encoder input
+VOCAB = 30522
+# BertStyleEncoder(vocab, hidden, layers, heads, ffn, max_pos) and
+# TinyViT(image, patch, channels, hidden, layers, heads, ffn, classes); weights are seeded in the classes
+MINILM_L6 = (VOCAB, 384, 6, 12, 1536, 512)
+BERT_BASE = (VOCAB, 768, 12, 12, 3072, 512)
+VIT_TINY = (224, 16, 3, 192, 12, 3, 768, 1000)
+ENCODER_INPUTS = ["input_ids", "attention_mask"]
+ENCODER_OUTPUTS = ["last_hidden_state", "pooled"]
+
+
+# --- timing -----------------------------------------------------------------------------------
+
+
+def time_ms(fn, runs: int, warmup: int = 3) -> list[float]:
+    """Milliseconds of each of ``runs`` calls of ``fn()``, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def median_ms(fn, runs: int, warmup: int = 3) -> float:
+    """The median of :func:`time_ms`."""
+    return statistics.median(time_ms(fn, runs, warmup))
+
+
+def thread_counts() -> list[int]:
+    """1 and every CPU this process may run on (one entry when that is 1)."""
+    return sorted({1, len(os.sched_getaffinity(0))})
+
+
+# --- ONNX Runtime -----------------------------------------------------------------------------
+
+
+def ort_session(model, threads: int | None = 1, providers=("CPUExecutionProvider",)):
+    """An ONNX Runtime session of ``model`` (a path or serialized bytes) with ``threads`` intra-op
+    threads and one inter-op thread; ``threads=None`` keeps ORT's default options."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads is not None:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so, providers=list(providers))
+
+
+def ort_ms(path, feeds: dict, threads: int, runs: int, warmup: int = 5) -> float:
+    """Median latency (ms) of ORT's CPU provider on the ONNX file ``path`` with ``threads`` threads."""
+    sess = ort_session(path, threads)
+    return median_ms(lambda: sess.run(None, feeds), runs, warmup)
+
+
+def ort_dynamic_int8(path, out) -> Path:
+    """``quantize_dynamic`` of ``path`` (int8 weights, activations quantized at run time) into ``out``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
+    return Path(out)
+
+
+def ort_qdq_int8(path, samples: list[dict], out) -> Path:
+    """``quantize_static`` of ``path`` into ``out``: QDQ, int8 activations and weights, calibrated
+    on ``samples`` (``{input name: array}`` each)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(samples)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(
+        str(path), str(out), Reader(), quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    return Path(out)
+
+
+def ort_int8(path, samples: list[dict], workdir) -> tuple[Path, Path]:
+    """Both ORT int8 peers of ``path`` in ``workdir``: (``<stem>.dyn.onnx``, ``<stem>.qdq.onnx``)."""
+    path, workdir = Path(path), Path(workdir)
+    dyn = ort_dynamic_int8(path, workdir / f"{path.stem}.dyn.onnx")
+    return dyn, ort_qdq_int8(path, samples, workdir / f"{path.stem}.qdq.onnx")
+
+
+# --- edgecompile ------------------------------------------------------------------------------
+
+
+def timed_compile(model, **kwargs) -> tuple[Path, float]:
+    """``edgecompile.compile(model, **kwargs)``: (the artifact, wall seconds)."""
+    import edgecompile
+
+    t0 = time.perf_counter()
+    art = edgecompile.compile(model, **kwargs)
+    return art, time.perf_counter() - t0
+
+
+def artifact_mb(art) -> float:
+    """Size of an artifact directory's files in MB."""
+    return sum(f.stat().st_size for f in Path(art).iterdir()) / 1e6
+
+
+def host_profile(target: str = "native"):
+    """The target profile ``target`` resolved for this machine."""
+    from edgecompile.targets import get_profile
+
+    return get_profile(target).resolved()
+
+
+def host_vm(mod, profile):
+    """A Relax VM on this machine's CPU running ``mod`` built by edgecompile's pipeline for ``profile``."""
+    import tvm
+    from tvm import relax
+
+    from edgecompile.lower.build import compile_module
+
+    return relax.VirtualMachine(compile_module(mod, profile), tvm.cpu())
+
+
+# --- example models ---------------------------------------------------------------------------
+
+
+def bert_style(shape=MINILM_L6):
+    """``examples/models.py``'s BertStyleEncoder at ``shape`` (seeded weights), in eval mode."""
+    from models import BertStyleEncoder
+
+    return BertStyleEncoder(*shape).eval()
+
+
+def token_inputs(generator=None):
+    """(input_ids, attention_mask) of one random sequence of SEQ tokens (torch int64, [1, SEQ]);
+    ids drawn from ``generator`` (default: a fresh one seeded 0)."""
+    import torch
+
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    return torch.randint(0, VOCAB, (1, SEQ), generator=g), torch.ones(1, SEQ, dtype=torch.int64)
+
+
+def export(module, inputs: tuple, path, names: list[str], outputs: list[str]) -> Path:
+    """Export ``module`` to ONNX at ``path`` with the TorchScript exporter (opset 17)."""
+    from models import export_onnx
+
+    export_onnx(module.eval(), inputs, path, names, outputs, dynamo=False)
+    return Path(path)
+
+
+def minilm_onnx(tmp: Path) -> Path:
+    """The MiniLM-L6-sized encoder (random seeded weights) exported to ``tmp/minilm.onnx``."""
+    import torch
+
+    torch.manual_seed(0)
+    model = bert_style(MINILM_L6)
+    return export(model, token_inputs(), Path(tmp) / "minilm.onnx", ENCODER_INPUTS, ENCODER_OUTPUTS)
+
+
+def text_samples(n: int, seed: int) -> list[dict]:
+    """``n`` random encoder inputs ``{input_ids, attention_mask}`` of [1, SEQ] int64."""
+    rng = np.random.default_rng(seed)
+    return [
+        {"input_ids": rng.integers(0, VOCAB, (1, SEQ)).astype(np.int64), "attention_mask": np.ones((1, SEQ), np.int64)}
+        for _ in range(n)
+    ]
+
+
+def stacked(samples: list[dict]) -> dict[str, np.ndarray]:
+    """Samples stacked along a leading axis (edgecompile's ``calib`` layout)."""
+    return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def digits_vit_onnx(tmp: Path) -> tuple[dict, Path, list[dict]]:
+    """The digits ViT trained on scikit-learn's digits and exported to ``tmp/digits.onnx``:
+    (the data splits, the ONNX path, the calibration samples ``{pixel_values: [1, ...]}``)."""
+    import torch
+    from digits_vit.digits import splits, train
+
+    data = splits()
+    model = train(data)
+    path = Path(tmp) / "digits.onnx"
+    export(model, (torch.from_numpy(data["x_test"][:1]),), path, ["pixel_values"], ["logits"])
+    return data, path, [{"pixel_values": x[None]} for x in data["x_calib"]]

@@ -1,0 +1,186 @@
+"""What ``edgecompile inspect`` prints for an artifact: its summary, and the per-layer views of its
+quantization, low-rank factorization, hash attention and float kernels (tables, or ``--json``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def inspect_artifact(path: Path, as_json: bool) -> None:
+    from edgecompile.runtime.manifest import read_verified
+
+    m = read_verified(path)
+    if as_json:
+        out.print_json(json.dumps(m))
+        return
+    out.print(
+        f"{path}: {m['source'].get('file', m['source'].get('frontend'))} for {m['target']['name']}, "
+        f"recipe {m['recipe']['spec']}, TVM {m['tvm_version']}, edgecompile {m['edgecompile_version']}",
+        highlight=False,
+    )
+    for kind in ("inputs", "outputs"):
+        for t in m[kind]:
+            out.print(f"  {kind[:-1]} {t['name']}: {'x'.join(map(str, t['shape']))} {t['dtype']}", highlight=False)
+    e = m.get("energy")
+    if e:
+        ops = ", ".join(f"{k} {v:.3g}" for k, v in e["counts"].items())
+        out.print(
+            f"  energy estimate {e['total_uj']:.4g} uJ per run (compute {e['compute_uj']:.4g}, memory "
+            f"{e['memory_uj']:.4g}; {ops})",
+            highlight=False,
+        )
+    cm = m.get("coreml")
+    if cm:
+        out.print(
+            f"  Core ML {cm['minimum_deployment_target']}: compute {cm['compute_precision']}, weights {cm['weights']}; "
+            f"weight tensors {', '.join(f'{k} {v}' for k, v in cm['weight_dtypes'].items())}",
+            highlight=False,
+        )
+        for t in cm["inputs"] + cm["outputs"]:
+            out.print(f"  Core ML feature {t['name']}: {'x'.join(map(str, t['shape']))} {t['dtype']}", highlight=False)
+        out.print(f"  Core ML ops: {', '.join(f'{k} {v}' for k, v in cm['ops'].items())}", highlight=False)
+        if cm["stayed_float"]:
+            out.print(f"  stayed float (Core ML has no integer-only form): {', '.join(cm['stayed_float'])}")
+    for name, digest in m["files"].items():
+        out.print(f"  file {name} sha256 {digest[:16]}…", highlight=False)
+
+
+def _manifest_section(path: Path, key: str, missing: str) -> dict:
+    """The artifact's manifest entry ``key``, or a clear error saying ``missing``."""
+    from edgecompile.errors import ArtifactError
+    from edgecompile.runtime.manifest import read_verified
+
+    section = read_verified(path).get(key)
+    if not section:
+        raise ArtifactError(f"{path} was not compiled with {missing}")
+    return section
+
+
+def inspect_hash(path: Path, as_json: bool) -> None:
+    h = _manifest_section(path, "hash_attention", "a hash-attention recipe (no attention data)")
+    if as_json:
+        out.print_json(json.dumps(h))
+        return
+    table = Table(title=f"{path}: attention blocks (hash-attention {h['options']}, {h['samples']} samples)")
+    cols = ("block", "tokens", "heads", "converted", "fidelity (rel. err)", "c", "exact rows", "energy uJ soft -> hash")
+    for col in (*cols, "why"):
+        table.add_column(col)
+    soft = hashed = 0.0
+    for r in h["layers"]:
+        e = r["energy_hash_uj"] if r["converted"] else r["energy_softmax_uj"]
+        soft, hashed = soft + r["energy_softmax_uj"], hashed + e
+        fid = f"{r['fidelity_relerr']:.4f}" if "fidelity_relerr" in r else "-"
+        table.add_row(
+            r["name"], str(r["seq"]), str(r["heads"]), "yes" if r["converted"] else "no", fid, str(r.get("c", "-")),
+            ",".join(map(str, r.get("global_queries") or [])) or "-",
+            f"{r['energy_softmax_uj']:.4g} -> {r['energy_hash_uj']:.4g}", r["reason"],
+        )  # fmt: skip
+    out.print(table)
+    d, d_all = h["drop"] or {}, h["drop_no_gate"] or {}
+    out.print(
+        f"attention energy {soft:.4g} -> {hashed:.4g} uJ ({100 * (1 - hashed / soft) if soft else 0:.1f}% less); "
+        f"output drop on held-out calibration samples {d.get('drop', 0):.4g} (every eligible block converted: "
+        f"{d_all.get('drop', 0):.4g})",
+        highlight=False,
+    )
+
+
+def inspect_lowrank(path: Path, as_json: bool) -> None:
+    lr = _manifest_section(path, "lowrank", "a lowrank recipe (no factorization data)")
+    if as_json:
+        out.print_json(json.dumps(lr))
+        return
+    table = Table(title=f"{path}: low-rank layers ({lr['budget']}, {lr['method']} SVD, {lr['samples']} samples)")
+    for col in ("layer", "role", "in x out", "rank", "params", "error", "ms dense", "ms factored", "kept dense"):
+        table.add_column(col)
+    for r in lr["layers"]:
+        fac = f"{r['factored_ms']:.3f}" if r["factored_ms"] is not None else "-"
+        params = f"{r['params_before']} -> {r['params_after']}"
+        table.add_row(
+            r["name"], r["role"], "x".join(map(str, r["shape"])), str(r["rank"] or "-"), params,
+            f"{r['error']:.4f}", f"{r['dense_ms']:.3f}", fac, r["kept_dense"] or "",
+        )  # fmt: skip
+    out.print(table)
+    ratio = lr["params_after"] / max(lr["params_before"], 1)
+    err = ", ".join(f"{k} {v}" for k, v in lr["model_error"].items() if k != "drop")
+    out.print(
+        f"parameters of these layers: {lr['params_before']} -> {lr['params_after']} ({ratio:.2f}x)"
+        + (f"; model output vs float on calibration samples: {err}" if err else ""),
+        highlight=False,
+    )
+
+
+def inspect_float_ops(path: Path, as_json: bool) -> None:
+    from edgecompile.errors import ArtifactError
+    from edgecompile.runtime.manifest import read_verified
+
+    m = read_verified(path)
+    rows = m.get("float_ops")
+    if rows is None and m.get("coreml"):
+        stayed = m["coreml"]["stayed_float"]
+        if as_json:
+            out.print_json(json.dumps({"coreml": True, "stayed_float": stayed}))
+            return
+        out.print(
+            f"{path}: a Core ML package computing in {m['coreml']['compute_precision']}"
+            + (f"; integer-only ops that stayed float: {', '.join(stayed)}" if stayed else ""),
+            highlight=False,
+        )
+        return
+    if rows is None:
+        raise ArtifactError(f"{path} was compiled before float kernels were recorded: compile it again")
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"{path}: kernels with float arithmetic (recipe {m['recipe']['spec']})")
+    for col in ("kernel", "role", "float arithmetic", "in", "out"):
+        table.add_column(col)
+    for r in rows:
+        role = r["role"] if r["role"] != "float op" else "[yellow]float op[/]"
+        table.add_row(r["kernel"], role, ", ".join(r["float"]), ", ".join(r["in"]), r["out"])
+    out.print(table)
+    inside = sum(r["role"] == "float op" for r in rows)
+    out.print(
+        f"{len(rows)} kernels with float arithmetic, {inside} of them between the input quantize and "
+        "the output dequantize",
+        highlight=False,
+    )
+
+
+def inspect_quant(path: Path, as_json: bool) -> None:
+    q = _manifest_section(path, "quantization", "a quantizing recipe (no per-layer data)")
+    rows = sorted(q["layers"], key=lambda r: (not r["quantized"], r["sqnr_db"]))
+    if as_json:
+        out.print_json(json.dumps({**q, "layers": rows}))
+        return
+    obs = q["observer"] + (f" {q['percentile']}" if q.get("percentile") else "")
+    table = Table(title=f"{path}: integer layers, worst SQNR first ({obs}, {q['samples']} calibration samples)")
+    for col in ("layer", "kind", "integer", "SQNR dB", "scale in", "scale out", "weight scales"):
+        table.add_column(col)
+
+    def fmt(v):
+        if v is None:
+            return "-"
+        return ", ".join(f"{x:.3g}" for x in v) if isinstance(v, list) else f"{v:.3g}"
+
+    for r in rows:
+        ws = f"{r['weight_scale_min']:.3g}..{r['weight_scale_max']:.3g}" if "weight_scale_min" in r else "-"
+        table.add_row(
+            r["name"],
+            r["kind"] + (f" ({r['impl']})" if "impl" in r else ""),
+            "yes" if r["quantized"] else "float",
+            f"{r['sqnr_db']:.1f}",
+            fmt(r.get("scale_in")),
+            fmt(r.get("scale_out")),
+            ws,
+        )
+    out.print(table)
+    if q["kept_float"]:
+        out.print(f"kept in float: {', '.join(q['kept_float'])}", highlight=False)

@@ -1,0 +1,88 @@
+"""The ``int8`` recipe's handlers (:data:`edgecompile.quant.rewriter.Handler`): linear layers,
+activation matmuls, adds of two integer tensors and embeddings, emitted in integers."""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from edgecompile.ir.layers import Layer
+from edgecompile.ir.ops import const_array
+from edgecompile.quant.rewriter import Acc, Float, Int8, Rewriter
+
+
+def _weight_quant(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = np.abs(w).max(axis=0) / 127.0
+    s = np.where(s > 0, s, 1.0).astype(np.float64)
+    q = np.clip(np.rint(w / s), -127, 127).astype(np.int8)
+    return q, s
+
+
+def linear(rw: Rewriter, layer: Layer) -> bool:
+    """int8 ``x`` (smoothed where calibration chose it), int8 ``W`` per output channel, int32
+    accumulation plus the int32 bias: an :class:`Acc` at ``S_x * S_w[c]``."""
+    call = layer.binding.value
+    xq, sx, sigma = rw.as_quant_smoothed(call.args[0])
+    w = const_array(call.args[1])
+    wq, sw = _weight_quant(w if sigma is None else (w * sigma[:, None]).astype(np.float32))
+    acc = rw.bb.emit(relax.op.matmul(xq, relax.const(wq, "int8"), out_dtype="int32"), name_hint=f"{layer.name}_acc")
+    if layer.bias_binding is not None:
+        (bias,) = [c for a in layer.bias_binding.value.args if (c := const_array(a)) is not None]
+        bq = np.clip(np.rint(bias.reshape(-1) / (sx * sw)), -(2**31), 2**31 - 1).astype(np.int32)
+        acc = rw.bb.emit(relax.op.add(acc, relax.const(bq, "int32")), name_hint=f"{layer.name}_bias")
+    sy = rw.scale[layer.output]
+    rw.env[layer.output] = Acc(acc, sx * sw, sy)
+    layer.info = {
+        "scale_in": sx,
+        "scale_out": sy,
+        "weight_scale_min": float(sw.min()),
+        "weight_scale_max": float(sw.max()),
+        **({"smoothing": [float(sigma.min()), float(sigma.max())]} if sigma is not None else {}),
+    }
+    return True
+
+
+def matmul(rw: Rewriter, layer: Layer) -> bool:
+    """Both activations int8 (a softmax output as unsigned ``u - 128``), int32 accumulation."""
+    unsigned = rw.as_unsigned(layer.inputs[0])
+    (aq, sa), (bq, sb) = unsigned or rw.as_quant(layer.inputs[0]), rw.as_quant(layer.inputs[1])
+    acc = relax.op.matmul(aq, bq, out_dtype="int32")
+    if unsigned is not None:
+        zero = relax.op.sum(relax.op.astype(bq, "int32"), axis=[-2], keepdims=True)
+        acc = relax.op.add(acc, relax.op.multiply(zero, relax.const(np.int32(128))))
+    acc = rw.bb.emit(acc, name_hint=f"{layer.name}_acc")
+    sy = rw.scale[layer.output]
+    rw.env[layer.output] = Acc(acc, np.float64(sa) * sb, sy)
+    layer.info = {"scale_in": [sa, sb], "scale_out": sy}
+    return True
+
+
+def embedding(rw: Rewriter, layer: Layer) -> bool:
+    """The table stored int8 with a scale per row; gathered rows are dequantized (float output)."""
+    call = layer.binding.value
+    table = const_array(call.args[0])
+    s = np.abs(table).max(axis=1) / 127.0
+    s = np.where(s > 0, s, 1.0).astype(np.float32)
+    q = np.clip(np.rint(table / s[:, None]), -127, 127).astype(np.int8)
+    ids = rw.as_float(call.args[1]) if isinstance(call.args[1], relax.Var) else call.args[1]
+    rows = relax.Call(call.op, [relax.const(q, "int8"), ids], call.attrs)
+    scales = relax.Call(call.op, [relax.const(s, "float32"), ids], call.attrs)
+    y = relax.op.multiply(relax.op.astype(rows, "float32"), relax.op.expand_dims(scales, -1))
+    rw.env[layer.output] = Float(rw.bb.emit(y, name_hint=layer.name))
+    layer.info = {"scale_out_min": float(s.min()), "scale_out_max": float(s.max())}
+    return True
+
+
+def add(rw: Rewriter, layer: Layer) -> bool:
+    """Of two integer tensors only (a float operand keeps the add in float): each rescaled to the
+    output scale, summed, saturated to int8."""
+    a, b = layer.inputs
+    if rw.is_float(a) or rw.is_float(b):
+        return False
+    (qa, sa), (qb, sb) = rw.as_quant(a), rw.as_quant(b)
+    sy = rw.scale[layer.output]
+    total = relax.op.add(rw.rescale(qa, np.float64(sa) / sy), rw.rescale(qb, np.float64(sb) / sy))
+    y = relax.op.astype(relax.op.clip(total, -128, 127), "int8")
+    rw.env[layer.output] = Int8(rw.bb.emit(y, name_hint=layer.name), sy)
+    layer.info = {"scale_in": [sa, sb], "scale_out": sy}
+    return True

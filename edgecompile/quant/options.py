@@ -1,0 +1,94 @@
+"""The options of the ``int8`` and ``int8-integer-only`` recipe parts: :class:`QuantOptions`, parsed
+from the part's ``key=value`` strings and validated, and the integer-only op choices it draws on.
+
+Imports neither TVM nor numpy, so parsing a recipe stays cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from edgecompile.errors import RecipeError
+
+# the activation range observers, as in edgecompile.calibrate.observers.OBSERVERS (a test checks)
+OBSERVERS = ("minmax", "percentile", "mse", "entropy")
+
+# the nonlinears the integer-only recipe can run in integers (see edgecompile.quant.integer_only),
+# the implementations each accepts, and the flavors that choose them all at once (``ops=``)
+NONLINEAR_KINDS = ("softmax", "gelu", "layernorm", "tanh")
+IMPLEMENTATIONS = {
+    "softmax": ("ivit", "ibert", "float"),
+    "gelu": ("ivit", "ibert", "float"),
+    "layernorm": ("ivit", "ibert", "float"),
+    "tanh": ("ivit", "float"),
+}
+FLAVORS = {
+    "ivit": {"softmax": "ivit", "gelu": "ivit", "layernorm": "ivit", "tanh": "ivit"},
+    "ibert": {"softmax": "ibert", "gelu": "ibert", "layernorm": "ibert", "tanh": "ivit"},
+}
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """Options of the ``int8`` / ``int8-integer-only`` recipe part."""
+
+    observer: str = "percentile"
+    percentile: float = 99.99
+    samples: int | None = None  # calibration samples to use (None: all given)
+    keep_float: tuple[str, ...] = ()  # layer names or fnmatch patterns left in float
+    # integer-only: op -> implementation ("ivit" | "ibert" | "float") for softmax, gelu, layernorm,
+    # tanh, sorted by op; empty for ``int8``
+    nonlinear: tuple[tuple[str, str], ...] = ()
+    # SmoothQuant's migration strength alpha (None: chosen per tensor; 0: off), see
+    # :func:`edgecompile.quant.smooth.smoothing_factors`
+    smooth: float | None = None
+    keep_worst: int = 0  # also keep the k layers with the lowest SQNR in float
+
+    @property
+    def integer_only(self) -> bool:
+        return bool(self.nonlinear)
+
+    def __post_init__(self) -> None:
+        if self.observer not in OBSERVERS:
+            raise RecipeError(f"int8: unknown observer '{self.observer}' (choose {', '.join(OBSERVERS)})")
+        if not 50.0 < self.percentile <= 100.0:
+            raise RecipeError(f"int8: percentile must be in (50, 100], got {self.percentile}")
+        if self.smooth is not None and not 0.0 <= self.smooth <= 1.0:
+            raise RecipeError(f"int8: smooth must be auto or in [0, 1] (0: off), got {self.smooth}")
+        if self.samples is not None and self.samples < 1:
+            raise RecipeError("int8: samples must be at least 1")
+        chosen = dict(self.nonlinear)
+        for kind, allowed in IMPLEMENTATIONS.items():
+            if kind in chosen and chosen[kind] not in allowed:
+                raise RecipeError(
+                    f"int8-integer-only: {kind} must be one of {', '.join(allowed)}, got '{chosen[kind]}'"
+                )
+
+    @classmethod
+    def from_options(cls, options: dict[str, str], integer_only: bool) -> QuantOptions:
+        """The options of an ``int8`` (or, ``integer_only``, ``int8-integer-only``) recipe part; the
+        int8 options are checked first, then the integer-only ones."""
+        observer = options.get("observer", cls.observer)
+        try:
+            percentile = float(options.get("percentile", cls.percentile))
+            samples = int(options["samples"]) if "samples" in options else None
+            keep_worst = int(options.get("keep_worst", 0))
+            smooth = options.get("smooth", "auto")
+            smooth = None if smooth == "auto" else float(smooth)
+        except ValueError as e:
+            cls(observer)  # an unknown observer is reported before a malformed number
+            raise RecipeError(f"int8: malformed option value ({e})") from e
+        keep = tuple(p for p in options.get("keep_float", "").replace(";", " ").split() if p)
+        parsed = cls(observer, percentile, samples, keep, (), smooth, keep_worst)
+        if not integer_only:
+            return parsed
+        return replace(parsed, nonlinear=tuple(sorted(nonlinear_choice(options).items())))
+
+
+def nonlinear_choice(options: dict[str, str]) -> dict[str, str]:
+    """op -> implementation from an ``int8-integer-only`` recipe part's options: the flavor's
+    (``ops=``, default ``ivit``) with the per-op overrides (``softmax=``, ...) applied."""
+    flavor = options.get("ops", "ivit")
+    if flavor not in FLAVORS:
+        raise RecipeError(f"int8-integer-only: ops must be one of {', '.join(FLAVORS)}, got '{flavor}'")
+    return {**FLAVORS[flavor], **{kind: options[kind] for kind in IMPLEMENTATIONS if kind in options}}

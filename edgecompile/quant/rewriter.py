@@ -1,0 +1,330 @@
+"""The walk of the int8 rewrite: how each tensor is held while ``main`` is rewritten
+(:class:`Float`, :class:`Int8`, :class:`Acc`), the conversions between those forms, and the
+:class:`Rewriter` that goes binding by binding, handing each layer to the handler its recipe's table
+names (:mod:`edgecompile.quant.registry`) and emitting every other binding in float.
+
+The rewriter knows no recipe: the handlers (:mod:`edgecompile.quant.int8`,
+:mod:`edgecompile.quant.integer_only`) emit the layers, through the conversions here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+from tvm import relax
+
+from edgecompile import intref
+from edgecompile.ir.layers import LAYOUT_OPS, Layer, nonnegative_vars
+from edgecompile.ir.ops import const_array, op_name, scalar_f32
+from edgecompile.ir.walk import bindings, emit_binding, substitute
+from edgecompile.quant import emit as iop
+from edgecompile.quant.options import NONLINEAR_KINDS
+
+
+@dataclass(frozen=True)
+class Float:
+    """A float32 tensor."""
+
+    expr: relax.Expr
+
+
+@dataclass(frozen=True)
+class Int8:
+    """An int8 tensor at one scale for the whole tensor: ``x ~ scale * expr``."""
+
+    expr: relax.Expr | None  # None in a form (Rewriter.form): how a tensor was held, without its value
+    scale: float
+
+
+@dataclass(frozen=True)
+class Acc:
+    """An int32 tensor ``x ~ scale * expr``: the accumulator of a linear layer or matmul (per output
+    channel after a linear layer), or an integer-only op's output. An integer op reading it as int8
+    gets it requantized to the calibrated ``out_scale``; a float op reads ``float(expr) * scale``
+    directly, skipping the int8 rounding. ``narrow``: its values fit 16 bits (an integer-only
+    LayerNorm reads it as it is)."""
+
+    expr: relax.Expr | None  # None in a form (Rewriter.form)
+    scale: float | np.ndarray
+    out_scale: float
+    narrow: bool = False
+
+
+# Emits a layer in integers: its output into ``rewriter.env``, its scales into ``layer.info``; False
+# leaves the layer float. The recipes' tables of them: :mod:`edgecompile.quant.registry`.
+Handler = Callable[["Rewriter", Layer], bool]
+
+
+class Rewriter:
+    """Emits the rewrite of one function into ``bb``. ``env`` maps each original var to how it is
+    held now (:class:`Float`, :class:`Int8` or :class:`Acc`). A layer goes to
+    ``handlers[layer.kind]`` (a :data:`Handler`; False or no handler: it stays float); ``nonlinear``
+    (integer-only: op -> implementation) says which integer nonlinear the handlers emit,
+    ``smooth`` maps linear inputs to ``(sigma, threshold of x / sigma)``
+    (:func:`edgecompile.quant.smooth.smoothing_factors`), ``maxima`` the largest ``|x|``
+    calibration saw per var."""
+
+    def __init__(
+        self,
+        bb: relax.BlockBuilder,
+        thresholds: dict,
+        layers: list[Layer],
+        keep_float,
+        handlers: dict[str, Handler],
+        nonlinear: dict[str, str] | None = None,
+        smooth: dict | None = None,
+        maxima: dict | None = None,
+    ):
+        self.bb = bb
+        self.scale = {v: t / 127.0 for v, t in thresholds.items()}
+        self.handlers = handlers
+        self.impl = dict(nonlinear or {})
+        self.integer_only = bool(nonlinear)
+        self.smooth: dict = smooth or {}  # linear input var -> (sigma, threshold of x / sigma)
+        self.maxima: dict = maxima or {}  # var -> largest |x| seen in calibration
+        self.nonneg: set = set()  # values in [0, 1]: edgecompile.ir.layers.nonnegative_vars
+        self.nans: dict = {}  # isnan(x) of an integer x -> x
+        self.env: dict = {}
+        self.fcache: dict = {}
+        self.qcache: dict = {}
+        self.layers = {layer.binding.var: layer for layer in layers}
+        self.bias_of = {layer.bias_binding.var: layer for layer in layers if layer.bias_binding is not None}
+        self.gelu_of = {v: layer for layer in layers if layer.kind == "gelu" for v in layer.region.interior}
+        self.keep = tuple(keep_float)
+        # per rewritten layer, the form (Rewriter.form) of each integer input it read; per-layer
+        # sensitivity rebuilds these from float values (edgecompile.quant.layer_switch)
+        self.forms: dict[str, dict] = {}
+
+    def is_float(self, v) -> bool:
+        """``v`` is held in float (or not held: a parameter, a constant)."""
+        return not isinstance(self.env.get(v), (Int8, Acc))
+
+    def form(self, v) -> Int8 | Acc | None:
+        """How ``v`` is held now, without its expression; None where it is float."""
+        e = self.env.get(v)
+        return None if e is None or isinstance(e, Float) else replace(e, expr=None)
+
+    # -- conversions -------------------------------------------------------------------------
+    def as_float(self, v):
+        e = self.env.get(v)
+        if e is None or isinstance(e, Float):
+            return v if e is None else e.expr
+        if v not in self.fcache:
+            scale = np.asarray(e.scale, np.float32)
+            deq = relax.op.multiply(relax.op.astype(e.expr, "float32"), relax.const(scale, "float32"))
+            self.fcache[v] = self.bb.emit(deq, name_hint=f"{v.name}_deq")
+        return self.fcache[v]
+
+    def as_quant(self, v):
+        """``(int8 expr, scale)``: an int32 ``v`` requantized to its calibrated scale, a float one quantized."""
+        e = self.env.get(v)
+        if isinstance(e, Int8):
+            return e.expr, e.scale
+        if v not in self.qcache:
+            if isinstance(e, Acc):
+                q = self.requant(e.expr, np.asarray(e.scale, np.float64) / e.out_scale, f"{v.name}_q")
+                self.qcache[v] = (q, e.out_scale)
+            else:
+                s = self.scale[v]
+                x = relax.op.multiply(self.as_float(v), relax.const(np.float32(1.0 / np.float32(s))))
+                q = relax.op.astype(relax.op.clip(relax.op.round(x), -128, 127), "int8")
+                self.qcache[v] = (self.bb.emit(q, name_hint=f"{v.name}_q"), s)
+        return self.qcache[v]
+
+    def as_quant_smoothed(self, v):
+        """``v / sigma`` as int8 for the linear layers reading ``v``
+        (:func:`edgecompile.quant.smooth.smoothing_factors`): ``(int8 expr, scale, sigma)``; sigma
+        is None where ``v`` is not smoothed or is int8 already."""
+        e = self.env.get(v)
+        if v not in self.smooth or isinstance(e, Int8):
+            q, s = self.as_quant(v)
+            return q, s, None
+        key = (v, "smoothed")
+        if key not in self.qcache:
+            sigma, t = self.smooth[v]
+            s = t / 127.0
+            if isinstance(e, Acc):
+                q = self.requant(e.expr, np.asarray(e.scale, np.float64) / (s * sigma), f"{v.name}_sq")
+            else:
+                x = relax.op.multiply(self.as_float(v), relax.const((1.0 / (s * sigma)).astype(np.float32)))
+                q = self.bb.emit(
+                    relax.op.astype(relax.op.clip(relax.op.round(x), -128, 127), "int8"), name_hint=f"{v.name}_sq"
+                )
+            self.qcache[key] = (q, s, sigma)
+        return self.qcache[key]
+
+    def as_unsigned(self, v):
+        """``(u - 128 as int8, scale)`` for a tensor of probabilities in ``[0, 1]`` (softmax): all
+        256 levels on ``[0, max]``, twice the resolution of int8 at zero point 0; the matmul
+        reading it adds ``128 * sum_k B[k, :]`` back. None where ``v`` is int8 already."""
+        e = self.env.get(v)
+        if v not in self.nonneg or isinstance(e, Int8):
+            return None
+        key = (v, "unsigned")
+        if key not in self.qcache:
+            if isinstance(e, Acc):  # integer-only softmax: [0, 255] at 2^-8
+                q = relax.op.astype(relax.op.subtract(e.expr, relax.const(np.int32(128))), "int8")
+                self.qcache[key] = (self.bb.emit(q, name_hint=f"{v.name}_u"), float(e.scale))
+            else:
+                s = self.scale[v] * 127.0 / 255.0
+                x = relax.op.multiply(self.as_float(v), relax.const(np.float32(1.0 / np.float32(s))))
+                x = relax.op.subtract(relax.op.clip(relax.op.round(x), 0, 255), relax.const(np.float32(128)))
+                self.qcache[key] = (self.bb.emit(relax.op.astype(x, "int8"), name_hint=f"{v.name}_u"), s)
+        return self.qcache[key]
+
+    def as_int(self, v, narrow: bool = False):
+        """``(expr, scale)``: ``v`` as integers at one scale for the whole tensor (int8, or an int32
+        at one scale, within 16 bits if ``narrow``)."""
+        e = self.env.get(v)
+        if isinstance(e, Acc) and np.ndim(e.scale) == 0 and (not narrow or e.narrow):
+            return e.expr, float(e.scale)
+        return self.as_quant(v)
+
+    def to_scale(self, x, s_out: float, limit: int = 2**30) -> relax.Expr:
+        """``x`` (an integer tensor, a constant or a float tensor) as int64 at ``s_out``."""
+        c = const_array(x)
+        if c is not None:
+            return relax.const(np.clip(np.rint(c.astype(np.float64) / s_out), -limit, limit).astype(np.int64), "int64")
+        e = self.env.get(x)
+        if isinstance(e, Int8):
+            return self.rescale(e.expr, np.float64(e.scale) / s_out)
+        if isinstance(e, Acc):
+            return self.rescale(e.expr, np.asarray(e.scale, np.float64) / s_out)
+        # a float tensor computed from the inputs (an attention mask): quantized in a kernel of its
+        # own, so its float arithmetic is not fused into the integer kernel that reads it
+        q = iop.emit_input_quantize(self.bb, self.as_float(x), 1.0 / np.float32(s_out), limit)
+        return relax.op.astype(q, "int64")
+
+    @staticmethod
+    def rescale(x, ratio):
+        """:func:`edgecompile.intref.rescale` by the dyadic form of ``ratio``: int64, unclipped.
+        A negative ratio (a LayerNorm channel with a negative gamma) negates the multiplier."""
+        ratio = np.asarray(ratio, np.float64)
+        b, c = intref.dyadic(np.abs(ratio))
+        b = np.where(ratio < 0, -b, b).astype(np.int64)
+        y = relax.op.multiply(relax.op.astype(x, "int64"), relax.const(b, "int64"))
+        y = relax.op.add(y, relax.const(np.int64(1) << (c - 1), "int64"))
+        return relax.op.right_shift(y, relax.const(c, "int64"))
+
+    def requant(self, acc, ratio, name):
+        y = relax.op.clip(self.rescale(acc, ratio), -128, 127)
+        return self.bb.emit(relax.op.astype(y, "int8"), name_hint=name)
+
+    def set_acc(self, layer: Layer, y: relax.Expr, scale, narrow: bool = False) -> None:
+        """The layer's output is the int32 ``y`` at ``scale``."""
+        self.env[layer.output] = Acc(self.bb.emit(y, name_hint=layer.name), scale, self.scale[layer.output], narrow)
+
+    # -- the walk ------------------------------------------------------------------------------
+    def walk(self, func: relax.Function, params: list[relax.Var]) -> relax.Expr:
+        """Rewrite the bindings of ``func``, whose parameters are ``params`` now; its result, in float."""
+        self.env.update({p: Float(n) for p, n in zip(func.params, params)})
+        self.nonneg = nonnegative_vars(func)
+        for b in bindings(func):
+            self.binding(b)
+        ret = func.body.body
+        return substitute(ret, {u: self.as_float(u) for u in relax.analysis.free_vars(ret)})
+
+    def kept(self, layer: Layer) -> bool:
+        return any(fnmatch.fnmatchcase(layer.name, p) for p in self.keep)
+
+    def handler(self, layer: Layer) -> Handler | None:
+        """What emits ``layer`` in integers; None leaves it float: kept by ``keep_float``, a kind the
+        recipe's table has no handler for (a nonlinear it keeps in float), or a nonlinear whose
+        input is float."""
+        if self.kept(layer) or (layer.kind in NONLINEAR_KINDS and self.is_float(layer.inputs[0])):
+            return None
+        return self.handlers.get(layer.kind)
+
+    def rewrite(self, layer: Layer) -> bool:
+        """Emit ``layer`` in integers; False leaves it to the float path."""
+        handler = self.handler(layer)
+        return handler is not None and handler(self, layer)
+
+    def binding(self, b: relax.VarBinding) -> None:
+        done = (
+            self.int32_layout(b)
+            or self.nan_guard(b)
+            or self.layer_binding(b)
+            or self.skipped(b.var)
+            or self.integer_passthrough(b)
+        )
+        if not done:
+            mapping = {u: self.as_float(u) for u in relax.analysis.free_vars(b.value) if u in self.env}
+            self.env[b.var] = Float(emit_binding(self.bb, b, substitute(b.value, mapping)))
+
+    def layer_binding(self, b: relax.VarBinding) -> bool:
+        """A layer, emitted by its handler (the forms of its inputs recorded in :attr:`forms`)."""
+        layer = self.layers.get(b.var)
+        if layer is None or self.kept(layer):
+            return False
+        forms = {x: f for x in layer.inputs if (f := self.form(x)) is not None}
+        if not self.rewrite(layer):
+            return False
+        self.forms[layer.name] = forms
+        return True
+
+    def skipped(self, v) -> bool:
+        """Bindings whose value another rewrite already covers: a bias folded into its linear
+        layer, the inside of a GELU emitted whole."""
+        gelu = self.gelu_of.get(v)
+        if gelu is not None and self.handler(gelu) is not None:
+            return True
+        return v in self.bias_of and not self.kept(self.bias_of[v])
+
+    def int32_layout(self, b: relax.VarBinding) -> bool:
+        """Integer-only: a layout op moves an int32 tensor at one scale as it is."""
+        v, value = b.var, b.value
+        if not self.integer_only or v in self.layers or op_name(value) not in LAYOUT_OPS:
+            return False
+        e = self.env.get(value.args[0]) if isinstance(value.args[0], relax.Var) else None
+        if not isinstance(e, Acc) or np.ndim(e.scale) != 0:
+            return False
+        new = relax.Call(value.op, [e.expr, *value.args[1:]], value.attrs, value.ty_args)
+        self.env[v] = Acc(self.bb.emit(new, name_hint=v.name), e.scale, e.out_scale, e.narrow)
+        return True
+
+    def nan_guard(self, b: relax.VarBinding) -> bool:
+        """Exporters guard attention against all-masked rows with ``where(isnan(P), 0, P)``: an
+        integer tensor is never NaN, so the guard is the tensor itself (no float kernel); a float
+        one stays."""
+        v, value, name = b.var, b.value, op_name(b.value)
+        if name == "relax.isnan" and isinstance(value.args[0], relax.Var) and not self.is_float(value.args[0]):
+            shape = [int(d) for d in v.ty.shape.values]
+            self.env[v] = Float(self.bb.emit(relax.op.zeros(shape, "bool"), name_hint=v.name))
+            self.nans[v] = value.args[0]
+            return True
+        if name != "relax.where" or scalar_f32(value.args[1]) != 0.0 or not isinstance(value.args[2], relax.Var):
+            return False
+        x = value.args[2]
+        if self.nans.get(value.args[0]) is not None and self.nans[value.args[0]].same_as(x):
+            self.env[v] = self.env[x]
+            return True
+        return False
+
+    def integer_passthrough(self, b: relax.VarBinding) -> bool:
+        """An integer tensor through a multiply or divide by a positive constant scalar (only its
+        scale changes), a layout op or ReLU (in int8)."""
+        v, value, op = b.var, b.value, op_name(b.value)
+        if not op or not isinstance(value.args[0], relax.Var) or self.is_float(value.args[0]):
+            return False
+        x = value.args[0]
+        c = scalar_f32(value.args[1]) if op in ("relax.multiply", "relax.divide") else None
+        if c is not None and c > 0:
+            f = c if op == "relax.multiply" else 1.0 / c
+            e = self.env[x]
+            self.env[v] = (
+                Int8(e.expr, e.scale * f) if isinstance(e, Int8) else Acc(e.expr, e.scale * f, e.out_scale * f)
+            )
+            return True
+        if op in LAYOUT_OPS or op == "relax.nn.relu":
+            q, s = self.as_quant(x)
+            if op == "relax.nn.relu":
+                new = relax.op.maximum(q, relax.const(0, "int8"))
+            else:
+                new = relax.Call(value.op, [q, *value.args[1:]], value.attrs, value.ty_args)
+            self.env[v] = Int8(self.bb.emit(new, name_hint=v.name), s)
+            return True
+        return False
