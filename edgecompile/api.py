@@ -207,12 +207,10 @@ def _tvm_manifest(imported, mod, rec, profile, lib, float_ops, tune, sections: d
     from edgecompile.ir.energy import model_energy
     from edgecompile.runtime.manifest import Manifest
 
-    return Manifest(
-        target=profile.to_json(),
-        recipe=rec.to_json(),
-        source=imported.source,
-        inputs=[s.to_json() for s in imported.inputs],
-        outputs=[s.to_json() for s in imported.outputs],
+    return Manifest.describing(
+        imported,
+        rec,
+        profile,
         library=lib.file.name,
         linker=lib.linker,
         link_command=lib.link_command,

@@ -111,12 +111,10 @@ def export_coreml(
     model = _convert(ct, mod, imported, profile, target, fp16, quant is not None)
     _save(model, rec, staging / PACKAGE)
     coreml = _coreml_section(ct, model.get_spec(), profile, fp16, quant)
-    return Manifest(
-        target=profile.to_json(),
-        recipe=rec.to_json(),
-        source=imported.source,
-        inputs=[s.to_json() for s in imported.inputs],
-        outputs=[s.to_json() for s in imported.outputs],
+    return Manifest.describing(
+        imported,
+        rec,
+        profile,
         library=PACKAGE,
         linker=None,
         link_command=None,

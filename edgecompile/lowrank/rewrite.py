@@ -1,11 +1,11 @@
 """Find the linear layers a low-rank recipe may factorize, and rewrite them.
 
-Candidates are the linear layers of :func:`edgecompile.lowrank.linears.linear_layers` (``matmul(x,
-W)`` with a constant 2-D ``W``, bias folded after it), named ``linear.N`` as the int8 recipe names
-them on the same model. ``layers=ffn`` keeps the feed-forward ones: a linear whose output
-(after its bias) feeds a GELU (any form :mod:`edgecompile.ir.gelu_match` recognises) or a
-ReLU is an FFN ``up``, a linear reading a GELU/ReLU output is an FFN ``down``. ``all-linear``
-takes every linear layer (attention projections, patch embedding, heads).
+Candidates are the linear layers of :func:`edgecompile.ir.layers.find_layers` (``matmul(x, W)``
+with a constant 2-D ``W``, bias folded after it), named ``linear.N`` as every stage names them.
+``layers=ffn`` keeps the feed-forward ones: a linear whose output (after its bias) feeds a GELU
+(any form :mod:`edgecompile.ir.gelu_match` recognises) or a ReLU is an FFN ``up``, a linear reading
+a GELU/ReLU output is an FFN ``down``. ``all-linear`` takes every linear layer (attention
+projections, patch embedding, heads).
 
 The rewrite replaces ``matmul(x, W)`` by ``matmul(matmul(x, P), Q)``; the bias stays after ``Q``.
 """
@@ -18,9 +18,9 @@ import numpy as np
 from tvm import relax
 
 from edgecompile.ir.gelu_match import find_gelu_regions
+from edgecompile.ir.layers import find_layers
 from edgecompile.ir.ops import const_array, op_name
 from edgecompile.ir.walk import bindings, rebuild
-from edgecompile.lowrank.linears import linear_layers
 
 
 @dataclass
@@ -48,7 +48,7 @@ def find_sites(func: relax.Function, layers: str = "ffn") -> list[Site]:
             act_in.add(b.value.args[0])
             act_out.add(b.var)
     sites = []
-    for layer in linear_layers(func):
+    for layer in (layer for layer in find_layers(func) if layer.kind == "linear"):
         x = layer.binding.value.args[0]
         role = "ffn-up" if layer.output in act_in else "ffn-down" if x in act_out else "linear"
         if layers == "ffn" and role == "linear":

@@ -81,6 +81,19 @@ class Manifest:
         return dict(sorted(body.items(), key=lambda kv: rank.get(kv[0], len(rank))))
 
     @classmethod
+    def describing(cls, imported, recipe, profile, **backend) -> Manifest:
+        """The manifest of ``imported`` (the frontend's model: ``source``, ``inputs``, ``outputs``
+        specs) compiled with ``recipe`` for ``profile``; ``backend`` holds the backend's fields."""
+        return cls(
+            target=profile.to_json(),
+            recipe=recipe.to_json(),
+            source=imported.source,
+            inputs=[s.to_json() for s in imported.inputs],
+            outputs=[s.to_json() for s in imported.outputs],
+            **backend,
+        )
+
+    @classmethod
     def from_json(cls, data: dict) -> Manifest:
         """A manifest dict (e.g. :func:`read_verified`'s) as a :class:`Manifest`; keys that are not
         typed fields go to ``extra``."""
