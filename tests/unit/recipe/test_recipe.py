@@ -45,3 +45,35 @@ def test_recipe_file(tmp_path):
 def test_errors(text, msg):
     with pytest.raises(RecipeError, match=msg):
         parse_recipe(text)
+
+
+def test_stages_follow_the_registry_with_typed_options():
+    from edgecompile.lowrank.options import LowRankOptions
+    from edgecompile.quant.options import QuantOptions
+
+    stages = parse_recipe("lowrank:ratio=0.25+int8-integer-only:ibert,keep_worst=2").stages()
+    assert [s.preset for s, _ in stages] == ["lowrank", "int8-integer-only"]
+    (_, lr), (_, q) = stages
+    assert isinstance(lr, LowRankOptions) and lr.value == 0.25
+    assert isinstance(q, QuantOptions) and q.integer_only and q.keep_worst == 2
+    assert dict(q.nonlinear)["softmax"] == "ibert"
+
+
+@pytest.mark.parametrize(
+    "text,exclusive,msg",
+    [
+        ("int8+lowrank", True, "lowrank must come before int8.*write lowrank\\+int8"),
+        ("int8+hash-attention", True, "hash-attention must come before int8"),
+        ("int8:observer=mse+int8", True, "'int8' is given twice"),
+        ("int8+int8-integer-only", True, "do not combine"),
+        ("fp16+int8", True, "int8 with fp16 activations is a Core ML recipe"),
+        ("int8:observer=median", True, "unknown observer"),
+    ],
+)
+def test_stage_order_and_combinations_are_checked(text, exclusive, msg):
+    with pytest.raises(RecipeError, match=msg):
+        parse_recipe(text).stages(exclusive=exclusive)
+
+
+def test_core_ml_takes_fp16_with_int8():
+    assert [s.preset for s, _ in parse_recipe("fp16+int8").stages(exclusive=False)] == ["fp16", "int8"]
