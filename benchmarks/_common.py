@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecompile.runtime.model import time_calls
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 if str(EXAMPLES) not in sys.path:
@@ -54,17 +56,8 @@ ENCODER_OUTPUTS = ["last_hidden_state", "pooled"]
 
 # --- timing -----------------------------------------------------------------------------------
 
-
-def time_ms(fn, runs: int, warmup: int = 3) -> list[float]:
-    """Milliseconds of each of ``runs`` calls of ``fn()``, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
+# the runtime's own timing loop (edgecompile.runtime imports TVM lazily: numpy is enough here)
+time_ms = time_calls
 
 
 def median_ms(fn, runs: int, warmup: int = 3) -> float:
