@@ -40,6 +40,8 @@ def compile(  # noqa: A001 - the product's verb
     keep_float: list[str] | None = None,
     calib_progress: Callable[[str, int, int], None] | None = None,
     on_quantized: Callable[[object], None] | None = None,
+    force: bool = False,
+    sign: str | Path | None = None,
 ) -> Path:
     """Compile ``model`` for ``target`` into an artifact directory and return its path.
 
@@ -53,10 +55,9 @@ def compile(  # noqa: A001 - the product's verb
     leading sample axis, a directory of them, or an iterable of ``{name: array}``; ``keep_float``
     names layers (or fnmatch patterns: ``matmul.*``) to leave in float; ``calib_progress(stage,
     done, total)`` reports calibration; ``on_quantized`` receives the calibrated
-    :class:`edgecompile.quant.plan.QuantResult` (per-layer sensitivity reuses it)."""
-    from edgecompile.artifact.package import finish, prepare_output
-    from edgecompile.frontend import import_model
-    from edgecompile.ir.native_output import captured
+    :class:`edgecompile.quant.plan.QuantResult` (per-layer sensitivity reuses it). An existing
+    ``output`` is replaced only if it is an artifact with no files it does not list (``force``:
+    even with them); ``sign`` names an Ed25519 private key (``edgecompile keygen``) to sign it with."""
     from edgecompile.recipe import parse_recipe
     from edgecompile.targets import get_profile
 
@@ -65,23 +66,41 @@ def compile(  # noqa: A001 - the product's verb
     rec = parse_recipe(recipe)
     stages = checked_stages(rec, profile, calib, keep_float)
     out = Path(output) if output is not None else Path("build") / f"{_model_stem(model)}-{profile.name}"
-    staging = prepare_output(out)
+    staging, seal = _prepare_output(out, force, sign)
     try:
-        say(f"importing {_model_stem(model)}")
-        with captured(log):
-            imported = import_model(model, _shapes(input_shapes), input_dtypes, example_inputs)
+        imported = _import(model, input_shapes, input_dtypes, example_inputs, say)
         if profile.runtime == "coreml":  # an ML Program through coremltools, not a TVM build
-            manifest = _coreml(imported, rec, stages, profile, staging, calib, keep_float, say, calib_progress)
-            return finish(staging, out, manifest)
+            return seal(_coreml(imported, rec, stages, profile, staging, calib, keep_float, say, calib_progress))
         ctx = stage_context(imported, profile, stages, calib, say, calib_progress)
         mod, sections = apply_stages(imported.mod, stages, ctx)
         if on_quantized is not None and "quant" in ctx.results:
             on_quantized(ctx.results["quant"])
         lib, float_ops = _build(mod, profile, staging, tune, tuning_db, tune_progress, say, rec)
-        return finish(staging, out, _tvm_manifest(imported, mod, rec, profile, lib, float_ops, tune, sections))
+        return seal(_tvm_manifest(imported, mod, rec, profile, lib, float_ops, tune, sections))
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _prepare_output(out: Path, force: bool, sign) -> tuple[Path, Callable]:
+    """The staging directory of ``out`` (checked replaceable) and ``seal(manifest)``, which seals,
+    signs (with the private key file ``sign``, if given) and moves the artifact into place."""
+    from edgecompile.artifact.package import finish, prepare_output
+    from edgecompile.artifact.signing import load_private_key
+
+    key = load_private_key(Path(sign)) if sign is not None else None
+    staging = prepare_output(out, force)
+    return staging, lambda manifest: finish(staging, out, manifest, force, key)
+
+
+def _import(model, input_shapes, input_dtypes, example_inputs, say):
+    """The frontend's model of ``model`` (its TVM noise on stdout captured into the log)."""
+    from edgecompile.frontend import import_model
+    from edgecompile.ir.native_output import captured
+
+    say(f"importing {_model_stem(model)}")
+    with captured(log):
+        return import_model(model, _shapes(input_shapes), input_dtypes, example_inputs)
 
 
 def checked_stages(rec, profile, calib, keep_float: list[str] | None = None) -> list[tuple]:

@@ -60,3 +60,13 @@ class InputMismatchError(EdgeCompileError):
 
 class CalibrationError(EdgeCompileError):
     """Calibration data is missing, malformed, or does not match the model's inputs."""
+
+
+class SignatureError(ArtifactError):
+    """The artifact's signature is missing where one is required, malformed, or does not verify."""
+
+
+class EdgeCompileWarning(UserWarning):
+    """Something the user should know that does not stop the work (e.g. degenerate calibration data).
+
+    Library code raises it with :func:`warnings.warn`; the CLI prints each as one ``warning: …`` line."""

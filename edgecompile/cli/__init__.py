@@ -2,13 +2,13 @@
 
 Every user error prints one line, ``error: …``, and exits with status 2; an unexpected failure
 prints ``internal error: …`` and exits with status 3 (set ``EDGECOMPILE_DEBUG=1`` for the
-traceback). ``run`` and ``bench`` load TVM in runtime-only mode (``TVM_USE_RUNTIME_LIB=1``): they
+traceback); Ctrl-C exits 130 (:mod:`edgecompile.cli.handling`). ``run`` and ``bench`` load TVM in
+runtime-only mode (``TVM_USE_RUNTIME_LIB=1``): they
 never need the compiler.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -18,6 +18,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from edgecompile.cli.handling import handle_errors
+from edgecompile.cli.security import RequireSignatureOption, TrustedKeyOption, trusted_keys
+from edgecompile.cli.security import register as register_security_commands
 from edgecompile.cli.views import (
     err,
     inspect_artifact,
@@ -27,7 +30,7 @@ from edgecompile.cli.views import (
     inspect_quant,
     out,
 )
-from edgecompile.errors import EdgeCompileError, InputMismatchError
+from edgecompile.errors import InputMismatchError
 
 app = typer.Typer(
     name="edgecompile",
@@ -39,33 +42,8 @@ app = typer.Typer(
 )
 
 
-def _handle_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except EdgeCompileError as e:
-            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
-        except Exception as e:  # a bug: say so in one line, keep the traceback behind a flag
-            if os.environ.get("EDGECOMPILE_DEBUG"):
-                raise
-            err.print(
-                f"internal error: {type(e).__name__}: {e} (this is a bug in edgecompile; set "
-                "EDGECOMPILE_DEBUG=1 for the traceback)",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
-            raise typer.Exit(3) from None
-
-    return wrapper
-
-
 @app.command("compile")
-@_handle_errors
+@handle_errors
 def compile_cmd(
     model: Annotated[Path, typer.Argument(help="ONNX file (external data next to it) or a torch.export .pt2 file.")],
     target: Annotated[
@@ -119,6 +97,13 @@ def compile_cmd(
             help="Layers to leave in float, NAME,... (names from `inspect --quant`, or patterns like 'matmul.*').",
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace an existing artifact at -o even if it holds files it does not list."),
+    ] = False,
+    sign: Annotated[
+        Path | None, typer.Option("--sign", help="Sign the artifact with this private key (`edgecompile keygen`).")
+    ] = None,
 ) -> None:
     """Compile MODEL for a target into an artifact directory (library + manifest.json)."""
     import time
@@ -169,6 +154,8 @@ def compile_cmd(
             calib=calib,
             keep_float=[k for k in (keep_float or "").split(",") if k.strip()] or None,
             calib_progress=on_calib,
+            force=force,
+            sign=sign,
         )
     manifest = json.loads((path / "manifest.json").read_text())
     lib = path / manifest["library"]
@@ -197,6 +184,8 @@ def _load_inputs(items: list[str] | None) -> dict:
     feeds: dict = {}
     for item in items or []:
         name, sep, file = item.partition("=")
+        if sep and name in feeds:
+            raise InputMismatchError(f"input '{name}' is given twice (--input {item})")
         path = Path(file if sep else name)
         if not path.is_file():
             raise InputMismatchError(f"input file not found: {path}")
@@ -211,12 +200,29 @@ def _load_inputs(items: list[str] | None) -> dict:
         else:
             if sep:
                 raise InputMismatchError(f"--input {item}: an .npz holds named arrays; pass it as --input {path}")
+            twice = sorted(set(feeds) & set(data.files))
+            if twice:
+                raise InputMismatchError(f"input '{twice[0]}' is given twice (again in {path})")
             feeds.update({k: data[k] for k in data.files})
     return feeds
 
 
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise InputMismatchError(f"--threads must be at least 1, got {threads}")
+
+
+def _npz_path(output: Path) -> Path:
+    """Where ``--output`` writes: an ``.npz`` file in an existing directory (numpy adds the suffix)."""
+    if output.is_dir():
+        raise InputMismatchError(f"--output {output} is a directory; give a file name such as {output}/out.npz")
+    if not output.parent.is_dir():
+        raise InputMismatchError(f"--output {output}: the directory {output.parent} does not exist")
+    return output if output.suffix == ".npz" else output.with_name(output.name + ".npz")
+
+
 @app.command("run")
-@_handle_errors
+@handle_errors
 def run_cmd(
     artifact: Annotated[Path, typer.Argument(help="Artifact directory made by `edgecompile compile`.")],
     input: Annotated[
@@ -225,6 +231,8 @@ def run_cmd(
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the outputs to this .npz file.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads to use [default: all cores].")] = None,
+    trusted_key: TrustedKeyOption = None,
+    require_signature: RequireSignatureOption = False,
 ) -> None:
     """Run ARTIFACT once on the given inputs and print or save the outputs."""
     _runtime_only()
@@ -232,16 +240,18 @@ def run_cmd(
 
     from edgecompile.runtime import load
 
-    model = load(artifact)
+    _check_threads(threads)
+    target = _npz_path(output) if output else None
+    model = load(artifact, trusted_keys(trusted_key, require_signature))
     feeds = _load_inputs(input)
     if not feeds:
         raise InputMismatchError(
             "no inputs given; pass --input NAME=file.npy for each of: " + ", ".join(i["name"] for i in model.inputs)
         )
     results = model.run(feeds, threads=threads)
-    if output:
-        np.savez(output, **results)
-        out.print(f"wrote {len(results)} output(s) to {output}", highlight=False)
+    if target:
+        np.savez(target, **results)
+        out.print(f"wrote {len(results)} output(s) to {target}", highlight=False)
     for name, value in results.items():
         flat = value.reshape(-1)
         preview = np.array2string(flat[:6], precision=5, separator=", ")
@@ -252,7 +262,7 @@ def run_cmd(
 
 
 @app.command("bench")
-@_handle_errors
+@handle_errors
 def bench_cmd(
     artifact: Annotated[Path, typer.Argument(help="Artifact directory made by `edgecompile compile`.")],
     runs: Annotated[int, typer.Option("--runs", help="Timed runs.")] = 50,
@@ -263,12 +273,17 @@ def bench_cmd(
         typer.Option("--input", "-i", help="Inputs as for `run` [default: random floats, ones for integers]."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    trusted_key: TrustedKeyOption = None,
+    require_signature: RequireSignatureOption = False,
 ) -> None:
     """Time ARTIFACT: median, p90 and min latency over --runs calls."""
     _runtime_only()
     from edgecompile.runtime import load
 
-    model = load(artifact)
+    _check_threads(threads)
+    if warmup < 0:
+        raise InputMismatchError(f"--warmup must be 0 or more, got {warmup}")
+    model = load(artifact, trusted_keys(trusted_key, require_signature))
     feeds = _load_inputs(input) or None
     res = model.benchmark(runs=runs, threads=threads, warmup=warmup, feeds=feeds)
     if as_json:
@@ -284,7 +299,7 @@ def bench_cmd(
 
 
 @app.command("inspect")
-@_handle_errors
+@handle_errors
 def inspect_cmd(
     path: Annotated[Path, typer.Argument(help="An ONNX model (op coverage) or an artifact directory (its manifest).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -349,7 +364,7 @@ def inspect_cmd(
 
 
 @app.command("report")
-@_handle_errors
+@handle_errors
 def report_cmd(
     model: Annotated[Path | None, typer.Argument(help="ONNX model file.")] = None,
     eval_data: Annotated[
@@ -441,7 +456,7 @@ def report_cmd(
 
 
 @app.command("package")
-@_handle_errors
+@handle_errors
 def package_cmd(
     artifact: Annotated[Path, typer.Argument(help="Artifact directory made by `edgecompile compile`.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory to write.")],
@@ -466,14 +481,28 @@ def package_cmd(
         typer.Option("--python", help="Add our Python runtime (run.py) beside the native runner; CUDA needs it."),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the file list as JSON.")] = False,
+    sign: Annotated[
+        Path | None, typer.Option("--sign", help="Sign the bundled manifest with this private key.")
+    ] = None,
+    trusted_key: TrustedKeyOption = None,
+    require_signature: RequireSignatureOption = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a bundle at -o even if it holds other files.")
+    ] = False,
 ) -> None:
     """Write the files a device needs to run ARTIFACT into -o, and list them with their sizes."""
-    from edgecompile.artifact.bundle import make_bundle
+    from edgecompile.artifact.bundle import BundleSecurity, make_bundle
+    from edgecompile.artifact.signing import load_private_key
     from edgecompile.errors import ArtifactError
 
     if not runtime_only:
         raise ArtifactError("bundles hold the runtime only: a device never needs the compiler (drop --with-compiler)")
-    bundle = make_bundle(artifact, output, runtime_from, python, progress=lambda m: err.print(m, highlight=False))
+    security = BundleSecurity(
+        trusted_keys(trusted_key, require_signature), load_private_key(sign) if sign else None, force
+    )
+    bundle = make_bundle(
+        artifact, output, runtime_from, python, progress=lambda m: err.print(m, highlight=False), security=security
+    )
     if as_json:
         out.print_json(json.dumps(bundle.to_json()))
         return
@@ -491,7 +520,7 @@ def package_cmd(
 
 
 @app.command("targets")
-@_handle_errors
+@handle_errors
 def targets_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the bundled target profiles and what this machine verifies of each (runs / builds)."""
     from edgecompile.targets import list_profiles
@@ -507,6 +536,9 @@ def targets_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
     for p in profiles:
         table.add_row(p.name, p.tvm.get("kind", ""), verification(p), p.description)
     out.print(table)
+
+
+register_security_commands(app, handle_errors)
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from edgecompile.errors import ArtifactError
+from edgecompile.errors import ArtifactError, SignatureError
+from edgecompile.runtime.manifest_schema import check_fields, check_name, check_regular
 
 FORMAT = "edgecompile-artifact"
 FORMAT_VERSION = 1
@@ -133,32 +134,48 @@ def seal(manifest: dict) -> bytes:
     return canonical_bytes(body)
 
 
-def read_verified(artifact: str | Path) -> dict:
-    """Read and verify an artifact's manifest and files; raise :class:`ArtifactError` if not sound."""
+def read_verified(artifact: str | Path, trusted_keys: list[bytes] | None = None) -> dict:
+    """Read and verify an artifact's manifest and files; raise :class:`ArtifactError` if not sound.
+
+    With ``trusted_keys`` (raw Ed25519 public keys; see :mod:`edgecompile.runtime.signature`) the
+    manifest must also carry a signature by one of them, checked before anything else is read."""
+    from edgecompile.runtime.signature import verify_manifest
+
     root = Path(artifact)
-    manifest, mpath = _read_manifest(root)
+    raw, mpath = _read_manifest(root)
+    if trusted_keys is not None:
+        if not trusted_keys:
+            raise SignatureError("a signature is required but no trusted public key was given")
+        verify_manifest(root, raw, list(trusted_keys))
+    try:
+        manifest = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ArtifactError(f"corrupt {MANIFEST} in {root}: {e}") from e
     _check_header(manifest, mpath)
     files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
+    if not isinstance(files, dict) or not files or not all(isinstance(d, str) for d in files.values()):
         raise ArtifactError(f"{mpath} lists no files")
+    check_fields(manifest, mpath)
     _check_unlisted(root, files)
     _check_digests(root, files)
     return manifest
 
 
-def _read_manifest(root: Path) -> tuple[object, Path]:
-    """The parsed ``manifest.json`` of the artifact directory ``root`` (any JSON value) and its path."""
+def _read_manifest(root: Path) -> tuple[bytes, Path]:
+    """The bytes of the artifact directory ``root``'s ``manifest.json`` and its path."""
     if not root.exists():
         raise ArtifactError(f"artifact not found: {root}")
     if not root.is_dir():
         raise ArtifactError(f"an artifact is a directory made by `edgecompile compile`, got a file: {root}")
     mpath = root / MANIFEST
+    if mpath.is_symlink():
+        raise ArtifactError(f"{mpath} is a symbolic link: refused")
     if not mpath.is_file():
         raise ArtifactError(f"not an edgecompile artifact (no {MANIFEST}) or incomplete: {root}")
     try:
-        return json.loads(mpath.read_text()), mpath
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"corrupt {MANIFEST} in {root}: {e}") from e
+        return mpath.read_bytes(), mpath
+    except OSError as e:
+        raise ArtifactError(f"cannot read {mpath}: {e.strerror or e}") from e
 
 
 def _check_header(manifest, mpath: Path) -> None:
@@ -181,7 +198,8 @@ def _check_unlisted(root: Path, files: dict) -> None:
     """No file in a listed directory (a Core ML package) that the manifest does not list."""
     for folder in sorted({name.split("/")[0] for name in files if "/" in name}):
         inside = (root / folder).rglob("*") if (root / folder).is_dir() else ()
-        extra = sorted(q for q in (p.relative_to(root).as_posix() for p in inside if p.is_file()) if q not in files)
+        names = (p.relative_to(root).as_posix() for p in inside if p.is_file() or p.is_symlink())
+        extra = sorted(q for q in names if q not in files)
         if extra:
             raise ArtifactError(
                 f"artifact directory {folder} holds files the manifest does not list ({extra[0]}"
@@ -192,9 +210,7 @@ def _check_unlisted(root: Path, files: dict) -> None:
 def _check_digests(root: Path, files: dict) -> None:
     """Every listed file present with the SHA-256 the manifest records."""
     for name, digest in sorted(files.items()):
-        fpath = root / name
-        if not fpath.is_file():
-            raise ArtifactError(f"artifact is incomplete: {name} is missing from {root}")
+        fpath = check_regular(root, check_name(name, "manifest files"))
         actual = sha256_file(fpath)
         if actual != digest:
             raise ArtifactError(

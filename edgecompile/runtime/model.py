@@ -43,9 +43,9 @@ class BenchmarkResult:
 class CompiledModel:
     """An artifact loaded for inference: ``run(feeds) -> {name: array}``, ``benchmark()``."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, trusted_keys: list[bytes] | None = None):
         self.path = Path(path)
-        self.manifest = read_verified(self.path)
+        self.manifest = read_verified(self.path, trusted_keys)
         self.inputs: list[dict] = self.manifest["inputs"]
         self.outputs: list[dict] = self.manifest["outputs"]
         self._check_machine()
@@ -130,6 +130,7 @@ class CompiledModel:
                     f"input '{name}' holds {bad}, outside {bounds[0]}..{bounds[1]}: it indexes a table of "
                     f"{bounds[1] + 1} rows (e.g. token ids into the vocabulary)"
                 )
+            _check_finite(name, arr)
             args.append(np.ascontiguousarray(arr))
         return args
 
@@ -188,6 +189,17 @@ class CompiledModel:
             runs=runs,
             warmup=warmup,
             threads=used,
+        )
+
+
+def _check_finite(name: str, arr: np.ndarray) -> None:
+    """The run-time NaN policy: float inputs holding NaN or +-Inf are refused, naming the first one.
+    (An int8 recipe would quantize NaN to a finite value and return plausible numbers; a float
+    recipe spreads it through a row. Neither is an answer, so neither is given.)"""
+    if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+        where = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        raise InputMismatchError(
+            f"input '{name}' holds {arr[where]} at index {list(where)}: inputs must be finite (NaN and Inf are refused)"
         )
 
 

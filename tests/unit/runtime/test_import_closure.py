@@ -14,6 +14,8 @@ from edgecompile.artifact.closure import import_closure
 OWN_ALLOWED = {"edgecompile", "edgecompile.errors", "edgecompile.version"}  # plus edgecompile.runtime[.*]
 # third-party packages whose every module the device may import (it installs them itself)
 PACKAGES_ALLOWED = {"numpy", "ml_dtypes"}
+# optional: used when the device has it, else a fallback (signature verification: runtime/ed25519.py)
+OPTIONAL_ALLOWED = {"cryptography"}
 # TVM: exactly the modules the runtime imports (the bundle carries tvm/ and tvm_ffi/; a new one is a
 # decision: check `edgecompile package --python` still runs with TVM_USE_RUNTIME_LIB=1)
 TVM_ALLOWED = {"tvm", "tvm.base", "tvm.runtime", "tvm.runtime.vm", "tvm_ffi", "tvm_ffi.libinfo"}
@@ -21,7 +23,7 @@ TVM_ALLOWED = {"tvm", "tvm.base", "tvm.runtime", "tvm.runtime.vm", "tvm_ffi", "t
 
 def _allowed_external(name: str) -> bool:
     top = name.split(".")[0]
-    return top in sys.stdlib_module_names or top in PACKAGES_ALLOWED or name in TVM_ALLOWED
+    return top in sys.stdlib_module_names or top in PACKAGES_ALLOWED | OPTIONAL_ALLOWED or name in TVM_ALLOWED
 
 
 def test_runtime_imports_only_the_runtime_errors_and_version():

@@ -1,0 +1,98 @@
+"""What a sound manifest looks like, beyond its checksum: the fields the runtime reads, typed, and
+file names that cannot point outside the artifact.
+
+The self-checksum only proves the manifest is the one sealed with it — anyone can reseal an edited
+manifest. So nothing the runtime opens is taken on the manifest's word alone: every listed name is
+a plain relative path (no absolute path, no ``..``, no backslash, no empty or hidden-by-encoding
+part), every listed file is a regular file reached without following a symbolic link, and the
+library (and any CUDA device code) the runtime will load is one of the listed, checksummed files.
+Standard library only (the runtime and the device bundle import it).
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path, PurePosixPath
+
+from edgecompile.errors import ArtifactError
+
+DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
+
+
+def check_name(name: object, where: str) -> str:
+    """``name`` if it is a plain relative POSIX path inside the artifact, else :class:`ArtifactError`."""
+    if not isinstance(name, str) or not name:
+        raise ArtifactError(f"{where}: a file name must be a non-empty string, got {name!r}")
+    bad = next((c for c in name if c == "\\" or ord(c) < 32 or ord(c) == 127), None)
+    parts = PurePosixPath(name).parts
+    if bad is not None or name.startswith("/") or any(p in ("..", ".") for p in parts) or "//" in name:
+        raise ArtifactError(
+            f"{where}: {name!r} is not a plain file name inside the artifact (absolute paths, '..', "
+            "backslashes and control characters are refused): the manifest was edited"
+        )
+    return name
+
+
+def check_regular(root: Path, name: str) -> Path:
+    """``root/name``, refusing a symbolic link anywhere below ``root`` or anything but a regular file."""
+    path = root
+    for part in PurePosixPath(name).parts:
+        path = path / part
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            raise ArtifactError(f"artifact is incomplete: {name} is missing from {root}") from None
+        if stat.S_ISLNK(mode):
+            raise ArtifactError(f"artifact file {name} is (or lies under) a symbolic link: refused")
+    if not stat.S_ISREG(mode):
+        raise ArtifactError(f"artifact file {name} is not a regular file: refused")
+    return path
+
+
+def check_fields(manifest: dict, mpath: Path) -> None:
+    """The sections the runtime reads are present and typed; the library is a listed file."""
+    files = manifest["files"]
+    for name in files:
+        check_name(name, f"{mpath} files")
+    _check_target(manifest.get("target"), mpath)
+    for kind in ("inputs", "outputs"):
+        specs = manifest.get(kind)
+        if not isinstance(specs, list) or not specs:
+            raise ArtifactError(f"{mpath} lists no {kind}: the manifest was edited or is incomplete")
+        for spec in specs:
+            _check_spec(spec, kind, mpath)
+    library = check_name(manifest.get("library"), f"{mpath} library")
+    if library not in files and not any(n.startswith(library + "/") for n in files):
+        raise ArtifactError(f"{mpath} names library {library!r}, which is not one of its checksummed files")
+    for entry in manifest.get("device_code") or []:
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if check_name(name, f"{mpath} device_code") not in files:
+            raise ArtifactError(f"{mpath} names device code {name!r}, which is not one of its checksummed files")
+
+
+def _check_target(target: object, mpath: Path) -> None:
+    if not isinstance(target, dict) or not all(isinstance(target.get(k), str) for k in ("name", "arch")):
+        raise ArtifactError(f"{mpath} has no valid target (name, arch): the manifest was edited or is incomplete")
+    features = target.get("cpu_features", [])
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise ArtifactError(f"{mpath}: target cpu_features must be a list of names")
+
+
+def _check_spec(spec: object, kind: str, mpath: Path) -> None:
+    ok = (
+        isinstance(spec, dict)
+        and isinstance(spec.get("name"), str)
+        and spec.get("dtype") in DTYPES
+        and isinstance(spec.get("shape"), list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in spec["shape"])
+    )
+    if not ok:
+        raise ArtifactError(f"{mpath}: malformed entry in {kind}: {str(spec)[:120]}")
+    bounds = spec.get("valid_range")
+    if bounds is not None and not (
+        isinstance(bounds, list)
+        and len(bounds) == 2
+        and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
+        and bounds[0] <= bounds[1]
+    ):
+        raise ArtifactError(f"{mpath}: malformed valid_range of {kind[:-1]} {spec['name']!r}: {bounds!r}")
