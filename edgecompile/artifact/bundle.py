@@ -7,10 +7,22 @@
     bundle/model/                     the artifact (manifest.json, model.so) and io.txt (input/output specs)
 
 ``bundle/run_model bundle/model IN_DIR OUT_DIR [RUNS]`` reads IN_DIR/NAME.bin per input and writes
-OUT_DIR/NAME.bin per output (raw C-order arrays; shapes and dtypes in model/io.txt); see
+OUT_DIR/NAME.bin per output (raw C-order arrays). ``model/io.txt`` lists them, one line each::
+
+    input NAME DTYPE DIM... [range LO HI]     e.g. "input input_ids int64 1 32 range -1000 999"
+    output NAME DTYPE DIM...
+
+NAME is the tensor's name, or where that cannot be one file name (``/encoder/out``), the plain name
+io.txt gives it (``_encoder_out``: :func:`file_name`). ``range LO HI`` is the input's inclusive
+``valid_range`` from the manifest (integer inputs that index a table, e.g. token ids); a reader that
+stops at the first non-integer after DTYPE sees the older format. Before running, ``run_model``
+refuses (exit 2, naming the input, value and position) integer inputs outside their range and float
+inputs holding NaN or +-Inf (the runtime's NaN policy), a malformed io.txt (names must be plain file
+names), input files of the wrong size, a missing output folder, a bad RUNS and a ``model.so`` that
+is not a regular file in the model folder; an error inside TVM's runtime exits 3. See
 ``runner/run_model.cc``. It is compiled at package time with the host's C++ compiler or the
-profile's cross compiler (``aarch64-linux-gnu-gcc`` -> ``aarch64-linux-gnu-g++``) against the
-TVM FFI headers.
+profile's cross compiler (``aarch64-linux-gnu-gcc`` -> ``aarch64-linux-gnu-g++``) against the TVM
+FFI headers.
 
 ``--python`` (needed for CUDA targets, whose inputs our Python runtime copies to the GPU) adds our
 Python runtime instead of relying on the native runner alone::
@@ -43,9 +55,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecompile.artifact.closure import import_closure
+from edgecompile.artifact.package import unlisted_files
+from edgecompile.artifact.signing import sign_directory
 from edgecompile.errors import ArtifactError
 from edgecompile.runtime.hostinfo import host_arch
 from edgecompile.runtime.manifest import MANIFEST, read_verified
+from edgecompile.runtime.signature import SIGNATURE
 
 RUN_PY = '''"""Run the bundled model: python3 run.py --input in.npz [-o out.npz] [--bench] [--threads N]."""
 import argparse
@@ -136,20 +151,25 @@ def own_files() -> list[str]:
 
 
 def make_bundle(
-    artifact: Path, out: Path, runtime_from: Path | None = None, python: bool = False, progress=None
+    artifact: Path,
+    out: Path,
+    runtime_from: Path | None = None,
+    python: bool = False,
+    progress=None,
+    security: BundleSecurity | None = None,
 ) -> Bundle:
     """Write the device bundle of ``artifact`` into ``out`` (see the module docstring)."""
     say = progress or (lambda _msg: None)
+    security = security or BundleSecurity()
     artifact, out = Path(artifact), Path(out)
-    manifest = read_verified(artifact)
+    manifest = read_verified(artifact, security.trusted_keys)
     target = manifest["target"]
-    device = _check_request(manifest, out, python)
+    device = _check_request(manifest, out, python, security.force)
     source = _runtime_source(target["arch"], runtime_from)
     traced = _traced_python() if python else []
     staging = _Staging(out.with_name(f".{out.name}.staging"))
     try:
-        for name in sorted([MANIFEST, *manifest["files"]]):
-            staging.put(artifact / name, f"model/{name}", "model code")
+        _put_model(staging, artifact, manifest, security.sign_key)
         staging.write("model/io.txt", io_spec(manifest), "model code")
         lib_dirs = (
             {"tvm": "python/tvm/lib", "tvm_ffi": "python/tvm_ffi/lib"} if python else {"tvm": "lib", "tvm_ffi": "lib"}
@@ -169,15 +189,31 @@ def make_bundle(
             staging.files.append(BundleFile(f"model/{manifest['library']} (constants)", weights, "model weights"))
         bundle = Bundle(out, staging.files, weights)
         (staging.root / "bundle.json").write_text(json.dumps(bundle.to_json(), indent=1))
+        _check_output(out, security.force)
+        old = out.with_name(f".{out.name}.old")
         if out.exists():
-            shutil.rmtree(out)
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
         staging.root.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
         return bundle
     finally:
         shutil.rmtree(staging.root, ignore_errors=True)
 
 
-def _check_request(manifest: dict, out: Path, python: bool) -> str:
+def _put_model(staging: _Staging, artifact: Path, manifest: dict, sign_key) -> None:
+    """The artifact's manifest, its files and its signature into ``model/``; with ``sign_key`` the
+    bundled manifest is signed anew (replacing any signature the artifact had)."""
+    signed = [SIGNATURE] if (artifact / SIGNATURE).is_file() and sign_key is None else []
+    for name in sorted([MANIFEST, *signed, *manifest["files"]]):
+        staging.put(artifact / name, f"model/{name}", "model code")
+    if sign_key is not None:
+        sign_directory(staging.root / "model", sign_key)
+        size = (staging.root / "model" / SIGNATURE).stat().st_size
+        staging.files.append(BundleFile(f"model/{SIGNATURE}", size, "model code"))
+
+
+def _check_request(manifest: dict, out: Path, python: bool, force: bool = False) -> str:
     """Refuse what cannot be bundled (a Core ML or unlinked artifact, a GPU one without ``--python``, an
     ``out`` that is not a bundle); returns the artifact's device."""
     target = manifest["target"]
@@ -190,9 +226,38 @@ def _check_request(manifest: dict, out: Path, python: bool) -> str:
     device = target.get("device", "cpu")
     if device != "cpu" and not python:
         raise ArtifactError(f"the native runner runs CPU targets; a {device} artifact needs --python")
-    if out.exists() and any(out.iterdir()) and not (out / "bundle.json").is_file():
-        raise ArtifactError(f"{out} exists and is not a bundle; choose another -o")
+    _check_output(out, force)
     return device
+
+
+def _check_output(out: Path, force: bool) -> None:
+    """``out`` may be replaced: absent, empty, or a bundle holding only the files its bundle.json lists
+    (``force``: other files too). The rule of :func:`edgecompile.artifact.package.check_replaceable`."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ArtifactError(f"{out} exists and is not a directory; choose another -o")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    try:
+        listed = {f["path"] for f in json.loads((out / "bundle.json").read_text())["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ArtifactError(f"{out} exists, is not empty and is not a bundle; choose another -o") from None
+    extra = unlisted_files(out, {*listed, "bundle.json"})
+    if extra and not force:
+        raise ArtifactError(
+            f"{out} is a bundle but also holds files it does not list ({', '.join(extra[:3])}); move them out, "
+            "or pass --force to replace it with them"
+        )
+
+
+@dataclass(frozen=True)
+class BundleSecurity:
+    """What ``package`` checks and adds: ``trusted_keys`` (raw public keys; the artifact must be signed by
+    one), ``sign_key`` (a private key to sign the bundled manifest with), ``force`` (replace a bundle
+    holding unlisted files)."""
+
+    trusted_keys: list[bytes] | None = None
+    sign_key: object = None
+    force: bool = False
 
 
 class _Staging:
@@ -230,13 +295,34 @@ def _put_python(staging: _Staging, source: Path, traced: list[str]) -> None:
 
 
 def io_spec(manifest: dict) -> str:
-    """``model/io.txt``: one line per input, then per output: ``input|output NAME DTYPE DIM...``."""
-    lines = [
-        " ".join([kind, t["name"], t["dtype"], *map(str, t["shape"])])
-        for kind, key in (("input", "inputs"), ("output", "outputs"))
-        for t in manifest[key]
-    ]
+    """``model/io.txt`` (see the module docstring): one line per input, then per output,
+    ``input|output NAME DTYPE DIM...``, inputs with a ``valid_range`` ending in ``range LO HI``.
+    NAME is the tensor's file name for ``run_model`` (IN_DIR/NAME.bin, OUT_DIR/NAME.bin): the model's
+    name where it is a plain file name, else :func:`file_name` of it (``/encoder/out`` ->
+    ``_encoder_out``), made unique."""
+    lines, used = [], set()
+    for kind, key in (("input", "inputs"), ("output", "outputs")):
+        for t in manifest[key]:
+            name = file_name(t["name"], used)
+            used.add(name)
+            words = [kind, name, t["dtype"], *map(str, t["shape"])]
+            if kind == "input" and t.get("valid_range") is not None:
+                lo, hi = t["valid_range"]
+                words += ["range", str(int(lo)), str(int(hi))]
+            lines.append(" ".join(words))
     return "\n".join(lines) + "\n"
+
+
+def file_name(name: str, used: set[str] = frozenset()) -> str:
+    """``name`` as one plain path component (printable ASCII, no space or '/'; not '.' or '..'): other
+    characters become '_', and a suffix ``_2``, ``_3``... keeps it distinct from ``used``."""
+    base = "".join(c if "!" <= c <= "~" and c != "/" else "_" for c in name)
+    base = base if base not in ("", ".", "..") else f"_{base}_"
+    out, i = base, 1
+    while out in used:
+        i += 1
+        out = f"{base}_{i}"
+    return out
 
 
 def build_runner(target: dict, source: Path, dest: Path) -> Path:
