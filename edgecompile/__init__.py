@@ -21,11 +21,12 @@ def compile(model, target: str = "native", output=None, **kwargs):  # noqa: A001
     return _compile(model, target, output, **kwargs)
 
 
-def load(path):
-    """Load an artifact; see :func:`edgecompile.runtime.load`."""
+def load(path, trusted_keys=None):
+    """Load an artifact for inference; see :func:`edgecompile.runtime.load` (``trusted_keys``: public
+    keys one of which must have signed it)."""
     from edgecompile.runtime import load as _load
 
-    return _load(path)
+    return _load(path, trusted_keys)
 
 
 def __getattr__(name: str):

@@ -268,11 +268,12 @@ def inspect_model(model, opset: int | None = None):
     return coverage(proto)
 
 
-def load(path: str | Path):
-    """Load an artifact for inference (same as :func:`edgecompile.runtime.load`)."""
+def load(path, trusted_keys=None):
+    """Load an artifact for inference; see :func:`edgecompile.runtime.load` (``trusted_keys``: public
+    keys one of which must have signed it)."""
     from edgecompile.runtime import load as _load
 
-    return _load(path)
+    return _load(path, trusted_keys)
 
 
 def _model_stem(model) -> str:

@@ -46,8 +46,8 @@ def handle_errors(fn):
         warnings.showwarning = _show_warning
         try:
             return fn(*args, **kwargs)
-        except EdgeCompileError as e:
-            _fail(str(e), e.exit_code)
+        except EdgeCompileError as e:  # (a wrapped Ctrl-C, e.g. inside a TVM build, is still Ctrl-C)
+            _fail("interrupted", 130) if _interrupted else _fail(str(e), e.exit_code)
         except (typer.Exit, typer.Abort):
             raise
         except KeyboardInterrupt:

@@ -98,3 +98,17 @@ def planned(module: str, function: str, doing: str, key: str) -> Callable[[Any, 
         return result.mod, result.to_json(options)
 
     return apply
+
+
+def option_value(part: str, options: dict[str, str], key: str, convert: Callable[[str], Any], default: Any) -> Any:
+    """``convert(options[key])`` (``default`` when absent); a value it refuses is a ``RecipeError``
+    naming the recipe ``part``, the option and the value."""
+    from edgecompile.errors import RecipeError
+
+    if key not in options:
+        return default
+    try:
+        return convert(options[key])
+    except ValueError:
+        kind = {float: "a number", int: "a whole number"}.get(convert, "valid")
+        raise RecipeError(f"{part}: option {key}={options[key]!r} is not {kind}") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from edgecompile.errors import RecipeError
+from edgecompile.ir.stage import option_value
 
 # the activation range observers, as in edgecompile.calibrate.observers.OBSERVERS (a test checks)
 OBSERVERS = ("minmax", "percentile", "mse", "entropy")
@@ -69,15 +70,12 @@ class QuantOptions:
         """The options of an ``int8`` (or, ``integer_only``, ``int8-integer-only``) recipe part; the
         int8 options are checked first, then the integer-only ones."""
         observer = options.get("observer", cls.observer)
-        try:
-            percentile = float(options.get("percentile", cls.percentile))
-            samples = int(options["samples"]) if "samples" in options else None
-            keep_worst = int(options.get("keep_worst", 0))
-            smooth = options.get("smooth", "auto")
-            smooth = None if smooth == "auto" else float(smooth)
-        except ValueError as e:
-            cls(observer)  # an unknown observer is reported before a malformed number
-            raise RecipeError(f"int8: malformed option value ({e})") from e
+        cls(observer)  # an unknown observer is reported before a malformed number
+        part = "int8-integer-only" if integer_only else "int8"
+        percentile = option_value(part, options, "percentile", float, cls.percentile)
+        samples = option_value(part, options, "samples", int, None)
+        keep_worst = option_value(part, options, "keep_worst", int, 0)
+        smooth = None if options.get("smooth", "auto") == "auto" else option_value(part, options, "smooth", float, 0)
         keep = tuple(p for p in options.get("keep_float", "").replace(";", " ").split() if p)
         parsed = cls(observer, percentile, samples, keep, (), smooth, keep_worst)
         if not integer_only:

@@ -24,8 +24,7 @@ def check_name(name: object, where: str) -> str:
     if not isinstance(name, str) or not name:
         raise ArtifactError(f"{where}: a file name must be a non-empty string, got {name!r}")
     bad = next((c for c in name if c == "\\" or ord(c) < 32 or ord(c) == 127), None)
-    parts = PurePosixPath(name).parts
-    if bad is not None or name.startswith("/") or any(p in ("..", ".") for p in parts) or "//" in name:
+    if bad is not None or any(p in ("", ".", "..") for p in name.split("/")):
         raise ArtifactError(
             f"{where}: {name!r} is not a plain file name inside the artifact (absolute paths, '..', "
             "backslashes and control characters are refused): the manifest was edited"
@@ -82,7 +81,8 @@ def _check_spec(spec: object, kind: str, mpath: Path) -> None:
     ok = (
         isinstance(spec, dict)
         and isinstance(spec.get("name"), str)
-        and spec.get("dtype") in DTYPES
+        and isinstance(spec.get("dtype"), str)
+        and spec["dtype"] in DTYPES
         and isinstance(spec.get("shape"), list)
         and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in spec["shape"])
     )
