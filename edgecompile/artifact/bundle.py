@@ -62,7 +62,8 @@ from edgecompile.runtime.hostinfo import host_arch
 from edgecompile.runtime.manifest import MANIFEST, read_verified
 from edgecompile.runtime.signature import SIGNATURE
 
-RUN_PY = '''"""Run the bundled model: python3 run.py --input in.npz [-o out.npz] [--bench] [--threads N]."""
+RUN_PY = '''"""Run the bundled model: python3 run.py --input in.npz [-o out.npz] [--bench] [--threads N]
+[--trusted-key KEY.pub ...]."""
 import argparse
 import os
 import sys
@@ -81,8 +82,9 @@ parser.add_argument("--input", "-i", help=".npz holding every input by name")
 parser.add_argument("--output", "-o", help="write the outputs to this .npz")
 parser.add_argument("--bench", action="store_true", help="time the model (median of 50 runs)")
 parser.add_argument("--threads", type=int, default=None)
+parser.add_argument("--trusted-key", action="append", help="public key the model must be signed by (repeatable)")
 args = parser.parse_args()
-model = load(HERE / "model")
+model = load(HERE / "model", trusted_keys=args.trusted_key)
 if args.input:
     data = np.load(args.input)
     outputs = model.run({k: data[k] for k in data.files}, threads=args.threads)

@@ -58,10 +58,7 @@ class CompiledModel:
         if self.manifest["target"].get("device") == "cuda":
             load_cuda_sidecar(tvm)
             register_device_code(self.path, self.manifest.get("device_code") or [])
-        try:
-            lib = tvm.runtime.load_module(str(lib_file))
-        except Exception as e:
-            raise ArtifactError(f"cannot load {lib_file}: {str(e).strip().splitlines()[-1]}") from e
+        lib = _load_library(tvm, lib_file, self.manifest["files"].get(self.manifest["library"], ""))
         self.device = self._device()
         self._vm = tvm.runtime.vm.VirtualMachine(lib, self.device)
         self._main = self._vm["main"]
@@ -190,6 +187,24 @@ class CompiledModel:
             warmup=warmup,
             threads=used,
         )
+
+
+# Loaded libraries by SHA-256 (verified against the manifest just before): TVM never unloads a
+# library, so loading the same artifact again would map it again (~0.6 MB a load); the same bytes
+# are one module. A VM is still made per load, so models do not share state.
+_LIBRARIES: dict[str, object] = {}
+
+
+def _load_library(tvm, lib_file: Path, digest: str):
+    if digest and digest in _LIBRARIES:
+        return _LIBRARIES[digest]
+    try:
+        lib = tvm.runtime.load_module(str(lib_file))
+    except Exception as e:
+        raise ArtifactError(f"cannot load {lib_file}: {str(e).strip().splitlines()[-1]}") from e
+    if digest:
+        _LIBRARIES[digest] = lib
+    return lib
 
 
 def _check_finite(name: str, arr: np.ndarray) -> None:
