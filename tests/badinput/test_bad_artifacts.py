@@ -252,3 +252,15 @@ def test_cli_require_signature_and_env_keys(art_copy, keys, monkeypatch):
     assert "not signed" in one_error_line(cli("bench", art_copy, "--runs", 1))
     assert cli("sign", art_copy, "--key", keys["a"]).exit_code == 0
     assert cli("bench", art_copy, "--runs", 1).exit_code == 0
+
+
+def test_package_verifies_before_bundling_and_signs_the_bundled_manifest(art_copy, keys, tmp_path, embed_feeds):
+    pub_a = keys["a"].with_name("a.pub")
+    assert "not signed" in one_error_line(cli("package", art_copy, "-o", tmp_path / "b0", "--trusted-key", pub_a))
+    assert not (tmp_path / "b0").exists()
+    r = cli("package", art_copy, "-o", tmp_path / "b1", "--sign", keys["a"])
+    assert r.exit_code == 0, r.output
+    model = edgecompile.load(tmp_path / "b1" / "model", trusted_keys=[pub_a])
+    assert np.isfinite(model.run(embed_feeds)["y"]).all()
+    with pytest.raises(SignatureError, match="not among the trusted keys"):
+        edgecompile.load(tmp_path / "b1" / "model", trusted_keys=[keys["b"].with_name("b.pub")])
