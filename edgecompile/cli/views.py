@@ -50,6 +50,15 @@ def inspect_artifact(path: Path, as_json: bool) -> None:
             out.print(f"  stayed float (Core ML has no integer-only form): {', '.join(cm['stayed_float'])}")
     for name, digest in m["files"].items():
         out.print(f"  file {name} sha256 {digest[:16]}…", highlight=False)
+    from edgecompile.runtime.signature import read_signature
+
+    sig = read_signature(path)
+    out.print(
+        f"  signed by key {sig['key_id']} (checked only against trusted keys: run --trusted-key KEY.pub)"
+        if sig
+        else "  unsigned (edgecompile sign ARTIFACT --key KEY)",
+        highlight=False,
+    )
 
 
 def _manifest_section(path: Path, key: str, missing: str) -> dict:
