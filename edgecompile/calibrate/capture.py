@@ -15,6 +15,7 @@ import tvm
 from tvm import relax
 
 from edgecompile.calibrate.observers import Observer
+from edgecompile.errors import CalibrationError
 from edgecompile.ir.host import HostFunction
 from edgecompile.ir.walk import rebuild
 from edgecompile.runtime.model import flatten_outputs
@@ -82,7 +83,14 @@ def observe(
                     stats.count + rows.shape[0],
                 )  # fmt: skip
             if v in observers:
-                observers[v].observe(value / divide[v] if divide is not None else value)
+                try:
+                    observers[v].observe(value / divide[v] if divide is not None else value)
+                except ValueError as e:  # the observer refuses inf / NaN
+                    raise CalibrationError(
+                        f"calibration sample {i}: the float model's tensor '{v.name_hint}' holds inf or NaN "
+                        "although the inputs are finite (the model overflows on this sample); check the "
+                        "calibration data's scale"
+                    ) from e
         if progress:
             progress(i + 1, len(samples))
     return observers

@@ -3,18 +3,28 @@
 An ``.npz`` holds one array per model input, stacked along a new leading sample axis
 (``input_ids: [N, 1, 128]``); a directory's ``.npz`` files are read in name order and
 concatenated. From Python any iterable of ``{name: array}`` (one sample each) works too. Every
-sample is checked against the model's input specs: a missing or unknown name, a wrong shape, or a
-dtype that cannot be cast without loss is a :class:`~edgecompile.errors.CalibrationError`.
+sample is checked against the model's input specs: a missing or unknown name, a wrong shape, a
+dtype that cannot be cast without loss, an index outside its input's ``valid_range`` (a token id
+past the embedding table) or a NaN/inf in a float input is a
+:class:`~edgecompile.errors.CalibrationError` naming the input and the sample.
+
+Degenerate data is a warning (:class:`~edgecompile.errors.EdgeCompileWarning`), not an error: a
+float input that is constant over every sample (all zeros, say) or samples that are all identical
+still calibrate, but the ranges observed from them describe one point, not the inputs the model
+will see. The data is used as given; the warning says so. (A model may legitimately take a constant
+input, e.g. a fixed mask, so refusing would be wrong; the quantizer warns again, or refuses, when
+the ranges it observed are zero: :mod:`edgecompile.quant.plan`.)
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from edgecompile.errors import CalibrationError
+from edgecompile.errors import CalibrationError, EdgeCompileWarning
 from edgecompile.frontend.spec import TensorSpec
 
 
@@ -86,8 +96,80 @@ def _check(sample: dict, specs: list[TensorSpec], index: int) -> dict[str, np.nd
             )
         if not np.can_cast(a.dtype, s.dtype, casting="same_kind"):
             raise CalibrationError(f"calibration input '{s.name}' is {a.dtype}; the model expects {s.dtype}")
-        out[s.name] = np.ascontiguousarray(a.astype(s.dtype, copy=False))
+        _check_range(a, s, index)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow to inf is reported next
+            out[s.name] = np.ascontiguousarray(a.astype(s.dtype, copy=False))
+        _check_finite(out[s.name], s, index)
     return out
+
+
+def _check_range(a: np.ndarray, s: TensorSpec, index: int) -> None:
+    """Integer values of an input that indexes a table must lie in its ``valid_range`` (checked
+    before any cast, so an int64 id of 10**12 is not wrapped into range)."""
+    if s.valid_range is None or a.dtype.kind not in "iu" or a.size == 0:
+        return
+    lo, hi = s.valid_range
+    bad = np.flatnonzero((a < lo) | (a > hi))
+    if bad.size:
+        pos = np.unravel_index(int(bad[0]), a.shape)
+        raise CalibrationError(
+            f"calibration input '{s.name}' of sample {index} holds {int(a[pos])} at index {list(map(int, pos))} "
+            f"({bad.size} value{'s' if bad.size > 1 else ''} out of range), outside its valid range [{lo}, {hi}]: "
+            f"it indexes a table of {hi + 1} rows (e.g. token ids of a vocabulary of {hi + 1}); check the "
+            "tokenizer matches the model"
+        )
+
+
+def _check_finite(a: np.ndarray, s: TensorSpec, index: int) -> None:
+    """A float input must hold no NaN or inf (after the cast: float64 values past float32's range
+    become inf)."""
+    if a.dtype.kind not in "fc" or a.size == 0:
+        return
+    finite = np.isfinite(a)
+    if finite.all():
+        return
+    nans, infs = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+    pos = np.unravel_index(int(np.flatnonzero(~finite)[0]), a.shape)
+    what = " and ".join(p for p in (f"{nans} NaN" if nans else "", f"{infs} inf" if infs else "") if p)
+    raise CalibrationError(
+        f"calibration input '{s.name}' of sample {index} holds {what} of {a.size} values (the first "
+        f"{a[pos]} at index {list(map(int, pos))}); calibration needs finite values (an inf can be a "
+        f"value past {s.dtype}'s range)"
+    )
+
+
+def warn_degenerate(samples: list[dict[str, np.ndarray]], specs: list[TensorSpec]) -> None:
+    """Warn (:class:`EdgeCompileWarning`) about float inputs constant over all samples, and about
+    samples that are all the same; the data is used as given."""
+    n = len(samples)
+    constant = []
+    for s in specs:
+        if np.dtype(s.dtype).kind != "f":
+            continue
+        lo = min(float(x[s.name].min()) for x in samples if x[s.name].size)
+        hi = max(float(x[s.name].max()) for x in samples if x[s.name].size)
+        if lo == hi:
+            constant.append(s.name)
+            value = "all zeros" if lo == 0 else f"every value {lo:g}"
+            warnings.warn(
+                f"calibration input '{s.name}' is constant ({value}) in all {n} sample{'s' if n > 1 else ''}: "
+                "the activation ranges observed from it describe this one value, not the inputs the model will "
+                "see, so int8 scales may clip real values; calibrating with it as given (pass representative "
+                "data, e.g. real inputs from your dataset)",
+                EdgeCompileWarning,
+                stacklevel=3,
+            )
+    if n > 1 and not constant and all(_same(samples[0], x) for x in samples[1:]):
+        warnings.warn(
+            f"the {n} calibration samples are identical: calibration sees one input, so the observed ranges "
+            "may not cover what the model will see; calibrating with them as given (pass varied samples)",
+            EdgeCompileWarning,
+            stacklevel=3,
+        )
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def load_samples(source, specs: list[TensorSpec], count: int | None = None) -> list[dict[str, np.ndarray]]:
@@ -104,4 +186,5 @@ def load_samples(source, specs: list[TensorSpec], count: int | None = None) -> l
         raise CalibrationError("the calibration data holds no samples")
     if count is not None and len(samples) < count:
         raise CalibrationError(f"the recipe asks for {count} calibration samples; the data holds {len(samples)}")
+    warn_degenerate(samples, specs)
     return samples

@@ -69,7 +69,9 @@ def import_model(
 
 def _from_onnx(proto, shapes, dtypes, source) -> ImportedModel:
     from edgecompile.frontend import onnx_import
+    from edgecompile.frontend.onnx_checks import check_opset
 
+    check_opset(onnx_import.model_opset(proto))
     specs = onnx_import.resolve_input_specs(proto, shapes, dtypes)
     mod = onnx_import.onnx_to_relax(proto, specs)
     source["opset"] = onnx_import.model_opset(proto)

@@ -236,7 +236,7 @@ def run_case(case: NodeCase, target: dict | None = None) -> CaseResult:
                 specs = [TensorSpec(n, tuple(f.shape), f.dtype.name) for n, f in zip(names, feeds)]
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    mod = onnx_to_relax(case.model, specs)
+                    mod = onnx_to_relax(case.model, specs, data_dependent_shapes=True)
                     fn = HostFunction(
                         mod, lambda m: tvm.compile(m, target=tvm.target.Target(target or {"kind": "llvm"}))
                     )

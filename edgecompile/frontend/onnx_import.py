@@ -6,11 +6,18 @@ Decisions:
   ``--input-shape NAME=1x128``; a fixed dimension that disagrees with the given shape is an error.
 - Weights are embedded in the compiled library as constants, so an artifact is one library file
   plus its manifest.
-- Unsupported operators are found before conversion and reported with node names.
+- Unsupported operators are found before conversion and reported with node names; so are ops
+  whose output shape depends on input values, a graph with a cycle or an input nothing produces,
+  and (when the importer fails) operands whose shapes the given input shapes make disagree
+  (:mod:`edgecompile.frontend.onnx_checks`).
+- Every gather is bounded inside the compiled model
+  (:class:`edgecompile.passes.bounded_gather.BoundGathers`): an out-of-range index reads the
+  nearest row, never past the table.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 
@@ -22,11 +29,15 @@ from edgecompile.errors import (
     ModelLoadError,
     UnsupportedOpError,
 )
+from edgecompile.frontend.onnx_checks import (
+    DEFAULT_DOMAINS,
+    broadcast_conflict,
+    check_static_outputs,
+    topological_nodes,
+)
 from edgecompile.frontend.spec import TensorSpec
 
 log = logging.getLogger(__name__)
-
-DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def read_onnx(path: str | Path):
@@ -191,16 +202,22 @@ def unsupported_nodes(model) -> list[tuple[str, str]]:
     return out
 
 
-def onnx_to_relax(model, specs: list[TensorSpec]):
-    """Convert an ONNX model to a Relax IRModule whose ``main`` takes ``specs`` in order."""
+def onnx_to_relax(model, specs: list[TensorSpec], data_dependent_shapes: bool = False):
+    """Convert an ONNX model to a Relax IRModule whose ``main`` takes ``specs`` in order, its
+    gathers bounded. ``data_dependent_shapes`` lets ops like ``NonZero`` through (the conformance
+    run builds them with plain TVM; a compile needs static output shapes)."""
     from tvm.relax.frontend.onnx import from_onnx
 
-    from edgecompile.frontend.onnx_static import specialize
+    from edgecompile.frontend.onnx_static import specialize, static_shapes
+    from edgecompile.passes.bounded_gather import BoundGathers
 
+    model = _in_order(model)
     bad = unsupported_nodes(model)
     if bad:
         raise UnsupportedOpError(bad, model_opset(model))
     model = specialize(model, specs)
+    if not data_dependent_shapes:
+        check_static_outputs(model, model_opset(model))
     try:
         mod = from_onnx(
             model,
@@ -210,8 +227,38 @@ def onnx_to_relax(model, specs: list[TensorSpec]):
             keep_params_in_input=False,
         )
     except Exception as e:
-        raise BuildError(f"the ONNX importer failed: {type(e).__name__}: {_first_line(e)}") from e
-    return mod
+        failure = e
+    else:
+        return BoundGathers()(mod)
+    clear = broadcast_conflict(model, static_shapes(model), {s.name for s in specs})
+    if clear is not None:
+        # not chained: the importer's frames (and its half-built BlockBuilder, which complains on
+        # stderr when destroyed) go now, while the caller still captures TVM's output
+        failure = None
+        gc.collect()
+        raise clear
+    raise BuildError(f"the ONNX importer failed: {type(failure).__name__}: {_first_line(failure)}") from failure
+
+
+def _in_order(model):
+    """``model`` with its nodes in topological order (a copy if they were not); a cycle or an input
+    nothing produces is a :class:`ModelLoadError`."""
+    import onnx
+
+    order = topological_nodes(model.graph)
+    if order is None:
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    nodes = [m.graph.node[i] for i in order]
+    copies = []
+    for n in nodes:
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        copies.append(c)
+    del m.graph.node[:]
+    m.graph.node.extend(copies)
+    return m
 
 
 def output_names(model) -> list[str]:

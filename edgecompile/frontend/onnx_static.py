@@ -47,7 +47,7 @@ def specialize(model, specs: list[TensorSpec]):
         m = shape_inference.infer_shapes(m, data_prop=True)
     except Exception as e:  # inference is best effort; the importer infers too
         log.info("onnx shape inference failed (%s); folding only constants", e)
-    keep, new_inits = _fold(m, _static_shapes(m))
+    keep, new_inits = _fold(m, static_shapes(m))
     if not new_inits:
         return m
     del m.graph.node[:]
@@ -121,7 +121,8 @@ def _small(name, consts, shapes, m) -> bool:
     return shape is not None and int(np.prod(shape)) <= MAX_FOLD_ELEMENTS
 
 
-def _static_shapes(m) -> dict[str, tuple[int, ...]]:
+def static_shapes(m) -> dict[str, tuple[int, ...]]:
+    """The static shape of every tensor whose shape is known (inputs, inferred values, outputs, initializers)."""
     out = {}
     for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
         if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):

@@ -10,7 +10,9 @@ in ``onnx_support.json``, the ONNX conformance results for that op version (see
   the importer lacks); the model may still compile;
 - ``failing``: a converter exists but no conformance case passes;
 - ``untested``: a converter exists but onnx ships no case for this op version;
-- ``unsupported``: no converter; compiling fails with the node names.
+- ``unsupported``: no converter, or an op whose output shape depends on input values
+  (``NonMaxSuppression``, ``NonZero``, ``Unique``, ``Compress``: TVM converts them, but a compile
+  needs static output shapes); compiling fails with the node names.
 """
 
 from __future__ import annotations
@@ -67,10 +69,11 @@ def coverage(model) -> list[OpCoverage]:
     """One :class:`OpCoverage` per (op type, version) used by the model's top-level graph."""
     import onnx.defs
 
+    from edgecompile.frontend.onnx_checks import DATA_DEPENDENT_OPS
     from edgecompile.frontend.onnx_import import DEFAULT_DOMAINS, importable_ops, model_opset
 
     opset = model_opset(model)
-    converters = importable_ops()
+    converters = importable_ops() - DATA_DEPENDENT_OPS
     consumed = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     groups: OrderedDict[tuple[str, str, bool], list[str]] = OrderedDict()
     for i, node in enumerate(model.graph.node):

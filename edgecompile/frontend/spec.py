@@ -52,5 +52,7 @@ def parse_assignments(items: list[str] | None, what: str) -> dict[str, str]:
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
             raise InputSpecError(f"malformed {what} '{item}': write NAME=VALUE, e.g. ids=1x128")
+        if name.strip() in out:
+            raise InputSpecError(f"{what} gives '{name.strip()}' twice ({item})")
         out[name.strip()] = value.strip()
     return out

@@ -1,5 +1,6 @@
 """PyTorch import: ``torch.export`` a module (or load a saved ``.pt2``) and convert it with
-TVM's ``from_exported_program``. torch is imported lazily; it is an optional extra.
+TVM's ``from_exported_program``. torch is imported lazily; it is an optional extra. Every gather
+is bounded in the imported module (:class:`edgecompile.passes.bounded_gather.BoundGathers`).
 
 Input names are the ``forward`` parameter names. Without ``example_inputs``, every input needs a
 shape (``input_shapes``); dtypes default to float32. Floats are random normal and integers zeros,
@@ -83,6 +84,8 @@ def exported_to_relax(ep):
     torch = _require_torch()
     from tvm.relax.frontend.torch import from_exported_program
 
+    from edgecompile.passes.bounded_gather import BoundGathers
+
     specs = []
     placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
     for spec in ep.graph_signature.input_specs:
@@ -100,4 +103,4 @@ def exported_to_relax(ep):
     except Exception as e:
         msg = str(e).strip().splitlines()
         raise BuildError(f"the PyTorch importer failed: {type(e).__name__}: {msg[-1] if msg else ''}") from e
-    return mod, specs
+    return BoundGathers()(mod), specs

@@ -9,11 +9,22 @@
    (dequantized) is compared with the float model's: SQNR in dB. It is the error of the whole
    quantized model up to that layer, so the first layer with a low SQNR is where accuracy goes.
    ``keep_worst=k`` keeps the k layers with the lowest SQNR in float and rewrites again.
+
+Zero ranges: a tensor that is zero on every calibration sample gets a threshold of 1e-8, so at run
+time any nonzero value there is clipped to about 0. That is right for a tensor that is always zero
+and silently wrong otherwise (all-zero calibration data gave outputs of ~1e-8 where the float model
+gives ~40). Decision: when some layers (not kept in float) saw only zeros, calibration goes on with
+an :class:`~edgecompile.errors.EdgeCompileWarning` naming how many and the first few, because a layer
+can legitimately be dead (a ReLU that never fires) and refusing would block such models; when every
+layer to quantize did, nothing was calibrated and the int8 model could only output ~0, so it is a
+:class:`~edgecompile.errors.CalibrationError`.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,7 +34,7 @@ from tvm import relax
 
 from edgecompile.calibrate.capture import Runner, observe, with_outputs
 from edgecompile.calibrate.observers import Observer
-from edgecompile.errors import RecipeError
+from edgecompile.errors import CalibrationError, EdgeCompileWarning, RecipeError
 from edgecompile.ir.layers import find_layers, linear_inputs, observed_vars
 from edgecompile.ir.ops import op_name
 from edgecompile.ir.walk import bindings, building_with, carry_functions
@@ -119,6 +130,7 @@ def quantize_model(
     layers = find_layers(func, options.integer_only)
     if not layers:
         raise RecipeError("int8: the model has no matmul, linear or add to quantize")
+    _check_keep_float(options.keep_float, layers)
     wanted = observed_vars(layers)
     frun = Runner(with_outputs(func, wanted), input_names, build)  # built once: calibration and errors
     make_observer = lambda: Observer(options.observer, options.percentile)  # noqa: E731
@@ -137,6 +149,7 @@ def quantize_model(
     softmax = {b.var for b in bindings(func) if op_name(b.value) == "relax.nn.softmax"}
     thresholds = {v: (o.max if v in softmax else o.threshold()) for v, o in observers.items()}
     maxima = {v: o.max for v, o in observers.items()}
+    _check_zero_ranges(layers, maxima, options.keep_float)
     keep = list(options.keep_float)
     nonlinear = dict(options.nonlinear)
     measure = functools.partial(
@@ -149,6 +162,42 @@ def quantize_model(
         errors = measure(keep)
     calibration = Calibration(func, mod, layers, thresholds, nonlinear, smooth, maxima, tuple(keep))
     return QuantResult(calibration.rewrite(), errors, keep, len(samples), calibration)
+
+
+def _check_keep_float(patterns: tuple[str, ...], layers) -> None:
+    """Every ``keep_float`` name or pattern names at least one layer (a typo would keep nothing)."""
+    names = [layer.name for layer in layers]
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        shown = ", ".join(names[:8]) + (", …" if len(names) > 8 else "")
+        raise RecipeError(
+            f"keep_float {unmatched[0]!r} names no layer of this model; its layers are {shown} "
+            "(`edgecompile inspect ARTIFACT --quant` lists them)"
+        )
+
+
+def _check_zero_ranges(layers, maxima: dict, keep_float: tuple[str, ...]) -> None:
+    """Warn about layers whose inputs or output were zero on every calibration sample; refuse when
+    every layer's were (see the module docstring)."""
+    counted = [layer for layer in layers if not any(fnmatch.fnmatchcase(layer.name, p) for p in keep_float)]
+    zero = [layer.name for layer in counted if any(maxima.get(v) == 0.0 for v in (*layer.inputs, layer.output))]
+    if not zero:
+        return
+    shown = ", ".join(zero[:5]) + (f" and {len(zero) - 5} more" if len(zero) > 5 else "")
+    if len(zero) == len(counted):
+        raise CalibrationError(
+            f"every layer to quantize ({shown}) saw only zeros in calibration, so no int8 range could be "
+            "measured and the model would output about 0; calibrate with data like the real inputs (all-zero "
+            "or constant calibration data does not work)"
+        )
+    warnings.warn(
+        f"{len(zero)} of {len(counted)} layers to quantize saw only zeros in calibration ({shown}): their int8 "
+        "range falls back to 1e-8, so any nonzero value they get at run time is clipped to about 0. That is "
+        "right only if they are always zero; otherwise calibrate with data like the real inputs or keep them in "
+        f"float (--keep-float {zero[0]}). Quantizing them as calibrated",
+        EdgeCompileWarning,
+        stacklevel=3,
+    )
 
 
 def _layer_errors(

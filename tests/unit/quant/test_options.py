@@ -45,7 +45,8 @@ def test_from_options():
     [
         ({"observer": "median"}, False, "int8: unknown observer 'median' (choose minmax, percentile, mse, entropy)"),
         ({"observer": "median", "samples": "x"}, False, "unknown observer"),  # before the malformed number
-        ({"percentile": "x"}, False, "int8: malformed option value"),
+        ({"percentile": "x"}, False, "int8: option percentile='x' is not a number"),
+        ({"samples": "2.5"}, True, "int8-integer-only: option samples='2.5' is not a whole number"),
         ({"percentile": "20"}, False, "int8: percentile must be in (50, 100], got 20.0"),
         ({"smooth": "2"}, False, "int8: smooth must be auto or in [0, 1] (0: off), got 2.0"),
         ({"samples": "0"}, False, "int8: samples must be at least 1"),
