@@ -2,7 +2,8 @@
 
 TVM's importers ``print`` and its C++ core writes warnings straight to file descriptor 2 (e.g.
 "Error converting operator …" before an exception we report properly, or gather's "fast mode"
-warning, which the runtime's index-range check makes moot). While :func:`captured` is active,
+warning, which the runtime's index-range check and the clamped gathers of
+:mod:`edgecompile.passes.bounded_gather` make moot). While :func:`captured` is active,
 Python-level stdout goes to a buffer and descriptors 1 and 2 to a temporary file; the text is then
 logged at DEBUG level (``EDGECOMPILE_DEBUG=1`` shows it). Python code that writes to
 ``sys.stderr`` (progress displays) still reaches the terminal.
