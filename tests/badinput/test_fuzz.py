@@ -150,3 +150,30 @@ def test_run_command_lines_end_cleanly(embed_artifact, args):
     r = cli("run", embed_artifact, *args)
     assert r.exit_code in (0, 2), r.output
     assert "Traceback" not in r.output and "internal error" not in r.output
+
+
+@pytest.fixture(scope="module")
+def signed_copy(embed_artifact, tmp_path_factory):
+    from edgecompile.artifact.signing import generate_key, sign_artifact
+
+    d = tmp_path_factory.mktemp("signed")
+    key = generate_key(d / "key")[0]
+    art = d / "art"
+    shutil.copytree(embed_artifact, art)
+    sign_artifact(art, key)
+    return art, key.with_name("key.pub")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    which=st.sampled_from(["manifest.json", "model.so", "manifest.sig"]), where=st.floats(0, 1), bit=st.integers(0, 7)
+)
+def test_a_signed_artifact_with_any_bit_flipped_is_refused(signed_copy, tmp_path_factory, which, where, bit):
+    src, pub = signed_copy
+    art = tmp_path_factory.mktemp("flip") / "art"
+    shutil.copytree(src, art)
+    data = bytearray((art / which).read_bytes())
+    data[min(int(where * len(data)), len(data) - 1)] ^= 1 << bit
+    (art / which).write_bytes(bytes(data))
+    with pytest.raises(EdgeCompileError):
+        edgecompile.load(art, trusted_keys=[pub])
