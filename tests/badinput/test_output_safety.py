@@ -125,3 +125,25 @@ def test_ctrl_c_exits_130_and_keeps_the_old_artifact(embed_onnx, embed_artifact,
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert snapshot(out) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".art.")], "staging folder left behind"
+
+
+def _denied(*_args, **_kwargs):
+    raise PermissionError(13, "Permission denied", "/readonly/place")
+
+
+def test_a_folder_it_cannot_write_is_exit_2_not_a_bug(embed_onnx, tmp_path, monkeypatch):
+    """Read-only folders (simulated: the tests may run as root, for whom chmod changes nothing)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "mkdtemp", _denied)
+    line = one_error_line(compile_to(embed_onnx, tmp_path / "out"))
+    assert "cannot write the artifact" in line and "Permission denied" in line
+
+
+def test_run_output_it_cannot_write_is_exit_2_not_a_bug(embed_artifact, embed_feeds, tmp_path, monkeypatch):
+    import numpy as np
+
+    np.savez(tmp_path / "in.npz", **embed_feeds)
+    monkeypatch.setattr(np, "savez", _denied)
+    line = one_error_line(cli("run", embed_artifact, "--input", tmp_path / "in.npz", "--output", tmp_path / "o.npz"))
+    assert "/readonly/place: Permission denied" in line
