@@ -12,7 +12,7 @@ import shutil
 
 import numpy as np
 import pytest
-from badinput_support import cli, one_error_line
+from badinput_support import VOCAB, cli, one_error_line
 
 import edgecompile
 from edgecompile.errors import ArtifactError, SignatureError
@@ -264,3 +264,16 @@ def test_package_verifies_before_bundling_and_signs_the_bundled_manifest(art_cop
     assert np.isfinite(model.run(embed_feeds)["y"]).all()
     with pytest.raises(SignatureError, match="not among the trusted keys"):
         edgecompile.load(tmp_path / "b1" / "model", trusted_keys=[keys["b"].with_name("b.pub")])
+
+
+def test_a_widened_valid_range_cannot_make_the_model_read_past_its_table(art_copy, embed_feeds, embed_artifact):
+    """The runtime's range check trusts the manifest; the compiled gather does not: ids past the table
+    read its last row (negative ones past -rows: the first), never memory beyond it."""
+    reseal(art_copy, _set([-(10**13), 10**13], "inputs", 0, "valid_range"))
+    ref = edgecompile.load(embed_artifact)
+    wide = edgecompile.load(art_copy)
+    for bad, clamped in ((10**12, VOCAB - 1), (VOCAB + 5000, VOCAB - 1), (-(10**12), 0)):
+        ids = embed_feeds["ids"].copy()
+        ids[0, 1] = bad
+        want = ref.run({**embed_feeds, "ids": np.where(ids == bad, clamped, ids)})["y"]
+        np.testing.assert_array_equal(wide.run({**embed_feeds, "ids": ids})["y"], want)
