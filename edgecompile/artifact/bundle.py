@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecompile.artifact.closure import import_closure
-from edgecompile.artifact.package import unlisted_files
+from edgecompile.artifact.package import check_replaceable, swap_into_place
 from edgecompile.artifact.signing import sign_directory
 from edgecompile.errors import ArtifactError
 from edgecompile.runtime.hostinfo import host_arch
@@ -191,13 +191,8 @@ def make_bundle(
             staging.files.append(BundleFile(f"model/{manifest['library']} (constants)", weights, "model weights"))
         bundle = Bundle(out, staging.files, weights)
         (staging.root / "bundle.json").write_text(json.dumps(bundle.to_json(), indent=1))
-        _check_output(out, security.force)
-        old = out.with_name(f".{out.name}.old")
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-        staging.root.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+        check_replaceable(out, security.force, _bundle_listing, "a bundle")
+        swap_into_place(staging.root, out)
         return bundle
     finally:
         shutil.rmtree(staging.root, ignore_errors=True)
@@ -228,27 +223,16 @@ def _check_request(manifest: dict, out: Path, python: bool, force: bool = False)
     device = target.get("device", "cpu")
     if device != "cpu" and not python:
         raise ArtifactError(f"the native runner runs CPU targets; a {device} artifact needs --python")
-    _check_output(out, force)
+    check_replaceable(out, force, _bundle_listing, "a bundle")
     return device
 
 
-def _check_output(out: Path, force: bool) -> None:
-    """``out`` may be replaced: absent, empty, or a bundle holding only the files its bundle.json lists
-    (``force``: other files too). The rule of :func:`edgecompile.artifact.package.check_replaceable`."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ArtifactError(f"{out} exists and is not a directory; choose another -o")
-    if not out.exists() or not any(out.iterdir()):
-        return
+def _bundle_listing(out: Path) -> set[str] | None:
+    """The files a bundle at ``out`` consists of (its ``bundle.json`` list), or None if it is not one."""
     try:
-        listed = {f["path"] for f in json.loads((out / "bundle.json").read_text())["files"]}
+        return {f["path"] for f in json.loads((out / "bundle.json").read_text())["files"]} | {"bundle.json"}
     except (OSError, ValueError, KeyError, TypeError):
-        raise ArtifactError(f"{out} exists, is not empty and is not a bundle; choose another -o") from None
-    extra = unlisted_files(out, {*listed, "bundle.json"})
-    if extra and not force:
-        raise ArtifactError(
-            f"{out} is a bundle but also holds files it does not list ({', '.join(extra[:3])}); move them out, "
-            "or pass --force to replace it with them"
-        )
+        return None
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,14 @@ def prepare_output(out_dir: Path, force: bool = False) -> Path:
         raise ArtifactError(f"cannot write the artifact next to {out_dir}: {e.strerror or e}") from e
 
 
-def check_replaceable(out_dir: Path, force: bool = False) -> None:
-    """Refuse an output path a compile must not replace.
+def check_replaceable(out_dir: Path, force: bool = False, listing=None, kind: str = "an edgecompile artifact") -> None:
+    """Refuse an output path a compile (or ``package``) must not replace.
 
-    Replaced are only: nothing, an empty directory, or an edgecompile artifact holding exactly the
-    files its manifest lists (plus its signature). An artifact holding other files too (a user's
-    notes) is replaced only with ``force``; a non-empty directory that is not an artifact, a file
-    or a symbolic link never is. Nothing is deleted before the new artifact is complete."""
+    Replaced are only: nothing, an empty directory, or ``kind`` holding exactly the files
+    ``listing(out_dir)`` names (default: an artifact's manifest, plus its signature). One holding other
+    files too (a user's notes) is replaced only with ``force``; a non-empty directory that is not ``kind``
+    (``listing`` returns None), a file or a symbolic link never is. Nothing is deleted before the new
+    directory is complete (:func:`swap_into_place`)."""
     if out_dir.is_symlink():
         raise ArtifactError(f"output path {out_dir} is a symbolic link; give the real directory")
     if not out_dir.exists():
@@ -47,19 +48,31 @@ def check_replaceable(out_dir: Path, force: bool = False) -> None:
         raise ArtifactError(f"output path exists and is a file: {out_dir}")
     if not any(out_dir.iterdir()):
         return
-    listed = _artifact_listing(out_dir)
+    listed = (listing or _artifact_listing)(out_dir)
     if listed is None:
         raise ArtifactError(
-            f"output directory {out_dir} exists, is not empty and is not an edgecompile artifact; "
-            "choose another -o (nothing was changed)"
+            f"output directory {out_dir} exists, is not empty and is not {kind}; choose another -o "
+            "(nothing was changed)"
         )
     extra = unlisted_files(out_dir, listed)
     if extra and not force:
         shown = ", ".join(extra[:3]) + (", …" if len(extra) > 3 else "")
         raise ArtifactError(
-            f"output directory {out_dir} is an edgecompile artifact but also holds files it does not list "
+            f"output directory {out_dir} is {kind} but also holds files it does not list "
             f"({shown}); move them out, or pass --force to replace the directory with them (nothing was changed)"
         )
+
+
+def swap_into_place(staging: Path, out_dir: Path) -> None:
+    """Move the complete ``staging`` directory to ``out_dir``; the old ``out_dir`` (already checked
+    replaceable) is moved aside first and deleted only once the new one is in place."""
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent)) / "previous"
+        out_dir.rename(old)
+    staging.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old.parent)
 
 
 def _artifact_listing(root: Path) -> set[str] | None:
@@ -116,13 +129,7 @@ def finish(
 
         sign_directory(staging, sign_key)
     check_replaceable(out_dir, force)
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent)) / "artifact"
-        out_dir.rename(old)
-    staging.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old.parent)
+    swap_into_place(staging, out_dir)
     return out_dir
 
 

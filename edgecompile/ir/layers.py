@@ -9,6 +9,7 @@ int8, the factorized layers of ``lowrank``, per-layer sensitivity and ``inspect`
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +44,10 @@ class Layer:
     bias_binding: relax.VarBinding | None = None
     info: dict = field(default_factory=dict)  # scales etc., filled by the rewrite
     region: object = None  # a GELU's matched region (edgecompile.ir.gelu_match.GeluRegion)
+
+    def matches(self, patterns) -> bool:
+        """Whether one of ``patterns`` (layer names or fnmatch patterns, as ``keep_float`` takes) names it."""
+        return any(fnmatch.fnmatchcase(self.name, p) for p in patterns)
 
 
 def find_layers(func: relax.Function, integer_only: bool = False) -> list[Layer]:

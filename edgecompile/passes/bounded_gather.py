@@ -25,6 +25,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from edgecompile.ir.ops import const_array, op_name, scalar_value
 from edgecompile.passes.rewrite import rewrite_functions
 
 
@@ -58,7 +59,7 @@ def bound_constant(indices: np.ndarray, rows: int) -> np.ndarray:
 class _BoundTakes(relax.PyExprMutator):
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        if getattr(call.op, "name", "") != "relax.take" or str(call.attrs.mode) != "fast":
+        if op_name(call) != "relax.take" or str(call.attrs.mode) != "fast":
             return call
         x, idx = call.args
         ty = idx.ty
@@ -76,8 +77,8 @@ class _BoundTakes(relax.PyExprMutator):
         return relax.Call(call.op, [x, safe], call.attrs)
 
     def _bounded(self, idx, dtype: str, rows: int):
-        if isinstance(idx, tvm.ir.expr.Constant) and hasattr(idx.value, "numpy"):
-            a = idx.value.numpy()
+        a = const_array(idx)
+        if a is not None:
             b = bound_constant(a, rows)
             return idx if np.array_equal(a, b) else relax.const(b, dtype)
         op = relax.op
@@ -98,20 +99,11 @@ class _BoundTakes(relax.PyExprMutator):
     def _normalized(self, idx) -> bool:
         """``idx`` is ``where(less(i, 0), _, i)``: negatives already count from the end."""
         w = self._value(idx)
-        if not isinstance(w, relax.Call) or getattr(w.op, "name", "") != "relax.where":
+        if op_name(w) != "relax.where":
             return False
         cond, _, i = w.args
         c = self._value(cond)
-        if not isinstance(c, relax.Call) or getattr(c.op, "name", "") != "relax.less":
-            return False
-        zero = c.args[1]
-        return (
-            c.args[0].same_as(i)
-            and isinstance(zero, tvm.ir.expr.Constant)
-            and hasattr(zero.value, "numpy")
-            and zero.value.numpy().size == 1
-            and int(zero.value.numpy().reshape(-1)[0]) == 0
-        )
+        return op_name(c) == "relax.less" and c.args[0].same_as(i) and scalar_value(c.args[1]) == 0
 
 
 @tvm.transform.module_pass(opt_level=0, name="BoundGathers")

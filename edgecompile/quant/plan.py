@@ -22,7 +22,6 @@ layer to quantize did, nothing was calibrated and the int8 model could only outp
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import warnings
 from collections.abc import Callable
@@ -167,7 +166,7 @@ def quantize_model(
 def _check_keep_float(patterns: tuple[str, ...], layers) -> None:
     """Every ``keep_float`` name or pattern names at least one layer (a typo would keep nothing)."""
     names = [layer.name for layer in layers]
-    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    unmatched = [p for p in patterns if not any(layer.matches([p]) for layer in layers)]
     if unmatched:
         shown = ", ".join(names[:8]) + (", …" if len(names) > 8 else "")
         raise RecipeError(
@@ -179,7 +178,7 @@ def _check_keep_float(patterns: tuple[str, ...], layers) -> None:
 def _check_zero_ranges(layers, maxima: dict, keep_float: tuple[str, ...]) -> None:
     """Warn about layers whose inputs or output were zero on every calibration sample; refuse when
     every layer's were (see the module docstring)."""
-    counted = [layer for layer in layers if not any(fnmatch.fnmatchcase(layer.name, p) for p in keep_float)]
+    counted = [layer for layer in layers if not layer.matches(keep_float)]
     zero = [layer.name for layer in counted if any(maxima.get(v) == 0.0 for v in (*layer.inputs, layer.output))]
     if not zero:
         return

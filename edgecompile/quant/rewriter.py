@@ -9,7 +9,6 @@ The rewriter knows no recipe: the handlers (:mod:`edgecompile.quant.int8`,
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -228,7 +227,7 @@ class Rewriter:
         return substitute(ret, {u: self.as_float(u) for u in relax.analysis.free_vars(ret)})
 
     def kept(self, layer: Layer) -> bool:
-        return any(fnmatch.fnmatchcase(layer.name, p) for p in self.keep)
+        return layer.matches(self.keep)
 
     def handler(self, layer: Layer) -> Handler | None:
         """What emits ``layer`` in integers; None leaves it float: kept by ``keep_float``, a kind the
