@@ -75,8 +75,8 @@ def compile(  # noqa: A001 - the product's verb
         mod, sections = apply_stages(imported.mod, stages, ctx)
         if on_quantized is not None and "quant" in ctx.results:
             on_quantized(ctx.results["quant"])
-        lib, float_ops = _build(mod, profile, staging, tune, tuning_db, tune_progress, say, rec)
-        return seal(_tvm_manifest(imported, mod, rec, profile, lib, float_ops, tune, sections))
+        built = _build(mod, profile, staging, tune, tuning_db, tune_progress, say, rec)
+        return seal(_tvm_manifest(imported, mod, rec, profile, built, tune, sections))
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -202,30 +202,57 @@ def gemm_tile(profile) -> int:
     return gemm_nr(vector_isa(make_target(profile)), None, 32)
 
 
-def _build(mod, profile, staging: Path, tune, tuning_db, tune_progress, say, rec):
-    """Lower, build and export ``mod`` for a TVM target; returns the library and its float kernels."""
+@dataclasses.dataclass
+class _Built:
+    library: object  # lower.build.BuiltLibrary
+    float_ops: list
+    weights: dict | None  # the manifest's weights section (runtime/weights.py)
+    memory: dict
+
+
+def _build(mod, profile, staging: Path, tune, tuning_db, tune_progress, say, rec) -> _Built:
+    """Lower, build and export ``mod`` for a TVM target: the library, its weights file, its float
+    kernels and its memory plan."""
+    from edgecompile.artifact.weights_blob import write_weights
     from edgecompile.ir.native_output import captured
     from edgecompile.lower.build import compile_module, export, make_target
+    from edgecompile.lower.external_weights import LiftedWeights
     from edgecompile.lower.float_ops import float_kernels, float_kernels_of
+    from edgecompile.lower.memory_plan import memory_plan
 
     say(f"building for {profile.name} ({profile.tvm.get('kind')}, recipe {rec})")
     with captured(log):
         if tune is not None:
             say(f"tuning up to {tune} trials")
         fused: list = []  # the CPU build hands over its fused module: no second fusion run
+        planned: list = []
+        weights = LiftedWeights()
         executable = compile_module(
-            mod, profile, tune, tuning_db and Path(tuning_db), tune_progress, on_fused=fused.append
+            mod,
+            profile,
+            tune,
+            tuning_db and Path(tuning_db),
+            tune_progress,
+            on_fused=fused.append,
+            weights=weights,
+            on_planned=planned.append,
         )
         float_ops = float_kernels_of(fused[0]) if fused else float_kernels(mod, make_target(profile))
-        say("exporting the library")
-        return export(executable, profile, staging), float_ops
+        say("exporting the library and its weights")
+        lib = export(executable, profile, staging)
+        section = write_weights(weights.arrays, staging)
+    plan = memory_plan(planned[0]) if planned else {}
+    code = lib.file.stat().st_size
+    memory = {"weights_bytes": section["bytes"] if section else 0, **plan, "library_bytes": code}
+    return _Built(lib, float_ops, section, memory)
 
 
-def _tvm_manifest(imported, mod, rec, profile, lib, float_ops, tune, sections: dict):
+def _tvm_manifest(imported, mod, rec, profile, built: _Built, tune, sections: dict):
     from edgecompile.artifact.package import constant_bytes
     from edgecompile.ir.energy import model_energy
     from edgecompile.runtime.manifest import Manifest
 
+    lib = built.library
     return Manifest.describing(
         imported,
         rec,
@@ -235,9 +262,14 @@ def _tvm_manifest(imported, mod, rec, profile, lib, float_ops, tune, sections: d
         link_command=lib.link_command,
         tuning=None if tune is None else {"trials": tune},
         **{key: sections.get(key) for key in MANIFEST_SECTIONS},
-        float_ops=float_ops,
+        float_ops=built.float_ops,
         energy=model_energy(mod, profile.energy),
-        extra={"device_code": lib.device_code, "weights_bytes": constant_bytes(mod)},
+        extra={
+            "device_code": lib.device_code,
+            "weights_bytes": constant_bytes(mod),
+            "weights": built.weights,
+            "memory": built.memory,
+        },
     )
 
 

@@ -11,6 +11,8 @@ OUT_DIR/NAME.bin per output (raw C-order arrays). ``model/io.txt`` lists them, o
 
     input NAME DTYPE DIM... [range LO HI]     e.g. "input input_ids int64 1 32 range -1000 999"
     output NAME DTYPE DIM...
+    weights FILE BYTES                        the weights file (model/weights.bin), memory-mapped
+    weight DTYPE OFFSET DIM...                one per weight tensor, in the order main takes them
 
 NAME is the tensor's name, or where that cannot be one file name (``/encoder/out``), the plain name
 io.txt gives it (``_encoder_out``: :func:`file_name`). ``range LO HI`` is the input's inclusive
@@ -104,9 +106,13 @@ import json, os, sys
 os.environ["TVM_USE_RUNTIME_LIB"] = "1"
 from edgecompile.runtime.model import import_tvm_runtime
 import_tvm_runtime()
-import tvm.runtime.vm, tvm.runtime.device  # noqa
 print(json.dumps([getattr(m, "__file__", None) for m in list(sys.modules.values())]))
 """
+
+
+# libc, libstdc++, libm and the TVM runtime's own heap in run_model: 2.7 MB measured on x86-64
+# Debian 12 (peak RSS less weights, plan and mapped code); rounded up for other C libraries.
+SYSTEM_BYTES = 6 * 1024 * 1024
 
 
 @dataclass
@@ -120,7 +126,8 @@ class BundleFile:
 class Bundle:
     root: Path
     files: list[BundleFile]
-    weights_bytes: int | None  # of the artifact's library, from its manifest
+    weights_bytes: int | None  # the weights file's, or the library's constants (from the manifest)
+    memory: dict | None = None  # the manifest's memory plan
 
     @property
     def total(self) -> int:
@@ -136,6 +143,19 @@ class Bundle:
     def beyond_weights(self) -> int | None:
         return None if self.weights_bytes is None else self.total - self.weights_bytes
 
+    @property
+    def expected_resident(self) -> int | None:
+        """What ``run_model`` should hold at its peak: the weights (mapped once), the planned arena,
+        the outputs and the largest kernel's scratch, the code it maps (runner, TVM's runtime, the
+        model library: an upper bound of its resident part), and :data:`SYSTEM_BYTES` for the C and
+        C++ libraries and the runtime's heap. None without a memory plan."""
+        if not self.memory:
+            return None
+        roles = self.by_role()
+        code = roles.get("runner", 0) + roles.get("runtime library", 0) + roles.get("model code", 0)
+        plan = sum(self.memory.get(k, 0) for k in ("arena_bytes", "outputs_bytes", "kernel_scratch_bytes"))
+        return (self.weights_bytes or 0) + plan + code + SYSTEM_BYTES
+
     def to_json(self) -> dict:
         return {
             "files": [f.__dict__ for f in self.files],
@@ -143,6 +163,8 @@ class Bundle:
             "weights_bytes": self.weights_bytes,
             "beyond_weights_bytes": self.beyond_weights,
             "by_role": self.by_role(),
+            "memory_plan": self.memory,
+            "expected_resident_bytes": self.expected_resident,
         }
 
 
@@ -184,18 +206,30 @@ def make_bundle(
             staging.files.append(BundleFile("run_model", runner.stat().st_size, "runner"))
         if python:
             _put_python(staging, source, traced)
-        weights = manifest.get("weights_bytes")
-        if weights is not None:  # split the library into its weights and its code
-            library = next(f for f in staging.files if f.path == f"model/{manifest['library']}")
-            library.size -= weights
-            staging.files.append(BundleFile(f"model/{manifest['library']} (constants)", weights, "model weights"))
-        bundle = Bundle(out, staging.files, weights)
+        weights = _mark_weights(staging, manifest)
+        bundle = Bundle(out, staging.files, weights, manifest.get("memory"))
         (staging.root / "bundle.json").write_text(json.dumps(bundle.to_json(), indent=1))
         check_replaceable(out, security.force, _bundle_listing, "a bundle")
         swap_into_place(staging.root, out)
         return bundle
     finally:
         shutil.rmtree(staging.root, ignore_errors=True)
+
+
+def _mark_weights(staging: _Staging, manifest: dict) -> int | None:
+    """Give the weights their role in the listing: the weights file, or (an artifact that keeps them in
+    its library: OpenCL) the library's constants split from its code. Returns their bytes."""
+    section = manifest.get("weights")
+    if section:
+        blob = next(f for f in staging.files if f.path == f"model/{section['file']}")
+        blob.role = "model weights"
+        return blob.size
+    weights = manifest.get("weights_bytes")
+    if weights is not None:
+        library = next(f for f in staging.files if f.path == f"model/{manifest['library']}")
+        library.size -= weights
+        staging.files.append(BundleFile(f"model/{manifest['library']} (constants)", weights, "model weights"))
+    return weights
 
 
 def _put_model(staging: _Staging, artifact: Path, manifest: dict, sign_key) -> None:
@@ -282,7 +316,9 @@ def _put_python(staging: _Staging, source: Path, traced: list[str]) -> None:
 
 def io_spec(manifest: dict) -> str:
     """``model/io.txt`` (see the module docstring): one line per input, then per output,
-    ``input|output NAME DTYPE DIM...``, inputs with a ``valid_range`` ending in ``range LO HI``.
+    ``input|output NAME DTYPE DIM...``, inputs with a ``valid_range`` ending in ``range LO HI``; then,
+    for an artifact with a weights file, ``weights FILE BYTES`` and one ``weight DTYPE OFFSET DIM...``
+    per tensor ``main`` takes after the inputs (the manifest's ``weights`` section).
     NAME is the tensor's file name for ``run_model`` (IN_DIR/NAME.bin, OUT_DIR/NAME.bin): the model's
     name where it is a plain file name, else :func:`file_name` of it (``/encoder/out`` ->
     ``_encoder_out``), made unique."""
@@ -296,6 +332,11 @@ def io_spec(manifest: dict) -> str:
                 lo, hi = t["valid_range"]
                 words += ["range", str(int(lo)), str(int(hi))]
             lines.append(" ".join(words))
+    weights = manifest.get("weights")
+    if weights:
+        lines.append(f"weights {weights['file']} {weights['bytes']}")
+        for t in weights["tensors"]:
+            lines.append(" ".join(["weight", t["dtype"], str(t["offset"]), *map(str, t["shape"])]))
     return "\n".join(lines) + "\n"
 
 

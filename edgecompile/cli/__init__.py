@@ -28,6 +28,7 @@ from edgecompile.cli.views import (
     inspect_hash,
     inspect_lowrank,
     inspect_quant,
+    memory_line,
     out,
 )
 from edgecompile.errors import InputMismatchError
@@ -160,9 +161,11 @@ def compile_cmd(
     manifest = json.loads((path / "manifest.json").read_text())
     lib = path / manifest["library"]
     size = sum(f.stat().st_size for f in lib.rglob("*") if f.is_file()) if lib.is_dir() else lib.stat().st_size
+    weights = manifest.get("weights")
+    held = f" + {weights['file']}, {weights['bytes'] / 1e6:.1f} MB" if weights else ""
     out.print(
         f"compiled {model.name} for {manifest['target']['name']} in {time.perf_counter() - t0:.1f} s "
-        f"-> {path}/ ({lib.name}, {size / 1e6:.1f} MB)",
+        f"-> {path}/ ({lib.name}, {size / 1e6:.1f} MB{held})",
         highlight=False,
     )
     if manifest.get("link_command"):
@@ -276,7 +279,7 @@ def bench_cmd(
     trusted_key: TrustedKeyOption = None,
     require_signature: RequireSignatureOption = False,
 ) -> None:
-    """Time ARTIFACT: median, p90 and min latency over --runs calls."""
+    """Time ARTIFACT: median, p90 and min latency over --runs calls; peak RSS, load time and the memory plan."""
     _runtime_only()
     from edgecompile.runtime import load
 
@@ -296,6 +299,7 @@ def bench_cmd(
         f"({res.runs} runs, {res.threads} thread{'s' if res.threads != 1 else ''})",
         highlight=False,
     )
+    out.print(memory_line(res), highlight=False)
 
 
 @app.command("inspect")
@@ -517,6 +521,14 @@ def package_cmd(
     beyond = bundle.beyond_weights
     tail = "" if beyond is None else f"; {beyond / 1e6:.2f} MB beyond the model's weights"
     out.print(f"total {bundle.total / 1e6:.2f} MB{tail} (file list: {output}/bundle.json)", highlight=False)
+    resident = bundle.expected_resident
+    if resident is not None and not python:
+        plan = bundle.memory or {}
+        out.print(
+            f"expected resident memory of run_model: at most {resident / 1e6:.1f} MB (weights mapped once, "
+            f"activation arena {plan.get('arena_bytes', 0) / 1e6:.2f} MB, code)",
+            highlight=False,
+        )
 
 
 @app.command("targets")

@@ -36,6 +36,9 @@ def inspect_artifact(path: Path, as_json: bool) -> None:
             f"{e['memory_uj']:.4g}; {ops})",
             highlight=False,
         )
+    mem = m.get("memory")
+    if mem:
+        out.print(f"  {memory_plan_line(mem)}", highlight=False)
     cm = m.get("coreml")
     if cm:
         out.print(
@@ -59,6 +62,31 @@ def inspect_artifact(path: Path, as_json: bool) -> None:
         else "  unsigned (edgecompile sign ARTIFACT --key KEY)",
         highlight=False,
     )
+
+
+def _mb(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1e6:.2f} MB"
+
+
+def memory_plan_line(mem: dict) -> str:
+    """The manifest's memory plan in one line (``inspect``)."""
+    return (
+        f"memory plan: weights {_mb(mem.get('weights_bytes'))} (weights.bin, memory-mapped), activation arena "
+        f"{_mb(mem.get('arena_bytes'))} in {mem.get('storages', '?')} planned storages, outputs "
+        f"{_mb(mem.get('outputs_bytes'))}, largest kernel scratch {_mb(mem.get('kernel_scratch_bytes'))}, "
+        f"library {_mb(mem.get('library_bytes'))}"
+    )
+
+
+def memory_line(res) -> str:
+    """``bench``'s memory line: peak resident set beside the planned sizes."""
+    plan = (
+        f"; weights {_mb(res.weights_bytes)} (mapped), arena {_mb(res.arena_bytes)}"
+        if res.weights_bytes is not None
+        else ""
+    )
+    added = "" if res.load_rss_bytes is None else f", loading added {_mb(res.load_rss_bytes)}"
+    return f"memory: peak RSS {_mb(res.peak_rss_bytes)} (whole process){added}, load {res.load_ms:.1f} ms{plan}"
 
 
 def _manifest_section(path: Path, key: str, missing: str) -> dict:

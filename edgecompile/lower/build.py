@@ -47,7 +47,14 @@ def make_target(profile: TargetProfile):
 
 
 def compile_module(
-    mod, profile: TargetProfile, tune_trials: int | None = None, tuning_root=None, progress=None, on_fused=None
+    mod,
+    profile: TargetProfile,
+    tune_trials: int | None = None,
+    tuning_root=None,
+    progress=None,
+    on_fused=None,
+    weights=None,
+    on_planned=None,
 ):
     """Run the Relax pipeline and code generation; returns a ``tvm.runtime.Executable``.
 
@@ -55,11 +62,14 @@ def compile_module(
     under ``tuning_root`` (see :mod:`edgecompile.lower.tune`); the tuned build is kept only if the
     whole model measures faster than the untuned one here, since per-kernel timings in isolation
     can mislead (a kernel that wins alone can lose inside the model). ``on_fused(mod)`` sees the
-    fused module before scheduling (CPU targets; :func:`edgecompile.lower.pipeline.cpu_pipeline`)."""
+    fused module before scheduling (CPU targets; :func:`edgecompile.lower.pipeline.cpu_pipeline`).
+    ``weights`` (a :class:`~edgecompile.lower.external_weights.LiftedWeights`) receives the weights
+    taken out of the library, which ``main`` then takes after its inputs; ``on_planned(mod)`` sees
+    the kept build's module after static memory planning."""
     target = make_target(profile)
-    untuned = _build(mod, target, profile, None, on_fused)
+    untuned = _build(mod, target, profile, None, on_fused, weights is not None)
     if tune_trials is None:
-        return untuned
+        return _chosen(untuned, weights, on_planned)
     import os
 
     import tvm
@@ -77,27 +87,46 @@ def compile_module(
         db = tune(fused, tuning_target, tune_trials, tuning_root, progress)
     except Exception as e:
         raise BuildError(f"tuning failed: {type(e).__name__}: {_last_line(e)}") from e
-    tuned = _build(mod, tuning_target, profile, db)
+    tuned = _build(mod, tuning_target, profile, db, None, weights is not None)
     t_untuned, t_tuned = _model_latency(untuned, mod), _model_latency(tuned, mod)
     log.info("whole model: %.3f ms untuned, %.3f ms tuned", t_untuned * 1e3, t_tuned * 1e3)
-    return tuned if t_tuned < t_untuned else untuned
+    return _chosen(tuned if t_tuned < t_untuned else untuned, weights, on_planned)
 
 
-def _build(mod, target, profile: TargetProfile, db, on_fused=None):
+@dataclass
+class _Build:
+    executable: object
+    weights: object  # LiftedWeights, or None when the weights stay in the library
+    planned: list  # the module after static memory planning (one entry)
+
+
+def _chosen(build: _Build, weights, on_planned):
+    if weights is not None:
+        weights.arrays = build.weights.arrays
+    if on_planned is not None and build.planned:
+        on_planned(build.planned[0])
+    return build.executable
+
+
+def _build(mod, target, profile: TargetProfile, db, on_fused=None, lift: bool = False) -> _Build:
     import tvm
 
+    from edgecompile.lower.external_weights import LiftedWeights
     from edgecompile.lower.pipeline import pipeline_for
 
+    weights = LiftedWeights() if lift else None
+    planned: list = []
     try:
         with target:
-            return tvm.compile(mod, target=target, relax_pipeline=pipeline_for(target, db, on_fused))
+            pipeline = pipeline_for(target, db, on_fused, weights, planned.append)
+            return _Build(tvm.compile(mod, target=target, relax_pipeline=pipeline), weights, planned)
     except Exception as e:
         raise BuildError(
             f"TVM could not build the model for {profile.name}: {type(e).__name__}: {_last_line(e)}"
         ) from e
 
 
-def _model_latency(executable, mod, runs: int = 20) -> float:
+def _model_latency(build: _Build, mod, runs: int = 20) -> float:
     """Median seconds of ``main`` on random inputs of its static shapes."""
     import statistics
 
@@ -107,13 +136,15 @@ def _model_latency(executable, mod, runs: int = 20) -> float:
     from edgecompile.ir.host import host_vm
     from edgecompile.runtime.model import time_calls
 
-    vm = host_vm(executable)
+    vm = host_vm(build.executable)
     rng = np.random.default_rng(0)
     args = []
     for p in mod["main"].params:
         shape, dtype = [int(d.value) for d in p.ty.shape.values], str(p.ty.dtype)
         data = rng.standard_normal(shape) if "float" in dtype else np.ones(shape)
         args.append(tvm.runtime.tensor(data.astype(dtype)))
+    if build.weights is not None:
+        args += [tvm.runtime.tensor(a) for a in build.weights.arrays]
     return statistics.median(time_calls(lambda: vm["main"](*args), runs)) / 1e3
 
 

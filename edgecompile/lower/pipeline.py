@@ -121,25 +121,47 @@ def fusion_passes(target) -> list:
     return generic.library_dispatch_passes(target) + pre_legalize_passes(target) + generic.legalize_passes(target)
 
 
-def cpu_pipeline(target, tuning_db=None, on_fused=None) -> tvm.transform.Pass:
+def cpu_pipeline(target, tuning_db=None, on_fused=None, weights=None, on_planned=None) -> tvm.transform.Pass:
     """TVM's CPU phases with our rewrites before legalization and our schedules after fusion;
     kernels with a record in ``tuning_db`` (a directory) take the tuned schedule instead.
-    ``on_fused(mod)`` sees the fused, not yet scheduled module (its kernels as TIR)."""
+    ``on_fused(mod)`` sees the fused, not yet scheduled module (its kernels as TIR); ``weights``
+    (a :class:`~edgecompile.lower.external_weights.LiftedWeights`) takes the weights out of the
+    library (:mod:`edgecompile.lower.external_weights`); ``on_planned(mod)`` sees the module
+    after static memory planning (:mod:`edgecompile.lower.memory_plan`)."""
     from tvm.relax.backend.cpu_generic import pipeline as generic
 
     from edgecompile.lower.tune import apply_database_pass
 
     tuned = [apply_database_pass(tuning_db)] if tuning_db is not None else []
-    tap = [] if on_fused is None else [_tap(on_fused)]
     passes = (
         fusion_passes(target)
-        + tap
+        + _taps(on_fused)
         + tuned
         + schedule_passes(target)
+        + _lift(weights)
         + generic.dataflow_lower_passes(target)
-        + generic.finalize_passes(target)
+        + _after_planning(generic.finalize_passes(target), on_planned)
     )
     return tvm.transform.Sequential(passes, name="edgecompile_cpu")
+
+
+def _lift(weights) -> list:
+    from edgecompile.lower.external_weights import LiftWeights
+
+    return [] if weights is None else [LiftWeights(weights)]
+
+
+def _after_planning(finalize: list, on_planned) -> list:
+    """``finalize`` with the ``on_planned`` tap right after ``StaticPlanBlockMemory``."""
+    if on_planned is None:
+        return finalize
+    names = [p.info.name for p in finalize]
+    at = names.index("StaticPlanBlockMemory") + 1
+    return finalize[:at] + _taps(on_planned) + finalize[at:]
+
+
+def _taps(*callbacks) -> list:
+    return [_tap(c) for c in callbacks if c is not None]
 
 
 def _tap(on_fused) -> tvm.transform.Pass:
@@ -150,13 +172,14 @@ def _tap(on_fused) -> tvm.transform.Pass:
     return tvm.transform.module_pass(look, opt_level=0, name="edgecompile_tap_fused")
 
 
-def pipeline_for(target, tuning_db=None, on_fused=None):
+def pipeline_for(target, tuning_db=None, on_fused=None, weights=None, on_planned=None):
     """The Relax pipeline ``tvm.compile`` should run for ``target`` (``on_fused``: CPU targets
-    only, see :func:`cpu_pipeline`)."""
+    only; ``weights``, ``on_planned``: see :func:`cpu_pipeline`)."""
     if target.kind.name == "llvm":
-        return cpu_pipeline(target, tuning_db, on_fused)
+        return cpu_pipeline(target, tuning_db, on_fused, weights, on_planned)
     if target.kind.name == "cuda":
-        return cuda_pipeline(target)
+        return cuda_pipeline(target, weights, on_planned)
+    # OpenCL: TVM's whole default pipeline, which has no seam for the lift: weights stay in the library
     return tvm.transform.Sequential([BindParallelLoops(), relax.get_default_pipeline(target)], name="edgecompile_gpu")
 
 
@@ -171,7 +194,7 @@ def gpu_fusion_passes() -> list:
     ]
 
 
-def cuda_pipeline(target) -> tvm.transform.Pass:
+def cuda_pipeline(target, weights=None, on_planned=None) -> tvm.transform.Pass:
     """TVM's CUDA phases with dlight's rules, int8 GEMMs scheduled by ours (``__dp4a``; int8 WMMA only
     where it compiles, :mod:`edgecompile.lower.schedules.gpu_matmul`), after :class:`BindParallelLoops`."""
     from tvm.relax.backend.cuda import pipeline as cuda
@@ -188,7 +211,8 @@ def cuda_pipeline(target) -> tvm.transform.Pass:
         [BindParallelLoops()]
         + cuda.library_dispatch_passes(target)
         + legalize
+        + _lift(weights)
         + cuda.dataflow_lower_passes(target)
-        + cuda.finalize_passes(target)
+        + _after_planning(cuda.finalize_passes(target), on_planned)
     )
     return tvm.transform.Sequential(passes, name="edgecompile_cuda")

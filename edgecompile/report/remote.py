@@ -77,8 +77,12 @@ class RemoteDevice:
         return tracker
 
     def _open(self, artifact: Path):
-        """A session with the artifact loaded: ``(vm, device, manifest)``."""
+        """A session with the artifact loaded: ``(session, vm, device, manifest, weights)``; the weights
+        (``main``'s trailing arguments) are copied to the device once per session."""
+        import tvm
         from tvm import relax
+
+        from edgecompile.runtime.weights import map_weights
 
         manifest = read_verified(artifact)
         lib = artifact / manifest["library"]
@@ -87,7 +91,10 @@ class RemoteDevice:
         rlib = sess.load_module(lib.name)
         kind = manifest["target"].get("device", "cpu")
         dev = {"cpu": sess.cpu, "cuda": sess.cuda, "opencl": sess.cl}[kind](0)
-        return sess, relax.VirtualMachine(rlib, dev), dev, manifest
+        section = manifest.get("weights")
+        views = map_weights(artifact, section) if section else []
+        weights = [tvm.runtime.tensor(np.ascontiguousarray(v), dev) for v in views]
+        return sess, relax.VirtualMachine(rlib, dev), dev, manifest, weights
 
     def devices(self) -> int:
         """How many devices with the key the tracker has free now (at least 1)."""
@@ -106,13 +113,13 @@ class RemoteDevice:
         chunks = [list(range(i, len(samples), n)) for i in range(n)]
 
         def run(idx: list[int]) -> dict[int, np.ndarray]:
-            _sess, vm, dev, manifest = self._open(artifact)
+            _sess, vm, dev, manifest, weights = self._open(artifact)
             pos = [o["name"] for o in manifest["outputs"]].index(name)
             got = {}
             for i in idx:
                 feeds = samples[i]
                 args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[t["name"]]), dev) for t in manifest["inputs"]]
-                out = vm["main"](*args)
+                out = vm["main"](*args, *weights)
                 got[i] = (out if hasattr(out, "numpy") else out[pos]).numpy()
             return got
 
@@ -124,13 +131,13 @@ class RemoteDevice:
         """``{"median", "p90"}`` milliseconds of ``runs`` calls of the artifact on the device."""
         import tvm
 
-        sess, vm, dev, manifest = self._open(Path(artifact))
+        sess, vm, dev, manifest, weights = self._open(Path(artifact))
         if threads:
             sess.get_function("runtime.config_threadpool")(1, threads)
 
         args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[i["name"]]), dev) for i in manifest["inputs"]]
         timer = vm.time_evaluator("main", dev, number=1, repeat=runs, min_repeat_ms=0)
-        times = sorted(t * 1e3 for t in timer(*args).results)
+        times = sorted(t * 1e3 for t in timer(*args, *weights).results)
         p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
         return {"median": statistics.median(times), "p90": p90}
 

@@ -27,6 +27,7 @@ def _rows(report: dict) -> list[list[str]]:
                 f"{r['latency_ms']['median']:.3f}",
                 f"{r['latency_ms']['p90']:.3f}",
                 f"{r['size_bytes'] / 1e6:.2f}",
+                "-" if r.get("memory_bytes") is None else f"{r['memory_bytes'] / 1e6:.2f}",
                 "-" if r.get("energy_uj") is None else f"{r['energy_uj']:.4g}",
                 f"{r['compile_s']:.1f}",
                 marks.strip(),
@@ -35,7 +36,9 @@ def _rows(report: dict) -> list[list[str]]:
     return out
 
 
-HEADER = ["recipe", "metric", "drop [95% CI]", "median ms", "p90 ms", "size MB", "energy uJ", "compile s", ""]
+HEADER = [
+    "recipe", "metric", "drop [95% CI]", "median ms", "p90 ms", "size MB", "memory MB", "energy uJ", "compile s", "",
+]  # fmt: skip
 WORST = 5  # layers listed per recipe in report.md
 BARS = 12  # layers drawn per recipe in the HTML's bar chart
 

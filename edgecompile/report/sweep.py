@@ -12,7 +12,8 @@ Schema (version 2)::
      "samples", "labels"}, "timing": {"runs", "threads", "device": "local" | "rpc KEY@HOST:PORT"},
      "max_drop", "latency_budget_ms",
      "rows": [{"recipe", "metric", "drop", "drop_ci95": [lo, hi], "latency_ms": {"median", "p90"},
-               "size_bytes", "energy_uj", "compile_s", "artifact", "scores": [per-sample metric],
+               "size_bytes", "memory_bytes", "energy_uj", "compile_s", "artifact",
+               "scores": [per-sample metric],
                # quantized recipes:
                "sensitivity": {"samples", "layers": [{"layer", "kind", "drop"}, ...worst first]},
                "fix": {"limit", "recipe" | null, "tried": [[k, drop], ...], "why"?},
@@ -22,9 +23,11 @@ Schema (version 2)::
 
 ``drop`` is fp32's metric minus the recipe's (positive: worse), its interval a paired bootstrap over
 the evaluation samples. ``energy_uj`` is the compiler's estimate from op counts and the target
-profile's energy table (:mod:`edgecompile.ir.energy`). A quantized recipe over ``--max-drop`` gets a
-fix row: the same recipe with its most sensitive layers kept in float
-(:mod:`edgecompile.report.sensitivity`).
+profile's energy table (:mod:`edgecompile.ir.energy`). ``memory_bytes`` is what the model holds on the
+device by its memory plan (manifest ``memory``: weights, activation arena, outputs, largest kernel
+scratch and library; the runtime's own few MB excluded); None for a Core ML package. A quantized
+recipe over ``--max-drop`` gets a fix row: the same recipe with its most sensitive layers kept in
+float (:mod:`edgecompile.report.sensitivity`).
 """
 
 from __future__ import annotations
@@ -120,6 +123,13 @@ def recommend(rows: list[dict], max_drop: float | None, budget_ms: float | None)
         f"{best['drop_ci95'][0]:+.3g}..{best['drop_ci95'][1]:+.3g}) is within {limit:.3g}: "
         f"{_ms(best):.2f} ms against fp32's {_ms(base):.2f} ms ({_ms(base) / _ms(best):.2f}x)"
     )
+
+
+def planned_memory(manifest: dict) -> int | None:
+    """Bytes the model holds on the device by its manifest's memory plan (None without one)."""
+    plan = manifest.get("memory")
+    keys = ("weights_bytes", "arena_bytes", "outputs_bytes", "kernel_scratch_bytes", "library_bytes")
+    return None if not plan else sum(int(plan.get(k) or 0) for k in keys)
 
 
 def _ms(row: dict) -> float:
@@ -270,6 +280,7 @@ class _Sweep:
             "drop": float(self.base_scores.mean() - scores.mean()),
             "latency_ms": None,
             "size_bytes": sum(f.stat().st_size for f in Path(art).iterdir() if f.is_file()),
+            "memory_bytes": planned_memory(manifest),
             "energy_uj": (manifest.get("energy") or {}).get("total_uj"),
             "compile_s": round(compile_s, 2),
             "artifact": str(Path(art).relative_to(self.out_dir)),

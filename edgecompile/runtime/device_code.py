@@ -18,20 +18,17 @@ from edgecompile.errors import ArtifactError
 CALLBACK = "tvm_callback_cuda_compile"
 
 
-def load_cuda_sidecar(tvm) -> None:
+def load_cuda_sidecar() -> None:
     """Load ``libtvm_runtime_cuda.so`` from TVM's library directory (once)."""
-    from tvm.base import _LOADED_LIBS
-    from tvm_ffi.libinfo import load_lib_ctypes
+    from edgecompile.runtime.tvm_ffi_runtime import load_sidecar, tvm_lib_dir
 
-    if "tvm_runtime_cuda" in _LOADED_LIBS:
-        return
-    lib_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
     try:  # as TVM's own CUDA backend loads it, which runtime-only mode skips
-        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes("tvm", "tvm_runtime_cuda", "RTLD_LOCAL", [lib_dir])
+        load_sidecar("tvm_runtime_cuda")
     except (OSError, RuntimeError) as e:
         raise ArtifactError(
-            f"cannot load TVM's CUDA runtime (libtvm_runtime_cuda.so beside {lib_dir}): {e}; a CUDA artifact needs "
-            "an NVIDIA GPU with its driver (libcuda.so.1) and the CUDA runtime (libcudart.so.13) on the library path"
+            f"cannot load TVM's CUDA runtime (libtvm_runtime_cuda.so beside {tvm_lib_dir()}): {e}; a CUDA artifact "
+            "needs an NVIDIA GPU with its driver (libcuda.so.1) and the CUDA runtime (libcudart.so.13) on the "
+            "library path"
         ) from e
 
 

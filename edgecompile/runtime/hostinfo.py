@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import struct
 import sys
@@ -98,3 +99,18 @@ def parse_auxv(data: bytes, word: int = 8, byteorder: str = sys.byteorder) -> di
             break
         entries.setdefault(key, value)
     return entries
+
+
+def cpu_name() -> str:
+    """The CPU's model name and vector extensions of note (benchmark headers name the CPU)."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = cpu_flags()
+    notable = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "asimddp", "i8mm") if f in flags]
+    return f"{name} ({', '.join(notable) or 'no wide SIMD flags'}, {len(os.sched_getaffinity(0))} CPUs)"

@@ -19,7 +19,8 @@ from edgecompile.errors import ArtifactError, SignatureError
 from edgecompile.runtime.manifest_schema import check_fields, check_name, check_regular
 
 FORMAT = "edgecompile-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: weights in weights.bin (the manifest's "weights" section), not in the library
+READS_VERSIONS = (1, 2)  # a version-1 artifact has no weights section and loads as before
 MANIFEST = "manifest.json"
 
 # The order a compile writes the keys in (the sealed bytes sort them anyway): the typed fields of
@@ -40,7 +41,9 @@ KEY_ORDER = (
     "hash_attention",
     "float_ops",
     "energy",
-    "weights_bytes",  # TVM targets: bytes of the library's constants
+    "weights_bytes",  # TVM targets: bytes of the model's constants before lowering
+    "weights",  # TVM targets but OpenCL: the index of weights.bin (runtime/weights.py)
+    "memory",  # TVM targets: weights, planned arena, outputs, kernel scratch, library bytes
     "coreml",  # Core ML targets: the package's section
 )
 
@@ -183,10 +186,10 @@ def _check_header(manifest, mpath: Path) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{mpath} is not an edgecompile manifest")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READS_VERSIONS:
         raise ArtifactError(
-            f"artifact format version {version} is not supported by this runtime (it reads version "
-            f"{FORMAT_VERSION}); recompile the model with a matching edgecompile"
+            f"artifact format version {version} is not supported by this runtime (it reads versions "
+            f"{', '.join(map(str, READS_VERSIONS))}); recompile the model with a matching edgecompile"
         )
     claimed = manifest.get("manifest_sha256")
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}

@@ -17,6 +17,8 @@ from pathlib import Path, PurePosixPath
 from edgecompile.errors import ArtifactError
 
 DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
+ITEMSIZE = {"float64": 8, "int64": 8, "float32": 4, "int32": 4, "float16": 2, "bfloat16": 2, "int16": 2}
+WEIGHTS_ALIGNMENT = 64  # bytes; TVM refuses a tensor whose data is less aligned
 
 
 def check_name(name: object, where: str) -> str:
@@ -63,6 +65,8 @@ def check_fields(manifest: dict, mpath: Path) -> None:
     library = check_name(manifest.get("library"), f"{mpath} library")
     if library not in files and not any(n.startswith(library + "/") for n in files):
         raise ArtifactError(f"{mpath} names library {library!r}, which is not one of its checksummed files")
+    if manifest.get("weights") is not None:
+        check_weights(manifest["weights"], files, mpath)
     for entry in manifest.get("device_code") or []:
         name = entry.get("file") if isinstance(entry, dict) else None
         if check_name(name, f"{mpath} device_code") not in files:
@@ -84,7 +88,7 @@ def _check_spec(spec: object, kind: str, mpath: Path) -> None:
         and isinstance(spec.get("dtype"), str)
         and spec["dtype"] in DTYPES
         and isinstance(spec.get("shape"), list)
-        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in spec["shape"])
+        and all(_is_int(d) and d >= 0 for d in spec["shape"])
     )
     if not ok:
         raise ArtifactError(f"{mpath}: malformed entry in {kind}: {str(spec)[:120]}")
@@ -92,7 +96,44 @@ def _check_spec(spec: object, kind: str, mpath: Path) -> None:
     if bounds is not None and not (
         isinstance(bounds, list)
         and len(bounds) == 2
-        and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
+        and all(_is_int(b) for b in bounds)
         and bounds[0] <= bounds[1]
     ):
         raise ArtifactError(f"{mpath}: malformed valid_range of {kind[:-1]} {spec['name']!r}: {bounds!r}")
+
+
+def tensor_nbytes(entry: dict) -> int:
+    """Bytes of a ``{"dtype", "shape"}`` tensor entry."""
+    count = 1
+    for d in entry["shape"]:
+        count *= d
+    return count * ITEMSIZE.get(entry["dtype"], 1)
+
+
+def check_weights(section: object, files: dict, mpath: Path) -> None:
+    """A ``weights`` section (:mod:`edgecompile.runtime.weights`) that names a listed file and whose
+    tensors lie inside it, aligned."""
+    if not isinstance(section, dict) or not isinstance(section.get("tensors"), list):
+        raise ArtifactError(f"{mpath}: malformed weights section")
+    name = check_name(section.get("file"), f"{mpath} weights")
+    if name not in files:
+        raise ArtifactError(f"{mpath} names weights file {name!r}, which is not one of its checksummed files")
+    size = section.get("bytes")
+    if not _is_int(size) or size < 0:
+        raise ArtifactError(f"{mpath}: weights bytes must be a non-negative integer")
+    for i, t in enumerate(section["tensors"]):
+        ok = (
+            isinstance(t, dict)
+            and t.get("dtype") in DTYPES
+            and isinstance(t.get("shape"), list)
+            and all(_is_int(d) and d >= 0 for d in t["shape"])
+            and _is_int(t.get("offset"))
+            and t["offset"] >= 0
+            and t["offset"] % WEIGHTS_ALIGNMENT == 0
+        )
+        if not ok or t["offset"] + tensor_nbytes(t) > size:
+            raise ArtifactError(f"{mpath}: weight tensor {i} is malformed or lies outside {name}: {str(t)[:120]}")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)

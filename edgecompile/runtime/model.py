@@ -1,16 +1,13 @@
 """Load and run a compiled artifact with TVM's runtime library only.
 
-Imports ``tvm.runtime`` and numpy, nothing from the compiler side: on a device, set
-``TVM_USE_RUNTIME_LIB=1`` (the ``edgecompile run`` and ``bench`` commands do) and only
-``libtvm_runtime.so`` is loaded.
+Loads ``libtvm_runtime.so`` through ``tvm_ffi`` (:mod:`edgecompile.runtime.tvm_ffi_runtime`) and
+imports numpy, nothing from the compiler side and not even the ``tvm`` Python package.
 """
 
 from __future__ import annotations
 
-import importlib.abc
 import os
 import statistics
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -19,14 +16,19 @@ from pathlib import Path
 import numpy as np
 
 from edgecompile.errors import ArtifactError, InputMismatchError
+from edgecompile.runtime import tvm_ffi_runtime as rt
 from edgecompile.runtime.device_code import load_cuda_sidecar, register_device_code
 from edgecompile.runtime.hostinfo import cpu_flags, host_arch
 from edgecompile.runtime.manifest import read_verified
+from edgecompile.runtime.memory import current_rss, peak_rss
+from edgecompile.runtime.weights import map_weights
 
 
 @dataclass(frozen=True)
 class BenchmarkResult:
-    """Latency over ``runs`` timed calls after ``warmup`` untimed ones, in milliseconds."""
+    """Latency over ``runs`` timed calls after ``warmup`` untimed ones, in milliseconds; the memory
+    beside it: this process's peak resident set after the runs, what loading the model added to the
+    resident set, and the artifact's planned sizes (manifest ``memory``; None for older artifacts)."""
 
     median_ms: float
     p90_ms: float
@@ -35,6 +37,11 @@ class BenchmarkResult:
     runs: int
     warmup: int
     threads: int
+    peak_rss_bytes: int | None = None
+    load_rss_bytes: int | None = None
+    load_ms: float | None = None
+    weights_bytes: int | None = None
+    arena_bytes: int | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -44,6 +51,8 @@ class CompiledModel:
     """An artifact loaded for inference: ``run(feeds) -> {name: array}``, ``benchmark()``."""
 
     def __init__(self, path: str | Path, trusted_keys: list[bytes] | None = None):
+        rt.ffi()  # first: load time and memory are the model's, not the runtime library's
+        rss_before, t0 = current_rss(), time.perf_counter()
         self.path = Path(path)
         self.manifest = read_verified(self.path, trusted_keys)
         self.inputs: list[dict] = self.manifest["inputs"]
@@ -52,16 +61,42 @@ class CompiledModel:
         # TVM sizes its pool to half the logical CPUs on x86 (assuming hyper-threading); we default
         # to every CPU this process may run on, and --threads narrows it.
         os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
-        tvm = import_tvm_runtime()
-        self._tvm = tvm
         lib_file = self.path / self.manifest["library"]
-        if self.manifest["target"].get("device") == "cuda":
-            load_cuda_sidecar(tvm)
+        kind = self.manifest["target"].get("device", "cpu")
+        if kind == "cuda":
+            load_cuda_sidecar()
             register_device_code(self.path, self.manifest.get("device_code") or [])
-        lib = _load_library(tvm, lib_file, self.manifest["files"].get(self.manifest["library"], ""))
-        self.device = self._device()
-        self._vm = tvm.runtime.vm.VirtualMachine(lib, self.device)
+        if kind not in ("cpu", "cuda", "opencl"):
+            raise ArtifactError(f"artifact is for a {kind!r} device, which this runtime does not drive")
+        self._on_cpu = kind == "cpu"
+        digest = self.manifest["files"].get(self.manifest["library"], "")
+        if self._on_cpu:  # a weights file that does not fit is refused before any dlopen
+            self.device = rt.device(kind)
+            self._weights = self._map_weights()
+            lib = _load_library(lib_file, digest)
+        else:  # the library first: loading it is what builds the device code (and what a test can see)
+            lib = _load_library(lib_file, digest)
+            self.device = rt.device(kind)
+            self._weights = self._map_weights()
+        try:
+            self._vm = rt.make_vm(lib, self.device)
+        except Exception as e:
+            raise ArtifactError(f"{lib_file} is not a model library: {str(e).strip().splitlines()[-1]}") from e
         self._main = self._vm["main"]
+        self.load_ms = (time.perf_counter() - t0) * 1e3
+        after = current_rss()
+        self.load_rss_bytes = None if rss_before is None or after is None else after - rss_before
+
+    def _map_weights(self) -> list:
+        """The weights file as tensors ``main`` takes after the inputs: views of the mapping on the
+        CPU (no copy; :mod:`edgecompile.runtime.weights`), one upload to a GPU."""
+        section = self.manifest.get("weights")
+        if section is None:  # OpenCL builds (and older artifacts) keep them in the library
+            return []
+        views = map_weights(self.path, section)
+        if self._on_cpu:
+            return [rt.view(v) for v in views]
+        return [rt.to_device(v, self.device) for v in views]
 
     def _check_machine(self) -> None:
         target = self.manifest["target"]
@@ -90,14 +125,6 @@ class CompiledModel:
                 f"artifact for target {target['name']} needs CPU features this machine lacks: "
                 f"{', '.join(missing)}; recompile with --target native"
             )
-
-    def _device(self):
-        kind = self.manifest["target"].get("device", "cpu")
-        tvm = self._tvm
-        dev = {"cpu": tvm.cpu, "cuda": tvm.cuda, "opencl": tvm.opencl}[kind](0)
-        if kind != "cpu" and not dev.exist:
-            raise ArtifactError(f"artifact needs a {kind} device and none is available here")
-        return dev
 
     def _check_feeds(self, feeds: Mapping[str, object]) -> list[np.ndarray]:
         expected = {i["name"]: i for i in self.inputs}
@@ -132,7 +159,7 @@ class CompiledModel:
         return args
 
     def _call(self, tensors: list) -> list[np.ndarray]:
-        out = self._main(*tensors)
+        out = self._main(*tensors, *self._weights)
         flat = flatten_outputs(out)
         if len(flat) != len(self.outputs):
             raise ArtifactError(f"model returned {len(flat)} outputs, manifest lists {len(self.outputs)}")
@@ -143,7 +170,7 @@ class CompiledModel:
         args = self._check_feeds(feeds)
         if threads:
             set_threads(threads)
-        tensors = [self._tvm.runtime.tensor(a, self.device) for a in args]
+        tensors = [rt.to_device(a, self.device) for a in args]
         return {o["name"]: v for o, v in zip(self.outputs, self._call(tensors))}
 
     def example_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
@@ -169,15 +196,17 @@ class CompiledModel:
         args = self._check_feeds(feeds if feeds is not None else self.example_inputs())
         if threads:
             set_threads(threads)
-        tensors = [self._tvm.runtime.tensor(a, self.device) for a in args]
+        tensors = [rt.to_device(a, self.device) for a in args]
 
         def call():
-            self._main(*tensors)
-            self.device.sync()
+            self._main(*tensors, *self._weights)
+            if not self._on_cpu:
+                rt.sync(self.device)
 
         times = sorted(time_calls(call, runs, warmup))
         used = num_threads()
         p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+        plan = self.manifest.get("memory") or {}
         return BenchmarkResult(
             median_ms=statistics.median(times),
             p90_ms=p90,
@@ -186,6 +215,11 @@ class CompiledModel:
             runs=runs,
             warmup=warmup,
             threads=used,
+            peak_rss_bytes=peak_rss(),
+            load_rss_bytes=self.load_rss_bytes,
+            load_ms=self.load_ms,
+            weights_bytes=plan.get("weights_bytes"),
+            arena_bytes=plan.get("arena_bytes"),
         )
 
 
@@ -195,11 +229,11 @@ class CompiledModel:
 _LIBRARIES: dict[str, object] = {}
 
 
-def _load_library(tvm, lib_file: Path, digest: str):
+def _load_library(lib_file: Path, digest: str):
     if digest and digest in _LIBRARIES:
         return _LIBRARIES[digest]
     try:
-        lib = tvm.runtime.load_module(str(lib_file))
+        lib = rt.ffi().load_module(str(lib_file))
     except Exception as e:
         raise ArtifactError(f"cannot load {lib_file}: {str(e).strip().splitlines()[-1]}") from e
     if digest:
@@ -218,34 +252,9 @@ def _check_finite(name: str, arr: np.ndarray) -> None:
         )
 
 
-class _HideModules(importlib.abc.MetaPathFinder):
-    """Make ``import NAME`` fail for the given top-level names while installed."""
-
-    def __init__(self, names: set[str]):
-        self.names = names
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname.split(".")[0] in self.names:
-            raise ModuleNotFoundError(f"{fullname} is hidden while the TVM runtime loads", name=fullname)
-        return None
-
-
 def import_tvm_runtime():
-    """Import ``tvm.runtime`` and its VM. When TVM is not loaded yet, it is loaded without torch:
-    ``tvm_ffi`` imports torch opportunistically (for DLPack interop we do not use), which costs
-    seconds and hundreds of MB on a device that happens to have it."""
-    if "tvm" not in sys.modules:
-        os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
-        hide = _HideModules({"torch"} - set(sys.modules))
-        sys.meta_path.insert(0, hide)
-        try:
-            import tvm.runtime
-        finally:
-            sys.meta_path.remove(hide)
-    import tvm
-    import tvm.runtime.vm  # noqa: F401
-
-    return tvm
+    """``tvm_ffi`` with TVM's runtime library loaded (see :mod:`edgecompile.runtime.tvm_ffi_runtime`)."""
+    return rt.ffi()
 
 
 def time_calls(call, runs: int, warmup: int = 3) -> list[float]:
@@ -262,24 +271,22 @@ def time_calls(call, runs: int, warmup: int = 3) -> list[float]:
 
 def set_threads(n: int) -> int:
     """Size TVM's CPU thread pool to ``n`` workers; returns the count now in use."""
-    import tvm
-
     if n < 1:
         raise InputMismatchError("--threads must be at least 1")
-    tvm.get_global_func("runtime.config_threadpool")(1, n)
+    rt.global_func("runtime.config_threadpool")(1, n)
     return num_threads()
 
 
 def num_threads() -> int:
-    import tvm
-
-    return int(tvm.get_global_func("runtime.NumThreads")())
+    return int(rt.global_func("runtime.NumThreads")())
 
 
 def flatten_outputs(value) -> list[np.ndarray]:
     """The VM's return value (a tensor, a shape, or nested tuples of them) as a flat array list."""
-    if hasattr(value, "numpy"):
+    if hasattr(value, "numpy"):  # a tvm.runtime.Tensor (the compiler's VM)
         return [value.numpy()]
+    if hasattr(value, "__dlpack__"):  # a tvm_ffi.Tensor (our runtime's VM)
+        return [rt.to_numpy(value)]
     items = list(value)
     if all(isinstance(v, int) for v in items):  # a ShapeTuple
         return [np.array(items, dtype=np.int64)]

@@ -80,8 +80,21 @@ RESEALED = {
     "files //": (lambda m: m["files"].update({"a//b": "0" * 64}), "not a plain file name"),
     "device code outside": (_set([{"file": "../k.fatbin", "source_sha256": "x"}], "device_code"), "plain file name"),
     "device code unlisted": (_set([{"file": "k.fatbin", "source_sha256": "x"}], "device_code"), "not one of its"),
+    "weights section a list": (_set([], "weights"), "malformed weights section"),
+    "weights file unlisted": (_set("other.bin", "weights", "file"), "not one of its checksummed files"),
+    "weights file ..": (_set("../weights.bin", "weights", "file"), "not a plain file name"),
+    "weights file absolute": (_set("/dev/zero", "weights", "file"), "not a plain file name"),
+    "weights file is the library": (_set("model.so", "weights", "file"), "holds .* bytes, the manifest says"),
+    "weights bytes negative": (_set(-1, "weights", "bytes"), "non-negative integer"),
+    "weights bytes larger than the file": (
+        lambda m: m["weights"].update(bytes=m["weights"]["bytes"] + 4096), "holds .* bytes, the manifest says"),
+    "weight offset unaligned": (_set(4, "weights", "tensors", 0, "offset"), "weight tensor 0 is malformed"),
+    "weight past the end": (_set(1 << 40, "weights", "tensors", 0, "offset"), "lies outside weights.bin"),
+    "weight shape grown": (_set([1 << 20, 1 << 10], "weights", "tensors", 0, "shape"), "lies outside weights.bin"),
+    "weight dtype unknown": (_set("float128", "weights", "tensors", 0, "dtype"), "weight tensor 0 is malformed"),
+    "weight shape negative": (_set([-1, 8], "weights", "tensors", 0, "shape"), "weight tensor 0 is malformed"),
     "format other": (_set("onnx", "format"), "not an edgecompile manifest"),
-    "format_version 2": (_set(2, "format_version"), "format version 2 is not supported"),
+    "format_version 3": (_set(3, "format_version"), "format version 3 is not supported"),
     "format_version string": (_set("1", "format_version"), "is not supported"),
 }
 

@@ -56,8 +56,15 @@ def test_main_flow(tmp_path, example_feeds):
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     assert res["runs"] == 5 and res["threads"] == 1 and 0 < res["min_ms"] <= res["median_ms"] <= res["p90_ms"]
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert res["weights_bytes"] == (art / "weights.bin").stat().st_size == manifest["memory"]["weights_bytes"]
+    assert res["arena_bytes"] == manifest["memory"]["arena_bytes"] > 0
+    assert res["peak_rss_bytes"] > res["weights_bytes"] and res["load_ms"] > 0
+    r = cli("bench", art, "--runs", 3)
+    assert r.exit_code == 0 and "memory: peak RSS" in r.stdout and "arena" in r.stdout, r.output
     r = cli("inspect", art)
     assert r.exit_code == 0 and "input input_ids: 1x32 int64" in r.stdout
+    assert "memory plan: weights" in r.stdout and "activation arena" in r.stdout
 
 
 def test_targets_lists_profiles_one_line_each():

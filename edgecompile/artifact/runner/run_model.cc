@@ -6,12 +6,18 @@
 //
 //   input NAME DTYPE DIM... [range LO HI]
 //   output NAME DTYPE DIM...
+//   weights FILE BYTES                (artifacts with a weights file: at most one such line)
+//   weight DTYPE OFFSET DIM...        (one per weight tensor, in the order the model takes them)
 //
 // (DIMs are non-negative integers, none for a scalar; "range LO HI", for integer inputs that index
 // a table such as token ids into a vocabulary, gives the inclusive bounds the model accepts; blank
 // lines are skipped). NAME must be a plain file name: no '/', not "." or "..", printable ASCII.
 // Each input is read from IN_DIR/NAME.bin (raw little-endian, C order); each output is written to
-// OUT_DIR/NAME.bin. With RUNS > 0 the model is also timed and the median latency printed. Threads:
+// OUT_DIR/NAME.bin. The weights file (a plain file name in MODEL_DIR, exactly BYTES long) is mapped
+// read-only and each weight tensor handed to the model as a view of the mapping at OFFSET (a multiple
+// of 64, the tensor inside the file): no copy, and the pages are the page cache's, resident once.
+// With RUNS > 0 the model is also timed and the load time, peak resident set (VmHWM) and median
+// latency printed. Threads:
 // TVM_NUM_THREADS. The artifact's checksums are verified by `edgecompile package` when the bundle
 // is made; this program trusts the bundle it ships in, but not io.txt's names nor its inputs.
 //
@@ -22,6 +28,8 @@
 //
 // Exit status: 0 success; 2 a usage error, a malformed io.txt, a bad input or directory (the message
 // names the input, value and position); 3 an error inside TVM's runtime (its message is printed).
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <tvm/ffi/container/array.h>
@@ -59,12 +67,26 @@ struct Spec {
   int64_t lo = 0, hi = 0;
 };
 
+struct Weights {
+  std::string file;
+  uint64_t bytes = 0;
+  std::vector<Spec> tensors;  // name unused; offset in lo
+  bool present = false;
+};
+
 struct CPUAlloc {
   void AllocData(DLTensor* t) {
     t->data = std::aligned_alloc(64, std::max<size_t>(64, (ffi::GetDataSize(*t) + 63) / 64 * 64));
     if (!t->data) throw std::bad_alloc();
   }
   void FreeData(DLTensor* t) { std::free(t->data); }
+};
+
+// A tensor whose data lives in memory the caller owns (the weights mapping): nothing to allocate or free.
+struct MappedAlloc {
+  void* data;
+  void AllocData(DLTensor* t) { t->data = data; }
+  void FreeData(DLTensor*) {}
 };
 
 [[noreturn]] static void Fail(const std::string& msg, int code = 2) {
@@ -83,6 +105,7 @@ static bool ParseDtype(const std::string& s, DLDataType* t) {
       {"int64", {kDLInt, 64, 1}},     {"int32", {kDLInt, 32, 1}},     {"int16", {kDLInt, 16, 1}},
       {"int8", {kDLInt, 8, 1}},       {"uint64", {kDLUInt, 64, 1}},   {"uint32", {kDLUInt, 32, 1}},
       {"uint16", {kDLUInt, 16, 1}},   {"uint8", {kDLUInt, 8, 1}},     {"bool", {kDLBool, 8, 1}},
+      {"bfloat16", {kDLBfloat, 16, 1}},
   };
   for (const auto& k : kTypes) {
     if (s == k.name) return *t = k.type, true;
@@ -95,26 +118,63 @@ static bool PlainFileName(const std::string& s) {
   return std::all_of(s.begin(), s.end(), [](char c) { return c > ' ' && c < 127 && c != '/'; });
 }
 
+// The dimensions tok[i...] (up to "range" or the end) into spec->shape and spec->bytes.
+static std::string ParseDims(const std::vector<std::string>& tok, size_t* i, Spec* spec) {
+  int64_t count = 1;
+  for (int64_t d; *i < tok.size() && tok[*i] != "range"; ++*i) {
+    if (!ParseInt(tok[*i], &d) || d < 0) return "dimension '" + tok[*i] + "' is not a non-negative integer";
+    if (__builtin_mul_overflow(count, d, &count) || count > (INT64_MAX >> 4)) return "shape too large";
+    spec->shape.push_back(d);
+  }
+  spec->bytes = static_cast<size_t>(count) * (spec->dtype.bits / 8);
+  return "";
+}
+
+// A "weights FILE BYTES" or "weight DTYPE OFFSET DIM..." line into *w.
+static std::string ParseWeightsLine(const std::vector<std::string>& tok, Weights* w) {
+  int64_t v;
+  if (tok[0] == "weights") {
+    if (w->present) return "a second 'weights' line";
+    if (tok.size() != 3 || !PlainFileName(tok[1]) || !ParseInt(tok[2], &v) || v < 0) {
+      return "expected 'weights FILE BYTES' (a plain file name, a non-negative integer)";
+    }
+    w->file = tok[1], w->bytes = static_cast<uint64_t>(v), w->present = true;
+    return "";
+  }
+  if (!w->present) return "a 'weight' line before the 'weights' line";
+  Spec spec;
+  spec.dtype_name = tok[1];
+  if (!ParseDtype(tok[1], &spec.dtype)) return "unknown dtype '" + tok[1] + "'";
+  if (!ParseInt(tok[2], &spec.lo) || spec.lo < 0 || spec.lo % 64 != 0) {
+    return "offset '" + tok[2] + "' is not a non-negative multiple of 64";
+  }
+  size_t i = 3;
+  std::string err = ParseDims(tok, &i, &spec);
+  if (!err.empty()) return err;
+  if (i != tok.size()) return "unexpected '" + tok[i] + "'";
+  if (static_cast<uint64_t>(spec.lo) > w->bytes || spec.bytes > w->bytes - static_cast<uint64_t>(spec.lo)) {
+    return "the tensor lies outside the weights file (" + std::to_string(w->bytes) + " bytes)";
+  }
+  w->tensors.push_back(spec);
+  return "";
+}
+
 // One line of io.txt; "" when it is well formed, else what is wrong with it.
-static std::string ParseLine(const std::string& line, std::string* kind, Spec* spec) {
+static std::string ParseLine(const std::string& line, std::string* kind, Spec* spec, Weights* w) {
   std::istringstream ss(line);
   std::vector<std::string> tok;
   for (std::string t; ss >> t;) tok.push_back(t);
   if (tok.size() < 3) return "expected 'input|output NAME DTYPE DIM...'";
   *kind = tok[0];
-  if (*kind != "input" && *kind != "output") return "unknown kind '" + *kind + "' (input or output)";
+  if (*kind == "weights" || *kind == "weight") return ParseWeightsLine(tok, w);
+  if (*kind != "input" && *kind != "output") return "unknown kind '" + *kind + "' (input, output, weights, weight)";
   spec->name = tok[1];
   if (!PlainFileName(spec->name)) return "name '" + spec->name + "' is not a plain file name";
   spec->dtype_name = tok[2];
   if (!ParseDtype(tok[2], &spec->dtype)) return "unknown dtype '" + tok[2] + "'";
   size_t i = 3;
-  int64_t count = 1;
-  for (int64_t d; i < tok.size() && tok[i] != "range"; ++i) {
-    if (!ParseInt(tok[i], &d) || d < 0) return "dimension '" + tok[i] + "' is not a non-negative integer";
-    if (__builtin_mul_overflow(count, d, &count) || count > (INT64_MAX >> 4)) return "shape too large";
-    spec->shape.push_back(d);
-  }
-  spec->bytes = static_cast<size_t>(count) * (spec->dtype.bits / 8);
+  std::string err = ParseDims(tok, &i, spec);
+  if (!err.empty()) return err;
   if (i == tok.size()) return "";
   bool integer = spec->dtype.code == kDLInt || spec->dtype.code == kDLUInt;
   if (*kind != "input" || !integer) return "'range' is for integer inputs only";
@@ -126,7 +186,7 @@ static std::string ParseLine(const std::string& line, std::string* kind, Spec* s
   return "";
 }
 
-static void ReadIoTxt(const std::string& path, std::vector<Spec>* inputs, std::vector<Spec>* outputs) {
+static void ReadIoTxt(const std::string& path, std::vector<Spec>* inputs, std::vector<Spec>* outputs, Weights* w) {
   struct stat st;
   if (stat(path.c_str(), &st) != 0) Fail("cannot read " + path + ": " + std::strerror(errno));
   if (!S_ISREG(st.st_mode)) Fail(path + " is not a regular file");
@@ -138,9 +198,9 @@ static void ReadIoTxt(const std::string& path, std::vector<Spec>* inputs, std::v
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     std::string kind;
     Spec spec;
-    std::string err = ParseLine(line, &kind, &spec);
+    std::string err = ParseLine(line, &kind, &spec, w);
     if (!err.empty()) Fail("malformed io.txt line " + std::to_string(number) + ": " + err);
-    (kind == "input" ? inputs : outputs)->push_back(spec);
+    if (kind == "input" || kind == "output") (kind == "input" ? inputs : outputs)->push_back(spec);
   }
   if (io.bad()) Fail("cannot read " + path);
 }
@@ -238,6 +298,41 @@ static ffi::Tensor ReadInput(const Spec& s, const std::string& in_dir) {
   return t;
 }
 
+// The weights file mapped read-only (kept for the life of the process), one tensor view per weight.
+static std::vector<ffi::Tensor> MapWeights(const Weights& w, const std::string& model_dir) {
+  std::vector<ffi::Tensor> out;
+  if (!w.present) return out;
+  std::string path = model_dir + "/" + w.file;
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) Fail("cannot read " + path + ": " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) Fail(path + " is not a regular file inside " + model_dir + " (a symlink?): refused");
+  if (static_cast<uint64_t>(st.st_size) != w.bytes) {
+    Fail(path + " holds " + std::to_string(st.st_size) + " bytes, io.txt says " + std::to_string(w.bytes));
+  }
+  if (w.bytes == 0) Fail(path + " is empty");
+  int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW);
+  if (fd < 0) Fail("cannot open " + path + ": " + std::strerror(errno));
+  void* base = mmap(nullptr, w.bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (base == MAP_FAILED) Fail("cannot map " + path + ": " + std::strerror(errno));
+  for (const Spec& s : w.tensors) {
+    void* data = static_cast<char*>(base) + s.lo;
+    out.push_back(ffi::Tensor::FromNDAlloc(MappedAlloc{data}, ffi::ShapeView(s.shape.data(), s.shape.size()),
+                                           s.dtype, DLDevice{kDLCPU, 0}));
+  }
+  return out;
+}
+
+// This process's peak resident set in KiB (VmHWM: Linux and Android), or -1 where /proc is not there.
+// Not getrusage's ru_maxrss: that counts the parent's pages from before exec.
+static long PeakRssKiB() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
+  }
+  return -1;
+}
+
 static void Flatten(const ffi::Any& value, std::vector<ffi::Tensor>* out) {
   if (auto t = value.as<ffi::Tensor>()) {
     out->push_back(*t);
@@ -256,7 +351,8 @@ int main(int argc, char** argv) {
     Fail(std::string("RUNS '") + argv[4] + "' is not a non-negative integer; " + kUsage);
   }
   std::vector<Spec> inputs, outputs;
-  ReadIoTxt(model_dir + "/io.txt", &inputs, &outputs);
+  Weights weights;
+  ReadIoTxt(model_dir + "/io.txt", &inputs, &outputs, &weights);
   std::string so = model_dir + "/model.so";
   struct stat st;
   if (lstat(so.c_str(), &st) != 0) Fail("cannot read " + so + ": " + std::strerror(errno));
@@ -267,11 +363,14 @@ int main(int argc, char** argv) {
   try {
     std::vector<ffi::Any> args;
     for (const Spec& s : inputs) args.push_back(ReadInput(s, in_dir));
+    auto t_load = std::chrono::steady_clock::now();
+    for (ffi::Tensor& t : MapWeights(weights, model_dir)) args.push_back(t);
     ffi::Module lib = ffi::Module::LoadFromFile(so);
     ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
     // device type, id, allocator (2: pooled) for the model's device, then for the host
     vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2, static_cast<int>(kDLCPU), 0, 2);
     ffi::Function main_fn = vm->GetFunction("main").value();
+    double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_load).count();
     std::vector<ffi::AnyView> views(args.begin(), args.end());
     ffi::Any result;
     main_fn.CallPacked(views.data(), static_cast<int32_t>(views.size()), &result);
@@ -297,6 +396,8 @@ int main(int argc, char** argv) {
         if (r >= 3) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
       }
       std::sort(ms.begin(), ms.end());
+      std::printf("load %.3f ms\n", load_ms);
+      std::printf("peak rss %ld KiB\n", PeakRssKiB());
       std::printf("median %.3f ms over %lld runs\n", ms[ms.size() / 2], static_cast<long long>(runs));
     }
   } catch (const std::bad_alloc&) {

@@ -63,12 +63,17 @@ def test_native_bundle_matches_the_python_runtime_and_fits(int8_artifact, tmp_pa
         "model/io.txt",
         "model/manifest.json",
         "model/model.so",
+        "model/weights.bin",
         "run_model",
     ]
     listed = json.loads((bundle.root / "bundle.json").read_text())
     on_disk = [p for p in bundle.root.rglob("*") if p.is_file() and p.name != "bundle.json"]
     assert listed["total_bytes"] == sum(p.stat().st_size for p in on_disk)
-    assert 0 < listed["weights_bytes"] < (bundle.root / "model" / "model.so").stat().st_size
+    assert listed["weights_bytes"] == (bundle.root / "model" / "weights.bin").stat().st_size > 0
+    roles = {f["path"]: f["role"] for f in listed["files"]}
+    assert roles["model/weights.bin"] == "model weights" and roles["model/model.so"] == "model code"
+    plan = listed["memory_plan"]
+    assert plan["arena_bytes"] > 0 and listed["expected_resident_bytes"] > listed["weights_bytes"] + plan["arena_bytes"]
     # the footprint goal of issue 9: at most 8 MB beyond the model's weights on a CPU target
     assert bundle.beyond_weights <= 8 * MB, bundle.by_role()
     feeds = dict(np.load(EXAMPLE_INPUTS))

@@ -108,6 +108,37 @@ def set_runs(w, runs: str) -> None:
     w.runs = [runs]
 
 
+def io_line(w, kind: str) -> int:
+    """The number of the first io.txt line of ``kind`` (``weights``, ``weight``)."""
+    lines = (w.model / "io.txt").read_text().splitlines()
+    return next(i + 1 for i, ln in enumerate(lines) if ln.split()[0] == kind)
+
+
+def edit_weights_line(w, edit) -> None:
+    n = io_line(w, "weights")
+    _, file, size = (w.model / "io.txt").read_text().splitlines()[n - 1].split()
+    set_io_line(w, n, edit(file, int(size)))
+
+
+def edit_weight_line(w, edit) -> None:
+    n = io_line(w, "weight")
+    _, dtype, offset, *dims = (w.model / "io.txt").read_text().splitlines()[n - 1].split()
+    set_io_line(w, n, edit(dtype, int(offset), dims))
+
+
+def symlink_weights(w) -> None:
+    real = w.tmp / "elsewhere.bin"
+    (w.model / "weights.bin").rename(real)
+    (w.model / "weights.bin").symlink_to(real)
+
+
+def swap_weights_lines(w) -> None:
+    lines = (w.model / "io.txt").read_text().splitlines()
+    n = io_line(w, "weights") - 1
+    lines[n], lines[n + 1] = lines[n + 1], lines[n]
+    (w.model / "io.txt").write_text("\n".join(lines) + "\n")
+
+
 REFUSED = {
     "ids-above-range": (lambda w: set_input(w, "ids", (0, 3), ROWS), f"input 'ids' holds {ROWS} at [0, 3], outside"),
     "ids-below-range": (lambda w: set_input(w, "ids", (0, 5), -ROWS - 1), f"holds {-ROWS - 1} at [0, 5]"),
@@ -129,6 +160,32 @@ REFUSED = {
     "io-bad-range": (lambda w: set_io_line(w, 1, "input ids int64 1 8 range 5"), "line 1: expected 'range LO HI'"),
     "io-range-on-float": (lambda w: set_io_line(w, 2, "input x float32 1 8 16 range 0 1"), "for integer inputs"),
     "symlinked-model-so": (symlink_model, "model.so is not a regular file"),
+    "weights-missing": (lambda w: (w.model / "weights.bin").unlink(), "cannot read"),
+    "weights-symlinked": (symlink_weights, "weights.bin is not a regular file"),
+    "weights-truncated": (
+        lambda w: (w.model / "weights.bin").write_bytes((w.model / "weights.bin").read_bytes()[:-64]),
+        "bytes, io.txt says",
+    ),
+    "weights-name-dotdot": (lambda w: edit_weights_line(w, lambda f, n: f"weights .. {n}"), "expected 'weights FILE"),
+    "weights-name-slash": (lambda w: edit_weights_line(w, lambda f, n: f"weights ../{f} {n}"), "expected 'weights"),
+    "weights-size-negative": (lambda w: edit_weights_line(w, lambda f, n: f"weights {f} -1"), "expected 'weights"),
+    "weight-before-weights": (swap_weights_lines, "a 'weight' line before the 'weights' line"),
+    "weight-offset-unaligned": (
+        lambda w: edit_weight_line(w, lambda t, o, d: " ".join(["weight", t, str(o + 4), *d])),
+        "is not a non-negative multiple of 64",
+    ),
+    "weight-past-the-end": (
+        lambda w: edit_weight_line(w, lambda t, o, d: " ".join(["weight", t, str(1 << 40), *d])),
+        "lies outside the weights file",
+    ),
+    "weight-grown": (
+        lambda w: edit_weight_line(w, lambda t, o, d: " ".join(["weight", t, str(o), "1000000", *d])),
+        "lies outside the weights file",
+    ),
+    "weight-dtype-unknown": (
+        lambda w: edit_weight_line(w, lambda t, o, d: " ".join(["weight", "float8", str(o), *d])),
+        "unknown dtype 'float8'",
+    ),
     "runs-abc": (lambda w: set_runs(w, "abc"), "RUNS 'abc' is not a non-negative integer; usage: run_model"),
     "runs-negative": (lambda w: set_runs(w, "-1"), "RUNS '-1' is not a non-negative integer"),
 }
@@ -152,13 +209,20 @@ def test_a_runtime_failure_exits_3_with_its_message(bundle, work):
     assert "error in TVM's runtime" in proc.stderr and "model.so" in proc.stderr
 
 
-def test_io_txt_carries_the_valid_range(bundle):
-    assert (bundle.root / "model" / "io.txt").read_text().splitlines() == [
+def test_io_txt_carries_the_valid_range_and_the_weights(bundle):
+    lines = (bundle.root / "model" / "io.txt").read_text().splitlines()
+    assert lines[:4] == [
         f"input ids int64 1 {SEQ} range {-ROWS} {ROWS - 1}",
         f"input x float32 1 {SEQ} {DIM}",
         f"output y float32 1 {SEQ} 4",
         f"output h float32 1 {SEQ} {DIM}",
     ]
+    size = (bundle.root / "model" / "weights.bin").stat().st_size
+    assert lines[4] == f"weights weights.bin {size}"
+    weights = [ln.split() for ln in lines[5:]]
+    assert weights and all(w[0] == "weight" and int(w[2]) % 64 == 0 for w in weights)
+    # the embedding table, whole (ROWS x DIM float32), is one of them
+    assert any(w[1] == "float32" and w[3:] == [str(ROWS), str(DIM)] for w in weights)
 
 
 @pytest.mark.parametrize("io_txt", ["as-packaged", "without-range"])

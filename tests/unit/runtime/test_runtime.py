@@ -91,21 +91,21 @@ def test_compiling_twice_gives_identical_bytes(example_artifact, tmp_path):
     assert proc.returncode == 0, proc.stderr
     again = tmp_path / "again"
     names = sorted(p.name for p in example_artifact.iterdir())
-    assert names == sorted(p.name for p in again.iterdir()) == ["manifest.json", "model.so"]
+    assert names == sorted(p.name for p in again.iterdir()) == ["manifest.json", "model.so", "weights.bin"]
     for n in names:
         assert (example_artifact / n).read_bytes() == (again / n).read_bytes(), n
 
 
 def test_manifest_records_the_contract(example_artifact):
     m = json.loads((example_artifact / "manifest.json").read_text())
-    assert m["format"] == "edgecompile-artifact" and m["format_version"] == 1
+    assert m["format"] == "edgecompile-artifact" and m["format_version"] == 2
     assert m["tvm_version"].startswith("0.27") and m["edgecompile_version"]
     assert m["recipe"]["spec"] == "fp32" and m["target"]["name"] == "native"
     assert [i["name"] for i in m["inputs"]] == ["input_ids", "attention_mask"]
     assert m["inputs"][0] == {"name": "input_ids", "shape": [1, 32], "dtype": "int64", "valid_range": [-1000, 999]}
     assert m["inputs"][1] == {"name": "attention_mask", "shape": [1, 32], "dtype": "int64"}
     assert [o["name"] for o in m["outputs"]] == ["last_hidden_state", "pooled"]
-    assert set(m["files"]) == {"model.so"} and len(m["files"]["model.so"]) == 64
+    assert set(m["files"]) == {"model.so", "weights.bin"} and all(len(d) == 64 for d in m["files"].values())
     assert m["source"]["frontend"] == "onnx" and m["source"]["opset"] == 17
 
 
