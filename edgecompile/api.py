@@ -21,6 +21,7 @@ from edgecompile.frontend.spec import parse_shape
 
 log = logging.getLogger("edgecompile")
 MANIFEST_SECTIONS = ("quantization", "lowrank", "hash_attention")  # every TVM manifest has these keys
+WARN_SHARE = 0.005  # a fallback kernel with less of the model's estimated operations is only logged
 
 
 def compile(  # noqa: A001 - the product's verb
@@ -208,6 +209,7 @@ class _Built:
     float_ops: list
     weights: dict | None  # the manifest's weights section (runtime/weights.py)
     memory: dict
+    kernels: list[dict]
 
 
 def _build(mod, profile, staging: Path, tune, tuning_db, tune_progress, say, rec) -> _Built:
@@ -218,6 +220,7 @@ def _build(mod, profile, staging: Path, tune, tuning_db, tune_progress, say, rec
     from edgecompile.lower.build import compile_module, export, make_target
     from edgecompile.lower.external_weights import LiftedWeights
     from edgecompile.lower.float_ops import float_kernels, float_kernels_of
+    from edgecompile.lower.kernel_table import kernel_table
     from edgecompile.lower.memory_plan import memory_plan
 
     say(f"building for {profile.name} ({profile.tvm.get('kind')}, recipe {rec})")
@@ -244,7 +247,31 @@ def _build(mod, profile, staging: Path, tune, tuning_db, tune_progress, say, rec
     plan = memory_plan(planned[0]) if planned else {}
     code = lib.file.stat().st_size
     memory = {"weights_bytes": section["bytes"] if section else 0, **plan, "library_bytes": code}
-    return _Built(lib, float_ops, section, memory)
+    gpu = profile.tvm.get("kind") != "llvm"
+    kernels = kernel_table(planned[0], "dlight:gpu" if gpu else "unscheduled") if planned else []
+    _warn_fallback(kernels)
+    return _Built(lib, float_ops, section, memory, kernels)
+
+
+def _warn_fallback(kernels: list[dict]) -> None:
+    """A kernel none of our schedules took runs on the generic fallback schedule: often many times
+    slower than it could be. Say so at compile time, naming it and its share of the model's ops."""
+    import warnings
+
+    from edgecompile.errors import EdgeCompileWarning
+    from edgecompile.lower.kernel_table import fallback_share
+
+    for name, share in fallback_share(kernels):
+        if share < WARN_SHARE:
+            log.info("kernel %s runs on the fallback schedule (~%.2f%% of the model's operations)", name, 100 * share)
+            continue
+        warnings.warn(
+            f"kernel {name} has no schedule of ours and runs on the generic fallback schedule "
+            f"(~{share:.1%} of the model's estimated operations): it may be slow; `edgecompile bench "
+            "ARTIFACT --profile` shows its time",
+            EdgeCompileWarning,
+            stacklevel=2,
+        )
 
 
 def _tvm_manifest(imported, mod, rec, profile, built: _Built, tune, sections: dict):
@@ -269,6 +296,7 @@ def _tvm_manifest(imported, mod, rec, profile, built: _Built, tune, sections: di
             "weights_bytes": constant_bytes(mod),
             "weights": built.weights,
             "memory": built.memory,
+            "kernels": built.kernels,
         },
     )
 

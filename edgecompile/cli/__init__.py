@@ -26,10 +26,12 @@ from edgecompile.cli.views import (
     inspect_artifact,
     inspect_float_ops,
     inspect_hash,
+    inspect_kernels,
     inspect_lowrank,
     inspect_quant,
     memory_line,
     out,
+    print_profile,
 )
 from edgecompile.errors import InputMismatchError
 
@@ -276,6 +278,10 @@ def bench_cmd(
         typer.Option("--input", "-i", help="Inputs as for `run` [default: random floats, ones for integers]."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    profile: Annotated[
+        bool,
+        typer.Option("--profile", help="Per kernel: calls, time, share of the run, schedule rule, GOP/s."),
+    ] = False,
     trusted_key: TrustedKeyOption = None,
     require_signature: RequireSignatureOption = False,
 ) -> None:
@@ -288,6 +294,9 @@ def bench_cmd(
         raise InputMismatchError(f"--warmup must be 0 or more, got {warmup}")
     model = load(artifact, trusted_keys(trusted_key, require_signature))
     feeds = _load_inputs(input) or None
+    if profile:
+        print_profile(artifact, model.profile(threads=threads, feeds=feeds, runs=runs), as_json)
+        return
     res = model.benchmark(runs=runs, threads=threads, warmup=warmup, feeds=feeds)
     if as_json:
         out.print_json(
@@ -326,11 +335,17 @@ def inspect_cmd(
             "(input quantize, output dequantize, or float op).",
         ),
     ] = False,
+    kernels: Annotated[
+        bool,
+        typer.Option("--kernels", help="Artifact: every kernel, the schedule rule that produced it, calls, ops."),
+    ] = False,
 ) -> None:
     """Show op coverage of an ONNX model before compiling (exit 1 if any op is unsupported),
     or summarise an artifact."""
     if path.is_dir():
-        if float_ops:
+        if kernels:
+            inspect_kernels(path, as_json)
+        elif float_ops:
             inspect_float_ops(path, as_json)
         elif lowrank:
             inspect_lowrank(path, as_json)

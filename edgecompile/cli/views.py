@@ -89,6 +89,51 @@ def memory_line(res) -> str:
     return f"memory: peak RSS {_mb(res.peak_rss_bytes)} (whole process){added}, load {res.load_ms:.1f} ms{plan}"
 
 
+def inspect_kernels(path: Path, as_json: bool) -> None:
+    """Every kernel of an artifact with the schedule rule that produced it (manifest ``kernels``)."""
+    from edgecompile.errors import ArtifactError
+    from edgecompile.runtime.manifest import read_verified
+
+    kernels = read_verified(path).get("kernels")
+    if kernels is None:
+        raise ArtifactError(f"{path} records no kernels (a Core ML package, or built by an older edgecompile)")
+    if as_json:
+        out.print_json(json.dumps(kernels))
+        return
+    total = sum((k["ops"] or 0) * k["calls"] for k in kernels) or 1
+    table = Table(title=f"{path}: {len(kernels)} kernels, most estimated operations first")
+    for col in ("kernel", "rule", "calls", "Mop per call", "share of ops"):
+        table.add_column(col, justify="left" if col in ("kernel", "rule") else "right", overflow="fold")
+    for k in kernels:
+        ops = k["ops"]
+        rule = f"[red]{k['rule']}[/red]" if k["rule"] == "fallback" else k["rule"]
+        share = "-" if ops is None else f"{ops * k['calls'] / total:.1%}"
+        table.add_row(k["name"], rule, str(k["calls"]), "-" if ops is None else f"{ops / 1e6:.3f}", share)
+    out.print(table)
+
+
+def print_profile(path: Path, prof, as_json: bool) -> None:
+    """``bench --profile``: per kernel time, share, rule and GOP/s; the run and what is outside kernels."""
+    if as_json:
+        out.print_json(json.dumps({"artifact": str(path), **prof.to_json()}))
+        return
+    table = Table(
+        title=f"{path}: {prof.run_ms:.3f} ms per run; kernels timed alone ({prof.repeats} calls each, median)"
+    )
+    for col in ("kernel", "calls", "total ms", "mean us", "% of run", "rule", "GOP/s"):
+        table.add_column(col, justify="left" if col in ("kernel", "rule") else "right", overflow="fold")
+    for k in prof.kernels:
+        gops = "-" if k.gops is None else f"{k.gops:.1f}"
+        cells = (f"{k.total_ms:.3f}", f"{k.mean_us:.1f}", f"{k.share:.1%}", k.rule or "-", gops)
+        table.add_row(k.name, str(k.calls), *cells)
+    out.print(table)
+    out.print(
+        f"outside kernels (VM, shape checks, allocation, cold caches): {prof.outside_ms:.3f} ms "
+        f"({prof.outside_ms / prof.run_ms:.1%})",
+        highlight=False,
+    )
+
+
 def _manifest_section(path: Path, key: str, missing: str) -> dict:
     """The artifact's manifest entry ``key``, or a clear error saying ``missing``."""
     from edgecompile.errors import ArtifactError

@@ -90,13 +90,12 @@ class BindParallelLoops:
 
 def schedule_passes(target) -> list:
     """The passes that replace TVM's default scheduling for ``target`` (empty for GPU targets)."""
-    from tvm.s_tir import dlight as dl
-
     from edgecompile.lower.schedules import cpu_rules
+    from edgecompile.lower.schedules.recorded import ApplyRulesRecorded
 
     if target.kind.name != "llvm":
         return []
-    return [dl.ApplyDefaultSchedule(*cpu_rules())]
+    return [ApplyRulesRecorded(*cpu_rules())]
 
 
 def pre_legalize_passes(target) -> list:
@@ -130,12 +129,14 @@ def cpu_pipeline(target, tuning_db=None, on_fused=None, weights=None, on_planned
     after static memory planning (:mod:`edgecompile.lower.memory_plan`)."""
     from tvm.relax.backend.cpu_generic import pipeline as generic
 
+    from edgecompile.lower.schedules.recorded import mark_scheduled
     from edgecompile.lower.tune import apply_database_pass
 
-    tuned = [apply_database_pass(tuning_db)] if tuning_db is not None else []
+    tuned = [apply_database_pass(tuning_db), mark_scheduled("tuned")] if tuning_db is not None else []
     passes = (
         fusion_passes(target)
         + _taps(on_fused)
+        + [mark_scheduled("hand-written")]
         + tuned
         + schedule_passes(target)
         + _lift(weights)

@@ -44,6 +44,7 @@ KEY_ORDER = (
     "weights_bytes",  # TVM targets: bytes of the model's constants before lowering
     "weights",  # TVM targets but OpenCL: the index of weights.bin (runtime/weights.py)
     "memory",  # TVM targets: weights, planned arena, outputs, kernel scratch, library bytes
+    "kernels",  # TVM targets: per kernel its symbol, schedule rule, calls per run, estimated ops
     "coreml",  # Core ML targets: the package's section
 )
 

@@ -21,6 +21,7 @@ from edgecompile.runtime.device_code import load_cuda_sidecar, register_device_c
 from edgecompile.runtime.hostinfo import cpu_flags, host_arch
 from edgecompile.runtime.manifest import read_verified
 from edgecompile.runtime.memory import current_rss, peak_rss
+from edgecompile.runtime.profile import Profile, profile_calls, record_calls
 from edgecompile.runtime.weights import map_weights
 
 
@@ -70,6 +71,7 @@ class CompiledModel:
             raise ArtifactError(f"artifact is for a {kind!r} device, which this runtime does not drive")
         self._on_cpu = kind == "cpu"
         digest = self.manifest["files"].get(self.manifest["library"], "")
+        self._lib_file = lib_file
         if self._on_cpu:  # a weights file that does not fit is refused before any dlopen
             self.device = rt.device(kind)
             self._weights = self._map_weights()
@@ -78,6 +80,7 @@ class CompiledModel:
             lib = _load_library(lib_file, digest)
             self.device = rt.device(kind)
             self._weights = self._map_weights()
+        self._lib = lib
         try:
             self._vm = rt.make_vm(lib, self.device)
         except Exception as e:
@@ -221,6 +224,28 @@ class CompiledModel:
             weights_bytes=plan.get("weights_bytes"),
             arena_bytes=plan.get("arena_bytes"),
         )
+
+    def profile(
+        self, repeats: int = 20, threads: int | None = None, feeds: Mapping[str, object] | None = None, runs: int = 10
+    ) -> Profile:
+        """Per-kernel times (:mod:`edgecompile.runtime.profile`): each kernel call of one run timed
+        ``repeats`` times with the VM's own arguments; the whole run's median over ``runs``."""
+        if repeats < 1 or runs < 1:
+            raise InputMismatchError("--runs must be at least 1")
+        args = self._check_feeds(feeds if feeds is not None else self.example_inputs())
+        if threads:
+            set_threads(threads)
+        tensors = [rt.to_device(a, self.device) for a in args]
+        sync = (lambda: None) if self._on_cpu else (lambda: rt.sync(self.device))
+
+        def call():
+            self._main(*tensors, *self._weights)
+            sync()
+
+        run_ms = statistics.median(time_calls(call, runs, 3))
+        vm = rt.make_vm(self._lib, self.device)  # its own VM: the instrument never touches self._vm
+        calls = record_calls(vm, [*tensors, *self._weights])
+        return profile_calls(calls, run_ms, self.manifest.get("kernels") or [], repeats, sync)
 
 
 # Loaded libraries by SHA-256 (verified against the manifest just before): TVM never unloads a

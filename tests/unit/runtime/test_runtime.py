@@ -27,12 +27,14 @@ data = np.load(sys.argv[2])
 out = model.run({k: data[k] for k in data.files}, threads=1)
 np.savez(sys.argv[3], **out)
 bench = model.benchmark(runs=3, threads=1)
+prof = model.profile(repeats=2, runs=2, threads=1)
 maps = open("/proc/self/maps").read()
 print(json.dumps({
     "modules": sorted(sys.modules),
     "compiler_lib_mapped": "libtvm_compiler" in maps,
     "runtime_lib_mapped": "libtvm_runtime" in maps,
     "median_ms": bench.median_ms,
+    "profiled": sorted(k.name for k in prof.kernels),
 }))
 """
 
@@ -67,6 +69,8 @@ def test_runtime_only_mode_loads_no_compiler(example_artifact, example_feeds, tm
         assert not [m for m in mods if m == banned or m.startswith(banned + ".")], f"{banned} was imported"
     assert info["runtime_lib_mapped"] and not info["compiler_lib_mapped"]
     assert info["median_ms"] > 0
+    kernels = json.loads((example_artifact / "manifest.json").read_text())["kernels"]
+    assert info["profiled"] == sorted(k["name"] for k in kernels)  # the profiler works runtime-only
     # Bit-identical to a run in this (compiler-mode) process.
     ref = edgecompile.load(example_artifact).run(example_feeds)
     got = np.load(out)

@@ -1,0 +1,67 @@
+"""The kernels of a built model, read off the module after lowering: per kernel its name (the
+library symbol the VM calls), the schedule rule that produced it
+(:mod:`edgecompile.lower.schedules.recorded`), how often ``main`` calls it, and an estimate of its
+arithmetic: the block instances of its loop nest (``M*N*K`` for a GEMM's update block), counted
+twice for blocks with a reduction (a multiply and an add). ``bench --profile`` divides that by the
+measured time for GOP/s; the compile-time warning for kernels left to the fallback schedule quotes
+their share of the model's operations."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from edgecompile.lower.schedules.recorded import FALLBACK, RULE_ATTR
+
+
+def kernel_table(mod, default_rule: str = "unscheduled") -> list[dict]:
+    """``[{"name", "rule", "calls", "ops"}]`` of the PrimFuncs ``main`` calls, most ops first
+    (``ops`` per call; None where a loop extent is symbolic). Kernels without a recorded rule
+    (GPU builds: TVM's dlight rules) get ``default_rule``."""
+    calls: dict[str, int] = {}
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.GlobalVar):
+            calls[expr.op.name_hint] = calls.get(expr.op.name_hint, 0) + 1
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    rows = []
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or gv.name_hint not in calls:
+            continue
+        rule = str(func.attrs[RULE_ATTR]) if func.attrs and RULE_ATTR in func.attrs else default_rule
+        rows.append({"name": _symbol(gv, func), "rule": rule, "calls": calls[gv.name_hint], "ops": _ops(func)})
+    return sorted(rows, key=lambda r: (-(r["ops"] or 0) * r["calls"], r["name"]))
+
+
+def fallback_share(kernels: list[dict]) -> list[tuple[str, float]]:
+    """``(kernel, share of the model's estimated operations)`` for kernels on the fallback schedule."""
+    total = sum((k["ops"] or 0) * k["calls"] for k in kernels) or 1
+    return [(k["name"], (k["ops"] or 0) * k["calls"] / total) for k in kernels if k["rule"] == FALLBACK]
+
+
+def _symbol(gv, func) -> str:
+    symbol = func.attrs.get("global_symbol") if func.attrs else None
+    return str(symbol) if symbol is not None else gv.name_hint
+
+
+def _ops(func) -> int | None:
+    total = 0
+    stack = [func.body]
+    while stack:  # TVM 0.27 has no Python TIR visitor: walk the statement fields that hold statements
+        node = stack.pop()
+        block = getattr(node, "block", None)
+        if isinstance(block, tvm.tirx.Stmt) and hasattr(block, "iter_vars") and block.iter_vars:
+            extents = [iv.dom.extent for iv in block.iter_vars]
+            if not all(isinstance(e, tvm.tirx.IntImm) for e in extents):
+                return None
+            count = int(np.prod([int(e) for e in extents], dtype=np.int64))
+            reduces = any(int(iv.iter_type) == 2 for iv in block.iter_vars)  # CommReduce
+            total += count * (2 if reduces else 1)
+        for field in ("body", "block", "then_case", "else_case"):
+            child = getattr(node, field, None)
+            if isinstance(child, tvm.tirx.Stmt):
+                stack.append(child)
+        stack.extend(getattr(node, "seq", None) or ())
+    return total
