@@ -108,3 +108,48 @@ def test_vector_isa_from_target():
     assert isa.bits == 512 and isa.int8_dot == "vnni"
     neon = vector_isa(tvm.target.Target(TARGETS["neon"]))
     assert neon.bits == 128 and neon.int8_dot == "sdot"
+
+
+@pytest.mark.parametrize("m", [17, 197, 257])
+@pytest.mark.parametrize("epilogue", [False, True])
+def test_ragged_rows_over_packed_weights(m, epilogue):
+    """Row counts no register tile divides (ViT's 197 tokens) are computed to whole tiles and the real
+    rows kept: the result is numpy's, with and without a fused epilogue."""
+    from tvm import relax
+
+    from edgecompile.lower.build import compile_module
+    from edgecompile.targets import get_profile
+
+    rng = np.random.default_rng(m)
+    k, n = 64, 96
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, m, k), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = relax.op.matmul(x, relax.const(w))
+            if epilogue:
+                y = relax.op.nn.gelu(relax.op.add(y, relax.const(bias)))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    profile = get_profile("native").resolved()
+    from edgecompile.lower.build import make_target
+    from edgecompile.lower.pipeline import fusion_passes
+
+    target = make_target(profile)
+    with target:
+        fused = tvm.transform.Sequential(fusion_passes(target))(bb.get())
+    scripts = [f.script() for _, f in fused.functions_items() if isinstance(f, tirx.PrimFunc)]
+    assert any('"matmul_rows"' in sc for sc in scripts)  # the padded form, not a guarded row tail
+    vm = relax.VirtualMachine(compile_module(bb.get(), profile), tvm.cpu())
+    xv = rng.standard_normal((1, m, k)).astype(np.float32)
+    got = vm["main"](tvm.runtime.tensor(xv)).numpy()
+    ref = xv @ w
+    if epilogue:
+        from scipy.special import erf
+
+        ref = ref + bias
+        ref = 0.5 * ref * (1 + erf(ref / np.sqrt(2)))
+    assert got.shape == (1, m, n)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
