@@ -5,7 +5,8 @@ CPU (LLVM) targets: TVM's generic CPU phases with two additions of ours:
   vectorizable approximations (``FastMathTransform``; max abs error ~1e-7 on exp/erf, far inside
   our 1e-4-of-range tolerance against ONNX Runtime) — libm's scalar calls otherwise cost more
   than the GEMMs around them;
-- patch-embedding convolutions (stride = kernel) become GEMMs (:mod:`..patchify`);
+- patch-embedding convolutions (stride = kernel) become GEMMs (:mod:`..patchify`), other float
+  convolutions im2col GEMMs and non-overlapping transposed convolutions GEMMs (:mod:`..conv_gemm`);
 - matmuls with constant weights read them packed in column panels (:mod:`..pack_weights`);
 - after fusion, every PrimFunc is scheduled by our rules (:mod:`edgecompile.lower.schedules`);
   TVM's default CPU pipeline leaves them as unscheduled loop nests.
@@ -101,6 +102,7 @@ def schedule_passes(target) -> list:
 def pre_legalize_passes(target) -> list:
     """Graph rewrites before legalization on CPU: GELU decomposition, fast math, weight packing."""
     from edgecompile.lower.pack_weights import PackMatmulWeights
+    from edgecompile.passes.conv_gemm import ConvToGemm
     from edgecompile.passes.patchify import PatchifyConv
 
     # FoldConstant first: exporters write Linear as matmul(x, permute_dims(W)).
@@ -109,6 +111,7 @@ def pre_legalize_passes(target) -> list:
         relax.transform.FastMathTransform(),
         relax.transform.FoldConstant(),
         PatchifyConv(),
+        ConvToGemm(),
         PackMatmulWeights(target),
     ]
 

@@ -1,0 +1,172 @@
+"""Rewrite float convolutions with constant weights as GEMMs, which our matmul rule and weight
+packing run near the FMA peak; TVM's CPU ``conv2d`` and ``conv2d_transpose`` are loop nests that
+reach a few GFLOP/s (4.9 on a 3x3 conv and a 2x2 stride-2 transposed conv, AVX-512, 1 thread).
+
+- ``conv2d`` (one group, NCHW / OIHW): im2col. For every output pixel, the ``kh*kw`` input pixels
+  its window reads (strided, dilated, zero outside the image) are gathered from the NHWC input
+  into a row, channels innermost, and multiplied with the kernel as ``[(dy, dx, c), o]``:
+  ``[N*Ho*Wo, kh*kw*C] @ [kh*kw*C, O]``. Unpadded 1x1 convolutions need no gather.
+  The column matrix is ``kh*kw`` times the input: above :data:`MAX_COLUMNS_BYTES` the
+  convolution is left as it is (the kernel table and the fallback warning show it).
+- ``conv2d_transpose`` (one group, NCHW / IOHW): each input pixel scatters a ``kh x kw`` block,
+  the GEMM ``[N*H*W, C] @ [C, O*kh*kw]``; with stride equal to the kernel and no padding (the
+  2x2/stride-2 upsampling of segmentation and depth heads) the blocks do not overlap and a
+  reshuffle places them, otherwise ``col2im`` adds the overlapping entries (padding, dilation and
+  output padding from the call's attributes and inferred shape). TVM's own form convolves the
+  zero-dilated input, doing ``kh*kw`` times the work, and gives wrong values for overlapping
+  kernels (3x3 stride 2 against ONNX Runtime and torch: off by up to 5.2 on outputs of 0..10).
+Stride-equals-kernel ``conv2d`` (patch embedding) is :mod:`edgecompile.passes.patchify`'s, which
+runs first. The rewrites are exact up to summation order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+
+from edgecompile.passes.rewrite import rewrite_functions
+
+MAX_COLUMNS_BYTES = 64 << 20  # the im2col matrix of one convolution (it lives in the planned arena)
+
+
+def _ints(values) -> list[int]:
+    return [int(v) for v in values]
+
+
+def _const_weight(w):
+    if not isinstance(w, tvm.ir.expr.Constant) or not hasattr(w.value, "numpy"):
+        return None
+    value = w.value.numpy()
+    return value if value.dtype == np.float32 and value.ndim == 4 else None
+
+
+def _static_nchw(x) -> list[int] | None:
+    shape = getattr(x.ty, "shape", None)
+    values = getattr(shape, "values", None)
+    if values is None or len(values) != 4 or str(x.ty.dtype) != "float32":
+        return None
+    if not all(isinstance(v, tvm.tirx.IntImm) for v in values):
+        return None
+    return _ints(values)
+
+
+def _im2col(t, kh: int, kw: int, strides, dilation, pads, out_hw):
+    """``[N, Ho, Wo, kh, kw, C]``: for every output pixel the input pixels its kernel window reads
+    (zero outside the image), from the NHWC input ``t``; C innermost, so rows copy contiguously."""
+    _, h, w, _ = t.shape
+    (sh, sw), (dh, dw), (pt, pl), (ho, wo) = strides, dilation, pads, out_hw
+
+    def pixel(b, y, x, dy, dx, ch):
+        iy, ix = y * sh + dy * dh - pt, x * sw + dx * dw - pl
+        inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)
+        value = t[b, tirx.max(tirx.min(iy, h - 1), 0), tirx.max(tirx.min(ix, w - 1), 0), ch]
+        return tirx.if_then_else(inside, value, tirx.const(0, t.dtype))
+
+    return te.compute((t.shape[0], ho, wo, kh, kw, t.shape[3]), pixel, name="im2col")
+
+
+def im2col_conv(bb, x, wv: np.ndarray, shape: list[int], attrs):
+    """``conv2d(x, wv)`` as the NHWC input's kernel windows (:func:`_im2col`) times the kernel."""
+    op = relax.op
+    n, c, h, wd = shape
+    o, _, kh, kw = wv.shape
+    sh, sw = _ints(attrs.strides)
+    dh, dw = _ints(attrs.dilation)
+    pt, pl, pb, pr = _ints(attrs.padding)
+    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if ho < 1 or wo < 1 or n * ho * wo * kh * kw * c * 4 > MAX_COLUMNS_BYTES:
+        return None
+    t = bb.normalize(op.permute_dims(x, [0, 2, 3, 1]))
+    if (kh, kw, sh, sw, pt, pb, pl, pr) == (1, 1, 1, 1, 0, 0, 0, 0):
+        cols = t
+    else:
+        cols = bb.call_te(_im2col, t, kh, kw, (sh, sw), (dh, dw), (pt, pl), (ho, wo), primfunc_name_hint="im2col")
+    cols = op.reshape(cols, [n * ho * wo, kh * kw * c])
+    kernel = relax.const(np.ascontiguousarray(wv.transpose(2, 3, 1, 0).reshape(kh * kw * c, o)))
+    y = op.reshape(op.matmul(cols, kernel), [n, ho, wo, o])
+    return op.permute_dims(y, [0, 3, 1, 2])
+
+
+def _col2im(cols, strides, dilation, pads, out_hw):
+    """``[N, O, Ho, Wo]`` from ``cols[N, H, W, O, kh, kw]`` (each input pixel's kernel-sized block):
+    output pixel ``Y = h*sh - pt + i*dh`` sums every block entry that lands on it."""
+    n, h, w, o, kh, kw = cols.shape
+    (sh, sw), (dh, dw), (pt, pl), (ho, wo) = strides, dilation, pads, out_hw
+    ri, rj = te.reduce_axis((0, kh), name="ri"), te.reduce_axis((0, kw), name="rj")
+
+    def pixel(b, c, y, x):
+        ty, tx = y + pt - ri * dh, x + pl - rj * dw
+        iy, ix = tirx.indexdiv(ty, sh), tirx.indexdiv(tx, sw)
+        lands = tirx.all(ty >= 0, tx >= 0, tirx.indexmod(ty, sh) == 0, tirx.indexmod(tx, sw) == 0, iy < h, ix < w)
+        value = cols[b, tirx.max(tirx.min(iy, h - 1), 0), tirx.max(tirx.min(ix, w - 1), 0), c, ri, rj]
+        return te.sum(tirx.if_then_else(lands, value, tirx.const(0, cols.dtype)), axis=[ri, rj])
+
+    return te.compute((n, o, ho, wo), pixel, name="col2im")
+
+
+def scatter_transpose_conv(bb, x, wv: np.ndarray, shape: list[int], attrs, out_hw):
+    """``conv2d_transpose(x, wv)`` in general: each input pixel's block ``[N*H*W, C] @ [C, O*kh*kw]``,
+    then :func:`_col2im` adds the overlapping blocks into the output."""
+    op = relax.op
+    n, c, h, wd = shape
+    _, o, kh, kw = wv.shape
+    t = op.reshape(op.permute_dims(x, [0, 2, 3, 1]), [n * h * wd, c])
+    y = op.matmul(t, relax.const(np.ascontiguousarray(wv.reshape(c, o * kh * kw))))
+    cols = bb.normalize(op.reshape(y, [n, h, wd, o, kh, kw]))
+    pt, pl = _ints(attrs.padding)[:2]
+    args = (tuple(_ints(attrs.strides)), tuple(_ints(attrs.dilation)), (pt, pl), out_hw)
+    return bb.call_te(_col2im, cols, *args, primfunc_name_hint="col2im")
+
+
+def blocks_transpose_conv(x, wv: np.ndarray, shape: list[int]):
+    """``conv2d_transpose(x, wv)`` with stride == kernel and no padding: one block per input pixel."""
+    op = relax.op
+    n, c, h, wd = shape
+    _, o, kh, kw = wv.shape
+    t = op.reshape(op.permute_dims(x, [0, 2, 3, 1]), [n * h * wd, c])
+    y = op.matmul(t, relax.const(np.ascontiguousarray(wv.reshape(c, o * kh * kw))))
+    y = op.permute_dims(op.reshape(y, [n, h, wd, o, kh, kw]), [0, 3, 1, 4, 2, 5])
+    return op.reshape(y, [n, o, h * kh, wd * kw])
+
+
+@relax.expr_functor.mutator
+class _ConvToGemm(relax.PyExprMutator):
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        name = getattr(call.op, "name", "")
+        if name not in ("relax.nn.conv2d", "relax.nn.conv2d_transpose") or len(call.args) != 2:
+            return call
+        x, w = call.args
+        wv, shape, a = _const_weight(w), _static_nchw(x), call.attrs
+        if wv is None or shape is None or int(a.groups) != 1 or str(a.data_layout) != "NCHW":
+            return call
+        if str(a.out_layout) not in ("NCHW", "") or str(a.out_dtype) not in ("", "void", "None", "float32"):
+            return call
+        if name == "relax.nn.conv2d":
+            ok = str(a.kernel_layout) == "OIHW" and wv.shape[1] == shape[1]
+            out = im2col_conv(self.builder_, x, wv, shape, a) if ok else None
+        else:
+            out = self._transposed(call, x, wv, shape, a)
+        return call if out is None else out
+
+    def _transposed(self, call, x, wv, shape, a):
+        if str(a.kernel_layout) != "IOHW" or wv.shape[0] != shape[1]:
+            return None
+        out_shape = _static_nchw(call) if hasattr(call, "ty") else None
+        if out_shape is None:
+            return None
+        kh, kw = wv.shape[2:]
+        if _ints(a.strides) == [kh, kw] and not any(_ints(a.padding)) and not any(_ints(a.output_padding)):
+            if _ints(a.dilation) == [1, 1]:
+                return blocks_transpose_conv(x, wv, shape)
+        return scatter_transpose_conv(self.builder_, x, wv, shape, a, tuple(out_shape[2:]))
+
+
+@tvm.transform.module_pass(opt_level=0, name="ConvToGemm")
+class ConvToGemm:
+    """Float convolutions and non-overlapping transposed convolutions with constant weights -> GEMMs."""
+
+    def transform_module(self, mod, _ctx):
+        return rewrite_functions(mod, _ConvToGemm(mod))
