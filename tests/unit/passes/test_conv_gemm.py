@@ -1,6 +1,7 @@
-"""Convolutions as GEMMs (passes/conv_gemm.py): im2col conv2d and block-scatter conv2d_transpose
-give ONNX Runtime's outputs (float tolerance 1e-4 of the output range) and leave no conv kernel;
-the grouped cases they do not take still compile and match."""
+"""Convolutions rewritten before lowering: im2col conv2d and block-scatter conv2d_transpose as GEMMs
+(passes/conv_gemm.py), depthwise conv2d as summed taps (passes/depthwise.py). Each gives ONNX
+Runtime's outputs (float tolerance 1e-4 of the output range) and leaves no conv kernel; the
+grouped cases they do not take still compile and match."""
 
 from __future__ import annotations
 
@@ -19,12 +20,33 @@ CASES = {
     "3x2 asymmetric pads": ("Conv", {"pads": [0, 1, 1, 0]}, (8, 16, 3, 2), (1, 16, 9, 11), True),
     "1x1": ("Conv", {}, (48, 16, 1, 1), (2, 16, 7, 7), True),
     "grouped 3x3": ("Conv", {"pads": [1, 1, 1, 1], "group": 2}, (16, 8, 3, 3), (1, 16, 8, 8), False),
+    # depthwise (passes/depthwise.py): the taps summed elementwise over a padded copy
+    "depthwise 3x3 pad 1": ("Conv", {"pads": [1, 1, 1, 1], "group": 16}, (16, 1, 3, 3), (1, 16, 14, 14), True),
+    "depthwise 3x3 stride 2": (
+        "Conv",
+        {"pads": [1, 1, 1, 1], "strides": [2, 2], "group": 16},
+        (16, 1, 3, 3),
+        (1, 16, 15, 15),
+        True,
+    ),
+    "depthwise 5x5 dilation 2": (
+        "Conv",
+        {"pads": [4, 4, 4, 4], "dilations": [2, 2], "group": 16},
+        (16, 1, 5, 5),
+        (1, 16, 12, 12),
+        True,
+    ),
+    "depthwise 3x3 unpadded": ("Conv", {"group": 16}, (16, 1, 3, 3), (2, 16, 9, 7), True),
+    "depthwise multiplier 2": ("Conv", {"pads": [1, 1, 1, 1], "group": 16}, (32, 1, 3, 3), (1, 16, 8, 8), False),
     "transposed 2x2 stride 2": ("ConvTranspose", {"strides": [2, 2]}, (16, 8, 2, 2), (1, 16, 6, 6), True),
     # overlapping blocks: TVM's own conv2d_transpose gets these wrong (off by up to 5 against ORT and torch)
     "transposed 3x3 stride 2": ("ConvTranspose", {"strides": [2, 2]}, (16, 8, 3, 3), (1, 16, 6, 6), True),
     "transposed 3x3 stride 2 pads, output_padding": (
-        "ConvTranspose", {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]},
-        (16, 8, 3, 3), (1, 16, 6, 6), True,
+        "ConvTranspose",
+        {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]},
+        (16, 8, 3, 3),
+        (1, 16, 6, 6),
+        True,
     ),
     "transposed 3x3 dilation 2": ("ConvTranspose", {"dilations": [2, 2]}, (16, 8, 3, 3), (1, 16, 5, 5), True),
     "transposed grouped": ("ConvTranspose", {"strides": [2, 2], "group": 2}, (16, 4, 2, 2), (1, 16, 4, 4), False),
@@ -67,5 +89,5 @@ def test_convolution_matches_onnxruntime(case, tmp_path):
     convs = [k for k in kernels if "conv2d" in k]
     assert (not convs) == rewritten, kernels
     if rewritten:
-        assert any("matmul" in k for k in kernels), kernels
+        assert any("matmul" in k or "depthwise" in k for k in kernels), kernels
         assert all(k["rule"] != "fallback" for k in table), table
