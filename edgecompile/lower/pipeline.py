@@ -6,8 +6,8 @@ CPU (LLVM) targets: TVM's generic CPU phases with two additions of ours:
   our 1e-4-of-range tolerance against ONNX Runtime) — libm's scalar calls otherwise cost more
   than the GEMMs around them;
 - patch-embedding convolutions (stride = kernel) become GEMMs (:mod:`..patchify`), other float
-  convolutions im2col GEMMs, transposed ones block GEMMs (:mod:`..conv_gemm`), depthwise ones an
-  elementwise sum of their taps (:mod:`..depthwise`);
+  convolutions im2col GEMMs, transposed ones block GEMMs (:mod:`..conv_gemm`), depthwise ones and max
+  pools elementwise over their taps (:mod:`..window_taps`);
 - matmuls with constant weights read them packed in column panels (:mod:`..pack_weights`);
 - after fusion, every PrimFunc is scheduled by our rules (:mod:`edgecompile.lower.schedules`);
   TVM's default CPU pipeline leaves them as unscheduled loop nests.
@@ -104,8 +104,8 @@ def pre_legalize_passes(target) -> list:
     """Graph rewrites before legalization on CPU: GELU decomposition, fast math, weight packing."""
     from edgecompile.lower.pack_weights import PackMatmulWeights
     from edgecompile.passes.conv_gemm import ConvToGemm
-    from edgecompile.passes.depthwise import DepthwiseTaps
     from edgecompile.passes.patchify import PatchifyConv
+    from edgecompile.passes.window_taps import WindowTaps
 
     # FoldConstant first: exporters write Linear as matmul(x, permute_dims(W)).
     return [
@@ -114,7 +114,7 @@ def pre_legalize_passes(target) -> list:
         relax.transform.FoldConstant(),
         PatchifyConv(),
         ConvToGemm(),
-        DepthwiseTaps(),
+        WindowTaps(),
         PackMatmulWeights(target),
     ]
 

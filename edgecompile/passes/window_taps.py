@@ -1,12 +1,15 @@
-"""Rewrite float depthwise convolutions (one filter per channel: MobileNet-style blocks,
-EfficientFormer, MobileViT) as an elementwise sum of the kernel's taps over a padded copy.
+"""Rewrite sliding-window ops as an elementwise combination of their taps over a padded copy:
+float depthwise convolutions (one filter per channel: MobileNet-style blocks, EfficientFormer,
+MobileViT) as the sum of their taps times the weights, and max pooling as the max of its taps.
 
 ``out[n, c, y, x] = sum over (dy, dx) of pad(in)[n, c, y*sh + dy*dh, x*sw + dx*dw] * w[c, dy, dx]``
 with the ``kh*kw`` taps written out (no reduction loop): the kernel is injective and unguarded,
 so our elementwise rule vectorizes it along the output row, and a bias or activation after it
 fuses in. The padded input is its own kernel, marked opaque so fusion cannot fold the padding's
 bounds checks back into every tap (which made the taps 3x slower than TVM's form). TVM's CPU form
-is a reduction only the fallback schedule takes (3x3 over 192x28x28: 0.48 ms, AVX-512, 1 thread).
+is a reduction only the fallback schedule takes (3x3 over 192x28x28: 0.48 ms, AVX-512, 1 thread);
+so is its max pool (3x3 stride 2 over the same: 0.09 ms). Max pooling pads with -inf (never the
+max of a window, which always holds an input pixel); ceil mode keeps TVM's form.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ MAX_TAPS = 49  # 7x7: larger kernels keep TVM's form
 OPAQUE = 8  # TVM's OpPatternKind.kOpaque: FuseOps leaves the kernel alone
 
 
-def _padded(bb: relax.BlockBuilder, x: relax.Expr, shape: list[int], pads: list[int]) -> relax.Expr:
+def _padded(bb: relax.BlockBuilder, x: relax.Expr, shape: list[int], pads: list[int], fill: float = 0.0) -> relax.Expr:
     pt, pl, pb, pr = pads
     n, c, h, w = shape
     out = [n, c, h + pt + pb, w + pl + pr]
@@ -31,12 +34,12 @@ def _padded(bb: relax.BlockBuilder, x: relax.Expr, shape: list[int], pads: list[
         lambda b, ch, y, xo: te.if_then_else(
             te.all(y >= pt, y < h + pt, xo >= pl, xo < w + pl),
             a[b, ch, te.max(te.min(y - pt, h - 1), 0), te.max(te.min(xo - pl, w - 1), 0)],
-            te.const(0, "float32"),
+            te.const(fill, "float32"),
         ),
         name="pad",
     )
     func = te.create_prim_func([a, p]).without_attr("global_symbol").with_attr("op_pattern", OPAQUE)
-    gv = bb.add_func(func, "depthwise_pad")
+    gv = bb.add_func(func, "window_pad")
     return bb.emit(relax.call_tir(gv, [x], relax.TensorType(out, "float32")))
 
 
@@ -58,11 +61,28 @@ def _taps(xp, w, strides, dilation, out_hw):
     return te.compute((xp.shape[0], xp.shape[1], ho, wo), pixel, name="depthwise")
 
 
+def _max_taps(xp, pool, strides, dilation, out_hw):
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = pool, strides, dilation, out_hw
+
+    def pixel(b, ch, y, xo):
+        best = xp[b, ch, y * sh, xo * sw]
+        for dy in range(kh):
+            for dx in range(kw):
+                if dy or dx:
+                    best = te.max(best, xp[b, ch, y * sh + dy * dh, xo * sw + dx * dw])
+        return best
+
+    return te.compute((xp.shape[0], xp.shape[1], ho, wo), pixel, name="max_pool")
+
+
 @relax.expr_functor.mutator
-class _Depthwise(relax.PyExprMutator):
+class _WindowTaps(relax.PyExprMutator):
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        if getattr(call.op, "name", "") != "relax.nn.conv2d" or len(call.args) != 2:
+        name = getattr(call.op, "name", "")
+        if name == "relax.nn.max_pool2d":
+            return self._max_pool(call)
+        if name != "relax.nn.conv2d" or len(call.args) != 2:
             return call
         x, w = call.args
         a = call.attrs
@@ -84,10 +104,24 @@ class _Depthwise(relax.PyExprMutator):
         args = (tuple(int(v) for v in a.strides), tuple(int(v) for v in a.dilation), tuple(out[2:]))
         return self.builder_.call_te(_taps, xp, w, *args, primfunc_name_hint="depthwise")
 
+    def _max_pool(self, call):
+        x, a = call.args[0], call.attrs
+        shape = [int(v) for v in getattr(x.ty.shape, "values", [])]
+        out = [int(v) for v in getattr(call.ty.shape, "values", [])]
+        pool = tuple(int(v) for v in a.pool_size)
+        if str(x.ty.dtype) != "float32" or len(shape) != 4 or len(out) != 4 or bool(a.ceil_mode):
+            return call
+        if str(a.layout) != "NCHW" or str(a.out_layout) not in ("NCHW", "") or pool[0] * pool[1] > MAX_TAPS:
+            return call
+        pads = [int(v) for v in a.padding]
+        xp = _padded(self.builder_, x, shape, pads, float("-inf")) if any(pads) else x
+        args = (pool, tuple(int(v) for v in a.strides), tuple(int(v) for v in a.dilation), tuple(out[2:]))
+        return self.builder_.call_te(_max_taps, xp, *args, primfunc_name_hint="max_pool")
 
-@tvm.transform.module_pass(opt_level=0, name="DepthwiseTaps")
-class DepthwiseTaps:
-    """Float depthwise convolutions with constant weights -> an elementwise sum of their taps."""
+
+@tvm.transform.module_pass(opt_level=0, name="WindowTaps")
+class WindowTaps:
+    """Float depthwise convolutions with constant weights and max pools -> elementwise over their taps."""
 
     def transform_module(self, mod, _ctx):
-        return rewrite_functions(mod, _Depthwise(mod))
+        return rewrite_functions(mod, _WindowTaps(mod))

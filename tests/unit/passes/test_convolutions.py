@@ -1,7 +1,7 @@
 """Convolutions rewritten before lowering: im2col conv2d and block-scatter conv2d_transpose as GEMMs
-(passes/conv_gemm.py), depthwise conv2d as summed taps (passes/depthwise.py). Each gives ONNX
-Runtime's outputs (float tolerance 1e-4 of the output range) and leaves no conv kernel; the
-grouped cases they do not take still compile and match."""
+(passes/conv_gemm.py), depthwise conv2d and max pooling over their taps (passes/window_taps.py).
+Each gives ONNX Runtime's outputs (float tolerance 1e-4 of the output range) and leaves no TVM
+conv / pool kernel; the cases they do not take still compile and match."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ CASES = {
     "3x2 asymmetric pads": ("Conv", {"pads": [0, 1, 1, 0]}, (8, 16, 3, 2), (1, 16, 9, 11), True),
     "1x1": ("Conv", {}, (48, 16, 1, 1), (2, 16, 7, 7), True),
     "grouped 3x3": ("Conv", {"pads": [1, 1, 1, 1], "group": 2}, (16, 8, 3, 3), (1, 16, 8, 8), False),
-    # depthwise (passes/depthwise.py): the taps summed elementwise over a padded copy
+    # depthwise (passes/window_taps.py): the taps summed elementwise over a padded copy
     "depthwise 3x3 pad 1": ("Conv", {"pads": [1, 1, 1, 1], "group": 16}, (16, 1, 3, 3), (1, 16, 14, 14), True),
     "depthwise 3x3 stride 2": (
         "Conv",
@@ -37,6 +37,21 @@ CASES = {
         True,
     ),
     "depthwise 3x3 unpadded": ("Conv", {"group": 16}, (16, 1, 3, 3), (2, 16, 9, 7), True),
+    "max pool 3x3 stride 2 pad 1": (
+        "MaxPool",
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+        None,
+        (1, 16, 15, 15),
+        True,
+    ),
+    "max pool 2x2": ("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}, None, (1, 16, 14, 14), True),
+    "max pool ceil mode": (
+        "MaxPool",
+        {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1},
+        None,
+        (1, 16, 14, 14),
+        False,
+    ),
     "depthwise multiplier 2": ("Conv", {"pads": [1, 1, 1, 1], "group": 16}, (32, 1, 3, 3), (1, 16, 8, 8), False),
     "transposed 2x2 stride 2": ("ConvTranspose", {"strides": [2, 2]}, (16, 8, 2, 2), (1, 16, 6, 6), True),
     # overlapping blocks: TVM's own conv2d_transpose gets these wrong (off by up to 5 against ORT and torch)
@@ -59,15 +74,18 @@ def conv_model(path, op: str, attrs: dict, wshape, xshape):
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(len(path.name))
-    w = (rng.standard_normal(wshape) * 0.2).astype(np.float32)
-    outs = wshape[1] * attrs.get("group", 1) if op == "ConvTranspose" else wshape[0]
-    bias = rng.standard_normal(outs).astype(np.float32)
+    inits, inputs = [], ["x"]
+    if wshape is not None:
+        w = (rng.standard_normal(wshape) * 0.2).astype(np.float32)
+        outs = wshape[1] * attrs.get("group", 1) if op == "ConvTranspose" else wshape[0]
+        bias = rng.standard_normal(outs).astype(np.float32)
+        inits, inputs = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")], ["x", "w", "b"]
     graph = helper.make_graph(
-        [helper.make_node(op, ["x", "w", "b"], ["y"], **attrs), helper.make_node("Relu", ["y"], ["z"])],
+        [helper.make_node(op, inputs, ["y"], **attrs), helper.make_node("Relu", ["y"], ["z"])],
         "conv",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(xshape))],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")],
+        inits,
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
@@ -86,8 +104,8 @@ def test_convolution_matches_onnxruntime(case, tmp_path):
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
     table = json.loads((art / "manifest.json").read_text())["kernels"]
     kernels = [k["name"] for k in table]
-    convs = [k for k in kernels if "conv2d" in k]
+    convs = [k for k in kernels if "conv2d" in k or "max_pool2d" in k]
     assert (not convs) == rewritten, kernels
     if rewritten:
-        assert any("matmul" in k or "depthwise" in k for k in kernels), kernels
+        assert any(n in k for k in kernels for n in ("matmul", "depthwise", "max_pool")), kernels
         assert all(k["rule"] != "fallback" for k in table), table
