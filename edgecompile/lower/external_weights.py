@@ -77,6 +77,6 @@ class LiftWeights:
             return mod
         new = relax.Function(list(func.params) + lifter.params, body, func.ret_ty, func.is_pure, func.attrs)
         self.sink.arrays = lifter.arrays
-        out = mod.shallow_copy() if hasattr(mod, "shallow_copy") else mod
+        out = mod.clone()  # not in place: a tap before this pass keeps the module it saw
         out["main"] = new
         return out

@@ -173,7 +173,7 @@ def _taps(*callbacks) -> list:
 
 def _tap(on_fused) -> tvm.transform.Pass:
     def look(mod, _ctx):
-        on_fused(mod)
+        on_fused(mod.clone())  # later passes update functions in place (our schedules, the weights lift)
         return mod
 
     return tvm.transform.module_pass(look, opt_level=0, name="edgecompile_tap_fused")

@@ -67,7 +67,10 @@ def check_fields(manifest: dict, mpath: Path) -> None:
         raise ArtifactError(f"{mpath} names library {library!r}, which is not one of its checksummed files")
     if manifest.get("weights") is not None:
         check_weights(manifest["weights"], files, mpath)
-    for entry in manifest.get("device_code") or []:
+    device_code = manifest.get("device_code")
+    if device_code is not None and not isinstance(device_code, list):
+        raise ArtifactError(f"{mpath}: device_code must be a list of files")
+    for entry in device_code or []:
         name = entry.get("file") if isinstance(entry, dict) else None
         if check_name(name, f"{mpath} device_code") not in files:
             raise ArtifactError(f"{mpath} names device code {name!r}, which is not one of its checksummed files")

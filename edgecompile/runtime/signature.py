@@ -79,7 +79,15 @@ def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
 def signature_record(public_key: bytes, signature: bytes) -> bytes:
     """The bytes of ``manifest.sig`` for ``signature`` made with the key whose public half is given."""
     body = {"algorithm": ALGORITHM, "key_id": key_id(public_key), "signature": base64.b64encode(signature).decode()}
-    return (json.dumps(body, sort_keys=True, indent=2) + "\n").encode()
+    return _record_bytes(body)
+
+
+def _record_bytes(record: dict) -> bytes:
+    """A signature record's canonical bytes: the only form :func:`read_signature` accepts."""
+    if not isinstance(record, dict) or set(record) != {"algorithm", "key_id", "signature"}:
+        raise ValueError("a signature record has exactly algorithm, key_id and signature")
+    canonical = dict(record, signature=base64.b64encode(base64.b64decode(record["signature"], validate=True)).decode())
+    return (json.dumps(canonical, sort_keys=True, indent=2) + "\n").encode()
 
 
 def read_signature(root: Path) -> dict | None:
@@ -90,9 +98,13 @@ def read_signature(root: Path) -> dict | None:
     if path.is_symlink() or not path.is_file():
         raise SignatureError(f"{path} is not a regular file: refused")
     try:
-        record = json.loads(path.read_text())
+        raw = path.read_bytes()
+        record = json.loads(raw)
         sig = base64.b64decode(record["signature"], validate=True)
         ok = record["algorithm"] == ALGORITHM and isinstance(record["key_id"], str) and len(sig) == 64
+        # only the exact bytes signing writes: base64 ignores its padding bits and JSON its layout,
+        # so without this a changed file could still carry the same signature
+        ok = ok and raw == _record_bytes(record)
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, binascii.Error):
         ok = False
     if not ok:

@@ -79,6 +79,7 @@ RESEALED = {
     "files ..": (lambda m: m["files"].update({"../x": "0" * 64}), "not a plain file name"),
     "files //": (lambda m: m["files"].update({"a//b": "0" * 64}), "not a plain file name"),
     "device code outside": (_set([{"file": "../k.fatbin", "source_sha256": "x"}], "device_code"), "plain file name"),
+    "device code a bool": (_set(True, "device_code"), "device_code must be a list"),
     "device code unlisted": (_set([{"file": "k.fatbin", "source_sha256": "x"}], "device_code"), "not one of its"),
     "weights section a list": (_set([], "weights"), "malformed weights section"),
     "weights file unlisted": (_set("other.bin", "weights", "file"), "not one of its checksummed files"),
@@ -290,3 +291,24 @@ def test_a_widened_valid_range_cannot_make_the_model_read_past_its_table(art_cop
         ids[0, 1] = bad
         want = ref.run({**embed_feeds, "ids": np.where(ids == bad, clamped, ids)})["y"]
         np.testing.assert_array_equal(wide.run({**embed_feeds, "ids": ids})["y"], want)
+
+
+def test_a_signature_file_in_another_encoding_of_the_same_bytes_is_refused(signed, keys):
+    """base64 ignores the padding bits of its last character and JSON its layout: either would let a
+    changed manifest.sig carry the same signature. Only the bytes signing writes are read."""
+    import base64
+
+    from edgecompile.runtime.signature import SIGNATURE
+
+    record = json.loads((signed / SIGNATURE).read_text())
+    text = record["signature"]  # 64 bytes: 86 characters and "==", the last one's low 4 bits padding
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = alphabet.index(text[85])
+    record["signature"] = text[:85] + alphabet[last ^ 1] + text[86:]
+    assert base64.b64decode(record["signature"]) == base64.b64decode(text)  # the same signature bytes
+    (signed / SIGNATURE).write_text(json.dumps(record, sort_keys=True, indent=2) + "\n")
+    with pytest.raises(SignatureError, match="malformed"):
+        edgecompile.load(signed, trusted_keys=[keys["a"].with_name("a.pub")])
+    (signed / SIGNATURE).write_text(json.dumps(dict(record, signature=text), indent=4))  # same fields, new layout
+    with pytest.raises(SignatureError, match="malformed"):
+        edgecompile.load(signed, trusted_keys=[keys["a"].with_name("a.pub")])

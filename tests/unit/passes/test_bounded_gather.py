@@ -3,6 +3,8 @@ passes straight to the library (bypassing the runtime's valid_range check)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from helpers import assert_close, ort_run
@@ -42,12 +44,16 @@ def _clamped(ids: np.ndarray) -> np.ndarray:
 
 
 def _vm_run(artifact, ids: np.ndarray) -> np.ndarray:
-    """The compiled library called directly: no manifest, no runtime range check."""
+    """The compiled library called directly (its weights after the ids): no runtime range check."""
     import tvm
+
+    from edgecompile.runtime.weights import map_weights
 
     lib = tvm.runtime.load_module(str(artifact / "model.so"))
     vm = tvm.runtime.vm.VirtualMachine(lib, tvm.cpu())
-    return vm["main"](tvm.runtime.tensor(ids, tvm.cpu())).numpy()
+    section = json.loads((artifact / "manifest.json").read_text()).get("weights")
+    weights = [tvm.runtime.tensor(np.ascontiguousarray(v)) for v in map_weights(artifact, section)] if section else []
+    return vm["main"](tvm.runtime.tensor(ids, tvm.cpu()), *weights).numpy()
 
 
 HOSTILE = [
