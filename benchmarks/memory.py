@@ -8,6 +8,8 @@ the peak resident set (each process's own ``VmHWM``) of
   the bound weights + arena + 15 MB (TVM's runtime and code);
 - our Python runtime (``edgecompile.runtime.load`` and ``benchmark`` in a bare script, whole process);
 - ONNX Runtime fp32 and ``quantize_dynamic`` int8 (whole process, same runs);
+- OpenVINO on the fp32 ONNX file, with ``INFERENCE_PRECISION_HINT=f32`` and with its default
+  (bf16 on CPUs with AVX-512 BF16 or AMX) (``pip install -e '.[bench]'``; skipped without it);
 and the runner's load time and median latency. 1 thread everywhere.
 
     python benchmarks/memory.py [--runs 10] [--models minilm,bert-base] [--recipes fp32,int8] [--keep DIR]
@@ -45,6 +47,29 @@ for _ in range(runs + 3):
     t = time.perf_counter(); sess.run(None, feeds); times.append((time.perf_counter() - t) * 1e3)
 hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
 print(json.dumps({"peak_rss_bytes": hwm, "median_ms": float(np.median(times[3:])), "load_ms": load}))
+"""
+
+
+OV_PROCESS = r"""
+import json, sys, time, numpy as np, openvino as ov
+path, runs, precision = sys.argv[1], int(sys.argv[2]), sys.argv[4]
+feeds = dict(np.load(sys.argv[3]))
+config = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1}
+if precision != "default":
+    config["INFERENCE_PRECISION_HINT"] = precision
+t0 = time.perf_counter()
+compiled = ov.Core().compile_model(path, "CPU", config)
+load = (time.perf_counter() - t0) * 1e3
+names = {p.get_any_name() for p in compiled.inputs}
+request = compiled.create_infer_request()
+feeds = {k: v for k, v in feeds.items() if k in names}
+times = []
+for _ in range(runs + 3):
+    t = time.perf_counter(); request.infer(feeds); times.append((time.perf_counter() - t) * 1e3)
+hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+h = compiled.get_property("INFERENCE_PRECISION_HINT")
+hint = h.get_type_name() if hasattr(h, "get_type_name") else str(h)
+print(json.dumps({"peak_rss_bytes": hwm, "median_ms": float(np.median(times[3:])), "load_ms": load, "precision": hint}))
 """
 
 
@@ -91,6 +116,15 @@ def python_runtime(art: Path, inputs: Path, runs: int) -> dict:
 
 def ort(path: Path, inputs: Path, runs: int) -> dict:
     return json.loads(child([sys.executable, "-c", ORT_PROCESS, str(path), str(runs), str(inputs)]))
+
+
+def openvino(path: Path, inputs: Path, runs: int, precision: str) -> dict | None:
+    """OpenVINO on ``path`` (``precision``: ``f32`` or ``default``), or None where it is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    return json.loads(child([sys.executable, "-c", OV_PROCESS, str(path), str(runs), str(inputs), precision]))
 
 
 def minilm(tmp: Path) -> tuple[Path, dict, dict, list[str]]:
@@ -148,7 +182,7 @@ def main() -> None:
     root = args.keep or Path(tempfile.mkdtemp(prefix="ec-memory-"))
     root.mkdir(parents=True, exist_ok=True)
     print(f"CPU: {cpu_name()}, 1 thread, batch 1, seq {SEQ}; peak RSS of each process alone", flush=True)
-    rows = []
+    rows, ov_rows = [], []
     makers = {"minilm": ("all-MiniLM-L6-v2 (real)", minilm), "bert-base": ("BERT-base-sized encoder", bert_base)}
     for key in args.models.split(","):
         label, make = makers[key]
@@ -180,6 +214,11 @@ def main() -> None:
             py = python_runtime(art, inputs, args.runs)
             peer = ort(dyn if recipe != "fp32" else onnx_path, inputs, args.runs)
             rows.append((label, recipe, mem, bundle.expected_resident, nat, py, peer))
+        if "fp32" in args.recipes:
+            for precision in ("f32", "default"):
+                ov_row = openvino(onnx_path, inputs, args.runs, precision)
+                if ov_row is not None:
+                    ov_rows.append((label, precision, ov_row))
     print()
     head = (
         "| model | recipe | weights MB | arena MB | run_model peak MB | bound (w + arena + 15) | "
@@ -200,6 +239,14 @@ def main() -> None:
             f"({peer_name}) | {nat['peak_rss_bytes'] / w:.2f}x | {nat['load_ms']:.1f} | {nat['median_ms']:.2f} | "
             f"{peer['median_ms']:.2f} |"
         )
+    if ov_rows:
+        print("\n| model | OpenVINO (fp32 model) | precision used | peak MB | ms | load ms |")
+        print("|---|---|---|---|---|---|")
+        for label, precision, r in ov_rows:
+            print(
+                f"| {label} | {precision} | {r['precision']} | {r['peak_rss_bytes'] / MB:.1f} | {r['median_ms']:.2f} | "
+                f"{r['load_ms']:.0f} |"
+            )
     print(f"\nartifacts and bundles in {root}")
 
 
