@@ -1,8 +1,10 @@
-"""Reading Relax expressions: a call's op name, constant tensors and scalars, float tensors."""
+"""Reading Relax expressions: a call's op name, constant tensors and scalars, static shapes, float
+tensors."""
 
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
@@ -32,6 +34,14 @@ def scalar_f32(e) -> float | None:
     if a is None or a.size != 1 or a.dtype != np.float32:
         return None
     return float(a.reshape(()))
+
+
+def static_shape(e) -> list[int] | None:
+    """The dimensions of a tensor expression whose shape is all constants; None otherwise."""
+    values = getattr(getattr(getattr(e, "ty", None), "shape", None), "values", None)
+    if values is None or not all(isinstance(v, tvm.tirx.IntImm) for v in values):
+        return None
+    return [int(v) for v in values]
 
 
 def is_float_var(e) -> bool:

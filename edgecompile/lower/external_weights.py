@@ -30,10 +30,6 @@ class LiftedWeights:
 
     arrays: list[np.ndarray] = field(default_factory=list)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays)
-
 
 @relax.expr_functor.mutator
 class _ConstantLifter(relax.PyExprMutator):

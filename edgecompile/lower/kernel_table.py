@@ -8,11 +8,11 @@ their share of the model's operations."""
 
 from __future__ import annotations
 
-import numpy as np
 import tvm
 from tvm import relax
 
 from edgecompile.lower.schedules.recorded import FALLBACK, RULE_ATTR
+from edgecompile.lower.tir_walk import statements, static_count
 
 
 def kernel_table(mod, default_rule: str = "unscheduled") -> list[dict]:
@@ -48,20 +48,12 @@ def _symbol(gv, func) -> str:
 
 def _ops(func) -> int | None:
     total = 0
-    stack = [func.body]
-    while stack:  # TVM 0.27 has no Python TIR visitor: walk the statement fields that hold statements
-        node = stack.pop()
+    for node in statements(func):
         block = getattr(node, "block", None)
-        if isinstance(block, tvm.tirx.Stmt) and hasattr(block, "iter_vars") and block.iter_vars:
-            extents = [iv.dom.extent for iv in block.iter_vars]
-            if not all(isinstance(e, tvm.tirx.IntImm) for e in extents):
+        if isinstance(block, tvm.tirx.Stmt) and getattr(block, "iter_vars", None):
+            count = static_count(iv.dom.extent for iv in block.iter_vars)
+            if count is None:
                 return None
-            count = int(np.prod([int(e) for e in extents], dtype=np.int64))
-            reduces = any(int(iv.iter_type) == 2 for iv in block.iter_vars)  # CommReduce
+            reduces = any(iv.iter_type == tvm.tirx.IterVar.CommReduce for iv in block.iter_vars)
             total += count * (2 if reduces else 1)
-        for field in ("body", "block", "then_case", "else_case"):
-            child = getattr(node, field, None)
-            if isinstance(child, tvm.tirx.Stmt):
-                stack.append(child)
-        stack.extend(getattr(node, "seq", None) or ())
     return total

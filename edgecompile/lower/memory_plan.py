@@ -11,9 +11,10 @@ largest kernel's scratch, which bounds the pool on one thread (threads each take
 
 from __future__ import annotations
 
-import numpy as np
 import tvm
 from tvm import relax
+
+from edgecompile.lower.tir_walk import statements, static_count
 
 
 def memory_plan(mod) -> dict:
@@ -45,9 +46,7 @@ def memory_plan(mod) -> dict:
 def _static(shape) -> int | None:
     """The element product of a ``R.shape([...])`` of constants (None if symbolic)."""
     values = getattr(shape, "values", None)
-    if values is None or not all(isinstance(v, tvm.tirx.IntImm) for v in values):
-        return None
-    return int(np.prod([int(v) for v in values], dtype=np.int64))
+    return None if values is None else static_count(values)
 
 
 def _itemsize(dtype: str) -> int:
@@ -62,16 +61,9 @@ def _is_prim(func) -> bool:
 def _scratch(func) -> int:
     """Bytes of the global-scope buffers a kernel allocates (static shapes; symbolic ones count 0)."""
     total = 0
-    stack = [func.body]
-    while stack:  # TVM 0.27 has no Python TIR visitor: walk the statement fields that hold statements
-        node = stack.pop()
+    for node in statements(func):
         for buf in getattr(node, "alloc_buffers", None) or ():
-            dims = list(buf.shape)
-            if buf.scope() in ("global", "") and all(isinstance(d, tvm.tirx.IntImm) for d in dims):
-                total += int(np.prod([int(d) for d in dims], dtype=np.int64)) * _itemsize(str(buf.dtype))
-        for field in ("body", "block", "then_case", "else_case", "init"):
-            child = getattr(node, field, None)
-            if isinstance(child, tvm.tirx.Stmt):
-                stack.append(child)
-        stack.extend(getattr(node, "seq", None) or ())
+            count = static_count(buf.shape)
+            if buf.scope() in ("global", "") and count is not None:
+                total += count * _itemsize(str(buf.dtype))
     return total

@@ -25,6 +25,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
+from edgecompile.ir.ops import const_array, static_shape
 from edgecompile.passes.rewrite import rewrite_functions
 
 MAX_COLUMNS_BYTES = 64 << 20  # the im2col matrix of one convolution (it lives in the planned arena)
@@ -34,21 +35,16 @@ def _ints(values) -> list[int]:
     return [int(v) for v in values]
 
 
-def _const_weight(w):
-    if not isinstance(w, tvm.ir.expr.Constant) or not hasattr(w.value, "numpy"):
-        return None
-    value = w.value.numpy()
-    return value if value.dtype == np.float32 and value.ndim == 4 else None
+def float_weight(w) -> np.ndarray | None:
+    """A constant float32 OIHW / IOHW kernel as numpy; None for anything else."""
+    value = const_array(w)
+    return value if value is not None and value.dtype == np.float32 and value.ndim == 4 else None
 
 
-def _static_nchw(x) -> list[int] | None:
-    shape = getattr(x.ty, "shape", None)
-    values = getattr(shape, "values", None)
-    if values is None or len(values) != 4 or str(x.ty.dtype) != "float32":
-        return None
-    if not all(isinstance(v, tvm.tirx.IntImm) for v in values):
-        return None
-    return _ints(values)
+def static_nchw(x) -> list[int] | None:
+    """The static 4-D shape of a float32 tensor expression; None for anything else."""
+    shape = static_shape(x)
+    return shape if shape is not None and len(shape) == 4 and str(x.ty.dtype) == "float32" else None
 
 
 def _im2col(t, kh: int, kw: int, strides, dilation, pads, out_hw):
@@ -139,7 +135,7 @@ class _ConvToGemm(relax.PyExprMutator):
         if name not in ("relax.nn.conv2d", "relax.nn.conv2d_transpose") or len(call.args) != 2:
             return call
         x, w = call.args
-        wv, shape, a = _const_weight(w), _static_nchw(x), call.attrs
+        wv, shape, a = float_weight(w), static_nchw(x), call.attrs
         if wv is None or shape is None or int(a.groups) != 1 or str(a.data_layout) != "NCHW":
             return call
         if str(a.out_layout) not in ("NCHW", "") or str(a.out_dtype) not in ("", "void", "None", "float32"):
@@ -154,7 +150,7 @@ class _ConvToGemm(relax.PyExprMutator):
     def _transposed(self, call, x, wv, shape, a):
         if str(a.kernel_layout) != "IOHW" or wv.shape[0] != shape[1]:
             return None
-        out_shape = _static_nchw(call) if hasattr(call, "ty") else None
+        out_shape = static_nchw(call)
         if out_shape is None:
             return None
         kh, kw = wv.shape[2:]

@@ -14,14 +14,13 @@ max of a window, which always holds an input pixel); ceil mode keeps TVM's form.
 
 from __future__ import annotations
 
-import numpy as np
 import tvm
 from tvm import relax, te
 
-from edgecompile.passes.rewrite import rewrite_functions
+from edgecompile.passes.conv_gemm import float_weight, static_nchw
+from edgecompile.passes.rewrite import emit_opaque_kernel, rewrite_functions
 
 MAX_TAPS = 49  # 7x7: larger kernels keep TVM's form
-OPAQUE = 8  # TVM's OpPatternKind.kOpaque: FuseOps leaves the kernel alone
 
 
 def _padded(bb: relax.BlockBuilder, x: relax.Expr, shape: list[int], pads: list[int], fill: float = 0.0) -> relax.Expr:
@@ -38,9 +37,7 @@ def _padded(bb: relax.BlockBuilder, x: relax.Expr, shape: list[int], pads: list[
         ),
         name="pad",
     )
-    func = te.create_prim_func([a, p]).without_attr("global_symbol").with_attr("op_pattern", OPAQUE)
-    gv = bb.add_func(func, "window_pad")
-    return bb.emit(relax.call_tir(gv, [x], relax.TensorType(out, "float32")))
+    return emit_opaque_kernel(bb, x, a, p, "window_pad")
 
 
 def _taps(xp, w, strides, dilation, out_hw):
@@ -86,12 +83,8 @@ class _WindowTaps(relax.PyExprMutator):
             return call
         x, w = call.args
         a = call.attrs
-        if not isinstance(w, tvm.ir.expr.Constant) or not hasattr(w.value, "numpy"):
-            return call
-        wv = w.value.numpy()
-        shape = [int(v) for v in getattr(x.ty.shape, "values", [])]
-        out = [int(v) for v in getattr(call.ty.shape, "values", [])]
-        if wv.dtype != np.float32 or str(x.ty.dtype) != "float32" or len(shape) != 4 or len(out) != 4:
+        wv, shape, out = float_weight(w), static_nchw(x), static_nchw(call)
+        if wv is None or shape is None or out is None:
             return call
         c = shape[1]
         depthwise = int(a.groups) == c and wv.shape[:2] == (c, 1) and wv.shape[2] * wv.shape[3] <= MAX_TAPS
@@ -106,10 +99,9 @@ class _WindowTaps(relax.PyExprMutator):
 
     def _max_pool(self, call):
         x, a = call.args[0], call.attrs
-        shape = [int(v) for v in getattr(x.ty.shape, "values", [])]
-        out = [int(v) for v in getattr(call.ty.shape, "values", [])]
+        shape, out = static_nchw(x), static_nchw(call)
         pool = tuple(int(v) for v in a.pool_size)
-        if str(x.ty.dtype) != "float32" or len(shape) != 4 or len(out) != 4 or bool(a.ceil_mode):
+        if shape is None or out is None or bool(a.ceil_mode):
             return call
         if str(a.layout) != "NCHW" or str(a.out_layout) not in ("NCHW", "") or pool[0] * pool[1] > MAX_TAPS:
             return call

@@ -17,6 +17,7 @@ from tvm import relax
 
 from edgecompile.intref.nonlinear import ERF_A, ERF_B, EXP_A, EXP_B, EXP_C, INT31, WIDE_P, one_at_scale
 from edgecompile.ir.attrs import QUANTIZE_ATTR, ROW_DIVIDE_ATTR
+from edgecompile.passes.rewrite import emit_opaque_kernel
 
 op = relax.op
 
@@ -255,10 +256,7 @@ def emit_input_quantize(bb: relax.BlockBuilder, x: relax.Expr, inv_scale: float,
         ),
         name="quantize",
     )
-    func = te.create_prim_func([a, q]).without_attr("global_symbol")
-    func = func.with_attr({"op_pattern": 8, QUANTIZE_ATTR: [float(inv), int(limit)]})
-    gv = bb.add_func(func, "quantize_input")
-    return bb.emit(relax.call_tir(gv, [x], relax.TensorType(shape, "int32")))
+    return emit_opaque_kernel(bb, x, a, q, "quantize_input", {QUANTIZE_ATTR: [float(inv), int(limit)]})
 
 
 def emit_row_divide(
@@ -278,8 +276,5 @@ def emit_row_divide(
     else:
         body = lambda *i: tirx.floordiv(a(*i) + tirx.const(add, dtype), tirx.const(divisor, dtype))  # noqa: E731
     out = te.compute(shape, body, name="row_divide")
-    func = te.create_prim_func([a, out]).without_attr("global_symbol")
     attr = [-1 if numerator is None else int(numerator), int(add), -1 if divisor is None else int(divisor)]
-    func = func.with_attr({"op_pattern": 8, ROW_DIVIDE_ATTR: attr})
-    gv = bb.add_func(func, "row_divide")
-    return bb.emit(relax.call_tir(gv, [x], relax.TensorType(shape, dtype)))
+    return emit_opaque_kernel(bb, x, a, out, "row_divide", {ROW_DIVIDE_ATTR: attr})

@@ -71,7 +71,6 @@ class CompiledModel:
             raise ArtifactError(f"artifact is for a {kind!r} device, which this runtime does not drive")
         self._on_cpu = kind == "cpu"
         digest = self.manifest["files"].get(self.manifest["library"], "")
-        self._lib_file = lib_file
         if self._on_cpu:  # a weights file that does not fit is refused before any dlopen
             self.device = rt.device(kind)
             self._weights = self._map_weights()
@@ -196,16 +195,7 @@ class CompiledModel:
         """Time ``runs`` calls (inputs already on the device) and report median, p90 and min."""
         if runs < 1:
             raise InputMismatchError("--runs must be at least 1")
-        args = self._check_feeds(feeds if feeds is not None else self.example_inputs())
-        if threads:
-            set_threads(threads)
-        tensors = [rt.to_device(a, self.device) for a in args]
-
-        def call():
-            self._main(*tensors, *self._weights)
-            if not self._on_cpu:
-                rt.sync(self.device)
-
+        call, _ = self._timed_call(feeds, threads)
         times = sorted(time_calls(call, runs, warmup))
         used = num_threads()
         p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
@@ -232,20 +222,29 @@ class CompiledModel:
         ``repeats`` times with the VM's own arguments; the whole run's median over ``runs``."""
         if repeats < 1 or runs < 1:
             raise InputMismatchError("--runs must be at least 1")
-        args = self._check_feeds(feeds if feeds is not None else self.example_inputs())
-        if threads:
-            set_threads(threads)
-        tensors = [rt.to_device(a, self.device) for a in args]
-        sync = (lambda: None) if self._on_cpu else (lambda: rt.sync(self.device))
-
-        def call():
-            self._main(*tensors, *self._weights)
-            sync()
-
+        call, args = self._timed_call(feeds, threads)
         run_ms = statistics.median(time_calls(call, runs, 3))
         vm = rt.make_vm(self._lib, self.device)  # its own VM: the instrument never touches self._vm
-        calls = record_calls(vm, [*tensors, *self._weights])
-        return profile_calls(calls, run_ms, self.manifest.get("kernels") or [], repeats, sync)
+        calls = record_calls(vm, args)
+        return profile_calls(calls, run_ms, self.manifest.get("kernels") or [], repeats, self._sync)
+
+    def _timed_call(self, feeds, threads):
+        """``(call, args)``: one synchronized run of ``main`` on ``feeds`` (example inputs by default)
+        already on the device, and the arguments it passes (inputs, then weights)."""
+        checked = self._check_feeds(feeds if feeds is not None else self.example_inputs())
+        if threads:
+            set_threads(threads)
+        args = [*(rt.to_device(a, self.device) for a in checked), *self._weights]
+
+        def call():
+            self._main(*args)
+            self._sync()
+
+        return call, args
+
+    def _sync(self) -> None:
+        if not self._on_cpu:
+            rt.sync(self.device)
 
 
 # Loaded libraries by SHA-256 (verified against the manifest just before): TVM never unloads a
