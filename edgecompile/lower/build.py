@@ -117,13 +117,28 @@ def _build(mod, target, profile: TargetProfile, db, on_fused=None, lift: bool = 
     weights = LiftedWeights() if lift else None
     planned: list = []
     try:
-        with target:
+        with target, _lowering_context(target):
             pipeline = pipeline_for(target, db, on_fused, weights, planned.append)
             return _Build(tvm.compile(mod, target=target, relax_pipeline=pipeline), weights, planned)
     except Exception as e:
         raise BuildError(
             f"TVM could not build the model for {profile.name}: {type(e).__name__}: {_last_line(e)}"
         ) from e
+
+
+def _lowering_context(target):
+    """The current pass context plus, on CPU targets, the TIR options our schedules rely on
+    (:data:`~edgecompile.lower.schedules.cpu_row_reduction.TIR_CONFIG`)."""
+    import tvm
+
+    from edgecompile.lower.schedules.cpu_row_reduction import TIR_CONFIG
+
+    current = tvm.transform.PassContext.current()
+    config = {**dict(current.config), **(TIR_CONFIG if target.kind.name == "llvm" else {})}
+    return tvm.transform.PassContext(
+        opt_level=current.opt_level, required_pass=current.required_pass, disabled_pass=current.disabled_pass,
+        instruments=list(current.instruments), config=config,
+    )  # fmt: skip
 
 
 def _model_latency(build: _Build, mod, runs: int = 20) -> float:

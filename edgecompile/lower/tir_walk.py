@@ -1,9 +1,10 @@
-"""Walking a PrimFunc's statements from Python (TVM 0.27 has no Python TIR visitor), and the
-static element count of a shape: what the memory plan and the kernel table read off kernels."""
+"""Walking a PrimFunc's statements from Python (TVM 0.27 has no Python TIR visitor), rebuilding a
+scheduled PrimFunc with some block realizes replaced, and the static element count of a shape: what
+the memory plan, the kernel table and the row-reduction schedule read off (or mend in) kernels."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tvm
@@ -13,7 +14,12 @@ _CHILDREN = ("body", "block", "then_case", "else_case", "init")
 
 def statements(func) -> Iterator:
     """Every statement of ``func``'s body, each once (blocks through their realize's ``block``)."""
-    stack = [func.body]
+    return walk(func.body)
+
+
+def walk(stmt) -> Iterator:
+    """``stmt`` and every statement under it, each once."""
+    stack = [stmt]
     while stack:
         node = stack.pop()
         yield node
@@ -22,6 +28,37 @@ def statements(func) -> Iterator:
             if isinstance(child, tvm.tirx.Stmt):
                 stack.append(child)
         stack.extend(getattr(node, "seq", None) or ())
+
+
+def replace_realizes(func, replace: Callable):
+    """``func`` with every block realize ``r`` replaced by ``replace(r)`` (None keeps it), innermost
+    first. Only the statements a scheduled, not yet lowered PrimFunc holds are rebuilt (loops,
+    sequences, blocks and realizes); any other statement that encloses a block is a ``ValueError``,
+    so no realize is ever skipped silently."""
+    return func.with_body(_rebuilt(func.body, replace))
+
+
+def _rebuilt(node, replace: Callable):
+    from tvm import s_tir, tirx
+
+    if isinstance(node, s_tir.SBlockRealize):
+        b = node.block
+        block = s_tir.SBlock(
+            b.iter_vars, b.reads, b.writes, b.name_hint, _rebuilt(b.body, replace),
+            b.init, b.alloc_buffers, b.match_buffers, b.annotations,
+        )  # fmt: skip
+        realize = s_tir.SBlockRealize(node.iter_values, node.predicate, block)
+        return replace(realize) or realize
+    if isinstance(node, tirx.For):
+        body = _rebuilt(node.body, replace)
+        return tirx.For(
+            node.loop_var, node.min, node.extent, node.kind, body, node.thread_binding, node.annotations, node.step
+        )
+    if isinstance(node, tirx.SeqStmt):
+        return tirx.SeqStmt([_rebuilt(s, replace) for s in node.seq])
+    if any(isinstance(s, s_tir.SBlockRealize) for s in walk(node)):
+        raise ValueError(f"cannot rebuild a {type(node).__name__} that encloses blocks")
+    return node
 
 
 def static_count(dims) -> int | None:
