@@ -1,6 +1,7 @@
 """Rewrite sliding-window ops as an elementwise combination of their taps over a padded copy:
 float depthwise convolutions (one filter per channel: MobileNet-style blocks, EfficientFormer,
-MobileViT) as the sum of their taps times the weights, and max pooling as the max of its taps.
+MobileViT) as the sum of their taps times the weights, max pooling as the max of its taps and
+average pooling (EfficientFormer's token mixer) as their sum over the count of taps averaged.
 
 ``out[n, c, y, x] = sum over (dy, dx) of pad(in)[n, c, y*sh + dy*dh, x*sw + dx*dw] * w[c, dy, dx]``
 with the ``kh*kw`` taps written out (no reduction loop): the kernel is injective and unguarded,
@@ -9,7 +10,9 @@ fuses in. The padded input is its own kernel, marked opaque so fusion cannot fol
 bounds checks back into every tap (which made the taps 3x slower than TVM's form). TVM's CPU form
 is a reduction only the fallback schedule takes (3x3 over 192x28x28: 0.48 ms, AVX-512, 1 thread);
 so is its max pool (3x3 stride 2 over the same: 0.09 ms). Max pooling pads with -inf (never the
-max of a window, which always holds an input pixel); ceil mode keeps TVM's form.
+max of a window, which always holds an input pixel); ceil mode keeps TVM's form. Average pooling
+pads with zeros and divides by the window's size, or, without ``count_include_pad`` (ONNX's
+default), by the number of its taps inside the image, an integer expression of the output position.
 """
 
 from __future__ import annotations
@@ -72,13 +75,36 @@ def _max_taps(xp, pool, strides, dilation, out_hw):
     return te.compute((xp.shape[0], xp.shape[1], ho, wo), pixel, name="max_pool")
 
 
+def _avg_taps(xp, pool, strides, dilation, out_hw, hw, pads, include_pad: bool):
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo), (h, w) = pool, strides, dilation, out_hw, hw
+    pt, pl = pads[0], pads[1]
+
+    def inside(o, stride, dil, k, pad, size):  # taps of window o that fall inside [0, size)
+        first = te.max(te.indexdiv(pad - o * stride + dil - 1, dil), 0)  # least t: o*s - pad + t*d >= 0
+        last = te.min(te.indexdiv(size - 1 + pad - o * stride, dil), k - 1)  # greatest t: ... <= size - 1
+        return te.max(last - first + 1, 0)
+
+    def pixel(b, ch, y, xo):
+        total = xp[b, ch, y * sh, xo * sw]
+        for dy in range(kh):
+            for dx in range(kw):
+                if dy or dx:
+                    total = total + xp[b, ch, y * sh + dy * dh, xo * sw + dx * dw]
+        if include_pad:
+            return total * te.const(1.0 / (kh * kw), "float32")
+        count = inside(y, sh, dh, kh, pt, h) * inside(xo, sw, dw, kw, pl, w)
+        return total / count.astype("float32")
+
+    return te.compute((xp.shape[0], xp.shape[1], ho, wo), pixel, name="avg_pool")
+
+
 @relax.expr_functor.mutator
 class _WindowTaps(relax.PyExprMutator):
     def visit_call_(self, call):
         call = super().visit_call_(call)
         name = getattr(call.op, "name", "")
-        if name == "relax.nn.max_pool2d":
-            return self._max_pool(call)
+        if name in ("relax.nn.max_pool2d", "relax.nn.avg_pool2d"):
+            return self._pool(call, name == "relax.nn.max_pool2d")
         if name != "relax.nn.conv2d" or len(call.args) != 2:
             return call
         x, w = call.args
@@ -97,7 +123,7 @@ class _WindowTaps(relax.PyExprMutator):
         args = (tuple(int(v) for v in a.strides), tuple(int(v) for v in a.dilation), tuple(out[2:]))
         return self.builder_.call_te(_taps, xp, w, *args, primfunc_name_hint="depthwise")
 
-    def _max_pool(self, call):
+    def _pool(self, call, is_max: bool):
         x, a = call.args[0], call.attrs
         shape, out = static_nchw(x), static_nchw(call)
         pool = tuple(int(v) for v in a.pool_size)
@@ -106,14 +132,17 @@ class _WindowTaps(relax.PyExprMutator):
         if str(a.layout) != "NCHW" or str(a.out_layout) not in ("NCHW", "") or pool[0] * pool[1] > MAX_TAPS:
             return call
         pads = [int(v) for v in a.padding]
-        xp = _padded(self.builder_, x, shape, pads, float("-inf")) if any(pads) else x
+        xp = _padded(self.builder_, x, shape, pads, float("-inf") if is_max else 0.0) if any(pads) else x
         args = (pool, tuple(int(v) for v in a.strides), tuple(int(v) for v in a.dilation), tuple(out[2:]))
-        return self.builder_.call_te(_max_taps, xp, *args, primfunc_name_hint="max_pool")
+        if is_max:
+            return self.builder_.call_te(_max_taps, xp, *args, primfunc_name_hint="max_pool")
+        include = bool(a.count_include_pad)
+        return self.builder_.call_te(_avg_taps, xp, *args, tuple(shape[2:]), pads, include, primfunc_name_hint="avg_pool")
 
 
 @tvm.transform.module_pass(opt_level=0, name="WindowTaps")
 class WindowTaps:
-    """Float depthwise convolutions with constant weights and max pools -> elementwise over their taps."""
+    """Float depthwise convolutions with constant weights, max and average pools -> elementwise over their taps."""
 
     def transform_module(self, mod, _ctx):
         return rewrite_functions(mod, _WindowTaps(mod))

@@ -7,6 +7,9 @@ from edgecompile.lower.schedules.isa import VectorISA
 # Accumulator vectors per tile row with 16 vector registers (AVX2): 3 x 4 rows = 12 accumulators,
 # 3 B vectors and 1 broadcast fill the register file; measured 6-8% faster than 2 on MiniLM-sized.
 NVEC_16 = 3
+# A 1-vector-wide tile loads as many A broadcasts as it does FMAs: counted as this fraction of a wider
+# tile's speed when choosing how to pad a ragged N (197 keys: 2 vectors, 224 columns, not 4, 256)
+ONE_VECTOR_EFFICIENCY = 0.7
 
 
 def gemm_nr(isa: VectorISA, n: int | None, dtype_bits: int) -> int:
@@ -17,10 +20,12 @@ def gemm_nr(isa: VectorISA, n: int | None, dtype_bits: int) -> int:
         return nvec * vw
     if n < vw:
         return max(1, n)
-    for opt in (nvec * vw, 4 * vw, 2 * vw, vw):
+    options = (nvec * vw, 4 * vw, 2 * vw, vw)
+    for opt in options:
         if n % opt == 0:
             return opt
-    return nvec * vw  # the matmul rule pads N up to a multiple
+    # the matmul rule pads N up to a multiple: the least padded work, a 1-vector tile counted slower
+    return min(options, key=lambda opt: -(-n // opt) * opt / (ONE_VECTOR_EFFICIENCY if opt == vw else 1.0))
 
 
 def gemm_mr(isa: VectorISA, m: int | None, nr: int, dtype_bits: int, allow_tail: bool = False) -> int:

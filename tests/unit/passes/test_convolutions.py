@@ -1,5 +1,5 @@
 """Convolutions rewritten before lowering: im2col conv2d and block-scatter conv2d_transpose as GEMMs
-(passes/conv_gemm.py), depthwise conv2d and max pooling over their taps (passes/window_taps.py).
+(passes/conv_gemm.py), depthwise conv2d, max and average pooling over their taps (passes/window_taps.py).
 Each gives ONNX Runtime's outputs (float tolerance 1e-4 of the output range) and leaves no TVM
 conv / pool kernel; the cases they do not take still compile and match."""
 
@@ -47,6 +47,37 @@ CASES = {
     "max pool 2x2": ("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}, None, (1, 16, 14, 14), True),
     "max pool ceil mode": (
         "MaxPool",
+        {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1},
+        None,
+        (1, 16, 14, 14),
+        False,
+    ),
+    # average pooling over its taps: without count_include_pad (ONNX's default) the divisor is the
+    # number of taps inside the image, which differs at borders, corners and with asymmetric pads
+    "avg pool 3x3 stride 1 pad 1 (EfficientFormer)": (
+        "AveragePool",
+        {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1]},
+        None,
+        (1, 16, 14, 14),
+        True,
+    ),
+    "avg pool 3x3 stride 2 pad 1 count_include_pad": (
+        "AveragePool",
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1},
+        None,
+        (1, 16, 15, 15),
+        True,
+    ),
+    "avg pool 3x2 asymmetric pads": (
+        "AveragePool",
+        {"kernel_shape": [3, 2], "strides": [2, 1], "pads": [0, 1, 2, 0]},
+        None,
+        (1, 8, 11, 9),
+        True,
+    ),
+    "avg pool 2x2": ("AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2]}, None, (2, 16, 14, 14), True),
+    "avg pool ceil mode": (
+        "AveragePool",
         {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1},
         None,
         (1, 16, 14, 14),
@@ -104,8 +135,8 @@ def test_convolution_matches_onnxruntime(case, tmp_path):
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
     table = json.loads((art / "manifest.json").read_text())["kernels"]
     kernels = [k["name"] for k in table]
-    convs = [k for k in kernels if "conv2d" in k or "max_pool2d" in k]
+    convs = [k for k in kernels if "conv2d" in k or "max_pool2d" in k or "avg_pool2d" in k]
     assert (not convs) == rewritten, kernels
     if rewritten:
-        assert any(n in k for k in kernels for n in ("matmul", "depthwise", "max_pool")), kernels
+        assert any(n in k for k in kernels for n in ("matmul", "depthwise", "max_pool", "avg_pool")), kernels
         assert all(k["rule"] != "fallback" for k in table), table
