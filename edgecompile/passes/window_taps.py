@@ -136,8 +136,8 @@ class _WindowTaps(relax.PyExprMutator):
         args = (pool, tuple(int(v) for v in a.strides), tuple(int(v) for v in a.dilation), tuple(out[2:]))
         if is_max:
             return self.builder_.call_te(_max_taps, xp, *args, primfunc_name_hint="max_pool")
-        include = bool(a.count_include_pad)
-        return self.builder_.call_te(_avg_taps, xp, *args, tuple(shape[2:]), pads, include, primfunc_name_hint="avg_pool")
+        avg = (tuple(shape[2:]), pads, bool(a.count_include_pad))
+        return self.builder_.call_te(_avg_taps, xp, *args, *avg, primfunc_name_hint="avg_pool")
 
 
 @tvm.transform.module_pass(opt_level=0, name="WindowTaps")
