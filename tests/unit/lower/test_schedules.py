@@ -112,9 +112,11 @@ def test_vector_isa_from_target():
 
 @pytest.mark.parametrize("m", [17, 197, 257])
 @pytest.mark.parametrize("epilogue", [False, True])
-def test_ragged_rows_over_packed_weights(m, epilogue):
+@pytest.mark.parametrize("seq_first", [False, True])
+def test_ragged_rows_over_packed_weights(m, epilogue, seq_first):
     """Row counts no register tile divides (ViT's 197 tokens) are computed to whole tiles and the real
-    rows kept: the result is numpy's, with and without a fused epilogue."""
+    rows kept: the result is numpy's, with and without a fused epilogue, and for torch's
+    sequence-first ``[S, 1, K]`` layout (its rows are the first axis, not the second last)."""
     from tvm import relax
 
     from edgecompile.lower.build import compile_module
@@ -125,7 +127,8 @@ def test_ragged_rows_over_packed_weights(m, epilogue):
     w = rng.standard_normal((k, n)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, m, k), "float32"))
+    shape = (m, 1, k) if seq_first else (1, m, k)
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
     with bb.function("main", [x]):
         with bb.dataflow():
             y = relax.op.matmul(x, relax.const(w))
@@ -143,7 +146,7 @@ def test_ragged_rows_over_packed_weights(m, epilogue):
     scripts = [f.script() for _, f in fused.functions_items() if isinstance(f, tirx.PrimFunc)]
     assert any('"matmul_rows"' in sc for sc in scripts)  # the padded form, not a guarded row tail
     vm = relax.VirtualMachine(compile_module(bb.get(), profile), tvm.cpu())
-    xv = rng.standard_normal((1, m, k)).astype(np.float32)
+    xv = rng.standard_normal(shape).astype(np.float32)
     got = vm["main"](tvm.runtime.tensor(xv)).numpy()
     ref = xv @ w
     if epilogue:
@@ -151,7 +154,7 @@ def test_ragged_rows_over_packed_weights(m, epilogue):
 
         ref = ref + bias
         ref = 0.5 * ref * (1 + erf(ref / np.sqrt(2)))
-    assert got.shape == (1, m, n)
+    assert got.shape == shape[:2] + (n,)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
