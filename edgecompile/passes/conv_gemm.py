@@ -2,10 +2,16 @@
 packing run near the FMA peak; TVM's CPU ``conv2d`` and ``conv2d_transpose`` are loop nests that
 reach a few GFLOP/s (4.9 on a 3x3 conv and a 2x2 stride-2 transposed conv, AVX-512, 1 thread).
 
-- ``conv2d`` (one group, NCHW / OIHW): im2col. For every output pixel, the ``kh*kw`` input pixels
-  its window reads (strided, dilated, zero outside the image) are gathered from the NHWC input
-  into a row, channels innermost, and multiplied with the kernel as ``[(dy, dx, c), o]``:
-  ``[N*Ho*Wo, kh*kw*C] @ [kh*kw*C, O]``. Unpadded 1x1 convolutions need no gather.
+- ``conv2d`` (one group, NCHW / OIHW): im2col, in one of two layouts. Large images (at least
+  :data:`MIN_PIXELS_RIGHT` output pixels, batch 1): the kernel on the left, ``W[O, C*kh*kw] @
+  cols[C*kh*kw, Ho*Wo]``, where a row of ``cols`` is one tap's shifted copy of one input channel
+  over the zero-padded input (:mod:`~edgecompile.passes.padding`): the copy reads and writes image
+  rows contiguously, the GEMM's output is NCHW already and an unpadded 1x1 convolution needs no
+  copy at all. Small images (EfficientFormer's 7x7, whose 49 pixels would pad to 64 GEMM columns):
+  the pixels as rows, ``[N*Ho*Wo, kh*kw*C] @ [kh*kw*C, O]`` over the NHWC input's windows, channels
+  innermost, with the weights packed (:mod:`~edgecompile.lower.pack_weights`). The first layout was
+  measured on a DINOv2-style depth head: its 3x3 conv over 128x112x112 spent 20.9 ms building the
+  pixel-rows columns from the NCHW input (a strided gather per element, 0.5 GOP/s).
   The column matrix is ``kh*kw`` times the input: above :data:`MAX_COLUMNS_BYTES` the
   convolution is left as it is (the kernel table and the fallback warning show it).
 - ``conv2d_transpose`` (one group, NCHW / IOHW): each input pixel scatters a ``kh x kw`` block,
@@ -26,9 +32,11 @@ import tvm
 from tvm import relax, te, tirx
 
 from edgecompile.ir.ops import const_array, static_shape
+from edgecompile.passes.padding import padded_copy
 from edgecompile.passes.rewrite import rewrite_functions
 
 MAX_COLUMNS_BYTES = 64 << 20  # the im2col matrix of one convolution (it lives in the planned arena)
+MIN_PIXELS_RIGHT = 256  # output pixels from which the kernel goes on the left of the GEMM
 
 
 def _ints(values) -> list[int]:
@@ -74,6 +82,8 @@ def im2col_conv(bb, x, wv: np.ndarray, shape: list[int], attrs):
     wo = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
     if ho < 1 or wo < 1 or n * ho * wo * kh * kw * c * 4 > MAX_COLUMNS_BYTES:
         return None
+    if ho * wo >= MIN_PIXELS_RIGHT and n == 1:
+        return _kernel_left_conv(bb, x, wv, shape, (sh, sw), (dh, dw), (pt, pl, pb, pr), (ho, wo))
     t = bb.normalize(op.permute_dims(x, [0, 2, 3, 1]))
     if (kh, kw, sh, sw, pt, pb, pl, pr) == (1, 1, 1, 1, 0, 0, 0, 0):
         cols = t
@@ -83,6 +93,34 @@ def im2col_conv(bb, x, wv: np.ndarray, shape: list[int], attrs):
     kernel = relax.const(np.ascontiguousarray(wv.transpose(2, 3, 1, 0).reshape(kh * kw * c, o)))
     y = op.reshape(op.matmul(cols, kernel), [n, ho, wo, o])
     return op.permute_dims(y, [0, 3, 1, 2])
+
+
+def _shifted_rows(xp, kh: int, kw: int, strides, dilation, out_hw):
+    """``[N, C, kh, kw, Ho, Wo]``: for every channel and tap, the (padded) input ``xp`` shifted under
+    the output grid; a row is a contiguous slice of an input row at stride 1."""
+    (sh, sw), (dh, dw), (ho, wo) = strides, dilation, out_hw
+
+    def tap(b, ch, dy, dx, y, x):
+        return xp[b, ch, y * sh + dy * dh, x * sw + dx * dw]
+
+    return te.compute((xp.shape[0], xp.shape[1], kh, kw, ho, wo), tap, name="im2col")
+
+
+def _kernel_left_conv(bb, x, wv: np.ndarray, shape: list[int], strides, dilation, pads, out_hw):
+    """``conv2d`` of one image as ``W[O, C*kh*kw] @ cols[C*kh*kw, Ho*Wo]``, the output NCHW as it comes
+    (batches keep the pixel rows, which fold the batch into the GEMM's rows)."""
+    op = relax.op
+    n, c, _, _ = shape
+    o, _, kh, kw = wv.shape
+    ho, wo = out_hw
+    if (kh, kw, *strides, *pads) == (1, 1, 1, 1, 0, 0, 0, 0):
+        cols = op.reshape(x, [c, ho * wo])
+    else:
+        xp = padded_copy(bb, x, shape, list(pads)) if any(pads) else x
+        cols = bb.call_te(_shifted_rows, xp, kh, kw, strides, dilation, out_hw, primfunc_name_hint="im2col")
+        cols = op.reshape(cols, [c * kh * kw, ho * wo])
+    y = op.matmul(relax.const(np.ascontiguousarray(wv.reshape(o, c * kh * kw))), cols)
+    return op.reshape(y, [n, o, ho, wo])
 
 
 def _col2im(cols, strides, dilation, pads, out_hw):

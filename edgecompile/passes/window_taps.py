@@ -6,8 +6,7 @@ average pooling (EfficientFormer's token mixer) as their sum over the count of t
 ``out[n, c, y, x] = sum over (dy, dx) of pad(in)[n, c, y*sh + dy*dh, x*sw + dx*dw] * w[c, dy, dx]``
 with the ``kh*kw`` taps written out (no reduction loop): the kernel is injective and unguarded,
 so our elementwise rule vectorizes it along the output row, and a bias or activation after it
-fuses in. The padded input is its own kernel, marked opaque so fusion cannot fold the padding's
-bounds checks back into every tap (which made the taps 3x slower than TVM's form). TVM's CPU form
+fuses in. The padded input is its own kernel (:mod:`~edgecompile.passes.padding`). TVM's CPU form
 is a reduction only the fallback schedule takes (3x3 over 192x28x28: 0.48 ms, AVX-512, 1 thread);
 so is its max pool (3x3 stride 2 over the same: 0.09 ms). Max pooling pads with -inf (never the
 max of a window, which always holds an input pixel); ceil mode keeps TVM's form. Average pooling
@@ -21,26 +20,10 @@ import tvm
 from tvm import relax, te
 
 from edgecompile.passes.conv_gemm import float_weight, static_nchw
-from edgecompile.passes.rewrite import emit_opaque_kernel, rewrite_functions
+from edgecompile.passes.padding import padded_copy
+from edgecompile.passes.rewrite import rewrite_functions
 
 MAX_TAPS = 49  # 7x7: larger kernels keep TVM's form
-
-
-def _padded(bb: relax.BlockBuilder, x: relax.Expr, shape: list[int], pads: list[int], fill: float = 0.0) -> relax.Expr:
-    pt, pl, pb, pr = pads
-    n, c, h, w = shape
-    out = [n, c, h + pt + pb, w + pl + pr]
-    a = te.placeholder(shape, "float32", name="x")
-    p = te.compute(
-        out,
-        lambda b, ch, y, xo: te.if_then_else(
-            te.all(y >= pt, y < h + pt, xo >= pl, xo < w + pl),
-            a[b, ch, te.max(te.min(y - pt, h - 1), 0), te.max(te.min(xo - pl, w - 1), 0)],
-            te.const(fill, "float32"),
-        ),
-        name="pad",
-    )
-    return emit_opaque_kernel(bb, x, a, p, "window_pad")
 
 
 def _taps(xp, w, strides, dilation, out_hw):
@@ -119,7 +102,7 @@ class _WindowTaps(relax.PyExprMutator):
         if str(a.out_layout) not in ("NCHW", "") or str(a.out_dtype) not in ("", "void", "None", "float32"):
             return call
         pads = [int(v) for v in a.padding]
-        xp = _padded(self.builder_, x, shape, pads) if any(pads) else x
+        xp = padded_copy(self.builder_, x, shape, pads) if any(pads) else x
         args = (tuple(int(v) for v in a.strides), tuple(int(v) for v in a.dilation), tuple(out[2:]))
         return self.builder_.call_te(_taps, xp, w, *args, primfunc_name_hint="depthwise")
 
@@ -132,7 +115,7 @@ class _WindowTaps(relax.PyExprMutator):
         if str(a.layout) != "NCHW" or str(a.out_layout) not in ("NCHW", "") or pool[0] * pool[1] > MAX_TAPS:
             return call
         pads = [int(v) for v in a.padding]
-        xp = _padded(self.builder_, x, shape, pads, float("-inf") if is_max else 0.0) if any(pads) else x
+        xp = padded_copy(self.builder_, x, shape, pads, float("-inf") if is_max else 0.0) if any(pads) else x
         args = (pool, tuple(int(v) for v in a.strides), tuple(int(v) for v in a.dilation), tuple(out[2:]))
         if is_max:
             return self.builder_.call_te(_max_taps, xp, *args, primfunc_name_hint="max_pool")

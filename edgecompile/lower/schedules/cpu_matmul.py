@@ -67,9 +67,12 @@ def _normalized_loops(sch, main, maps):
     """``main``'s loops as ``(s, i, j, k)``: by dlight's index map, or (already ``[S..., I, J, K]``, e.g.
     a GEMM over packed weights) with the batch loops fused; None if the map gives another nest."""
     if maps is not None:
+        out_shape = [int(d) if isinstance(d, tirx.IntImm) else None for d in sch.get(main).writes[0].source.shape]
         sch.transform_block_layout(main, maps[0])
         loops = sch.get_loops(main)
-        if len(loops) != 4:
+        if len(loops) != 4 or [extent(sch, lp) for lp in loops[1:3]] != out_shape[-2:]:
+            # e.g. a 2-D A times a batched B: the map folds B's batch into J, whose tiles the
+            # write-back cannot follow (it wrote whole rows no tile had computed)
             return None
         return tuple(loops)
     *spatial, k = sch.get_loops(main)
@@ -100,6 +103,8 @@ def _register_block(sch, main, loops, epilogue, target) -> None:
     sch.reorder(s, j0, i0, k, i1, j1)
     par = sch.fuse(s, j0)
     sch.parallel(par)
+    if b_pad is None and _strided_b(sch, main, n, bits):
+        b_pad = sch.cache_read(main, len(sch.get(main).reads) - 1, "global")
     if b_pad is not None:
         sch.compute_at(b_pad, par, preserve_unit_loops=True)
         vectorize_innermost(sch, b_pad, vw)
@@ -117,6 +122,16 @@ def _register_block(sch, main, loops, epilogue, target) -> None:
     init = sch.decompose_reduction(main, k)
     vectorize_innermost(sch, init, vw)
     vectorize_innermost(sch, wb, vw)
+
+
+PANEL_COPY_ROW_BYTES = 4096  # B rows at least a page apart are copied into a panel first
+
+
+def _strided_b(sch, main, n: int | None, bits: int) -> bool:
+    """A row-major B (not packed weights) whose rows are a page or more apart: the micro-kernel's
+    loads would touch a new page every ``k``, so each column panel is first copied contiguously."""
+    b = sch.get(main).reads[-1].source
+    return n is not None and len(b.shape) >= 2 and int(b.shape[-1]) * bits // 8 >= PANEL_COPY_ROW_BYTES
 
 
 def _pad_to_tiles(sch, main, m, n, mr, nr, epilogue):

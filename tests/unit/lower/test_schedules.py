@@ -215,3 +215,26 @@ def test_rows_shorter_than_two_vectors_are_left_to_dlight():
     func, _ = _row_kernel("softmax", 8, 20)
     assert RowReduction().apply(func, tvm.target.Target(TARGETS["avx512"]), False) is None
     assert RowReduction().apply(func, tvm.target.Target(TARGETS["avx2"]), False) is not None  # 20 >= 2 x 8
+
+
+@pytest.mark.parametrize("columns", [306, 320])
+def test_matrix_times_batched_matrix(columns):
+    """``W[O, K] @ x[B, K, P]``: dlight's index map folds the batch into the GEMM's columns, which
+    our rule's tiles cannot follow (its write-back once copied rows no tile had computed: off by
+    40); the rule declines that nest and the result is numpy's either way."""
+    from tvm import relax
+
+    from edgecompile.lower.build import compile_module
+    from edgecompile.targets import get_profile
+
+    rng = np.random.default_rng(columns)
+    w = rng.standard_normal((16, 72)).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 72, columns), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.matmul(relax.const(w), x))
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(compile_module(bb.get(), get_profile("native").resolved()), tvm.cpu())
+    xv = rng.standard_normal((2, 72, columns)).astype("float32")
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(xv)).numpy(), w @ xv, rtol=1e-4, atol=1e-4)

@@ -19,6 +19,24 @@ CASES = {
     "3x3 dilation 2": ("Conv", {"pads": [2, 2, 2, 2], "dilations": [2, 2]}, (8, 16, 3, 3), (1, 16, 10, 10), True),
     "3x2 asymmetric pads": ("Conv", {"pads": [0, 1, 1, 0]}, (8, 16, 3, 2), (1, 16, 9, 11), True),
     "1x1": ("Conv", {}, (48, 16, 1, 1), (2, 16, 7, 7), True),
+    # from 256 output pixels the kernel is on the left: W @ shifted input rows, NCHW out (conv_gemm.py)
+    "3x3 pad 1, kernel left": ("Conv", {"pads": [1, 1, 1, 1]}, (24, 16, 3, 3), (1, 16, 20, 20), True),
+    "3x3 stride 2 pad 1, kernel left": (
+        "Conv",
+        {"pads": [1, 1, 1, 1], "strides": [2, 2]},
+        (16, 8, 3, 3),
+        (1, 8, 35, 33),
+        True,
+    ),
+    "3x3 pad 1, batch 2 (pixel rows)": ("Conv", {"pads": [1, 1, 1, 1]}, (24, 8, 3, 3), (2, 8, 20, 20), True),
+    "3x2 dilation 2 asymmetric pads, kernel left": (
+        "Conv",
+        {"pads": [2, 0, 1, 1], "dilations": [2, 2]},
+        (8, 16, 3, 2),
+        (1, 16, 19, 21),
+        True,
+    ),
+    "1x1, kernel left": ("Conv", {}, (48, 16, 1, 1), (2, 16, 16, 17), True),
     "grouped 3x3": ("Conv", {"pads": [1, 1, 1, 1], "group": 2}, (16, 8, 3, 3), (1, 16, 8, 8), False),
     # depthwise (passes/window_taps.py): the taps summed elementwise over a padded copy
     "depthwise 3x3 pad 1": ("Conv", {"pads": [1, 1, 1, 1], "group": 16}, (16, 1, 3, 3), (1, 16, 14, 14), True),
