@@ -33,6 +33,7 @@ class _Patchify(relax.PyExprMutator):
         stride = [int(v) for v in a.strides]
         if (
             int(a.groups) != 1
+            or p * q == 1  # a 1x1 convolution is conv_gemm's (over large images: no copy, no transposes)
             or stride != [p, q]
             or any(int(v) != 0 for v in a.padding)
             or any(int(v) != 1 for v in a.dilation)

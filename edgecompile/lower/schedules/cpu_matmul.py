@@ -70,9 +70,9 @@ def _normalized_loops(sch, main, maps):
         out_shape = [int(d) if isinstance(d, tirx.IntImm) else None for d in sch.get(main).writes[0].source.shape]
         sch.transform_block_layout(main, maps[0])
         loops = sch.get_loops(main)
-        if len(loops) != 4 or [extent(sch, lp) for lp in loops[1:3]] != out_shape[-2:]:
-            # e.g. a 2-D A times a batched B: the map folds B's batch into J, whose tiles the
-            # write-back cannot follow (it wrote whole rows no tile had computed)
+        if len(loops) != 4 or extent(sch, loops[2]) != out_shape[-1]:
+            # a 2-D A times a batched B: the map folds B's batch into J, whose tiles the write-back
+            # cannot follow (it wrote whole rows no tile had computed); A's batch folded into I is fine
             return None
         return tuple(loops)
     *spatial, k = sch.get_loops(main)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
+from tvm.tirx.analysis import undefined_vars
 
 from edgecompile.lower.schedules.isa import vector_isa
 from edgecompile.lower.schedules.loops import extent, vectorize_innermost
@@ -88,14 +89,26 @@ class RowReduction(CPUScheduleRule):
 
 
 def _one_inner_reduction_axis(sch, reductions) -> bool:
-    """Every reduction block has exactly one reduction axis, the innermost (and a row axis)."""
+    """Every reduction block has exactly one reduction axis, the innermost (and a row axis), and
+    reads one buffer along it (a row's values, not a dot product of two operands: a GEMM whose
+    shape the matmul rule declined is not a row reduction)."""
     for b in reductions:
-        ivs = sch.get(b).iter_vars
+        block = sch.get(b)
+        ivs = block.iter_vars
         if sum(iv.iter_type == tirx.IterVar.CommReduce for iv in ivs) != 1:
             return False
         if ivs[-1].iter_type != tirx.IterVar.CommReduce or len(ivs) < 2:
             return False
+        k = ivs[-1].var
+        along = {r.source.name for r in block.reads if any(_uses(rg.min, k) for rg in r.region)}
+        along.discard(block.writes[0].source.name)
+        if len(along) > 1:
+            return False
     return True
+
+
+def _uses(expr, var) -> bool:
+    return any(v.same_as(var) for v in undefined_vars(expr))
 
 
 def _row_widths(sch, reductions, vw: int) -> dict | None:
