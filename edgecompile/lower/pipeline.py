@@ -1,7 +1,7 @@
 """The Relax compilation pipeline per target.
 
 CPU (LLVM) targets: TVM's generic CPU phases with two additions of ours:
-- before legalization, GELU is decomposed and exp/erf/tanh/softmax are replaced by TVM's fast,
+- before legalization, GELU and sigmoid/SiLU are decomposed and exp/erf/tanh/softmax are replaced by TVM's fast,
   vectorizable approximations (``FastMathTransform``; max abs error ~1e-7 on exp/erf, far inside
   our 1e-4-of-range tolerance against ONNX Runtime) — libm's scalar calls otherwise cost more
   than the GEMMs around them;
@@ -28,20 +28,27 @@ from edgecompile.passes.rewrite import rewrite_functions
 
 
 @relax.expr_functor.mutator
-class _GeluDecomposer(relax.PyExprMutator):
-    """``gelu(x)`` -> ``0.5 x (1 + erf(x / sqrt 2))`` and ``gelu_tanh`` -> its tanh form."""
+class _ActivationDecomposer(relax.PyExprMutator):
+    """``gelu(x)`` -> ``0.5 x (1 + erf(x / sqrt 2))``, ``gelu_tanh`` -> its tanh form, ``sigmoid(x)``
+    -> ``1 / (1 + exp(-x))`` and ``silu(x)`` -> ``x sigmoid(x)`` (float inputs)."""
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
         name = getattr(call.op, "name", "")
-        if name not in ("relax.nn.gelu", "relax.nn.gelu_tanh"):
+        if name not in ("relax.nn.gelu", "relax.nn.gelu_tanh", "relax.sigmoid", "relax.nn.silu"):
             return call
         x = call.args[0]
         dtype = x.ty.dtype
+        if "float" not in str(dtype):
+            return call
 
         def c(v):
             return relax.const(v, dtype)
 
+        if name in ("relax.sigmoid", "relax.nn.silu"):
+            # exp(-x) overflows to inf for x < -88: 1 / inf = 0, sigmoid's limit
+            sig = relax.op.divide(c(1.0), relax.op.add(c(1.0), relax.op.exp(relax.op.negative(x))))
+            return sig if name == "relax.sigmoid" else relax.op.multiply(x, sig)
         if name == "relax.nn.gelu":
             inner = relax.op.erf(relax.op.multiply(x, c(1 / math.sqrt(2))))
         else:
@@ -51,12 +58,13 @@ class _GeluDecomposer(relax.PyExprMutator):
         return relax.op.multiply(relax.op.multiply(x, c(0.5)), relax.op.add(c(1.0), inner))
 
 
-@tvm.transform.module_pass(opt_level=0, name="DecomposeGelu")
-class DecomposeGelu:
-    """Expose GELU's erf/tanh to ``FastMathTransform``."""
+@tvm.transform.module_pass(opt_level=0, name="DecomposeActivations")
+class DecomposeActivations:
+    """Expose GELU's erf/tanh and sigmoid's (SiLU's) exp to ``FastMathTransform``: TVM lowers
+    ``sigmoid`` to libm's scalar ``expf`` (MobileViT's SiLU epilogues ran at 0.3 GOP/s)."""
 
     def transform_module(self, mod, _ctx):
-        return rewrite_functions(mod, _GeluDecomposer(mod))
+        return rewrite_functions(mod, _ActivationDecomposer(mod))
 
 
 @tvm.transform.module_pass(opt_level=0, name="BindParallelLoops")
@@ -109,7 +117,7 @@ def pre_legalize_passes(target) -> list:
 
     # FoldConstant first: exporters write Linear as matmul(x, permute_dims(W)).
     return [
-        DecomposeGelu(),
+        DecomposeActivations(),
         relax.transform.FastMathTransform(),
         relax.transform.FoldConstant(),
         PatchifyConv(),
