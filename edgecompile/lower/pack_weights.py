@@ -31,15 +31,17 @@ from edgecompile.lower.schedules.tiles import gemm_mr, gemm_nr
 from edgecompile.passes.rewrite import rewrite_functions
 
 
-def _packed_matmul(x, wp, out_dtype, row_tile: int = 1, rows_axis: int | None = None):
+def _packed_matmul(x, wp, out_dtype, row_tile: int = 1, rows_axis: int | None = None, cols: int | None = None):
     """``x @ W`` over packed ``W``; with ``row_tile`` > 1 the rows are computed up to a whole number
     of row tiles (the extra rows re-read the last row of ``x``) and the real ones selected after,
     so the register-blocked kernel has no row tail: the selection is inlined into the epilogue, the
     padded product lives only in the tile's registers. ``rows_axis``: the one leading axis of ``x``
     longer than 1 when it is not the second last (a sequence-first ``[S, 1, K]``): the GEMM runs
-    over those rows as over ``[S, K]``, written back in ``x``'s layout."""
+    over those rows as over ``[S, K]``, written back in ``x``'s layout. ``cols``: the real column
+    count when ``W`` was padded with zero columns to whole panels."""
     *lead, k_dim = x.shape
     nb, _, nr = wp.shape
+    cols = nb * nr if cols is None else cols
     k = te.reduce_axis((0, k_dim), name="k")
     m = lead[rows_axis] if rows_axis is not None else lead[-1]
     mp = tirx.indexdiv(m + row_tile - 1, row_tile) * row_tile
@@ -56,11 +58,11 @@ def _packed_matmul(x, wp, out_dtype, row_tile: int = 1, rows_axis: int | None = 
 
     if rows_axis is not None:
         full = te.compute((mp, nb * nr), body, name="matmul")
-        return te.compute((*lead, nb * nr), lambda *idx: full[idx[rows_axis], idx[-1]], name="matmul_rows")
+        return te.compute((*lead, cols), lambda *idx: full[idx[rows_axis], idx[-1]], name="matmul_rows")
     full = te.compute((*lead[:-1], mp, nb * nr), body, name="matmul")
-    if row_tile == 1:
+    if row_tile == 1 and cols == nb * nr:
         return full
-    return te.compute((*lead, nb * nr), lambda *idx: full[idx], name="matmul_rows")
+    return te.compute((*lead, cols), lambda *idx: full[idx], name="matmul_rows")
 
 
 def _int8_gemm(x, wp, *comp, kernel: Int8Kernel, mr: int):
@@ -143,9 +145,14 @@ class _Packer(relax.PyExprMutator):
     def _pack(self, x, wv, out_dtype):
         k, n = wv.shape
         nr = gemm_nr(self.isa, n, 32)
-        if n % nr or n < nr:
+        if n < nr:
             return None
-        packed = np.ascontiguousarray(wv.reshape(k, n // nr, nr).transpose(1, 0, 2))
+        # N no tile divides (MobileViT's 360-wide QKV): zero columns up to whole panels, the real ones
+        # selected when the tile is written (360 of 384: 44 -> ~170 GFLOP/s on [256, 120] @ [120, 360])
+        wide = -(-n // nr) * nr
+        wpad = np.zeros((k, wide), wv.dtype)
+        wpad[:, :n] = wv
+        packed = np.ascontiguousarray(wpad.reshape(k, wide // nr, nr).transpose(1, 0, 2))
         # a ragged row count (ViT's 197 tokens) is computed to whole row tiles of the matmul rule's
         # height (measured on 197x384x384, 1 thread, AVX-512: 112 -> ~190 GFLOP/s, the guarded tail gone)
         lead = x.ty.shape.values[:-1]
@@ -153,7 +160,7 @@ class _Packer(relax.PyExprMutator):
         m = lead[-1] if rows_axis is None else lead[rows_axis]
         mr = gemm_mr(self.isa, int(m), nr, 32, allow_tail=True) if isinstance(m, tirx.IntImm) else 1
         tile = mr if isinstance(m, tirx.IntImm) and int(m) % mr else 1
-        gemm = functools.partial(_packed_matmul, row_tile=tile, rows_axis=rows_axis)
+        gemm = functools.partial(_packed_matmul, row_tile=tile, rows_axis=rows_axis, cols=n)
         return self.builder_.call_te(gemm, x, relax.const(packed), out_dtype, primfunc_name_hint="matmul_packed")
 
     def _pack_int8(self, x, wv):

@@ -113,17 +113,19 @@ def test_vector_isa_from_target():
 @pytest.mark.parametrize("m", [17, 197, 257])
 @pytest.mark.parametrize("epilogue", [False, True])
 @pytest.mark.parametrize("seq_first", [False, True])
-def test_ragged_rows_over_packed_weights(m, epilogue, seq_first):
+@pytest.mark.parametrize("n", [96, 360])
+def test_ragged_rows_over_packed_weights(m, epilogue, seq_first, n):
     """Row counts no register tile divides (ViT's 197 tokens) are computed to whole tiles and the real
-    rows kept: the result is numpy's, with and without a fused epilogue, and for torch's
-    sequence-first ``[S, 1, K]`` layout (its rows are the first axis, not the second last)."""
+    rows kept: the result is numpy's, with and without a fused epilogue, for torch's
+    sequence-first ``[S, 1, K]`` layout (its rows are the first axis, not the second last) and for
+    a column count no tile divides (MobileViT's 360: W padded with zero columns)."""
     from tvm import relax
 
     from edgecompile.lower.build import compile_module
     from edgecompile.targets import get_profile
 
     rng = np.random.default_rng(m)
-    k, n = 64, 96
+    k = 64
     w = rng.standard_normal((k, n)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
     bb = relax.BlockBuilder()
