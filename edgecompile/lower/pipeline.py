@@ -6,8 +6,9 @@ CPU (LLVM) targets: TVM's generic CPU phases with two additions of ours:
   our 1e-4-of-range tolerance against ONNX Runtime) — libm's scalar calls otherwise cost more
   than the GEMMs around them;
 - patch-embedding convolutions (stride = kernel) become GEMMs (:mod:`..patchify`), other float
-  convolutions im2col GEMMs, transposed ones block GEMMs (:mod:`..conv_gemm`), depthwise ones and max
-  pools elementwise over their taps (:mod:`..window_taps`);
+  convolutions im2col GEMMs, transposed ones block GEMMs (:mod:`..conv_gemm`), depthwise ones and
+  pools elementwise over their taps (:mod:`..window_taps`), resizes a row pass and a column pass
+  (:mod:`..separable_resize`);
 - matmuls with constant weights read them packed in column panels (:mod:`..pack_weights`);
 - after fusion, every PrimFunc is scheduled by our rules (:mod:`edgecompile.lower.schedules`);
   TVM's default CPU pipeline leaves them as unscheduled loop nests.
@@ -113,6 +114,7 @@ def pre_legalize_passes(target) -> list:
     from edgecompile.lower.pack_weights import PackMatmulWeights
     from edgecompile.passes.conv_gemm import ConvToGemm
     from edgecompile.passes.patchify import PatchifyConv
+    from edgecompile.passes.separable_resize import SeparableResize
     from edgecompile.passes.window_taps import WindowTaps
 
     # FoldConstant first: exporters write Linear as matmul(x, permute_dims(W)).
@@ -123,6 +125,7 @@ def pre_legalize_passes(target) -> list:
         PatchifyConv(),
         ConvToGemm(),
         WindowTaps(),
+        SeparableResize(),
         PackMatmulWeights(target),
     ]
 

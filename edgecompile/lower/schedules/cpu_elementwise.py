@@ -61,7 +61,9 @@ def _vectorize_and_parallelize(sch, block, loops, extents, target) -> None:
     row takes 4 lanes rather than none) or, for a row of at least two vectors, by whole vectors
     and a guarded partial one, fuse the outer loops (their index arithmetic then costs
     once per row, not per element) and parallelize them in chunks when the kernel is large enough
-    for the thread pool to pay. A kernel whose rows are whole vectors keeps every loop fused."""
+    for the thread pool to pay. A kernel whose rows are one whole vector keeps every loop fused; rows
+    of several keep the row loop apart, so that indices computed from the outer coordinates (a
+    resize's source row) stay the same across a vector's lanes (fused, each lane's was a gather)."""
     total = 1
     for e in extents:
         total *= int(e)
@@ -71,7 +73,7 @@ def _vectorize_and_parallelize(sch, block, loops, extents, target) -> None:
     lanes = next((v for v in _halvings(vw) if inner_ext % v == 0), None)
     if (lanes or 1) < vw and inner_ext >= RAGGED_MIN_VECTORS * vw:
         lanes = vw  # whole vectors and a guarded partial one (a padded 130-wide row: not 2 lanes)
-    if (lanes == vw and inner_ext % vw == 0) or len(loops) == 1:
+    if (lanes == vw and inner_ext % vw == 0 and inner_ext < RAGGED_MIN_VECTORS * vw) or len(loops) == 1:
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         outer = fused
         if lanes and total >= lanes:
