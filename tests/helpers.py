@@ -35,6 +35,23 @@ def assert_close(ref: np.ndarray, got: np.ndarray, rel: float = REL_TOL) -> floa
     return err
 
 
+def op_then_relu_model(path: Path, node, xshape, inits: list) -> Path:
+    """Save an opset-17 ONNX model ``x -> node -> Relu -> z`` (``node`` writes ``y``; float input ``x``
+    of ``xshape``, initializers ``inits``): the one-op graphs the pass tests compare with ORT."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [node, helper.make_node("Relu", ["y"], ["z"])],
+        node.op_type.lower(),
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(xshape))],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
 def digits_accuracy(artifact, data) -> float:
     """Top-1 of a compiled digits ViT on the 600 held-out images."""
     from digits_vit.digits import accuracy

@@ -139,20 +139,18 @@ def _guarded(realize, widths: dict, vw: int):
     a split marked ``likely``; None for a block without a guard."""
     block = realize.block
     width = widths.get(block.name_hint)
-    if width is not None:
-        ivs, values = block.iter_vars, realize.iter_values
-        lane, k_outer = ivs[0], ivs[-1]
-        if not (
-            lane.iter_type == tirx.IterVar.DataPar and int(lane.dom.extent) == vw
-            and k_outer.iter_type == tirx.IterVar.CommReduce and int(k_outer.dom.extent) == -(-width // vw)
-        ):  # fmt: skip
-            raise ValueError(f"unexpected partial-accumulator block {block.name_hint}")
-        guard = values[-1] * vw + values[0] < width
-    elif isinstance(realize.predicate, tirx.IntImm) or _is_likely(realize.predicate):
-        return None
-    else:
-        guard = realize.predicate
-    return s_tir.SBlockRealize(values if width is not None else realize.iter_values, tirx.likely(guard), block)
+    if width is None:
+        if isinstance(realize.predicate, tirx.IntImm) or _is_likely(realize.predicate):
+            return None
+        return s_tir.SBlockRealize(realize.iter_values, tirx.likely(realize.predicate), block)
+    ivs, values = block.iter_vars, realize.iter_values
+    lane, k_outer = ivs[0], ivs[-1]
+    if not (
+        lane.iter_type == tirx.IterVar.DataPar and int(lane.dom.extent) == vw
+        and k_outer.iter_type == tirx.IterVar.CommReduce and int(k_outer.dom.extent) == -(-width // vw)
+    ):  # fmt: skip
+        raise ValueError(f"unexpected partial-accumulator block {block.name_hint}")
+    return s_tir.SBlockRealize(values, tirx.likely(values[-1] * vw + values[0] < width), block)
 
 
 def _is_likely(expr) -> bool:

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import op_then_relu_model
 
 import edgecompile
 
@@ -119,8 +120,7 @@ CASES = {
 
 
 def conv_model(path, op: str, attrs: dict, wshape, xshape):
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(len(path.name))
     inits, inputs = [], ["x"]
@@ -129,15 +129,7 @@ def conv_model(path, op: str, attrs: dict, wshape, xshape):
         outs = wshape[1] * attrs.get("group", 1) if op == "ConvTranspose" else wshape[0]
         bias = rng.standard_normal(outs).astype(np.float32)
         inits, inputs = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")], ["x", "w", "b"]
-    graph = helper.make_graph(
-        [helper.make_node(op, inputs, ["y"], **attrs), helper.make_node("Relu", ["y"], ["z"])],
-        "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(xshape))],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
-        inits,
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
+    return op_then_relu_model(path, helper.make_node(op, inputs, ["y"], **attrs), xshape, inits)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import op_then_relu_model
 
 import edgecompile
 
@@ -26,22 +27,14 @@ CASES = {
 
 
 def _model(path, mode, coord, nearest, xshape, size):
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     attrs = {"mode": mode, "coordinate_transformation_mode": coord}
     if nearest:
         attrs["nearest_mode"] = nearest
     sizes = numpy_helper.from_array(np.array([*xshape[:2], *size], np.int64), "sizes")
-    graph = helper.make_graph(
-        [helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], **attrs), helper.make_node("Relu", ["y"], ["z"])],
-        "resize",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(xshape))],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
-        [sizes],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
+    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], **attrs)
+    return op_then_relu_model(path, node, xshape, [sizes])
 
 
 @pytest.mark.parametrize("case", list(CASES))
