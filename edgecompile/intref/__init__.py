@@ -16,6 +16,7 @@ from edgecompile.intref.linear import (
     int_relu,
     quantize,
     requantize,
+    requantize_f32,
     rescale,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "int_relu",
     "quantize",
     "requantize",
+    "requantize_f32",
     "rescale",
 ]

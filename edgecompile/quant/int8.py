@@ -8,7 +8,7 @@ from tvm import relax
 
 from edgecompile.ir.layers import Layer
 from edgecompile.ir.ops import const_array
-from edgecompile.quant.rewriter import Acc, Float, Int8, Rewriter
+from edgecompile.quant.rewriter import Acc, Float, Int8, Rewriter, rescale
 
 
 def _weight_quant(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +81,7 @@ def add(rw: Rewriter, layer: Layer) -> bool:
         return False
     (qa, sa), (qb, sb) = rw.as_quant(a), rw.as_quant(b)
     sy = rw.scale[layer.output]
-    total = relax.op.add(rw.rescale(qa, np.float64(sa) / sy), rw.rescale(qb, np.float64(sb) / sy))
+    total = relax.op.add(rescale(qa, np.float64(sa) / sy), rescale(qb, np.float64(sb) / sy))
     y = relax.op.astype(relax.op.clip(total, -128, 127), "int8")
     rw.env[layer.output] = Int8(rw.bb.emit(y, name_hint=layer.name), sy)
     layer.info = {"scale_in": [sa, sb], "scale_out": sy}

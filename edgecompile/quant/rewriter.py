@@ -57,6 +57,29 @@ class Acc:
 Handler = Callable[["Rewriter", Layer], bool]
 
 
+def rescale(x: relax.Expr, ratio) -> relax.Expr:
+    """:func:`edgecompile.intref.rescale` by the dyadic form of ``ratio``: int64, unclipped.
+    A negative ratio (a LayerNorm channel with a negative gamma) negates the multiplier."""
+    ratio = np.asarray(ratio, np.float64)
+    b, c = intref.dyadic(np.abs(ratio))
+    b = np.where(ratio < 0, -b, b).astype(np.int64)
+    y = relax.op.multiply(relax.op.astype(x, "int64"), relax.const(b, "int64"))
+    y = relax.op.add(y, relax.const(np.int64(1) << (c - 1), "int64"))
+    return relax.op.right_shift(y, relax.const(c, "int64"))
+
+
+def requantize(acc: relax.Expr, ratio, dyadic: bool) -> relax.Expr:
+    """An int32 ``acc`` to int8 at ``ratio`` (scalar or per channel along the last axis):
+    :func:`edgecompile.intref.requantize` of the dyadic form, or
+    :func:`edgecompile.intref.requantize_f32` (one float32 multiply, in 32-bit lanes)."""
+    if dyadic:
+        y = rescale(acc, ratio)
+    else:
+        m = relax.const(np.asarray(ratio, np.float32), "float32")
+        y = relax.op.round(relax.op.multiply(relax.op.astype(acc, "float32"), m))
+    return relax.op.astype(relax.op.clip(y, -128, 127), "int8")
+
+
 class Rewriter:
     """Emits the rewrite of one function into ``bb``. ``env`` maps each original var to how it is
     held now (:class:`Float`, :class:`Int8` or :class:`Acc`). A layer goes to
@@ -189,28 +212,18 @@ class Rewriter:
             return relax.const(np.clip(np.rint(c.astype(np.float64) / s_out), -limit, limit).astype(np.int64), "int64")
         e = self.env.get(x)
         if isinstance(e, Int8):
-            return self.rescale(e.expr, np.float64(e.scale) / s_out)
+            return rescale(e.expr, np.float64(e.scale) / s_out)
         if isinstance(e, Acc):
-            return self.rescale(e.expr, np.asarray(e.scale, np.float64) / s_out)
+            return rescale(e.expr, np.asarray(e.scale, np.float64) / s_out)
         # a float tensor computed from the inputs (an attention mask): quantized in a kernel of its
         # own, so its float arithmetic is not fused into the integer kernel that reads it
         q = iop.emit_input_quantize(self.bb, self.as_float(x), 1.0 / np.float32(s_out), limit)
         return relax.op.astype(q, "int64")
 
-    @staticmethod
-    def rescale(x, ratio):
-        """:func:`edgecompile.intref.rescale` by the dyadic form of ``ratio``: int64, unclipped.
-        A negative ratio (a LayerNorm channel with a negative gamma) negates the multiplier."""
-        ratio = np.asarray(ratio, np.float64)
-        b, c = intref.dyadic(np.abs(ratio))
-        b = np.where(ratio < 0, -b, b).astype(np.int64)
-        y = relax.op.multiply(relax.op.astype(x, "int64"), relax.const(b, "int64"))
-        y = relax.op.add(y, relax.const(np.int64(1) << (c - 1), "int64"))
-        return relax.op.right_shift(y, relax.const(c, "int64"))
-
     def requant(self, acc, ratio, name):
-        y = relax.op.clip(self.rescale(acc, ratio), -128, 127)
-        return self.bb.emit(relax.op.astype(y, "int8"), name_hint=name)
+        """``acc`` requantized to int8 by ``ratio``: the dyadic integer form in the integer-only
+        recipe, the float form (:func:`edgecompile.intref.requantize_f32`) in the int8 recipe."""
+        return self.bb.emit(requantize(acc, ratio, dyadic=self.integer_only), name_hint=name)
 
     def set_acc(self, layer: Layer, y: relax.Expr, scale, narrow: bool = False) -> None:
         """The layer's output is the int32 ``y`` at ``scale``."""

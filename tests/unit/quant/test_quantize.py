@@ -18,6 +18,7 @@ from edgecompile.ir import interpret as reference
 from edgecompile.lower.build import compile_module
 from edgecompile.quant.options import QuantOptions
 from edgecompile.quant.plan import quantize_model
+from edgecompile.quant.rewriter import requantize
 from edgecompile.targets import get_profile
 
 HOST = get_profile("native").resolved()
@@ -99,25 +100,38 @@ def test_quantize_compiled_equals_reference_including_ties():
     np.testing.assert_array_equal(reference.run(f, {"x": x}), ref)
 
 
+@pytest.mark.parametrize("dyadic", [True, False], ids=["dyadic", "float"])
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_requantize_compiled_equals_reference(per_channel):
+def test_requantize_compiled_equals_reference(per_channel, dyadic):
+    """The rewriter's requantize (integer-only: dyadic; int8: float32 multiply) equals its numpy
+    reference bit for bit, extremes and exact .5 ties included."""
     rng = np.random.default_rng(3)
     n = 48
     acc = rng.integers(-(2**31), 2**31 - 1, (5, n), dtype=np.int64).astype(np.int32)
     acc[0, :4] = [2**31 - 1, -(2**31), 0, 1]
+    acc[1] = rng.integers(-400, 400, n)  # in range, so rounding decides
+    acc[2] = 2 * rng.integers(-100, 100, n) + 1  # odd: * 0.5 is a tie
     ratio = rng.uniform(1e-9, 1e-2, n) if per_channel else np.float64(3.7e-6)
-    b, c = intref.dyadic(ratio)
-
-    def body(bb, v):
-        y = relax.op.multiply(relax.op.astype(v, "int64"), relax.const(b, "int64"))
-        y = relax.op.add(y, relax.const(np.int64(1) << (c - 1), "int64"))
-        y = relax.op.right_shift(y, relax.const(c, "int64"))
-        return relax.op.astype(relax.op.clip(y, -128, 127), "int8")
-
-    f = _func({"acc": (acc.shape, "int32")}, body)
-    ref = intref.requantize(acc, b, c)
+    ratio = np.where(np.arange(n) % 3 == 0, 0.5, ratio) if per_channel else np.float64(0.5)
+    f = _func({"acc": (acc.shape, "int32")}, lambda bb, v: requantize(v, ratio, dyadic))
+    if dyadic:
+        ref = intref.requantize(acc, *intref.dyadic(ratio))
+    else:
+        ref = intref.requantize_f32(acc, np.float32(ratio))
+        half = np.broadcast_to(ratio == 0.5, (n,))
+        assert (ref[2][half].astype(np.int64) % 2 == 0).all()  # the ties went to even
     np.testing.assert_array_equal(_compiled(f, acc), ref)
     np.testing.assert_array_equal(reference.run(f, {"acc": acc}), ref)
+
+
+def test_float_requantize_is_within_one_step_of_exact_rounding():
+    rng = np.random.default_rng(1)
+    acc = rng.integers(-(2**26), 2**26, 5000).astype(np.int32)
+    ratio = rng.uniform(1e-7, 1e-2, 5000)
+    got = intref.requantize_f32(acc, np.float32(ratio)).astype(np.int64)
+    exact = np.clip(np.floor(acc.astype(np.float64) * ratio + 0.5), -128, 127)
+    assert np.abs(got - exact).max() <= 1
+    assert np.mean(got == exact) > 0.99
 
 
 def test_int_matmul_bias_relu_compiled_equals_reference():
