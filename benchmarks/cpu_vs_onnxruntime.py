@@ -10,7 +10,9 @@ not depend on their values.
 
 Then a GEMM kernel table: GFLOP/s of our fp32 kernel and GOP/s of our int8 x int8 -> int32
 kernel on each model's linear-layer shapes, one thread, next to the core's peak for the
-instruction each uses. The peak is measured, not taken from a datasheet: benchmarks/peak_probe.c
+instruction each uses, and the time of the int8 GEMM with a bias and a requantize to int8 fused
+after it over the bare one, for each recipe's requantize (float32 in int8, dyadic in integer-only).
+The peak is measured, not taken from a datasheet: benchmarks/peak_probe.c
 (built with the system cc) times ten independent chains of the instruction, so
     fp32 peak = FMA instructions/ns x lanes x 2 flop,
     int8 peak = vpmaddwd/ns x 16 MACs x 2 op (AVX2), or vpdpbusd/ns x 64 MACs x 2 op (AVX-512 VNNI).
@@ -128,8 +130,12 @@ def peaks(isa, rates: dict[str, float]) -> tuple[float, str, float | None, str]:
     return fp32, how, None, "not measured for this instruction set"
 
 
-def _gemm_kernel(m: int, k: int, n: int, dtype: str, rng):
+def _gemm_kernel(m: int, k: int, n: int, dtype: str, rng, requant: str | None = None):
+    """``x @ W``; with ``requant`` (``float``: the int8 recipe's, ``dyadic``: integer-only's) an
+    int32 bias and the requantize to int8 that edgecompile.quant.rewriter emits, fused after it."""
     from tvm import relax
+
+    from edgecompile.quant.rewriter import requantize
 
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((m, k), dtype))
@@ -137,7 +143,11 @@ def _gemm_kernel(m: int, k: int, n: int, dtype: str, rng):
         with bb.dataflow():
             if dtype == "int8":
                 w = relax.const(rng.integers(-127, 128, (k, n)).astype("int8"))
-                y = bb.emit_output(relax.op.matmul(x, w, out_dtype="int32"))
+                y = relax.op.matmul(x, w, out_dtype="int32")
+                if requant:
+                    y = relax.op.add(y, relax.const(rng.integers(-1000, 1000, n).astype(np.int32)))
+                    y = requantize(y, rng.uniform(0.5, 2.0, n) / (64 * np.sqrt(k)), dyadic=requant == "dyadic")
+                y = bb.emit_output(y)
             else:
                 w = relax.const(rng.standard_normal((k, n)).astype("float32"))
                 y = bb.emit_output(relax.op.matmul(x, w))
@@ -161,35 +171,37 @@ def gemm_table(shapes: dict[str, list[tuple[int, int, int]]], target: str, runs:
         print("  VNNI peak: this CPU has no AVX-512 VNNI; vpdpbusd does 4x the MACs of an FMA per instruction")
     print(
         f"{'model':<18} {'M x K x N':<16} {'fp32 ms':>8} {'GFLOP/s':>8} {'%peak':>6}"
-        f" {'int8 ms':>8} {'GOP/s':>7} {'%peak':>6} {'int8/fp32':>9}"
+        f" {'int8 ms':>8} {'GOP/s':>7} {'%peak':>6} {'int8/fp32':>9} {'+rq f32':>8} {'+rq dyadic':>10}"
     )
     rng = np.random.default_rng(0)
     set_threads(1)
+    kinds = {"float32": ("float32", None), "int8": ("int8", None)}
+    kinds |= {"float": ("int8", "float"), "dyadic": ("int8", "dyadic")}
     for model, dims in shapes.items():
         for m, k, n in dims:
             calls = {}
-            for dtype in ("float32", "int8"):
-                vm = host_vm(_gemm_kernel(m, k, n, dtype, rng), profile)
+            for kind, (dtype, requant) in kinds.items():
+                vm = host_vm(_gemm_kernel(m, k, n, dtype, rng, requant), profile)
                 if dtype == "int8":
                     xt = tvm.runtime.tensor(rng.integers(-128, 128, (m, k)).astype("int8"))
                 else:
                     xt = tvm.runtime.tensor(rng.standard_normal((m, k)).astype("float32"))
-                calls[dtype] = lambda vm=vm, xt=xt: vm["main"](xt)
-            # Alternate the two kernels over 3 rounds so clock and neighbour noise hits both alike.
-            samples = {dtype: [] for dtype in calls}
+                calls[kind] = lambda vm=vm, xt=xt: vm["main"](xt)
+            # Alternate the kernels over 3 rounds so clock and neighbour noise hits them alike.
+            samples = {kind: [] for kind in calls}
             for _ in range(3):
-                for dtype, call in calls.items():
-                    samples[dtype] += time_ms(call, max(1, runs // 3), warmup=5)
-            res = {}
-            for dtype, ts in samples.items():
-                t = statistics.median(ts) / 1e3
-                res[dtype] = (t, 2 * m * k * n / t / 1e9)
-            (tf, gf), (ti, gi) = res["float32"], res["int8"]
+                for kind, call in calls.items():
+                    samples[kind] += time_ms(call, max(1, runs // 3), warmup=5)
+            t = {kind: statistics.median(ts) / 1e3 for kind, ts in samples.items()}
+            gf, gi = (2 * m * k * n / t[kind] / 1e9 for kind in ("float32", "int8"))
             ipk = f"{100 * gi / int8_peak:5.0f}%" if int8_peak else f"{'-':>6}"
             print(
-                f"{model:<18} {f'{m}x{k}x{n}':<16} {tf * 1e3:8.3f} {gf:8.1f} {100 * gf / fp32_peak:5.0f}%"
-                f" {ti * 1e3:8.3f} {gi:7.1f} {ipk} {gi / gf:8.2f}x"
+                f"{model:<18} {f'{m}x{k}x{n}':<16} {t['float32'] * 1e3:8.3f} {gf:8.1f} {100 * gf / fp32_peak:5.0f}%"
+                f" {t['int8'] * 1e3:8.3f} {gi:7.1f} {ipk} {gi / gf:8.2f}x"
+                f" {t['float'] / t['int8']:7.2f}x {t['dyadic'] / t['int8']:9.2f}x"
             )
+    print("  +rq: the int8 GEMM with a bias and requantize to int8 fused after it, over the bare int8 GEMM")
+    print("       (f32: the int8 recipe's float32 multiply; dyadic: integer-only's int64 multiply and shift)")
 
 
 def main() -> int:
