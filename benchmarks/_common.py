@@ -2,11 +2,15 @@
 the example models they time.
 
 - Timing: :func:`time_ms` (each call's milliseconds after untimed warm-up calls) and
-  :func:`median_ms`; :func:`thread_counts` (1 and every CPU this process may use).
+  :func:`median_ms`; :func:`thread_counts` (1 and every CPU this process may use);
+  :func:`sampler` and :func:`time_engines` (several engines timed in alternating rounds);
+  :func:`cpu_header` (the CPU's name and vector flags).
 - ONNX Runtime: :func:`ort_session` (CPU provider, ``threads`` intra-op and 1 inter-op thread),
   :func:`ort_ms` (a session's median latency), :func:`ort_dynamic_int8` (``quantize_dynamic``,
   int8 weights), :func:`ort_qdq_int8` (``quantize_static``, QDQ, calibrated on given samples) and
-  :func:`ort_int8` (both). OpenVINO is not a peer of any benchmark.
+  :func:`ort_int8` (both).
+- OpenVINO: :func:`openvino_request` (an infer request on the CPU, f32, 1 thread, 1 stream by
+  default, and the precision it reports).
 - edgecompile: :func:`timed_compile` (``edgecompile.compile`` and its wall seconds),
   :func:`artifact_mb`, :func:`host_profile` and :func:`host_vm` (a Relax module built by our CPU
   pipeline, in a VM on this machine: the kernel-level tables).
@@ -29,6 +33,7 @@ example modules are then ``models``, ``digits_vit`` and ``minilm_spam`` (a names
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import sys
 import time
@@ -52,6 +57,9 @@ BERT_BASE = (VOCAB, 768, 12, 12, 3072, 512)
 VIT_TINY = (224, 16, 3, 192, 12, 3, 768, 1000)
 ENCODER_INPUTS = ["input_ids", "attention_mask"]
 ENCODER_OUTPUTS = ["last_hidden_state", "pooled"]
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16")
+ROUNDS = 3  # alternating timing rounds of time_engines
+OV_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1}
 
 
 # --- timing -----------------------------------------------------------------------------------
@@ -68,6 +76,53 @@ def median_ms(fn, runs: int, warmup: int = 3) -> float:
 def thread_counts() -> list[int]:
     """1 and every CPU this process may run on (one entry when that is 1)."""
     return sorted({1, len(os.sched_getaffinity(0))})
+
+
+def sampler(call):
+    """One call of ``call()`` in milliseconds, as a sample function for :func:`time_engines`."""
+
+    def sample() -> float:
+        t0 = time.perf_counter()
+        call()
+        return (time.perf_counter() - t0) * 1e3
+
+    return sample
+
+
+def time_engines(samplers: dict, runs: int, warmup: int = 3) -> dict[str, list[float]]:
+    """``runs`` samples (ms) of each sampler, taken in :data:`ROUNDS` alternating rounds, each round
+    after one untimed call (caches warmed for that engine); ``warmup`` untimed calls first."""
+    for sample in samplers.values():
+        for _ in range(warmup):
+            sample()
+    times: dict[str, list[float]] = {name: [] for name in samplers}
+    rounds = min(ROUNDS, runs)
+    for r in range(rounds):
+        n = runs // rounds + (1 if r < runs % rounds else 0)
+        for name, sample in samplers.items():
+            sample()
+            times[name] += [sample() for _ in range(n)]
+    return times
+
+
+def cpu_header() -> dict:
+    """The CPU's model name, family and model number (``/proc/cpuinfo``), the vector flags of note
+    (:data:`CPU_FLAGS`) and the CPUs this process may use."""
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())  # the first CPU's entries
+    except OSError:
+        pass
+    flags = set(info.get("flags", "").split())
+    return {
+        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "family": info.get("cpu family"),
+        "model": info.get("model"),
+        "flags": {f: f in flags for f in CPU_FLAGS},
+        "cpus": len(os.sched_getaffinity(0)),
+    }
 
 
 # --- ONNX Runtime -----------------------------------------------------------------------------
@@ -123,6 +178,23 @@ def ort_int8(path, samples: list[dict], workdir) -> tuple[Path, Path]:
     path, workdir = Path(path), Path(workdir)
     dyn = ort_dynamic_int8(path, workdir / f"{path.stem}.dyn.onnx")
     return dyn, ort_qdq_int8(path, samples, workdir / f"{path.stem}.qdq.onnx")
+
+
+# --- OpenVINO ---------------------------------------------------------------------------------
+
+
+def openvino_request(model, config: dict | None = None):
+    """An OpenVINO infer request for ``model`` (an ONNX file's path or an ``openvino.Model``) on the
+    CPU with ``config`` (default :data:`OV_CONFIG`: f32, 1 thread, 1 stream) and the inference
+    precision it reports (``f32``, ``bf16``, ...), or (None, note) where OpenVINO is not importable."""
+    try:
+        import openvino as ov
+    except ImportError as e:
+        return None, f"OpenVINO not importable ({e}); install with pip install -e '.[bench]'"
+    source = model if isinstance(model, ov.Model) else str(model)
+    compiled = ov.Core().compile_model(source, "CPU", OV_CONFIG if config is None else config)
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return compiled.create_infer_request(), getattr(hint, "get_type_name", lambda: str(hint))()
 
 
 # --- edgecompile ------------------------------------------------------------------------------

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -32,30 +30,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from _common import export, ort_session, timed_compile
+from _common import cpu_header, export, openvino_request, ort_session, sampler, time_engines, timed_compile
 from zoo_models import MODELS, build
 
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16")
 FALLBACK_LIMIT = 5.0  # % of a run: the issue's bound on any one fallback kernel
-OV_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1}
-ROUNDS = 3
-
-
-def cpu_header() -> dict:
-    """The CPU's model name (``/proc/cpuinfo``), the vector flags of note and the CPUs this process may use."""
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())  # the first CPU's entries
-    except OSError:
-        pass
-    flags = set(info.get("flags", "").split())
-    return {
-        "cpu": info.get("model name") or platform.processor() or platform.machine(),
-        "flags": {f: f in flags for f in FLAGS},
-        "cpus": len(os.sched_getaffinity(0)),
-    }
 
 
 def versions() -> dict[str, str]:
@@ -82,45 +60,6 @@ def _say(msg: str) -> None:
 
 
 # --- the three engines ----------------------------------------------------------------------
-
-
-def _timer(call):
-    """One call of ``call()`` in milliseconds, as a sample function."""
-
-    def sample() -> float:
-        t0 = time.perf_counter()
-        call()
-        return (time.perf_counter() - t0) * 1e3
-
-    return sample
-
-
-def openvino_request(path: Path):
-    """An OpenVINO infer request for the ONNX file ``path`` (CPU, f32, 1 thread, 1 stream) and the
-    precision it reports, or (None, note) where OpenVINO is not importable."""
-    try:
-        import openvino as ov
-    except ImportError as e:
-        return None, f"OpenVINO not importable ({e}); install with pip install -e '.[bench]'"
-    compiled = ov.Core().compile_model(str(path), "CPU", OV_CONFIG)
-    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
-    return compiled.create_infer_request(), getattr(hint, "get_type_name", lambda: str(hint))()
-
-
-def time_engines(samplers: dict, runs: int, warmup: int = 3) -> dict[str, list[float]]:
-    """``runs`` samples (ms) of each sampler, taken in :data:`ROUNDS` alternating rounds, each round
-    after one untimed call (caches warmed for that engine); ``warmup`` untimed calls first."""
-    for sample in samplers.values():
-        for _ in range(warmup):
-            sample()
-    times: dict[str, list[float]] = {name: [] for name in samplers}
-    rounds = min(ROUNDS, runs)
-    for r in range(rounds):
-        n = runs // rounds + (1 if r < runs % rounds else 0)
-        for name, sample in samplers.items():
-            sample()
-            times[name] += [sample() for _ in range(n)]
-    return times
 
 
 def compare(ours: list[np.ndarray], ref: list[np.ndarray], names: list[str], tol: float) -> tuple[list[dict], bool]:
@@ -245,7 +184,7 @@ def _openvino(res: dict, path: Path, feeds: dict, ref: list, outputs: list[str],
     res["ov_check"], _ = compare([np.asarray(result[i]) for i in range(len(outputs))], ref, outputs, tol)
     worst = max((c.get("rel", float("inf")) for c in res["ov_check"]), default=0.0)
     _say(f"  OpenVINO (precision {info}) vs ORT: max relative diff {worst:.2g}")
-    return _timer(lambda: request.infer(ov_feeds))
+    return sampler(lambda: request.infer(ov_feeds))
 
 
 def bench_model(key: str, args, workdir: Path) -> dict:
@@ -277,7 +216,7 @@ def bench_model(key: str, args, workdir: Path) -> dict:
     if model is not None:
         set_threads(1)
         samplers["ours"] = lambda: model.benchmark(runs=1, warmup=0, feeds=feeds).median_ms
-    samplers["ort"] = _timer(lambda: sess.run(None, feeds))
+    samplers["ort"] = sampler(lambda: sess.run(None, feeds))
     ov_sample = _openvino(res, path, feeds, ref, outputs, args.tol)
     if ov_sample is not None:
         samplers["ov"] = ov_sample
