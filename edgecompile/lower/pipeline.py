@@ -8,7 +8,7 @@ CPU (LLVM) targets: TVM's generic CPU phases with two additions of ours:
 - patch-embedding convolutions (stride = kernel) become GEMMs (:mod:`..patchify`), other float
   convolutions im2col GEMMs, transposed ones block GEMMs (:mod:`..conv_gemm`), depthwise ones and
   pools elementwise over their taps (:mod:`..window_taps`), resizes a row pass and a column pass
-  (:mod:`..separable_resize`);
+  (:mod:`..separable_resize`), boolean ``where`` one select on the condition (:mod:`..bool_select`);
 - matmuls with constant weights read them packed in column panels (:mod:`..pack_weights`);
 - after fusion, every PrimFunc is scheduled by our rules (:mod:`edgecompile.lower.schedules`);
   TVM's default CPU pipeline leaves them as unscheduled loop nests.
@@ -112,6 +112,7 @@ def schedule_passes(target) -> list:
 def pre_legalize_passes(target) -> list:
     """Graph rewrites before legalization on CPU: GELU decomposition, fast math, weight packing."""
     from edgecompile.lower.pack_weights import PackMatmulWeights
+    from edgecompile.passes.bool_select import WhereAsSelect
     from edgecompile.passes.conv_gemm import ConvToGemm
     from edgecompile.passes.patchify import PatchifyConv
     from edgecompile.passes.separable_resize import SeparableResize
@@ -126,6 +127,7 @@ def pre_legalize_passes(target) -> list:
         ConvToGemm(),
         WindowTaps(),
         SeparableResize(),
+        WhereAsSelect(),
         PackMatmulWeights(target),
     ]
 
