@@ -16,7 +16,7 @@ Engines per model, all at 1 thread:
   same calibration samples), run with the f32 hint (non-quantized ops in fp32; the int8 reference
   of the ratios) and with the default hint;
 - edgecompile fp32, ``int8`` and ``int8-integer-only`` (calibrated on the same samples, as an
-  ``.npz``), loaded with ``edgecompile.load``.
+  ``.npz``), and ``bf16`` where this CPU has avx512_bf16, loaded with ``edgecompile.load``.
 
 Printed: the CPU (name, family/model, avx512_vnni / avx512_bf16), then per model a markdown table
 of each engine's median latency over ``--runs`` (taken in three alternating rounds so background
@@ -191,11 +191,15 @@ def edgecompile_engines(case: Case, feeds: dict, workdir: Path) -> tuple[list[En
     npz = workdir / f"{case.key}-calib.npz"
     np.savez(npz, **stacked(case.calib))
     engines, models = [], {}
-    for rec, precision in RECIPES.items():
-        _say(f"{case.key}: compiling edgecompile {rec}" + ("" if rec == "fp32" else f" ({len(case.calib)} samples)"))
+    from edgecompile.runtime.hostinfo import cpu_flags
+
+    recipes = {**RECIPES, **({"bf16": "bf16 matmuls, other ops f32"} if "avx512_bf16" in cpu_flags() else {})}
+    for rec, precision in recipes.items():
+        calibrated = rec.startswith("int8")
+        _say(f"{case.key}: compiling edgecompile {rec}" + (f" ({len(case.calib)} samples)" if calibrated else ""))
         art, secs = timed_compile(
             case.path, output=workdir / f"{case.key}-{rec}", recipe=rec, input_shapes=case.input_shapes,
-            calib=None if rec == "fp32" else npz, force=True,
+            calib=npz if calibrated else None, force=True,
         )  # fmt: skip
         _say(f"  compiled ({secs:.1f} s)")
         m = models[rec] = edgecompile.load(art)
@@ -284,6 +288,14 @@ def table(res: dict, runs: int) -> str:
         )
     if res["openvino_note"]:
         lines += ["", f"OpenVINO skipped: {res['openvino_note']}"]
+    if "edgecompile bf16" in rows:
+        bf = rows["edgecompile bf16"]["ms"]
+        ov = rows.get("OpenVINO default precision", {}).get("ms")
+        lines += [
+            "",
+            f"edgecompile bf16 / edgecompile fp32: {bf / rows['edgecompile fp32']['ms']:.2f}"
+            + (f"; / OpenVINO default precision: {bf / ov:.2f}" if ov else ""),
+        ]
     lines.append("")
     for name, r in rows.items():
         p = r.get("profile")

@@ -297,6 +297,8 @@ def _tvm_manifest(imported, mod, rec, profile, built: _Built, tune, sections: di
             "weights": built.weights,
             "memory": built.memory,
             "kernels": built.kernels,
+            # a stage's own section (bf16) where only its builds have one
+            **{k: v for k, v in sections.items() if k not in MANIFEST_SECTIONS},
         },
     )
 

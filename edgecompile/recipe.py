@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgecompile.errors import RecipeError
-from edgecompile.half.stage import FP16, FP32
+from edgecompile.half.stage import BF16, FP16, FP32
 from edgecompile.hashattn.stage import HASH_ATTENTION
 from edgecompile.ir.stage import Stage
 from edgecompile.lowrank.stage import LOWRANK
@@ -25,7 +25,7 @@ from edgecompile.quant.stage import INT8, INT8_INTEGER_ONLY
 
 # The stage registry: each preset maps to the stage object that carries its help, options, place in
 # the pipeline and rewrite (:class:`edgecompile.ir.stage.Stage`). A new stage registers here.
-STAGES: dict[str, Stage] = {s.preset: s for s in (FP32, FP16, INT8, INT8_INTEGER_ONLY, LOWRANK, HASH_ATTENTION)}
+STAGES: dict[str, Stage] = {s.preset: s for s in (FP32, FP16, BF16, INT8, INT8_INTEGER_ONLY, LOWRANK, HASH_ATTENTION)}
 
 # A bare word after a preset's colon is shorthand for one of its options: ``int8-integer-only:ibert``.
 FLAVORS: dict[str, tuple[str, tuple[str, ...]]] = {"int8-integer-only": ("ops", ("ivit", "ibert"))}

@@ -15,6 +15,10 @@ stages: A converted to the instruction's operand type (+128 for ``vpdpbusd``, in
 reduction (annotated for :class:`~edgecompile.lower.schedules.cpu_int8_matmul.Int8Matmul`), and
 the unpadded output, which subtracts ``128 * colsum(W)`` when A was shifted. Without such an
 instruction, int8 GEMMs take the fp32 packing with int32 accumulation.
+
+bf16 (a module marked by the ``bf16`` recipe, on a CPU with AVX-512 BF16): fp32 ``x @ W`` over
+``Wp[N / NR, K / 2, NR, 2]`` holding W rounded to bf16, through the same three stages with fp32
+accumulators (:func:`edgecompile.lower.schedules.int8_dot.bf16_kernel`).
 """
 
 from __future__ import annotations
@@ -25,10 +29,18 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
-from edgecompile.lower.schedules.int8_dot import INT8_GEMM_ATTR, INT8_MR_ATTR, Int8Kernel, int8_kernel
+from edgecompile.ir.attrs import MATMUL_PRECISION_ATTR
+from edgecompile.lower.schedules.int8_dot import INT8_GEMM_ATTR, INT8_MR_ATTR, Int8Kernel, bf16_kernel, int8_kernel
 from edgecompile.lower.schedules.isa import VectorISA, vector_isa
 from edgecompile.lower.schedules.tiles import gemm_mr, gemm_nr
 from edgecompile.passes.rewrite import rewrite_functions
+
+
+def bf16_round(w: np.ndarray) -> np.ndarray:
+    """``w`` rounded to bf16 (to nearest, ties to even; NaN kept), as float32."""
+    u = np.ascontiguousarray(w, np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16 << 16).astype(np.uint32).view(np.float32)
+    return np.where(np.isnan(w), w, r).astype(np.float32)
 
 
 def _packed_matmul(x, wp, out_dtype, row_tile: int = 1, rows_axis: int | None = None, cols: int | None = None):
@@ -84,9 +96,8 @@ def _int8_gemm(x, wp, *comp, kernel: Int8Kernel, mr: int):
 
     def dot(*idx):
         *b, i, j = idx
-        return te.sum(
-            a[(*b, i, ko * kr + kk)].astype("int32") * wp[j // nr, ko, j % nr, kk].astype("int32"), axis=[ko, kk]
-        )
+        acc = kernel.acc_dtype
+        return te.sum(a[(*b, i, ko * kr + kk)].astype(acc) * wp[j // nr, ko, j % nr, kk].astype(acc), axis=[ko, kk])
 
     acc = te.compute(
         (*batch, mp, nb * nr), dot, name="int8_gemm", attrs={INT8_GEMM_ATTR: kernel.intrin, INT8_MR_ATTR: mr}
@@ -119,9 +130,10 @@ def _rows_axis(lead) -> int | None:
 
 @relax.expr_functor.mutator
 class _Packer(relax.PyExprMutator):
-    def __init__(self, mod, isa):
+    def __init__(self, mod, isa, bf16: bool = False):
         super().__init__(mod)
         self.isa = isa
+        self.bf16 = bf16
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
@@ -133,7 +145,9 @@ class _Packer(relax.PyExprMutator):
             return call
         x_dtype, out_dtype = str(x.ty.dtype), str(call.attrs.out_dtype)
         if wv.dtype == np.float32 and x_dtype == "float32" and out_dtype in ("", "void", "None", "float32"):
-            packed = self._pack(x, wv, "float32")
+            packed = self._pack_bf16(x, wv) if self.bf16 else None
+            if packed is None:
+                packed = self._pack(x, wv, "float32")
         elif wv.dtype == np.int8 and x_dtype == "int8" and out_dtype == "int32":
             packed = self._pack_int8(x, wv)
             if packed is None:
@@ -162,6 +176,21 @@ class _Packer(relax.PyExprMutator):
         tile = mr if isinstance(m, tirx.IntImm) and int(m) % mr else 1
         gemm = functools.partial(_packed_matmul, row_tile=tile, rows_axis=rows_axis, cols=n)
         return self.builder_.call_te(gemm, x, relax.const(packed), out_dtype, primfunc_name_hint="matmul_packed")
+
+    def _pack_bf16(self, x, wv):
+        """fp32 ``x @ W`` on the bf16 dot product (:func:`bf16_kernel`): W rounded to bf16 (kept in
+        float32 words) and packed ``[N/NR, K/2, NR, 2]``; A rounded as the kernel loads it."""
+        kernel = bf16_kernel(self.isa)
+        k, n = wv.shape
+        nr = int8_tile(kernel, self.isa, n) if kernel else None
+        if nr is None:
+            return None
+        kp = -(-k // 2) * 2
+        wpad = np.zeros((kp, n), np.float32)
+        wpad[:k] = bf16_round(wv)
+        packed = wpad.reshape(kp // 2, 2, n // nr, nr).transpose(2, 0, 3, 1)
+        gemm = functools.partial(_int8_gemm, kernel=kernel, mr=gemm_mr(self.isa, None, nr, 32))
+        return self.builder_.call_te(gemm, x, relax.const(np.ascontiguousarray(packed)), primfunc_name_hint="bf16_gemm")
 
     def _pack_int8(self, x, wv):
         kernel = int8_kernel(self.isa)
@@ -192,4 +221,5 @@ class PackMatmulWeights:
         self.isa = vector_isa(target)
 
     def transform_module(self, mod, _ctx):
-        return relax.transform.DeadCodeElimination()(rewrite_functions(mod, _Packer(mod, self.isa)))
+        bf16 = str((mod.attrs or {}).get(MATMUL_PRECISION_ATTR, "")) == "bf16"
+        return relax.transform.DeadCodeElimination()(rewrite_functions(mod, _Packer(mod, self.isa, bf16)))

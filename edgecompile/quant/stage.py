@@ -51,7 +51,7 @@ def _apply(mod, options, ctx: StageContext):
 
 INT8 = Stage(
     "int8",
-    "int8 post-training quantization: integer linear layers and matmuls, dyadic requantization (needs --calib)",
+    "int8 post-training quantization: integer linear layers and matmuls, float32 requantization (needs --calib)",
     INT8_OPTIONS,
     _parse(False),
     _apply,

@@ -97,10 +97,7 @@ def _check_spec(spec: object, kind: str, mpath: Path) -> None:
         raise ArtifactError(f"{mpath}: malformed entry in {kind}: {str(spec)[:120]}")
     bounds = spec.get("valid_range")
     if bounds is not None and not (
-        isinstance(bounds, list)
-        and len(bounds) == 2
-        and all(_is_int(b) for b in bounds)
-        and bounds[0] <= bounds[1]
+        isinstance(bounds, list) and len(bounds) == 2 and all(_is_int(b) for b in bounds) and bounds[0] <= bounds[1]
     ):
         raise ArtifactError(f"{mpath}: malformed valid_range of {kind[:-1]} {spec['name']!r}: {bounds!r}")
 

@@ -125,7 +125,7 @@ def local_cuda_arch() -> str:
     return "sm_" + caps[0].replace(".", "")
 
 
-_NATIVE_FLAGS = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "asimd", "asimddp"}
+_NATIVE_FLAGS = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "asimd", "asimddp"}
 
 
 def _from_toml(path: Path) -> TargetProfile:

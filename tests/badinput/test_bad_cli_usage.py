@@ -31,6 +31,12 @@ COMPILE_CASES = {
     "calib for fp32": (["--recipe", "fp32", "--calib", "c.npz"], "does not quantize"),
     "keep-float for fp32": (["--keep-float", "linear.0"], "does not quantize"),
     "sign key missing": (["--sign", "no_such_key"], "cannot read signing key"),
+    "bf16 for a CPU without bf16 dot products": (
+        ["--recipe", "bf16", "--target", "x86_64-avx2"],
+        "needs a CPU with bf16 dot products",
+    ),
+    "bf16 for a GPU": (["--recipe", "bf16", "--target", "cuda-sm80"], "needs a CPU with bf16 dot products"),
+    "bf16 with int8": (["--recipe", "bf16+int8"], "bf16 is a float recipe of its own"),
 }
 
 

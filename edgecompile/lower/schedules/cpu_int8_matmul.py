@@ -1,4 +1,5 @@
-"""CPU schedule for int8 x int8 -> int32 GEMMs over packed weights, with fused epilogues.
+"""CPU schedule for the dot-product GEMMs over packed weights, with fused epilogues: int8 x int8 ->
+int32, and the bf16 recipe's bf16 x bf16 -> fp32 (``vdpbf16ps``, same blocking, its own intrinsic).
 
 Takes the GEMMs :mod:`edgecompile.lower.pack_weights` emits for a target with an int8 dot-product
 instruction (their reduction block carries the tensor intrinsic's name). Same register blocking
@@ -15,7 +16,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
 from edgecompile.lower.schedules.cpu_matmul import inline_epilogue, inline_side_inputs
-from edgecompile.lower.schedules.int8_dot import INT8_GEMM_ATTR, INT8_MR_ATTR, int8_kernel
+from edgecompile.lower.schedules.int8_dot import INT8_GEMM_ATTR, INT8_MR_ATTR, bf16_kernel, int8_kernel
 from edgecompile.lower.schedules.isa import vector_isa
 from edgecompile.lower.schedules.loops import vectorize_innermost
 
@@ -38,8 +39,11 @@ class Int8Matmul(CPUScheduleRule):
         if main is None:
             return None
         ann = sch.get(main).annotations
-        kernel = int8_kernel(vector_isa(target))
-        if kernel is None or str(ann[INT8_GEMM_ATTR]) != kernel.intrin:
+        isa = vector_isa(target)
+        kernel = next(
+            (k for k in (int8_kernel(isa), bf16_kernel(isa)) if k and k.intrin == str(ann[INT8_GEMM_ATTR])), None
+        )
+        if kernel is None:
             return None  # packed for another ISA: leave it to the generic rules
         mr = int(ann[INT8_MR_ATTR])
         epilogue = inline_epilogue(sch, main)

@@ -34,6 +34,7 @@ class Int8Kernel:
     lanes: int  # int32 accumulators per vector register
     in_place: bool  # accumulates into its destination (pmaddwd needs a temporary + vpaddd)
     a_offset: int  # added to A before the product (compensated by B's column sums)
+    acc_dtype: str = "int32"  # the accumulators' type (float32 for the bf16 dot product)
 
 
 def int8_kernel(isa: VectorISA) -> Int8Kernel | None:
@@ -49,6 +50,72 @@ def int8_kernel(isa: VectorISA) -> Int8Kernel | None:
         return None
     _register(k, isa.bits)
     return k
+
+
+def bf16_kernel(isa: VectorISA) -> Int8Kernel | None:
+    """The AVX-512 BF16 ``vdpbf16ps`` step (pairs of bf16 products summed into fp32 lanes), or None
+    where the target lacks it. A and packed B stay float32 in memory and are rounded to bf16 (to
+    nearest even) by ``vcvtne2ps2bf16`` as they are loaded: TVM 0.27 has no LLVM ``bfloat`` type
+    (bf16 is i16 to its codegen, and its bf16 legalization rewrites bf16 operands into fp32), so
+    the only ``<32 x bfloat>`` values it can hand the instruction are that conversion's results.
+    The weights are stored already rounded, so their conversion is exact."""
+    if not isa.bf16_dot or isa.bits != 512:
+        return None
+    k = Int8Kernel("edgecompile_dpbf16ps_16x2", "float32", "float32", 2, 16, True, 0, "float32")
+    _register_bf16(k)
+    return k
+
+
+def _register_bf16(k: Int8Kernel) -> None:
+    if k.intrin in _REGISTERED:
+        return
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    lanes, kr = k.lanes, k.kr
+    cvt = T.llvm_lookup_intrinsic_id("llvm.x86.avx512bf16.cvtne2ps2bf16.512")
+    dot = T.llvm_lookup_intrinsic_id("llvm.x86.avx512bf16.dpbf16ps.512")
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (kr,), "float32", offset_factor=1)
+        B = T.match_buffer(b, (lanes, kr), "float32", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "float32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:kr], B[0:lanes, 0:kr])
+            T.writes(C[0:lanes])
+            for i, r in T.grid(lanes, kr):
+                with T.sblock("update"):
+                    vi, vr = T.axis.remap("SR", [i, r])
+                    C[vi] = C[vi] + A[vr] * B[vi, vr]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (kr,), "float32", offset_factor=1)
+        B = T.match_buffer(b, (lanes, kr), "float32", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "float32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:kr], B[0:lanes, 0:kr])
+            T.writes(C[0:lanes])
+            # (a0, a1) in every 64-bit lane, converted twice over: a0 a1 a0 a1 ... in bf16. Written
+            # inline: a let-bound bf16 value would be widened to fp32 by TVM's bf16 legalization.
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                dot,
+                C.vload([0], "float32x16"),
+                T.call_llvm_pure_intrin(
+                    cvt,
+                    T.reinterpret("float32x16", T.broadcast(T.reinterpret("float64", A.vload([0], "float32x2")), 8)),
+                    T.reinterpret("float32x16", T.broadcast(T.reinterpret("float64", A.vload([0], "float32x2")), 8)),
+                    dtype="bfloat16x32",
+                ),
+                T.call_llvm_pure_intrin(
+                    cvt, B.vload([lanes // 2, 0], "float32x16"), B.vload([0, 0], "float32x16"), dtype="bfloat16x32"
+                ),
+                dtype="float32x16",
+            )
+
+    TensorIntrin.register(k.intrin, desc, impl, override=True)
+    _REGISTERED.add(k.intrin)
 
 
 _REGISTERED: set[str] = set()

@@ -11,6 +11,7 @@ class VectorISA:
     registers: int  # architectural vector registers
     fma: bool
     int8_dot: str | None  # "vnni" (vpdpbusd), "pmaddwd" (AVX2 / AVX-512BW), "sdot" (ARM dotprod) or None
+    bf16_dot: bool = False  # AVX-512 BF16 (vdpbf16ps)
 
     def lanes(self, dtype_bits: int) -> int:
         return max(1, self.bits // dtype_bits)
@@ -23,7 +24,7 @@ def vector_isa(target) -> VectorISA:
     feats = set(llvm_get_cpu_features(target))
     triple = str(target.attrs.get("mtriple", "")) if hasattr(target, "attrs") else ""
     if "avx512f" in feats:
-        return VectorISA(512, 32, True, "vnni" if "avx512vnni" in feats else "pmaddwd")
+        return VectorISA(512, 32, True, "vnni" if "avx512vnni" in feats else "pmaddwd", "avx512bf16" in feats)
     if "avx2" in feats:
         return VectorISA(256, 16, "fma" in feats, "vnni" if "avxvnni" in feats else "pmaddwd")
     if "neon" in feats or triple.startswith(("aarch64", "arm")):
