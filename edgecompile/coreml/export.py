@@ -69,6 +69,11 @@ def check_recipe(rec, keep_float: list[str] | None = None) -> None:
             "hash-attention is not supported on Core ML targets (its packed-code kernels are TVM kernels); "
             "compile for a TVM target (e.g. --target aarch64-linux) or drop hash-attention from the recipe"
         )
+    if rec.part("bf16") is not None:
+        raise RecipeError(
+            "bf16 is a recipe for CPUs with bf16 dot products on TVM targets; Core ML's reduced precision is "
+            "float16: use --recipe fp16 (the Neural Engine and GPU run it natively)"
+        )
     part = rec.quant_part()
     if part is not None:
         extra = sorted(k for k in part.options if k not in ("ops", "softmax", "gelu", "layernorm", "tanh"))

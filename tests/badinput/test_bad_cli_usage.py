@@ -37,6 +37,7 @@ COMPILE_CASES = {
     ),
     "bf16 for a GPU": (["--recipe", "bf16", "--target", "cuda-sm80"], "needs a CPU with bf16 dot products"),
     "bf16 with int8": (["--recipe", "bf16+int8"], "bf16 is a float recipe of its own"),
+    "bf16 for Core ML": (["--recipe", "bf16", "--target", "coreml-ios17"], "use --recipe fp16"),
 }
 
 
