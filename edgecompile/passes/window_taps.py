@@ -6,7 +6,9 @@ average pooling (EfficientFormer's token mixer) as their sum over the count of t
 ``out[n, c, y, x] = sum over (dy, dx) of pad(in)[n, c, y*sh + dy*dh, x*sw + dx*dw] * w[c, dy, dx]``
 with the ``kh*kw`` taps written out (no reduction loop): the kernel is injective and unguarded,
 so our elementwise rule vectorizes it along the output row, and a bias or activation after it
-fuses in. The padded input is its own kernel (:mod:`~edgecompile.passes.padding`). TVM's CPU form
+fuses in. The padded input is its own kernel (:mod:`~edgecompile.passes.padding`); with a column
+stride of 2 (MobileNet/MobileViT downsampling, stride-2 pools) it is split into even and odd
+columns, so the taps still read unit-stride vectors instead of gathering every other element. TVM's CPU form
 is a reduction only the fallback schedule takes (3x3 over 192x28x28: 0.48 ms, AVX-512, 1 thread);
 so is its max pool (3x3 stride 2 over the same: 0.09 ms). Max pooling pads with -inf (never the
 max of a window, which always holds an input pixel); ceil mode keeps TVM's form. Average pooling
@@ -20,7 +22,7 @@ import tvm
 from tvm import relax, te
 
 from edgecompile.passes.conv_gemm import float_weight, static_nchw
-from edgecompile.passes.padding import padded_copy
+from edgecompile.passes.padding import column_phases, padded_copy, phase_reader
 from edgecompile.passes.rewrite import rewrite_functions
 
 MAX_TAPS = 49  # 7x7: larger kernels keep TVM's form
@@ -29,10 +31,11 @@ MAX_TAPS = 49  # 7x7: larger kernels keep TVM's form
 def _taps(xp, w, strides, dilation, out_hw):
     _, _, kh, kw = w.shape
     (sh, sw), (dh, dw), (ho, wo) = strides, dilation, out_hw
+    read = phase_reader(xp, sw)
 
     def pixel(b, ch, y, xo):
         terms = [
-            xp[b, ch, y * sh + dy * dh, xo * sw + dx * dw] * w[ch, 0, dy, dx]
+            read(b, ch, y * sh + dy * dh, xo, dx * dw) * w[ch, 0, dy, dx]
             for dy in range(int(kh))
             for dx in range(int(kw))
         ]
@@ -46,13 +49,14 @@ def _taps(xp, w, strides, dilation, out_hw):
 
 def _max_taps(xp, pool, strides, dilation, out_hw):
     (kh, kw), (sh, sw), (dh, dw), (ho, wo) = pool, strides, dilation, out_hw
+    read = phase_reader(xp, sw)
 
     def pixel(b, ch, y, xo):
-        best = xp[b, ch, y * sh, xo * sw]
+        best = read(b, ch, y * sh, xo, 0)
         for dy in range(kh):
             for dx in range(kw):
                 if dy or dx:
-                    best = te.max(best, xp[b, ch, y * sh + dy * dh, xo * sw + dx * dw])
+                    best = te.max(best, read(b, ch, y * sh + dy * dh, xo, dx * dw))
         return best
 
     return te.compute((xp.shape[0], xp.shape[1], ho, wo), pixel, name="max_pool")
@@ -61,6 +65,7 @@ def _max_taps(xp, pool, strides, dilation, out_hw):
 def _avg_taps(xp, pool, strides, dilation, out_hw, hw, pads, include_pad: bool):
     (kh, kw), (sh, sw), (dh, dw), (ho, wo), (h, w) = pool, strides, dilation, out_hw, hw
     pt, pl = pads[0], pads[1]
+    read = phase_reader(xp, sw)
 
     def inside(o, stride, dil, k, pad, size):  # taps of window o that fall inside [0, size)
         first = te.max(te.indexdiv(pad - o * stride + dil - 1, dil), 0)  # least t: o*s - pad + t*d >= 0
@@ -68,17 +73,25 @@ def _avg_taps(xp, pool, strides, dilation, out_hw, hw, pads, include_pad: bool):
         return te.max(last - first + 1, 0)
 
     def pixel(b, ch, y, xo):
-        total = xp[b, ch, y * sh, xo * sw]
+        total = read(b, ch, y * sh, xo, 0)
         for dy in range(kh):
             for dx in range(kw):
                 if dy or dx:
-                    total = total + xp[b, ch, y * sh + dy * dh, xo * sw + dx * dw]
+                    total = total + read(b, ch, y * sh + dy * dh, xo, dx * dw)
         if include_pad:
             return total * te.const(1.0 / (kh * kw), "float32")
         count = inside(y, sh, dh, kh, pt, h) * inside(xo, sw, dw, kw, pl, w)
         return total / count.astype("float32")
 
     return te.compute((xp.shape[0], xp.shape[1], ho, wo), pixel, name="avg_pool")
+
+
+def _source(bb, x, shape, pads, stride_w: int, fill: float = 0.0):
+    """What the taps read: ``x`` itself, its padded copy, or for a column stride of 2 the padded
+    rows split into even and odd columns (:func:`~edgecompile.passes.padding.column_phases`)."""
+    if stride_w == 2:
+        return column_phases(bb, x, shape, pads, fill)
+    return padded_copy(bb, x, shape, pads, fill) if any(pads) else x
 
 
 @relax.expr_functor.mutator
@@ -102,7 +115,7 @@ class _WindowTaps(relax.PyExprMutator):
         if str(a.out_layout) not in ("NCHW", "") or str(a.out_dtype) not in ("", "void", "None", "float32"):
             return call
         pads = [int(v) for v in a.padding]
-        xp = padded_copy(self.builder_, x, shape, pads) if any(pads) else x
+        xp = _source(self.builder_, x, shape, pads, int(a.strides[1]))
         args = (tuple(int(v) for v in a.strides), tuple(int(v) for v in a.dilation), tuple(out[2:]))
         return self.builder_.call_te(_taps, xp, w, *args, primfunc_name_hint="depthwise")
 
@@ -115,7 +128,7 @@ class _WindowTaps(relax.PyExprMutator):
         if str(a.layout) != "NCHW" or str(a.out_layout) not in ("NCHW", "") or pool[0] * pool[1] > MAX_TAPS:
             return call
         pads = [int(v) for v in a.padding]
-        xp = padded_copy(self.builder_, x, shape, pads, float("-inf") if is_max else 0.0) if any(pads) else x
+        xp = _source(self.builder_, x, shape, pads, int(a.strides[1]), float("-inf") if is_max else 0.0)
         args = (pool, tuple(int(v) for v in a.strides), tuple(int(v) for v in a.dilation), tuple(out[2:]))
         if is_max:
             return self.builder_.call_te(_max_taps, xp, *args, primfunc_name_hint="max_pool")

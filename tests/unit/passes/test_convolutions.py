@@ -56,6 +56,21 @@ CASES = {
         True,
     ),
     "depthwise 3x3 unpadded": ("Conv", {"group": 16}, (16, 1, 3, 3), (2, 16, 9, 7), True),
+    # column stride 2 reads even/odd column phases (passes/padding.column_phases): whole shuffled
+    # chunks of 8 plus a tail, an odd padded width, dilation putting every tap in one phase
+    "depthwise 3x3 stride 2 wide odd": (
+        "Conv", {"pads": [1, 1, 1, 1], "strides": [2, 2], "group": 8}, (8, 1, 3, 3), (1, 8, 40, 37), True
+    ),
+    "depthwise 3x3 stride 2 dilation 2": (
+        "Conv", {"pads": [2, 2, 2, 2], "strides": [2, 2], "dilations": [2, 2], "group": 8}, (8, 1, 3, 3),
+        (1, 8, 33, 42), True,
+    ),
+    "max pool 3x3 stride 2 unpadded odd": (
+        "MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2]}, None, (2, 8, 21, 35), True
+    ),
+    "avg pool 3x3 stride 2 pad 1 wide": (
+        "AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, None, (1, 8, 24, 50), True
+    ),
     "max pool 3x3 stride 2 pad 1": (
         "MaxPool",
         {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
