@@ -31,9 +31,11 @@ def padded_copy(bb: relax.BlockBuilder, x: relax.Expr, shape: list[int], pads: l
 SPLIT_LANES = 8  # floats per vector of the column-phase split (every target's vectors hold 4 to 16)
 
 
-def _phase_split_kernel(rows: int, half: int):
-    """``out[r, p, q] = x[r, 2 q + p]`` for ``x[rows, 2 half]``: two contiguous vector loads
-    deinterleaved by shuffles per ``SPLIT_LANES`` outputs of each phase, a scalar tail."""
+def _phase_split_kernel(n: int, c: int, h: int, half: int):
+    """``out[b, ch, y, p, q] = x[b, ch, y, 2 q + p]`` for ``x[n, c, h, 2 half]``: two contiguous
+    vector loads deinterleaved by shuffles per ``SPLIT_LANES`` outputs of each phase, a scalar
+    tail. NCHW in and out (a reshape around it, inlined into the taps, cost the schedule seconds of
+    index simplification per kernel)."""
     from tvm.script import tirx as T
 
     v = SPLIT_LANES
@@ -41,23 +43,25 @@ def _phase_split_kernel(rows: int, half: int):
     even, odd = list(range(0, 2 * v, 2)), list(range(1, 2 * v, 2))
 
     @T.prim_func(private=True, s_tir=True)
-    def split(x: T.Buffer((rows, 2 * half), "float32"), out: T.Buffer((rows, 2, half), "float32")):
+    def split(x: T.Buffer((n, c, h, 2 * half), "float32"), out: T.Buffer((n, c, h, 2, half), "float32")):
         T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
-        for r in T.parallel(rows):
+        for r in T.parallel(n * c * h):
             with T.sblock("split"):
-                vr = T.axis.spatial(rows, r)
-                T.reads(x[vr, 0 : 2 * half])
-                T.writes(out[vr, 0:2, 0:half])
+                b = T.axis.spatial(n, r // (c * h))
+                ch = T.axis.spatial(c, r // h % c)
+                y = T.axis.spatial(h, r % h)
+                T.reads(x[b, ch, y, 0 : 2 * half])
+                T.writes(out[b, ch, y, 0:2, 0:half])
                 for j in range(whole // v):
-                    out[vr, 0, T.ramp(j * v, 1, v)] = T.Shuffle(
-                        [x[vr, T.ramp(2 * v * j, 1, v)], x[vr, T.ramp(2 * v * j + v, 1, v)]], even
+                    out[b, ch, y, 0, T.ramp(j * v, 1, v)] = T.Shuffle(
+                        [x[b, ch, y, T.ramp(2 * v * j, 1, v)], x[b, ch, y, T.ramp(2 * v * j + v, 1, v)]], even
                     )
-                    out[vr, 1, T.ramp(j * v, 1, v)] = T.Shuffle(
-                        [x[vr, T.ramp(2 * v * j, 1, v)], x[vr, T.ramp(2 * v * j + v, 1, v)]], odd
+                    out[b, ch, y, 1, T.ramp(j * v, 1, v)] = T.Shuffle(
+                        [x[b, ch, y, T.ramp(2 * v * j, 1, v)], x[b, ch, y, T.ramp(2 * v * j + v, 1, v)]], odd
                     )
                 for t in range(whole, half):
-                    out[vr, 0, t] = x[vr, 2 * t]
-                    out[vr, 1, t] = x[vr, 2 * t + 1]
+                    out[b, ch, y, 0, t] = x[b, ch, y, 2 * t]
+                    out[b, ch, y, 1, t] = x[b, ch, y, 2 * t + 1]
 
     return split
 
@@ -66,7 +70,7 @@ def column_phases(bb: relax.BlockBuilder, x: relax.Expr, shape: list[int], pads:
     """``x`` padded as :func:`padded_copy` (and by one more ``fill`` column where the padded width is
     odd), its rows split into their even and odd columns: ``[N, C, H', 2, W' / 2]``, so a window op
     of column stride 2 reads every tap with unit stride (:func:`phase_reader`). Read strided, a
-    stride-2 depthwise 3x3 + SiLU over 128x64x64 took 0.54 ms (0.23 ms split); split in the padded
+    stride-2 depthwise 3x3 + SiLU over 128x64x64 took 0.54 ms (0.31 ms split); split in the padded
     copy's own loop, every element was a gather (0.5 ms for 64x130x130, 0.1 ms deinterleaved from
     whole rows by shuffles in a kernel of its own). Padding and splitting in one hand-written
     kernel, with the border chunks element by element, was slower still (1.1 ms)."""
@@ -75,11 +79,8 @@ def column_phases(bb: relax.BlockBuilder, x: relax.Expr, shape: list[int], pads:
     pr += (w + pl + pr) % 2
     hp, wp = h + pt + pb, w + pl + pr
     src = padded_copy(bb, x, shape, [pt, pl, pb, pr], fill) if any((pt, pl, pb, pr)) else x
-    rows = n * c * hp
-    gv = bb.add_func(_phase_split_kernel(rows, wp // 2), f"column_phases_{rows}x{wp}")
-    flat = bb.emit(relax.op.reshape(src, [rows, wp]))
-    split = bb.emit(relax.call_tir(gv, [flat], relax.TensorType([rows, 2, wp // 2], "float32")))
-    return bb.emit(relax.op.reshape(split, [n, c, hp, 2, wp // 2]))
+    gv = bb.add_func(_phase_split_kernel(n, c, hp, wp // 2), f"column_phases_{n}x{c}x{hp}x{wp}")
+    return bb.emit(relax.call_tir(gv, [src], relax.TensorType([n, c, hp, 2, wp // 2], "float32")))
 
 
 def phase_reader(src, stride: int):
