@@ -43,6 +43,7 @@ def compile(  # noqa: A001 - the product's verb
     on_quantized: Callable[[object], None] | None = None,
     force: bool = False,
     sign: str | Path | None = None,
+    buckets: dict[str, list[int]] | None = None,
 ) -> Path:
     """Compile ``model`` for ``target`` into an artifact directory and return its path.
 
@@ -58,7 +59,11 @@ def compile(  # noqa: A001 - the product's verb
     done, total)`` reports calibration; ``on_quantized`` receives the calibrated
     :class:`edgecompile.quant.plan.QuantResult` (per-layer sensitivity reuses it). An existing
     ``output`` is replaced only if it is an artifact with no files it does not list (``force``:
-    even with them); ``sign`` names an Ed25519 private key (``edgecompile keygen``) to sign it with."""
+    even with them); ``sign`` names an Ed25519 private key (``edgecompile keygen``) to sign it with.
+
+    A range in ``input_shapes`` (``"1x1..256"``, or ``(1, (1, 256))``) makes a ranged artifact that
+    takes any size in it (:mod:`edgecompile.ranged`); ``buckets`` (``{"seq": [16, 64, 256]}``)
+    replaces a group's default bucket sizes."""
     from edgecompile.recipe import parse_recipe
     from edgecompile.targets import get_profile
 
@@ -66,9 +71,27 @@ def compile(  # noqa: A001 - the product's verb
     profile = get_profile(target).resolved()
     rec = parse_recipe(recipe)
     stages = checked_stages(rec, profile, calib, keep_float)
+    ranges = _ranges(model, input_shapes, buckets)
+    if ranges is not None:
+        from edgecompile.ranged.compile import check_supported
+
+        check_supported(profile, stages, example_inputs)
     out = Path(output) if output is not None else Path("build") / f"{_model_stem(model)}-{profile.name}"
     staging, seal = _prepare_output(out, force, sign)
     try:
+        if ranges is not None:
+            from edgecompile.ranged.compile import Job, compile_ranged
+
+            job = Job(
+                model, profile, rec, stages, input_dtypes, calib, say, calib_progress, on_quantized,
+                import_model=lambda m, shapes, dtypes: _import(m, shapes, dtypes, None, lambda _msg: None),
+                stage_context=stage_context,
+                apply_stages=apply_stages,
+                build=lambda mod, out_dir: _build(mod, profile, out_dir, tune, tuning_db, tune_progress, say, rec,
+                                                  write=False),
+                manifest=lambda imp, mod, built, sections: _tvm_manifest(imp, mod, rec, profile, built, tune, sections),
+            )  # fmt: skip
+            return seal(compile_ranged(job, ranges, staging))
         imported = _import(model, input_shapes, input_dtypes, example_inputs, say)
         if profile.runtime == "coreml":  # an ML Program through coremltools, not a TVM build
             return seal(_coreml(imported, rec, stages, profile, staging, calib, keep_float, say, calib_progress))
@@ -210,11 +233,12 @@ class _Built:
     weights: dict | None  # the manifest's weights section (runtime/weights.py)
     memory: dict
     kernels: list[dict]
+    arrays: list = dataclasses.field(default_factory=list)  # the lifted weights, in main's order
 
 
-def _build(mod, profile, staging: Path, tune, tuning_db, tune_progress, say, rec) -> _Built:
-    """Lower, build and export ``mod`` for a TVM target: the library, its weights file, its float
-    kernels and its memory plan."""
+def _build(mod, profile, staging: Path, tune, tuning_db, tune_progress, say, rec, write: bool = True) -> _Built:
+    """Lower, build and export ``mod`` for a TVM target: the library, its weights file (``write``;
+    else only its arrays, for a ranged artifact to store once), its float kernels and memory plan."""
     from edgecompile.artifact.weights_blob import write_weights
     from edgecompile.ir.native_output import captured
     from edgecompile.lower.build import compile_module, export, make_target
@@ -243,14 +267,15 @@ def _build(mod, profile, staging: Path, tune, tuning_db, tune_progress, say, rec
         float_ops = float_kernels_of(fused[0]) if fused else float_kernels(mod, make_target(profile))
         say("exporting the library and its weights")
         lib = export(executable, profile, staging)
-        section = write_weights(weights.arrays, staging)
+        section = write_weights(weights.arrays, staging) if write else None
     plan = memory_plan(planned[0]) if planned else {}
     code = lib.file.stat().st_size
-    memory = {"weights_bytes": section["bytes"] if section else 0, **plan, "library_bytes": code}
+    size = section["bytes"] if section else sum(a.nbytes for a in weights.arrays)
+    memory = {"weights_bytes": size, **plan, "library_bytes": code}
     gpu = profile.tvm.get("kind") != "llvm"
     kernels = kernel_table(planned[0], "dlight:gpu" if gpu else "unscheduled") if planned else []
     _warn_fallback(kernels)
-    return _Built(lib, float_ops, section, memory, kernels)
+    return _Built(lib, float_ops, section, memory, kernels, weights.arrays)
 
 
 def _warn_fallback(kernels: list[dict]) -> None:
@@ -319,6 +344,23 @@ def _coreml(imported, rec, stages, profile, staging, calib, keep_float, say, cal
 
 def _shapes(input_shapes) -> dict:
     return {k: parse_shape(v) if isinstance(v, str) else tuple(v) for k, v in (input_shapes or {}).items()}
+
+
+def _ranges(model, input_shapes, buckets):
+    """The :class:`edgecompile.ranged.plan.RangePlan` of ``input_shapes`` when one has a range, else None."""
+    from edgecompile.frontend.spec import is_ranged, parse_shape_spec
+
+    parsed = {
+        k: parse_shape_spec(v) if isinstance(v, str) else tuple(tuple(d) if isinstance(d, list) else d for d in v)
+        for k, v in (input_shapes or {}).items()
+    }
+    if not any(is_ranged(s) for s in parsed.values()):
+        if buckets:
+            raise RecipeError("--buckets needs a ranged input shape (e.g. --input-shape input_ids=1x1..256)")
+        return None
+    from edgecompile.ranged.plan import onnx_dim_names, range_plan
+
+    return range_plan(parsed, onnx_dim_names(model), buckets)
 
 
 def inspect_model(model, opset: int | None = None):

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from edgecompile.errors import ArtifactError
-from edgecompile.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, Manifest, file_digests, seal
+from edgecompile.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, RANGED_VERSION, Manifest, file_digests, seal
 from edgecompile.runtime.signature import SIGNATURE
 from edgecompile.version import __version__
 
@@ -117,7 +117,8 @@ def finish(
     files = file_digests(staging)
     full = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        # a ranged artifact (several builds, one weights file) is version 3: older runtimes refuse it
+        "format_version": RANGED_VERSION if "ranged" in body else FORMAT_VERSION,
         "edgecompile_version": __version__,
         "tvm_version": tvm.__version__,
         **body,

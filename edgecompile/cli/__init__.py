@@ -33,7 +33,7 @@ from edgecompile.cli.views import (
     out,
     print_profile,
 )
-from edgecompile.errors import InputMismatchError
+from edgecompile.errors import InputMismatchError, InputSpecError
 
 app = typer.Typer(
     name="edgecompile",
@@ -61,7 +61,16 @@ def compile_cmd(
         list[str] | None,
         typer.Option(
             "--input-shape",
-            help="Static shape of an input, NAME=1x128; repeat per input. Required for symbolic dimensions.",
+            help="Shape of an input, NAME=1x128; repeat per input. Required for symbolic dimensions. A range "
+            "LO..HI (NAME=1x1..256) makes one artifact that takes any size in it.",
+        ),
+    ] = None,
+    buckets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--buckets",
+            help="Sizes a ranged dimension is built for, GROUP=S1,S2,... (GROUP: its name in the model, e.g. seq; "
+            "must include the range's upper end) [default: powers of two down from it, at most 5].",
         ),
     ] = None,
     input_dtype: Annotated[
@@ -116,6 +125,7 @@ def compile_cmd(
 
     shapes = parse_assignments(input_shape, "--input-shape")
     dtypes = parse_assignments(input_dtype, "--input-dtype")
+    sizes = {g: _sizes(v) for g, v in parse_assignments(buckets, "--buckets").items()}
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
     t0 = time.perf_counter()
@@ -158,6 +168,7 @@ def compile_cmd(
             keep_float=[k for k in (keep_float or "").split(",") if k.strip()] or None,
             calib_progress=on_calib,
             force=force,
+            buckets=sizes or None,
             sign=sign,
         )
     manifest = json.loads((path / "manifest.json").read_text())
@@ -175,6 +186,14 @@ def compile_cmd(
             f"no cross compiler found: link on a machine with the toolchain: {manifest['link_command']}",
             highlight=False,
         )
+
+
+def _sizes(text: str) -> list[int]:
+    """``16,64,256`` -> ``[16, 64, 256]``."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise InputSpecError(f"malformed bucket sizes '{text}': write GROUP=16,64,256") from None
 
 
 def _runtime_only() -> None:
@@ -282,6 +301,14 @@ def bench_cmd(
         bool,
         typer.Option("--profile", help="Per kernel: calls, time, share of the run, schedule rule, GOP/s."),
     ] = False,
+    input_shape: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input-shape",
+            help="Time a ranged artifact at one size, NAME=1x16 (the other inputs of its group follow; random "
+            "inputs of that shape).",
+        ),
+    ] = None,
     trusted_key: TrustedKeyOption = None,
     require_signature: RequireSignatureOption = False,
 ) -> None:
@@ -294,6 +321,13 @@ def bench_cmd(
         raise InputMismatchError(f"--warmup must be 0 or more, got {warmup}")
     model = load(artifact, trusted_keys(trusted_key, require_signature))
     feeds = _load_inputs(input) or None
+    if input_shape:
+        from edgecompile.frontend.spec import parse_assignments, parse_shape
+
+        if feeds:
+            raise InputMismatchError("give --input or --input-shape, not both: the inputs have their own shapes")
+        given = {k: parse_shape(v) for k, v in parse_assignments(input_shape, "--input-shape").items()}
+        feeds = model.example_inputs(shapes=given)
     if profile:
         print_profile(artifact, model.profile(threads=threads, feeds=feeds, runs=runs), as_json)
         return

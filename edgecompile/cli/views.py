@@ -9,8 +9,23 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from edgecompile.runtime.buckets import describe_input
+
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def _in_shape(ranged: dict, spec: dict) -> str:
+    """An input's shape with its ranges (``1x1..256``)."""
+    return describe_input(ranged, spec).split("[", 1)[1].rsplit(" ", 1)[0]
+
+
+def _out_shape(ranged: dict, spec: dict) -> str:
+    """An output's shape with the group names on the axes that follow one (``1xseqx384``)."""
+    dims = [str(d) for d in spec["shape"]]
+    for axis, group in ranged.get("outputs", {}).get(spec["name"], {}).items():
+        dims[int(axis)] = group
+    return "x".join(dims) or "scalar"
 
 
 def inspect_artifact(path: Path, as_json: bool) -> None:
@@ -25,9 +40,20 @@ def inspect_artifact(path: Path, as_json: bool) -> None:
         f"recipe {m['recipe']['spec']}, TVM {m['tvm_version']}, edgecompile {m['edgecompile_version']}",
         highlight=False,
     )
+    ranged = m.get("ranged")
     for kind in ("inputs", "outputs"):
         for t in m[kind]:
-            out.print(f"  {kind[:-1]} {t['name']}: {'x'.join(map(str, t['shape']))} {t['dtype']}", highlight=False)
+            shape = "x".join(map(str, t["shape"]))
+            if ranged:  # ranges in place of the largest sizes
+                shape = _in_shape(ranged, t) if kind == "inputs" else _out_shape(ranged, t)
+            out.print(f"  {kind[:-1]} {t['name']}: {shape} {t['dtype']}", highlight=False)
+    if ranged:
+        for g, e in ranged["groups"].items():
+            out.print(
+                f"  ranged '{g}': {e['range'][0]}..{e['range'][1]}, builds at {', '.join(map(str, e['buckets']))} "
+                "(an input runs on the smallest that holds it, zero-padded; outputs cut back)",
+                highlight=False,
+            )
     e = m.get("energy")
     if e:
         ops = ", ".join(f"{k} {v:.3g}" for k, v in e["counts"].items())

@@ -45,6 +45,40 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return tuple(int(d) for d in t.split("x"))
 
 
+_RANGED_RE = re.compile(r"^\d+(\.\.\d+)?(x\d+(\.\.\d+)?)*$")
+Dim = int | tuple[int, int]  # a fixed size, or an inclusive (lo, hi) range
+
+
+def parse_shape_spec(text: str) -> tuple[Dim, ...]:
+    """Parse ``1x128`` into ``(1, 128)`` and ``1..8x1..128`` into ``((1, 8), (1, 128))``: a range
+    ``LO..HI`` (inclusive, ``1 <= LO <= HI``) for a dimension the artifact accepts at any size in it."""
+    t = text.strip().replace(",", "x").replace("X", "x")
+    if ".." not in t:
+        return parse_shape(text)
+    if not _RANGED_RE.match(t):
+        raise InputSpecError(f"malformed shape '{text}': write dimensions as 1x128, ranges as 1x1..128")
+    dims: list[Dim] = []
+    for part in t.split("x"):
+        if ".." not in part:
+            dims.append(int(part))
+            continue
+        lo, hi = (int(v) for v in part.split(".."))
+        if not 1 <= lo <= hi:
+            raise InputSpecError(f"malformed range '{part}' in '{text}': write LO..HI with 1 <= LO <= HI")
+        dims.append(lo if lo == hi else (lo, hi))
+    return tuple(dims)
+
+
+def is_ranged(shape) -> bool:
+    """Whether a parsed shape has a ``(lo, hi)`` range."""
+    return any(isinstance(d, tuple) for d in shape)
+
+
+def format_shape(shape) -> str:
+    """``(1, (1, 128))`` as ``1x1..128``."""
+    return "x".join(f"{d[0]}..{d[1]}" if isinstance(d, tuple) else str(d) for d in shape) or "scalar"
+
+
 def parse_assignments(items: list[str] | None, what: str) -> dict[str, str]:
     """Parse ``["ids=1x128", "mask=1x128"]`` into ``{"ids": "1x128", ...}``."""
     out: dict[str, str] = {}

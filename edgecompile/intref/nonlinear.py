@@ -35,7 +35,7 @@ def one_at_scale(scale: float) -> int:
     return max(1, int(math.floor(1.0 / scale + 0.5)))
 
 
-def shift_exp(d, one: int, n: int) -> np.ndarray:
+def shift_exp(d, one: int, n: int, zero_below: bool = False) -> np.ndarray:
     """``exp(d * S)`` for integers ``d <= 0``, as ``e`` at scale ``S / 2^n`` (``one = I0``).
 
     ``d * log2(e)`` is ``d + (d >> 1) - (d >> 4)`` (x1.4375), capped at ``-n * I0`` so the result
@@ -44,19 +44,26 @@ def shift_exp(d, one: int, n: int) -> np.ndarray:
     so ``n + log2(I0) + 1`` bits (I-ViT's n=15 and ``I0 <= 100`` fit 23 bits). ``d`` is capped at
     ``-n * I0`` before the multiply too (the same result: ``x1.4375`` only moves it further down), so
     any int32 ``d`` (an int32 logit row holding a -10000 attention mask) cannot overflow.
+    ``zero_below``: ``e = 0`` where ``exp(d S) < 2^-n`` instead of the capped ``2^-n`` (Shiftmax: a
+    masked or padded key then adds exactly nothing to its row's sum, so a row padded with masked
+    keys normalizes exactly like the unpadded row).
     """
     d = np.maximum(_i64(d), -n * one)  # the same result as capping after the multiply, no overflow
     d = d + (d >> 1) - (d >> 4)
+    below = d < -n * one
     d = np.maximum(d, -n * one)
     q = d // -one
     r = d + q * one
-    return ((r + 2 * one) << (n - q)) >> 1
+    e = ((r + 2 * one) << (n - q)) >> 1
+    return np.where(below, 0, e) if zero_below else e
 
 
 WIDE_P = 52  # the wide normalization's reciprocal: 2^52 // sum, at least 2^21 for sum < 2^31
 
 
-def shiftmax(q, scale: float, n: int = 15, k: int = 8, rounding: bool = False, wide: bool = False) -> np.ndarray:
+def shiftmax(
+    q, scale: float, n: int = 15, k: int = 8, rounding: bool = False, wide: bool = False, zero_below: bool = True
+) -> np.ndarray:
     """Softmax of integer logits ``q`` (scale ``S``) over the last axis: ints in
     ``[0, 2^(k-1) - 1]`` at scale ``2^-(k-1)``.
 
@@ -64,7 +71,8 @@ def shiftmax(q, scale: float, n: int = 15, k: int = 8, rounding: bool = False, w
     2^31 (checked; lower ``n`` for long rows or coarse scales); ``f = (2^31 - 1) // sum`` and
     ``out = (e * f) >> (32 - k)`` (``e * f < 2^31``). I-ViT floors, so every probability loses up
     to one LSB and 8-bit rows of 197 tokens sum visibly short of 1; ``rounding`` adds half an LSB
-    before the shift.
+    before the shift. ``zero_below`` (what the recipe uses; I-ViT caps instead): a key whose exp is
+    below ``2^-n`` adds nothing (:func:`shift_exp`), so keys masked or padded away add exactly 0.
 
     ``f`` keeps only ``31 - log2(sum)`` bits: a flat row of 512 logits at ``I0 = 3333`` has
     ``f = 1`` and every output is off by up to half its value. ``wide=True`` (what the recipe
@@ -73,7 +81,7 @@ def shiftmax(q, scale: float, n: int = 15, k: int = 8, rounding: bool = False, w
     """
     q = _i64(q)
     one = one_at_scale(scale)
-    e = shift_exp(q - q.max(axis=-1, keepdims=True), one, n)
+    e = shift_exp(q - q.max(axis=-1, keepdims=True), one, n, zero_below)
     total = e.sum(axis=-1, keepdims=True)
     if np.any(total > INT31):
         raise OverflowError(f"Shiftmax row sum exceeds 31 bits: lower n (now {n}) for rows of {q.shape[-1]}")

@@ -63,6 +63,23 @@ def rebuild(func: relax.Function, emit=None, outputs: list | None = None, extra_
     return bb.get()
 
 
+def matched_vars(a: relax.Function, b: relax.Function) -> dict | None:
+    """``{var of a: var of b}`` binding by binding, when ``b`` is ``a``'s graph at other static
+    shapes (the same ops in the same order; the same model imported at another length); None when
+    the graphs differ."""
+    from edgecompile.ir.ops import op_name
+
+    ba, bb_ = list(bindings(a)), list(bindings(b))
+    if len(a.params) != len(b.params) or len(ba) != len(bb_):
+        return None
+    mapping = dict(zip(a.params, b.params))
+    for x, y in zip(ba, bb_):
+        if type(x.value) is not type(y.value) or op_name(x.value) != op_name(y.value):
+            return None
+        mapping[x.var] = y.var
+    return mapping
+
+
 def carry_functions(out: tvm.IRModule, src: tvm.IRModule) -> tvm.IRModule:
     """``out`` plus every function of ``src`` it lacks: the TIR kernels that importers emit for
     some ops (ONNX ``Clip`` becomes ``call_tir(maximum, ...)``), which a re-emitted ``main`` still

@@ -48,14 +48,15 @@ def shiftmax_input_scale(scale: float, row: int, n: int = SHIFTMAX_N) -> float:
     return 1.0 / (2**31 // (row * 2**n) - 1)
 
 
-def _shift_exp(d: relax.Expr, one: int, n: int) -> relax.Expr:
+def _shift_exp(d: relax.Expr, one: int, n: int, zero_below: bool = False) -> relax.Expr:
     """:func:`edgecompile.intref.nonlinear.shift_exp` on an int32 ``d <= 0``."""
     d = op.maximum(d, _c(-n * one))
-    d = op.subtract(op.add(d, op.right_shift(d, _c(1))), op.right_shift(d, _c(4)))
-    d = op.maximum(d, _c(-n * one))
+    scaled = op.subtract(op.add(d, op.right_shift(d, _c(1))), op.right_shift(d, _c(4)))
+    d = op.maximum(scaled, _c(-n * one))
     q = op.floor_divide(d, _c(-one))
     r = op.add(d, op.multiply(q, _c(one)))
-    return op.right_shift(op.left_shift(op.add(r, _c(2 * one)), op.subtract(_c(n), q)), _c(1))
+    e = op.right_shift(op.left_shift(op.add(r, _c(2 * one)), op.subtract(_c(n), q)), _c(1))
+    return op.where(op.less(scaled, _c(-n * one)), _c(0), e) if zero_below else e
 
 
 def _reciprocal(bb, numerator: int, total: relax.Expr, dtype: str) -> relax.Expr:
@@ -80,7 +81,7 @@ def emit_shiftmax(
     ``(e f + 2^(31-k)) >> (32 - k)`` without its int32 overflow."""
     one = one_at_scale(scale)
     q32 = op.astype(q, "int32")
-    e = _shift_exp(op.subtract(q32, op.max(q32, axis=-1, keepdims=True)), one, n)
+    e = _shift_exp(op.subtract(q32, op.max(q32, axis=-1, keepdims=True)), one, n, zero_below=True)
     if wide:  # int64 normalization: F = 2^52 // sum keeps 21+ bits
         total = op.astype(op.sum(e, axis=-1, keepdims=True), "int64")
         x = op.multiply(op.astype(e, "int64"), _reciprocal(bb, 1 << WIDE_P, total, "int64"))

@@ -110,7 +110,7 @@ def concat(rw: Rewriter, layer: Layer) -> bool:
 def softmax(rw: Rewriter, layer: Layer) -> bool:
     """Shiftmax (``ivit``) or i-exp (``ibert``) on the integer logits; ``[0, 255]`` at ``2^-8`` out."""
     x, s = rw.as_int(layer.inputs[0])
-    row = int(layer.output.ty.shape.values[-1])
+    row = layer.row_hint or int(layer.output.ty.shape.values[-1])
     impl = rw.impl["softmax"]
     if impl == "ivit":
         s_new = iop.shiftmax_input_scale(s, row)

@@ -36,7 +36,7 @@ from edgecompile.calibrate.observers import Observer
 from edgecompile.errors import CalibrationError, EdgeCompileWarning, RecipeError
 from edgecompile.ir.layers import find_layers, linear_inputs, observed_vars
 from edgecompile.ir.ops import op_name
-from edgecompile.ir.walk import bindings, building_with, carry_functions
+from edgecompile.ir.walk import bindings, building_with, carry_functions, matched_vars
 from edgecompile.passes.patchify import PatchifyConv
 from edgecompile.quant.layer_switch import switched_module
 from edgecompile.quant.options import QuantOptions
@@ -59,6 +59,29 @@ class Calibration:
     maxima: dict
     keep_float: tuple[str, ...] = ()
     record: dict = field(default_factory=dict)  # of the recipe's rewrite: forms, requantized
+    integer_only: bool = False
+
+    def retarget(self, mod: tvm.IRModule) -> Calibration:
+        """This calibration for ``mod``: the same model imported at other static input shapes (a
+        bucket of a ranged artifact, :mod:`edgecompile.ranged`). Its layers take this one's
+        thresholds, smoothing and ranges binding by binding, so both rewrites quantize alike."""
+        mod = PatchifyConv()(relax.transform.FoldConstant()(mod))
+        func = mod["main"]
+        vmap = matched_vars(self.func, func)
+        layers = find_layers(func, self.integer_only) if vmap is not None else []
+        if vmap is None or [la.name for la in layers] != [la.name for la in self.layers]:
+            raise RecipeError(
+                "int8: the model's graph differs between the bucket sizes of its ranged inputs, so one "
+                "calibration cannot serve them all; compile a fixed shape"
+            )
+        for mine, theirs in zip(self.layers, layers):  # Shiftmax's constants from the longest row
+            if mine.kind == "softmax":
+                theirs.row_hint = mine.row_hint or int(mine.output.ty.shape.values[-1])
+        moved = lambda d: {vmap[v]: x for v, x in d.items()}  # noqa: E731
+        return Calibration(
+            func, mod, layers, moved(self.thresholds), self.nonlinear, moved(self.smooth), moved(self.maxima),
+            self.keep_float, integer_only=self.integer_only,
+        )  # fmt: skip
 
     def rewrite(self, keep_float=None) -> tvm.IRModule:
         """The quantized module, with ``keep_float`` (default: the recipe's) left in float."""
@@ -159,7 +182,9 @@ def quantize_model(
         worst = sorted((e for e in errors if e["quantized"]), key=lambda e: e["sqnr_db"])[: options.keep_worst]
         keep += [e["name"] for e in worst]
         errors = measure(keep)
-    calibration = Calibration(func, mod, layers, thresholds, nonlinear, smooth, maxima, tuple(keep))
+    calibration = Calibration(
+        func, mod, layers, thresholds, nonlinear, smooth, maxima, tuple(keep), integer_only=options.integer_only
+    )
     return QuantResult(calibration.rewrite(), errors, keep, len(samples), calibration)
 
 

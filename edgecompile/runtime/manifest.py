@@ -20,7 +20,8 @@ from edgecompile.runtime.manifest_schema import check_fields, check_name, check_
 
 FORMAT = "edgecompile-artifact"
 FORMAT_VERSION = 2  # 2: weights in weights.bin (the manifest's "weights" section), not in the library
-READS_VERSIONS = (1, 2)  # a version-1 artifact has no weights section and loads as before
+RANGED_VERSION = 3  # 3: a ranged artifact (the "ranged" section: several builds sharing weights.bin)
+READS_VERSIONS = (1, 2, 3)  # a version-1 artifact has no weights section and loads as before
 MANIFEST = "manifest.json"
 
 # The order a compile writes the keys in (the sealed bytes sort them anyway): the typed fields of
@@ -46,6 +47,7 @@ KEY_ORDER = (
     "memory",  # TVM targets: weights, planned arena, outputs, kernel scratch, library bytes
     "kernels",  # TVM targets: per kernel its symbol, schedule rule, calls per run, estimated ops
     "coreml",  # Core ML targets: the package's section
+    "ranged",  # ranged artifacts: groups, dims, output axes and builds (runtime/buckets.py)
 )
 
 

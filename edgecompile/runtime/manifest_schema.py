@@ -67,6 +67,8 @@ def check_fields(manifest: dict, mpath: Path) -> None:
         raise ArtifactError(f"{mpath} names library {library!r}, which is not one of its checksummed files")
     if manifest.get("weights") is not None:
         check_weights(manifest["weights"], files, mpath)
+    if manifest.get("ranged") is not None:
+        check_ranged(manifest["ranged"], files, manifest.get("weights"), mpath)
     device_code = manifest.get("device_code")
     if device_code is not None and not isinstance(device_code, list):
         raise ArtifactError(f"{mpath}: device_code must be a list of files")
@@ -137,3 +139,21 @@ def check_weights(section: object, files: dict, mpath: Path) -> None:
 
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_ranged(section: object, files: dict, weights: dict | None, mpath: Path) -> None:
+    """A ``ranged`` section whose builds name listed libraries and weight tensors that exist."""
+    ok = isinstance(section, dict) and all(isinstance(section.get(k), t) for k, t in
+                                           (("groups", dict), ("dims", list), ("builds", list)))  # fmt: skip
+    if not ok or not section["builds"]:
+        raise ArtifactError(f"{mpath}: malformed ranged section")
+    count = len((weights or {}).get("tensors", []))
+    for b in section["builds"]:
+        if not isinstance(b, dict) or not isinstance(b.get("sizes"), dict) or not isinstance(b.get("weights"), list):
+            raise ArtifactError(f"{mpath}: malformed build in the ranged section: {str(b)[:120]}")
+        if check_name(b.get("library"), f"{mpath} ranged build") not in files:
+            raise ArtifactError(f"{mpath} names library {b['library']!r}, which is not one of its checksummed files")
+        if any(not isinstance(i, int) or not 0 <= i < count for i in b["weights"]):
+            raise ArtifactError(f"{mpath}: a ranged build names a weight tensor the weights section lacks")
+        if set(b["sizes"]) != set(section["groups"]):
+            raise ArtifactError(f"{mpath}: a ranged build's sizes do not name the artifact's groups")

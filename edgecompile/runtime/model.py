@@ -17,6 +17,7 @@ import numpy as np
 
 from edgecompile.errors import ArtifactError, InputMismatchError
 from edgecompile.runtime import tvm_ffi_runtime as rt
+from edgecompile.runtime.buckets import build_shapes, describe_input, input_sizes, pad_to, pick_build, slice_outputs
 from edgecompile.runtime.device_code import load_cuda_sidecar, register_device_code
 from edgecompile.runtime.hostinfo import cpu_flags, host_arch
 from edgecompile.runtime.manifest import read_verified
@@ -80,14 +81,47 @@ class CompiledModel:
             self.device = rt.device(kind)
             self._weights = self._map_weights()
         self._lib = lib
-        try:
-            self._vm = rt.make_vm(lib, self.device)
-        except Exception as e:
-            raise ArtifactError(f"{lib_file} is not a model library: {str(e).strip().splitlines()[-1]}") from e
-        self._main = self._vm["main"]
+        self._main = self._make_main(lib, lib_file)
+        # a ranged artifact: several builds sharing the weights; the manifest's library is the largest
+        self._ranged: dict | None = self.manifest.get("ranged")
+        self._builds: dict[int, tuple] = {}  # build index -> (library, main), loaded on first use
+        if self._ranged is not None:
+            libs = [b["library"] for b in self._ranged["builds"]]
+            top = libs.index(self.manifest["library"]) if self.manifest["library"] in libs else None
+            if top is None:
+                raise ArtifactError(f"{self.path}: the library is none of the ranged builds: the manifest was edited")
+            self._builds[top] = (lib, self._main)
         self.load_ms = (time.perf_counter() - t0) * 1e3
         after = current_rss()
         self.load_rss_bytes = None if rss_before is None or after is None else after - rss_before
+
+    def _make_main(self, lib, lib_file: Path):
+        try:
+            return rt.make_vm(lib, self.device)["main"]
+        except Exception as e:
+            raise ArtifactError(f"{lib_file} is not a model library: {str(e).strip().splitlines()[-1]}") from e
+
+    def _build(self, index: int | None) -> tuple:
+        """``(library, main, weights)`` of build ``index`` of a ranged artifact (None: the only one)."""
+        if index is None:
+            return self._lib, self._main, self._weights
+        if index not in self._builds:
+            name = self._ranged["builds"][index]["library"]
+            lib = _load_library(self.path / name, self.manifest["files"].get(name, ""))
+            self._builds[index] = (lib, self._make_main(lib, self.path / name))
+        lib, main = self._builds[index]
+        return lib, main, [self._weights[k] for k in self._ranged["builds"][index]["weights"]]
+
+    def _prepare(self, feeds: Mapping[str, object]) -> tuple[list[np.ndarray], int | None, dict | None]:
+        """The checked feeds as the arguments of the build that runs them: ``(arrays, build, sizes)``;
+        for a ranged artifact, zero-padded into the smallest build that holds them."""
+        args = self._check_feeds(feeds)
+        if self._ranged is None:
+            return args, None, None
+        sizes = input_sizes(self._ranged, self.inputs, {i["name"]: a.shape for i, a in zip(self.inputs, args)})
+        build = pick_build(self._ranged, sizes)
+        shapes = build_shapes(self._ranged, self.inputs, build)
+        return [pad_to(a, shapes[i["name"]]) for i, a in zip(self.inputs, args)], build, sizes
 
     def _map_weights(self) -> list:
         """The weights file as tensors ``main`` takes after the inputs: views of the mapping on the
@@ -130,7 +164,11 @@ class CompiledModel:
 
     def _check_feeds(self, feeds: Mapping[str, object]) -> list[np.ndarray]:
         expected = {i["name"]: i for i in self.inputs}
-        listing = ", ".join(f"{i['name']}[{'x'.join(map(str, i['shape']))} {i['dtype']}]" for i in self.inputs)
+        ranged = self.manifest.get("ranged")
+        listing = ", ".join(
+            describe_input(ranged, i) if ranged else f"{i['name']}[{'x'.join(map(str, i['shape']))} {i['dtype']}]"
+            for i in self.inputs
+        )
         unknown = sorted(set(feeds) - set(expected))
         if unknown:
             raise InputMismatchError(f"unknown input '{unknown[0]}'; the model's inputs are {listing}")
@@ -144,7 +182,7 @@ class CompiledModel:
                     f"input '{name}' has dtype {arr.dtype}, the model expects {spec['dtype']} "
                     f"(convert with .astype('{spec['dtype']}'))"
                 )
-            if tuple(arr.shape) != tuple(spec["shape"]):
+            if tuple(arr.shape) != tuple(spec["shape"]) and self.manifest.get("ranged") is None:
                 raise InputMismatchError(
                     f"input '{name}' has shape {'x'.join(map(str, arr.shape))}, the model was compiled "
                     f"for {'x'.join(map(str, spec['shape']))}"
@@ -160,30 +198,61 @@ class CompiledModel:
             args.append(np.ascontiguousarray(arr))
         return args
 
-    def _call(self, tensors: list) -> list[np.ndarray]:
-        out = self._main(*tensors, *self._weights)
+    def _call(self, tensors: list, build: int | None = None) -> list[np.ndarray]:
+        _, main, weights = self._build(build)
+        out = main(*tensors, *weights)
         flat = flatten_outputs(out)
         if len(flat) != len(self.outputs):
             raise ArtifactError(f"model returned {len(flat)} outputs, manifest lists {len(self.outputs)}")
         return flat
 
     def run(self, feeds: Mapping[str, object], threads: int | None = None) -> dict[str, np.ndarray]:
-        """Run once; ``feeds`` maps every input name to an array of the compiled shape and dtype."""
-        args = self._check_feeds(feeds)
+        """Run once; ``feeds`` maps every input name to an array of the compiled shape (any shape in
+        range, for a ranged artifact) and dtype."""
+        args, build, sizes = self._prepare(feeds)
         if threads:
             set_threads(threads)
         tensors = [rt.to_device(a, self.device) for a in args]
-        return {o["name"]: v for o, v in zip(self.outputs, self._call(tensors))}
+        values = self._call(tensors, build)
+        if self._ranged is not None:
+            values = slice_outputs(self._ranged, self.outputs, values, sizes)
+        return {o["name"]: v for o, v in zip(self.outputs, values)}
 
-    def example_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
-        """Inputs of the right shapes and dtypes: standard normal floats, ones for integers."""
+    def example_inputs(self, seed: int = 0, shapes: Mapping[str, tuple] | None = None) -> dict[str, np.ndarray]:
+        """Inputs of the right shapes and dtypes: standard normal floats, ones for integers.
+        ``shapes`` (a ranged artifact) picks sizes in range: ``{"input_ids": (1, 16)}`` sizes every
+        input of the same group alike; groups not named take their largest size."""
         rng = np.random.default_rng(seed)
         feeds = {}
+        wanted = self.shapes_for(shapes or {})
         for i in self.inputs:
             dt = np.dtype(i["dtype"])
-            shape = tuple(i["shape"])
+            shape = wanted[i["name"]]
             feeds[i["name"]] = rng.standard_normal(shape).astype(dt) if dt.kind == "f" else np.ones(shape, dt)
         return feeds
+
+    def shapes_for(self, given: Mapping[str, tuple]) -> dict[str, tuple[int, ...]]:
+        """Every input's shape when ``given`` names some (checked against the ranges): the other
+        inputs of a group take its size; groups not named take their largest."""
+        unknown = sorted(set(given) - {i["name"] for i in self.inputs})
+        if unknown:
+            names = ", ".join(i["name"] for i in self.inputs)
+            raise InputMismatchError(f"unknown input '{unknown[0]}'; the model's are {names}")
+        if self._ranged is None:
+            for i in self.inputs:
+                if i["name"] in given and tuple(given[i["name"]]) != tuple(i["shape"]):
+                    raise InputMismatchError(
+                        f"input '{i['name']}' takes shape {'x'.join(map(str, i['shape']))} only: this artifact "
+                        "was compiled for fixed shapes"
+                    )
+            return {i["name"]: tuple(i["shape"]) for i in self.inputs}
+        specs = [i for i in self.inputs if i["name"] in given]
+        sizes = input_sizes(self._ranged, specs, {k: tuple(v) for k, v in given.items()})
+        top = {g: e["range"][1] for g, e in self._ranged["groups"].items()}
+        shapes = {i["name"]: list(i["shape"]) for i in self.inputs}
+        for d in self._ranged["dims"]:
+            shapes[d["input"]][d["axis"]] = {**top, **sizes}[d["group"]]
+        return {k: tuple(v) for k, v in shapes.items()}
 
     def benchmark(
         self,
@@ -195,7 +264,7 @@ class CompiledModel:
         """Time ``runs`` calls (inputs already on the device) and report median, p90 and min."""
         if runs < 1:
             raise InputMismatchError("--runs must be at least 1")
-        call, _ = self._timed_call(feeds, threads)
+        call, _, _ = self._timed_call(feeds, threads)
         times = sorted(time_calls(call, runs, warmup))
         used = num_threads()
         p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
@@ -222,25 +291,27 @@ class CompiledModel:
         ``repeats`` times with the VM's own arguments; the whole run's median over ``runs``."""
         if repeats < 1 or runs < 1:
             raise InputMismatchError("--runs must be at least 1")
-        call, args = self._timed_call(feeds, threads)
+        call, args, build = self._timed_call(feeds, threads)
         run_ms = statistics.median(time_calls(call, runs, 3))
-        vm = rt.make_vm(self._lib, self.device)  # its own VM: the instrument never touches self._vm
+        vm = rt.make_vm(self._build(build)[0], self.device)  # its own VM: the instrument never touches ours
         calls = record_calls(vm, args)
         return profile_calls(calls, run_ms, self.manifest.get("kernels") or [], repeats, self._sync)
 
     def _timed_call(self, feeds, threads):
-        """``(call, args)``: one synchronized run of ``main`` on ``feeds`` (example inputs by default)
-        already on the device, and the arguments it passes (inputs, then weights)."""
-        checked = self._check_feeds(feeds if feeds is not None else self.example_inputs())
+        """``(call, args, build)``: one synchronized run of ``main`` on ``feeds`` (example inputs by
+        default) already on the device, the arguments it passes (inputs, then weights) and the build
+        that runs them (None but for a ranged artifact)."""
+        checked, build, _ = self._prepare(feeds if feeds is not None else self.example_inputs())
         if threads:
             set_threads(threads)
-        args = [*(rt.to_device(a, self.device) for a in checked), *self._weights]
+        _, main, weights = self._build(build)
+        args = [*(rt.to_device(a, self.device) for a in checked), *weights]
 
         def call():
-            self._main(*args)
+            main(*args)
             self._sync()
 
-        return call, args
+        return call, args, build
 
     def _sync(self) -> None:
         if not self._on_cpu:

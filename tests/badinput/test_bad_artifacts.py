@@ -95,7 +95,7 @@ RESEALED = {
     "weight dtype unknown": (_set("float128", "weights", "tensors", 0, "dtype"), "weight tensor 0 is malformed"),
     "weight shape negative": (_set([-1, 8], "weights", "tensors", 0, "shape"), "weight tensor 0 is malformed"),
     "format other": (_set("onnx", "format"), "not an edgecompile manifest"),
-    "format_version 3": (_set(3, "format_version"), "format version 3 is not supported"),
+    "format_version 4": (_set(4, "format_version"), "format version 4 is not supported"),
     "format_version string": (_set("1", "format_version"), "is not supported"),
 }
 
@@ -312,3 +312,39 @@ def test_a_signature_file_in_another_encoding_of_the_same_bytes_is_refused(signe
     (signed / SIGNATURE).write_text(json.dumps(dict(record, signature=text), indent=4))  # same fields, new layout
     with pytest.raises(SignatureError, match="malformed"):
         edgecompile.load(signed, trusted_keys=[keys["a"].with_name("a.pub")])
+
+
+@pytest.fixture(scope="module")
+def ranged_art(tmp_path_factory):
+    from helpers import EXAMPLE_ONNX
+
+    shapes = {"input_ids": "1x1..16", "attention_mask": "1x1..16"}
+    return edgecompile.compile(EXAMPLE_ONNX, "native", tmp_path_factory.mktemp("rg") / "a", input_shapes=shapes,
+                               buckets={"seq": [8, 16]})  # fmt: skip
+
+
+def _build_field(value, key):
+    return lambda m: m["ranged"]["builds"][0].update({key: value})
+
+
+RANGED_EDITS = {
+    "build library outside the artifact": (_build_field("../evil.so", "library"), "not a plain file name"),
+    "build library not listed": (_build_field("other.so", "library"), "not one of its checksummed files"),
+    "build weight index past the weights": (_build_field([0, 9999], "weights"), "weight tensor the weights section"),
+    "build sizes without the group": (_build_field({"len": 8}, "sizes"), "do not name the artifact's groups"),
+    "ranged section not a dict": (lambda m: m.update(ranged=[1]), "malformed ranged section"),
+    "library none of the builds": (
+        lambda m: m["ranged"]["builds"][1].update(library=m["ranged"]["builds"][0]["library"]),
+        "none of the ranged builds",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RANGED_EDITS))
+def test_tampered_ranged_section_is_refused(ranged_art, tmp_path, case):
+    edit, msg = RANGED_EDITS[case]
+    art = tmp_path / "a"
+    shutil.copytree(ranged_art, art)
+    reseal(art, edit)
+    with pytest.raises(ArtifactError, match=msg):
+        edgecompile.load(art)

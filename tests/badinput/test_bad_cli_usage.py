@@ -38,6 +38,18 @@ COMPILE_CASES = {
     "bf16 for a GPU": (["--recipe", "bf16", "--target", "cuda-sm80"], "needs a CPU with bf16 dot products"),
     "bf16 with int8": (["--recipe", "bf16+int8"], "bf16 is a float recipe of its own"),
     "bf16 for Core ML": (["--recipe", "bf16", "--target", "coreml-ios17"], "use --recipe fp16"),
+    "range malformed": (["--input-shape", "attention_mask=1x0..32"], "malformed range '0..32'"),
+    "buckets for fixed shapes": (["--buckets", "seq=8,32"], "--buckets needs a ranged input shape"),
+    "buckets malformed": (["--buckets", "seq=8,x"], "malformed bucket sizes"),
+    "buckets without the range's end": (
+        ["--input-shape", "attention_mask=1x1..32", "--buckets", "seq=8"],
+        "must lie in 1..32 and include 32",
+    ),
+    "range on Core ML": (["--input-shape", "attention_mask=1x1..32", "--target", "coreml-ios17"], "CPU targets"),
+    "range with lowrank": (
+        ["--input-shape", "attention_mask=1x1..32", "--recipe", "lowrank", "--calib", "c.npz"],
+        "lowrank learns its plan at one input length",
+    ),
 }
 
 

@@ -81,7 +81,7 @@ def test_shiftmax_on_int32_logits_as_the_recipe_runs_it(tokens, scale):
     q = np.rint(x / s).astype(np.int64)
     out = nl.shiftmax(q, s, n=SHIFTMAX_N, k=8, rounding=True, wide=True)
     assert np.abs(out / 128 - _softmax(q * s)).max() <= 0.025
-    narrow = nl.shiftmax(np.rint(x / scale).astype(np.int64), scale, n=10, k=8)
+    narrow = nl.shiftmax(np.rint(x / scale).astype(np.int64), scale, n=10, k=8, zero_below=False)  # I-ViT's
     if tokens == 512 and scale == 3e-4:
         assert np.abs(narrow / 128 - _softmax(np.rint(x / scale) * scale)).max() > 0.1
 
@@ -210,3 +210,23 @@ def test_i_gelu_error_bound_and_widths():
     assert np.abs(y * s - _gelu(q * 1e-3)).max() <= 0.022
     y4, _ = nl.i_gelu(np.arange(-60000, 60001, 997), 1e-4)
     assert np.abs(y4).max() > 2**32  # the product overflows int32 at fine scales
+
+
+@pytest.mark.parametrize("impl", ["shiftmax", "ibert"])
+def test_masked_keys_add_nothing_to_a_row(impl):
+    """A row padded with masked keys (logit + a -2^29 mask, as the recipe adds it in integers)
+    gives the unpadded row's probabilities bit for bit, and 0 for the padded keys: what lets a
+    ranged artifact pad a sequence without changing the integer-only answer."""
+    rng = np.random.default_rng(3)
+    q = rng.integers(-3000, 3000, (16, 24)).astype(np.int64)
+    padded = np.concatenate([q, rng.integers(-3000, 3000, (16, 40)) - 2**29], axis=1)
+    if impl == "shiftmax":
+        run = lambda x: nl.shiftmax(x, 0.003, n=15, k=9, rounding=True, wide=True)  # noqa: E731
+    else:
+        run = lambda x: nl.ibert_softmax(x, 0.003)  # noqa: E731
+    out = run(padded)
+    np.testing.assert_array_equal(out[:, :24], run(q))
+    assert not out[:, 24:].any()
+    if impl == "shiftmax":  # I-ViT's capped exp gives every masked key 2^-n of the row sum
+        capped = nl.shiftmax(padded, 0.003, n=15, k=9, rounding=True, wide=True, zero_below=False)
+        assert not np.array_equal(capped[:, :24], run(q))

@@ -1,0 +1,203 @@
+"""Compile a ranged artifact: one static build per combination of bucket sizes, stages planned
+once on the largest, weights stored once (design: :mod:`edgecompile.ranged`)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgecompile.errors import CalibrationError, InputSpecError, RecipeError
+from edgecompile.ranged.plan import RangePlan
+
+
+def check_supported(profile, stages, example_inputs) -> None:
+    """Refuse what a ranged compile cannot do, before any work."""
+    if profile.runtime == "coreml" or profile.tvm.get("kind") != "llvm":
+        raise InputSpecError(
+            f"ranged input shapes (LO..HI) are supported on CPU targets; {profile.name} needs fixed shapes"
+        )
+    if example_inputs is not None:
+        raise InputSpecError("ranged input shapes are given with input_shapes, not example_inputs")
+    for stage, _ in stages:
+        if (stage.needs_calib or stage.uses_calib) and stage.manifest_key != "quantization":
+            raise RecipeError(
+                f"{stage.preset} learns its plan at one input length; with ranged inputs use fp32, fp16, bf16, "
+                "int8 or int8-integer-only, or compile a fixed shape"
+            )
+
+
+def build_tag(combo: dict[str, int]) -> str:
+    """``seq16`` / ``batch2-seq16``: a build's name in its library file (group names made file-safe)."""
+    safe = lambda g: "".join(c if c.isalnum() else "_" for c in g)  # noqa: E731
+    return "-".join(f"{safe(g)}{s}" for g, s in combo.items())
+
+
+def padded_samples(calib, plan: RangePlan, specs) -> Iterator[dict]:
+    """The calibration samples of ``calib``, each of any shape in range, zero-padded to the largest
+    build's shapes (the one calibration runs on); a sample out of range or whose grouped dimensions
+    disagree is a :class:`CalibrationError` naming it."""
+    from edgecompile.calibrate.data import iter_samples
+    from edgecompile.runtime.buckets import input_sizes, pad_to
+
+    top = plan.shapes(plan.combos()[-1])
+    section = {"groups": {g: {"range": list(r)} for g, r in plan.groups.items()},
+               "dims": [{"input": d.input, "axis": d.axis, "group": d.group} for d in plan.dims]}  # fmt: skip
+    json_specs = [{"name": s.name, "shape": list(top[s.name]), "dtype": s.dtype} for s in specs]
+    for i, sample in enumerate(iter_samples(calib)):
+        arrays = {k: np.asarray(v) for k, v in sample.items()}
+        known = {s["name"] for s in json_specs}
+        if known <= set(arrays):
+            try:
+                input_sizes(section, json_specs, {k: arrays[k].shape for k in known})
+            except Exception as e:  # InputMismatchError: said as a calibration error
+                raise CalibrationError(f"calibration sample {i}: {e}") from None
+            arrays = {k: (pad_to(a, top[k]) if k in known else a) for k, a in arrays.items()}
+        yield arrays  # missing or unknown inputs: load_samples names them
+
+
+def share_weights(per_build: list[list[np.ndarray]]) -> tuple[list[np.ndarray], list[list[int]]]:
+    """One list of distinct arrays (by dtype, shape and bytes) and, per build, the indices of its own."""
+    index: dict[tuple, int] = {}
+    union: list[np.ndarray] = []
+    lists = []
+    for arrays in per_build:
+        ids = []
+        for a in arrays:
+            a = np.ascontiguousarray(a)
+            key = (str(a.dtype), a.shape, hashlib.sha256(a.view(np.uint8).reshape(-1)).digest())
+            if key not in index:
+                index[key] = len(union)
+                union.append(a)
+            ids.append(index[key])
+        lists.append(ids)
+    return union, lists
+
+
+def output_axes(plan: RangePlan, combos: list[dict], outputs: list[list]) -> dict[str, dict[str, str]]:
+    """Per output, the axes whose size is a group's bucket size in every build: those are sliced
+    back at run time. An axis that changes otherwise cannot be sliced: refused."""
+    follows: dict[str, dict[str, str]] = {}
+    for k, spec in enumerate(outputs[-1]):
+        for axis in range(len(spec.shape)):
+            sizes = [outs[k].shape[axis] for outs in outputs]
+            if len(set(sizes)) == 1:
+                continue
+            group = next((g for g in plan.sizes if all(s == c[g] for s, c in zip(sizes, combos))), None)
+            if group is None:
+                raise InputSpecError(
+                    f"output '{spec.name}' has dimension {axis} of sizes {sizes} across the builds "
+                    f"{[build_tag(c) for c in combos]}: it follows no ranged input dimension, so it cannot be "
+                    "cut back to an input's length; compile a fixed shape"
+                )
+            follows.setdefault(spec.name, {})[str(axis)] = group
+    return follows
+
+
+def move_library(built, staging: Path, tag: str) -> str:
+    """Move a build's library out of its scratch directory into ``staging`` as ``model.TAG.so``."""
+    src = Path(built.library.file)
+    name = f"model.{tag}{src.suffix}"
+    shutil.move(str(src), staging / name)
+    shutil.rmtree(src.parent, ignore_errors=True)
+    return name
+
+
+def replay_stages(mod, stages, ctx, apply_stages):
+    """``mod`` (another build's import) through the stages already planned on the largest build:
+    quantization re-applies that calibration; the other stages (fp16, bf16) are deterministic."""
+    for stage, options in stages:
+        if stage.manifest_key == "quantization":
+            mod = ctx.results["quant"].calibration.retarget(mod).rewrite()
+        else:
+            mod = apply_stages(mod, [(stage, options)], ctx)[0]
+    return mod
+
+
+@dataclass
+class Job:
+    """One compile, as :func:`edgecompile.api.compile` hands it over: its arguments and the steps of
+    a fixed-shape compile (which this module runs once per build)."""
+
+    model: object
+    profile: object
+    rec: object
+    stages: list
+    input_dtypes: dict | None
+    calib: object
+    say: Callable[[str], None]
+    calib_progress: Callable | None
+    on_quantized: Callable | None
+    import_model: Callable  # (model, shapes, dtypes) -> ImportedModel
+    stage_context: Callable  # (imported, profile, stages, calib, say, calib_progress) -> StageContext
+    apply_stages: Callable  # (mod, stages, ctx) -> (mod, sections)
+    build: Callable  # (mod, out_dir) -> api._Built, weights not written
+    manifest: Callable  # (imported, mod, built, sections) -> Manifest
+
+
+def compile_ranged(job, plan: RangePlan, staging: Path):
+    """The manifest of a ranged artifact whose files are written into ``staging``."""
+    from edgecompile.artifact.weights_blob import write_weights
+    from edgecompile.ranged.check import check_padding
+
+    combos = plan.combos()
+    imports = []
+    for i, combo in enumerate(reversed(combos)):  # the largest first: the stages plan on it
+        job.say(f"importing build {i + 1}/{len(combos)} ({build_tag(combo)})")
+        imports.append(job.import_model(job.model, plan.shapes(combo), job.input_dtypes))
+    imports.reverse()
+    top = imports[-1]
+    calib = None if job.calib is None else padded_samples(job.calib, plan, top.inputs)
+    ctx = job.stage_context(top, job.profile, job.stages, calib, job.say, job.calib_progress)
+    mod_top, sections = job.apply_stages(top.mod, job.stages, ctx)
+    if job.on_quantized is not None and "quant" in ctx.results:
+        job.on_quantized(ctx.results["quant"])
+    follows = output_axes(plan, combos, [imp.outputs for imp in imports])
+    builds, libraries = [], []
+    for combo, imp in zip(combos, imports):
+        last = imp is top
+        mod = mod_top if last else replay_stages(imp.mod, job.stages, ctx, job.apply_stages)
+        scratch = staging if last else staging / f".build-{build_tag(combo)}"
+        scratch.mkdir(exist_ok=True)
+        job.say(f"building {build_tag(combo)}")
+        built = job.build(mod, scratch)
+        libraries.append(built.library.file.name if last else move_library(built, staging, build_tag(combo)))
+        builds.append(built)
+    union, lists = share_weights([b.arrays for b in builds])
+    section = write_weights(union, staging)
+    ranged = {
+        **plan.to_json(),
+        "outputs": follows,
+        "builds": [{"sizes": c, "library": lib, "weights": ids} for c, lib, ids in zip(combos, libraries, lists)],
+    }
+    if runs_here(job.profile):
+        job.say("checking that padding leaves the outputs unchanged")
+        check_padding(staging, ranged, section, top, ctx.samples[0] if ctx.samples else None)
+    final = builds[-1]
+    final.weights = section
+    final.memory = {**final.memory, "weights_bytes": section["bytes"] if section else 0,
+                    "library_bytes": sum((staging / lib).stat().st_size for lib in libraries)}  # fmt: skip
+    manifest = job.manifest(top, mod_top, final, sections)
+    manifest.inputs = [_ranged_spec(s, plan) for s in manifest.inputs]
+    manifest.extra["ranged"] = ranged
+    return manifest
+
+
+def runs_here(profile) -> bool:
+    """Whether this machine can run ``profile``'s builds (its architecture and CPU features)."""
+    from edgecompile.runtime.hostinfo import cpu_flags
+
+    return profile.is_host_arch and set(profile.cpu_features) <= cpu_flags()
+
+
+def _ranged_spec(spec: dict, plan: RangePlan) -> dict:
+    """An input's manifest entry with ``ranges``: ``[lo, hi]`` per ranged axis, None elsewhere."""
+    ranges = [None] * len(spec["shape"])
+    for d in plan.dims:
+        if d.input == spec["name"]:
+            ranges[d.axis] = [d.lo, d.hi]
+    return {**spec, "ranges": ranges} if any(ranges) else spec

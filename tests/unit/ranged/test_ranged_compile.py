@@ -1,0 +1,124 @@
+"""Ranged artifacts built and run: one artifact serves every length in its range, fp32 close to
+ONNX Runtime at each, integer-only padding that leaves the answer unchanged bit for bit, weights
+stored once, and clear errors for what it cannot take."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import EXAMPLE_ONNX, assert_close, ort_run
+
+import edgecompile
+from edgecompile.errors import CalibrationError, InputMismatchError, InputSpecError
+
+RANGE = {"input_ids": "1x1..32", "attention_mask": "1x1..32"}
+CALIB = EXAMPLE_ONNX.parent / "tiny_bert_calib.npz"
+
+
+def _feeds(length: int, seed: int = 0, pad_to: int | None = None) -> dict:
+    rng = np.random.default_rng(seed)
+    total = pad_to or length
+    ids = np.zeros((1, total), np.int64)
+    ids[0, :length] = rng.integers(1, 100, length)
+    mask = np.zeros((1, total), np.int64)
+    mask[0, :length] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture(scope="module")
+def fp32_ranged(tmp_path_factory):
+    return edgecompile.compile(EXAMPLE_ONNX, "native", tmp_path_factory.mktemp("r") / "a", input_shapes=RANGE)
+
+
+def test_every_length_matches_onnxruntime(fp32_ranged):
+    """fp32 within 1e-5 of the output's range of ORT at lengths on and between the bucket sizes."""
+    m = edgecompile.load(fp32_ranged)
+    for length in (1, 3, 8, 13, 32):
+        feeds = _feeds(length, seed=length)
+        got, ref = m.run(feeds), ort_run(EXAMPLE_ONNX, feeds)
+        assert got["last_hidden_state"].shape == (1, length, 64)
+        for name in ("last_hidden_state", "pooled"):
+            assert_close(ref[name], got[name], rel=1e-5)
+
+
+def test_manifest_records_ranges_and_stores_weights_once(fp32_ranged, tmp_path):
+    manifest = json.loads((fp32_ranged / "manifest.json").read_text())
+    assert manifest["format_version"] == 3
+    assert manifest["inputs"][0]["ranges"] == [None, [1, 32]]
+    ranged = manifest["ranged"]
+    assert ranged["groups"]["seq"] == {"range": [1, 32], "buckets": [2, 4, 8, 16, 32]}
+    assert ranged["outputs"] == {"last_hidden_state": {"1": "seq"}}
+    assert len(ranged["builds"]) == 5
+    static = edgecompile.compile(EXAMPLE_ONNX, "native", tmp_path / "s", input_shapes={k: "1x32" for k in RANGE})
+    ratio = (fp32_ranged / "weights.bin").stat().st_size / (static / "weights.bin").stat().st_size
+    assert ratio <= 1.1, ratio  # only the position-embedding slices differ between builds
+
+
+def test_out_of_range_and_disagreeing_lengths_are_refused(fp32_ranged):
+    m = edgecompile.load(fp32_ranged)
+    with pytest.raises(InputMismatchError, match=r"input 'input_ids' has size 33 in dimension 1 .*1\.\.32"):
+        m.run(_feeds(33))
+    bad = {"input_ids": _feeds(8)["input_ids"], "attention_mask": _feeds(9)["attention_mask"]}
+    with pytest.raises(InputMismatchError, match="disagree on 'seq'"):
+        m.run(bad)
+    with pytest.raises(InputMismatchError, match="takes 2 "):
+        m.run({"input_ids": np.ones((1, 2, 8), np.int64), "attention_mask": np.ones((1, 2), np.int64)})
+
+
+def test_integer_only_padding_is_bit_exact(tmp_path):
+    """Calibrated on samples of several lengths; a length-8 input and the same input padded (mask
+    zero) to 11 run on different builds (8 and 16) and give the same integers' answer bit for bit."""
+    data = np.load(CALIB)
+    samples = [{k: v[i][:, : 8 + 3 * (i % 9)] for k, v in data.items()} for i in range(24)]
+    art = edgecompile.compile(
+        EXAMPLE_ONNX, "native", tmp_path / "io", input_shapes=RANGE, recipe="int8-integer-only",
+        calib=samples, buckets={"seq": [8, 16, 32]},
+    )  # fmt: skip
+    m = edgecompile.load(art)
+    exact = m.run(_feeds(8, seed=5))
+    padded = m.run(_feeds(8, seed=5, pad_to=11))
+    np.testing.assert_array_equal(padded["last_hidden_state"][:, :8], exact["last_hidden_state"])
+    np.testing.assert_array_equal(padded["pooled"], exact["pooled"])
+    ref = ort_run(EXAMPLE_ONNX, _feeds(8, seed=5))["pooled"]
+    cos = float((ref * exact["pooled"]).sum() / np.linalg.norm(ref) / np.linalg.norm(exact["pooled"]))
+    assert cos > 0.95, cos
+
+
+def test_calibration_samples_out_of_range_are_refused(tmp_path):
+    data = np.load(CALIB)
+    sample = {k: np.concatenate([v[0], v[1]], axis=1) for k, v in data.items()}  # 64 tokens
+    with pytest.raises(CalibrationError, match="calibration sample 0: input 'input_ids' has size 64"):
+        edgecompile.compile(
+            EXAMPLE_ONNX, "native", tmp_path / "c", input_shapes=RANGE, recipe="int8", calib=[sample]
+        )
+    assert not (tmp_path / "c").exists()
+
+
+def _unmasked_attention(path):
+    """x[1, seq, 8] -> softmax(x x^T) x: attends to every position, padding included."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["x", "xt"], ["s"]),
+        helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "x"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "unmasked", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "seq", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "seq", 8])],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_model_that_attends_to_its_padding_is_refused(tmp_path):
+    model = _unmasked_attention(tmp_path / "u.onnx")
+    with pytest.raises(InputSpecError, match="zero padding changes output 'y'"):
+        edgecompile.compile(model, "native", tmp_path / "u", input_shapes={"x": "1x1..16x8"})
+    assert not (tmp_path / "u").exists()
+    fixed = edgecompile.compile(model, "native", tmp_path / "f", input_shapes={"x": "1x16x8"})  # fixed still fine
+    assert fixed.exists()
