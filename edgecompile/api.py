@@ -60,10 +60,8 @@ def compile(  # noqa: A001 - the product's verb
     :class:`edgecompile.quant.plan.QuantResult` (per-layer sensitivity reuses it). An existing
     ``output`` is replaced only if it is an artifact with no files it does not list (``force``:
     even with them); ``sign`` names an Ed25519 private key (``edgecompile keygen``) to sign it with.
-
-    A range in ``input_shapes`` (``"1x1..256"``, or ``(1, (1, 256))``) makes a ranged artifact that
-    takes any size in it (:mod:`edgecompile.ranged`); ``buckets`` (``{"seq": [16, 64, 256]}``)
-    replaces a group's default bucket sizes."""
+    A range in ``input_shapes`` (``"1x1..256"``) makes a ranged artifact (:mod:`edgecompile.ranged`);
+    ``buckets`` (``{"seq": [16, 64, 256]}``) replaces a group's default bucket sizes."""
     from edgecompile.recipe import parse_recipe
     from edgecompile.targets import get_profile
 
@@ -71,36 +69,16 @@ def compile(  # noqa: A001 - the product's verb
     profile = get_profile(target).resolved()
     rec = parse_recipe(recipe)
     stages = checked_stages(rec, profile, calib, keep_float)
-    ranges = _ranges(model, input_shapes, buckets)
-    if ranges is not None:
-        from edgecompile.ranged.compile import check_supported
-
-        check_supported(profile, stages, example_inputs)
+    ranges = _ranges(model, input_shapes, buckets, profile, stages, example_inputs)
     out = Path(output) if output is not None else Path("build") / f"{_model_stem(model)}-{profile.name}"
     staging, seal = _prepare_output(out, force, sign)
+    steps = dict(say=say, calib_progress=calib_progress, on_quantized=on_quantized, tune=tune, tuning_db=tuning_db,
+                 tune_progress=tune_progress)  # fmt: skip
     try:
         if ranges is not None:
-            from edgecompile.ranged.compile import Job, compile_ranged
-
-            job = Job(
-                model, profile, rec, stages, input_dtypes, calib, say, calib_progress, on_quantized,
-                import_model=lambda m, shapes, dtypes: _import(m, shapes, dtypes, None, lambda _msg: None),
-                stage_context=stage_context,
-                apply_stages=apply_stages,
-                build=lambda mod, out_dir: _build(mod, profile, out_dir, tune, tuning_db, tune_progress, say, rec,
-                                                  write=False),
-                manifest=lambda imp, mod, built, sections: _tvm_manifest(imp, mod, rec, profile, built, tune, sections),
-            )  # fmt: skip
-            return seal(compile_ranged(job, ranges, staging))
-        imported = _import(model, input_shapes, input_dtypes, example_inputs, say)
-        if profile.runtime == "coreml":  # an ML Program through coremltools, not a TVM build
-            return seal(_coreml(imported, rec, stages, profile, staging, calib, keep_float, say, calib_progress))
-        ctx = stage_context(imported, profile, stages, calib, say, calib_progress)
-        mod, sections = apply_stages(imported.mod, stages, ctx)
-        if on_quantized is not None and "quant" in ctx.results:
-            on_quantized(ctx.results["quant"])
-        built = _build(mod, profile, staging, tune, tuning_db, tune_progress, say, rec)
-        return seal(_tvm_manifest(imported, mod, rec, profile, built, tune, sections))
+            return seal(_ranged(model, ranges, profile, rec, stages, staging, input_dtypes, calib, **steps))
+        shapes = (input_shapes, input_dtypes, example_inputs)
+        return seal(_fixed(model, shapes, profile, rec, stages, staging, calib, keep_float, **steps))
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -342,12 +320,44 @@ def _coreml(imported, rec, stages, profile, staging, calib, keep_float, say, cal
     return export_coreml(imported, mod, rec, profile, staging, lowrank=sections.get("lowrank"), progress=say)
 
 
+def _fixed(model, shapes, profile, rec, stages, staging, calib, keep_float, *, say, calib_progress, on_quantized,
+           tune, tuning_db, tune_progress):  # fmt: skip
+    """The manifest of a fixed-shape compile into ``staging``; ``shapes``: (input_shapes, input_dtypes,
+    example_inputs)."""
+    imported = _import(model, *shapes, say)
+    if profile.runtime == "coreml":  # an ML Program through coremltools, not a TVM build
+        return _coreml(imported, rec, stages, profile, staging, calib, keep_float, say, calib_progress)
+    ctx = stage_context(imported, profile, stages, calib, say, calib_progress)
+    mod, sections = apply_stages(imported.mod, stages, ctx)
+    if on_quantized is not None and "quant" in ctx.results:
+        on_quantized(ctx.results["quant"])
+    built = _build(mod, profile, staging, tune, tuning_db, tune_progress, say, rec)
+    return _tvm_manifest(imported, mod, rec, profile, built, tune, sections)
+
+
+def _ranged(model, ranges, profile, rec, stages, staging, input_dtypes, calib, *, say, calib_progress, on_quantized,
+            tune, tuning_db, tune_progress):  # fmt: skip
+    """The manifest of a ranged compile (:mod:`edgecompile.ranged.compile`), run with this module's steps."""
+    from edgecompile.ranged.compile import Job, compile_ranged
+
+    job = Job(
+        model, profile, rec, stages, input_dtypes, calib, say, calib_progress, on_quantized,
+        import_model=lambda m, shapes, dtypes: _import(m, shapes, dtypes, None, lambda _msg: None),
+        stage_context=stage_context,
+        apply_stages=apply_stages,
+        build=lambda mod, out_dir: _build(mod, profile, out_dir, tune, tuning_db, tune_progress, say, rec, write=False),
+        manifest=lambda imp, mod, built, sections: _tvm_manifest(imp, mod, rec, profile, built, tune, sections),
+    )  # fmt: skip
+    return compile_ranged(job, ranges, staging)
+
+
 def _shapes(input_shapes) -> dict:
     return {k: parse_shape(v) if isinstance(v, str) else tuple(v) for k, v in (input_shapes or {}).items()}
 
 
-def _ranges(model, input_shapes, buckets):
-    """The :class:`edgecompile.ranged.plan.RangePlan` of ``input_shapes`` when one has a range, else None."""
+def _ranges(model, input_shapes, buckets, profile, stages, example_inputs):
+    """The :class:`edgecompile.ranged.plan.RangePlan` of ``input_shapes`` when one has a range (checked
+    against what a ranged compile supports), else None."""
     from edgecompile.frontend.spec import is_ranged, parse_shape_spec
 
     parsed = {
@@ -358,9 +368,12 @@ def _ranges(model, input_shapes, buckets):
         if buckets:
             raise RecipeError("--buckets needs a ranged input shape (e.g. --input-shape input_ids=1x1..256)")
         return None
+    from edgecompile.ranged.compile import check_supported
     from edgecompile.ranged.plan import onnx_dim_names, range_plan
 
-    return range_plan(parsed, onnx_dim_names(model), buckets)
+    plan = range_plan(parsed, onnx_dim_names(model), buckets)
+    check_supported(profile, stages, example_inputs)
+    return plan
 
 
 def inspect_model(model, opset: int | None = None):

@@ -319,6 +319,9 @@ def io_spec(manifest: dict) -> str:
     ``input|output NAME DTYPE DIM...``, inputs with a ``valid_range`` ending in ``range LO HI``; then,
     for an artifact with a weights file, ``weights FILE BYTES`` and one ``weight DTYPE OFFSET DIM...``
     per tensor ``main`` takes after the inputs (the manifest's ``weights`` section).
+    A ranged artifact's native runner runs its largest build (the shapes io.txt lists: pad inputs
+    with zeros to them, as the Python runtime does for you); bundle it with ``--python`` for a runtime
+    that picks the smallest build that holds each input.
     NAME is the tensor's file name for ``run_model`` (IN_DIR/NAME.bin, OUT_DIR/NAME.bin): the model's
     name where it is a plain file name, else :func:`file_name` of it (``/encoder/out`` ->
     ``_encoder_out``), made unique."""
@@ -335,7 +338,12 @@ def io_spec(manifest: dict) -> str:
     weights = manifest.get("weights")
     if weights:
         lines.append(f"weights {weights['file']} {weights['bytes']}")
-        for t in weights["tensors"]:
+        tensors = weights["tensors"]
+        ranged = manifest.get("ranged")
+        if ranged:  # the library run_model loads is the largest build: its own tensors, in its order
+            top = next(b for b in ranged["builds"] if b["library"] == manifest["library"])
+            tensors = [tensors[k] for k in top["weights"]]
+        for t in tensors:
             lines.append(" ".join(["weight", t["dtype"], str(t["offset"]), *map(str, t["shape"])]))
     return "\n".join(lines) + "\n"
 

@@ -33,7 +33,7 @@ from edgecompile.cli.views import (
     out,
     print_profile,
 )
-from edgecompile.errors import InputMismatchError, InputSpecError
+from edgecompile.errors import InputMismatchError
 
 app = typer.Typer(
     name="edgecompile",
@@ -43,6 +43,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+BUCKETS_HELP = ("Sizes a ranged dimension is built for, GROUP=S1,S2,... (GROUP: its name in the model, e.g. seq; must "
+                "include the range's upper end) [default: powers of two down from it, at most 5].")  # fmt: skip
 
 
 @app.command("compile")
@@ -61,18 +65,11 @@ def compile_cmd(
         list[str] | None,
         typer.Option(
             "--input-shape",
-            help="Shape of an input, NAME=1x128; repeat per input. Required for symbolic dimensions. A range "
-            "LO..HI (NAME=1x1..256) makes one artifact that takes any size in it.",
+            help="Shape of an input, NAME=1x128; repeat per input. Required for symbolic dimensions. A range LO..HI "
+            "(NAME=1x1..256) makes one artifact that takes any size in it.",
         ),
     ] = None,
-    buckets: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--buckets",
-            help="Sizes a ranged dimension is built for, GROUP=S1,S2,... (GROUP: its name in the model, e.g. seq; "
-            "must include the range's upper end) [default: powers of two down from it, at most 5].",
-        ),
-    ] = None,
+    buckets: Annotated[list[str] | None, typer.Option("--buckets", help=BUCKETS_HELP)] = None,
     input_dtype: Annotated[
         list[str] | None, typer.Option("--input-dtype", help="Override an input dtype, NAME=int32; repeat per input.")
     ] = None,
@@ -121,11 +118,11 @@ def compile_cmd(
     import time
 
     from edgecompile.api import compile as compile_model
-    from edgecompile.frontend.spec import parse_assignments
+    from edgecompile.frontend.spec import parse_assignments, parse_sizes
 
     shapes = parse_assignments(input_shape, "--input-shape")
     dtypes = parse_assignments(input_dtype, "--input-dtype")
-    sizes = {g: _sizes(v) for g, v in parse_assignments(buckets, "--buckets").items()}
+    sizes = {g: parse_sizes(v) for g, v in parse_assignments(buckets, "--buckets").items()}
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
     t0 = time.perf_counter()
@@ -186,14 +183,6 @@ def compile_cmd(
             f"no cross compiler found: link on a machine with the toolchain: {manifest['link_command']}",
             highlight=False,
         )
-
-
-def _sizes(text: str) -> list[int]:
-    """``16,64,256`` -> ``[16, 64, 256]``."""
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise InputSpecError(f"malformed bucket sizes '{text}': write GROUP=16,64,256") from None
 
 
 def _runtime_only() -> None:
@@ -303,11 +292,7 @@ def bench_cmd(
     ] = False,
     input_shape: Annotated[
         list[str] | None,
-        typer.Option(
-            "--input-shape",
-            help="Time a ranged artifact at one size, NAME=1x16 (the other inputs of its group follow; random "
-            "inputs of that shape).",
-        ),
+        typer.Option("--input-shape", help="Time a ranged artifact at one size, NAME=1x16 (its group follows)."),
     ] = None,
     trusted_key: TrustedKeyOption = None,
     require_signature: RequireSignatureOption = False,

@@ -69,6 +69,14 @@ def parse_shape_spec(text: str) -> tuple[Dim, ...]:
     return tuple(dims)
 
 
+def parse_sizes(text: str) -> list[int]:
+    """``16,64,256`` (the sizes of ``--buckets GROUP=...``) -> ``[16, 64, 256]``."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise InputSpecError(f"malformed bucket sizes '{text}': write GROUP=16,64,256") from None
+
+
 def is_ranged(shape) -> bool:
     """Whether a parsed shape has a ``(lo, hi)`` range."""
     return any(isinstance(d, tuple) for d in shape)

@@ -151,3 +151,19 @@ def test_cli_package_lists_sizes_and_refuses_bad_requests(int8_artifact, tmp_pat
     with pytest.raises(ArtifactError, match="not a bundle"):
         make_bundle(int8_artifact, tmp_path / "keep")
     assert (tmp_path / "keep" / "notes.txt").read_text() == "mine"
+
+
+def test_ranged_native_bundle_runs_the_largest_build(tmp_path):
+    """The native runner of a ranged artifact runs its largest build: inputs zero-padded to the top
+    length give the Python runtime's answer for the unpadded input, bit for bit (integer-only)."""
+    shapes = {"input_ids": "1x1..32", "attention_mask": "1x1..32"}
+    art = edgecompile.compile(EXAMPLE_ONNX, "native", tmp_path / "art", input_shapes=shapes, recipe="int8-integer-only",
+                              calib=CALIB, buckets={"seq": [16, 32]})  # fmt: skip
+    bundle = make_bundle(art, tmp_path / "bundle")
+    assert (bundle.root / "model" / "model.seq16.so").is_file()
+    feeds = {k: v[:, :20] for k, v in np.load(EXAMPLE_INPUTS).items()}
+    expected = edgecompile.load(art).run(feeds)
+    padded = {k: np.pad(v, ((0, 0), (0, 12))) for k, v in feeds.items()}
+    got = run_native(bundle.root, padded, tmp_path / "io")
+    np.testing.assert_array_equal(got["last_hidden_state"][:, :20], expected["last_hidden_state"])
+    np.testing.assert_array_equal(got["pooled"], expected["pooled"])
