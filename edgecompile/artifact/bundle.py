@@ -14,6 +14,17 @@ OUT_DIR/NAME.bin per output (raw C-order arrays). ``model/io.txt`` lists them, o
     weights FILE BYTES                        the weights file (model/weights.bin), memory-mapped
     weight DTYPE OFFSET DIM...                one per weight tensor, in the order main takes them
 
+A ranged artifact (``--input-shape input_ids=1x1..256``) adds, after them::
+
+    group NAME LO HI                          a ranged dimension's range ("group seq 1 256")
+    axis input|output NAME AXIS GROUP         an axis that follows it ("axis input input_ids 1 seq")
+    build LIB GROUP=SIZE... weights IDX...    one build: its library, its sizes, its weight tensors
+                                              (indices into the weight lines, in the order it takes them)
+
+and ``run_model`` reads each group's size off the input files' byte counts (one ranged axis per
+input), runs the smallest build that holds them on the inputs zero-padded to its sizes, and writes
+the outputs cut back to them; an input file whose size fits no length in range exits 2.
+
 NAME is the tensor's name, or where that cannot be one file name (``/encoder/out``), the plain name
 io.txt gives it (``_encoder_out``: :func:`file_name`). ``range LO HI`` is the input's inclusive
 ``valid_range`` from the manifest (integer inputs that index a table, e.g. token ids); a reader that
@@ -319,17 +330,20 @@ def io_spec(manifest: dict) -> str:
     ``input|output NAME DTYPE DIM...``, inputs with a ``valid_range`` ending in ``range LO HI``; then,
     for an artifact with a weights file, ``weights FILE BYTES`` and one ``weight DTYPE OFFSET DIM...``
     per tensor ``main`` takes after the inputs (the manifest's ``weights`` section).
-    A ranged artifact's native runner runs its largest build (the shapes io.txt lists: pad inputs
-    with zeros to them, as the Python runtime does for you); bundle it with ``--python`` for a runtime
-    that picks the smallest build that holds each input.
+    A ranged artifact adds ``group NAME LO HI``, ``axis input|output NAME AXIS GROUP`` (the axes that
+    follow a group) and ``build LIB GROUP=SIZE... weights IDX...`` (each build's library and its
+    weight tensors, indices into the ``weight`` lines) lines: ``run_model`` reads each group's size
+    off the input files' byte counts, runs the smallest build that holds them (zero-padded) and writes
+    the outputs cut back to those sizes.
     NAME is the tensor's file name for ``run_model`` (IN_DIR/NAME.bin, OUT_DIR/NAME.bin): the model's
     name where it is a plain file name, else :func:`file_name` of it (``/encoder/out`` ->
     ``_encoder_out``), made unique."""
-    lines, used = [], set()
+    lines, used, names = [], set(), {}
     for kind, key in (("input", "inputs"), ("output", "outputs")):
         for t in manifest[key]:
             name = file_name(t["name"], used)
             used.add(name)
+            names[kind, t["name"]] = name
             words = [kind, name, t["dtype"], *map(str, t["shape"])]
             if kind == "input" and t.get("valid_range") is not None:
                 lo, hi = t["valid_range"]
@@ -338,14 +352,25 @@ def io_spec(manifest: dict) -> str:
     weights = manifest.get("weights")
     if weights:
         lines.append(f"weights {weights['file']} {weights['bytes']}")
-        tensors = weights["tensors"]
-        ranged = manifest.get("ranged")
-        if ranged:  # the library run_model loads is the largest build: its own tensors, in its order
-            top = next(b for b in ranged["builds"] if b["library"] == manifest["library"])
-            tensors = [tensors[k] for k in top["weights"]]
-        for t in tensors:
+        for t in weights["tensors"]:
             lines.append(" ".join(["weight", t["dtype"], str(t["offset"]), *map(str, t["shape"])]))
+    if manifest.get("ranged"):
+        lines += _ranged_lines(manifest, names)
     return "\n".join(lines) + "\n"
+
+
+def _ranged_lines(manifest: dict, names: dict) -> list[str]:
+    """io.txt's ``group``, ``axis`` and ``build`` lines of a ranged artifact (group names made plain)."""
+    ranged = manifest["ranged"]
+    plain = {g: "".join(c if c.isalnum() or c in "_-.:" else "_" for c in g) for g in ranged["groups"]}
+    lines = [f"group {plain[g]} {e['range'][0]} {e['range'][1]}" for g, e in ranged["groups"].items()]
+    lines += [f"axis input {names['input', d['input']]} {d['axis']} {plain[d['group']]}" for d in ranged["dims"]]
+    for out, axes in ranged.get("outputs", {}).items():
+        lines += [f"axis output {names['output', out]} {axis} {plain[g]}" for axis, g in axes.items()]
+    for b in ranged["builds"]:
+        sizes = " ".join(f"{plain[g]}={n}" for g, n in b["sizes"].items())
+        lines.append(f"build {b['library']} {sizes} weights {' '.join(map(str, b['weights']))}".rstrip())
+    return lines
 
 
 def file_name(name: str, used: set[str] = frozenset()) -> str:

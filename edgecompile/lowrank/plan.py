@@ -63,6 +63,18 @@ class LowRankResult:
     method: str
     samples: int
     model_error: dict = field(default_factory=dict)
+    factors: dict = field(default_factory=dict, repr=False)  # site name -> (P, Q)
+    layers_option: str = "ffn"
+
+    def retarget(self, mod: tvm.IRModule) -> tvm.IRModule:
+        """The same factorization of ``mod``: the model imported at other static input shapes (a
+        bucket of a ranged artifact, :mod:`edgecompile.ranged`); sites are matched by name."""
+        mod = PatchifyConv()(relax.transform.FoldConstant()(mod))
+        sites = {s.name: s for s in find_sites(mod["main"], self.layers_option)}
+        if not set(self.factors) <= set(sites):
+            raise RecipeError("lowrank: the model's layers differ between the bucket sizes of its ranged inputs")
+        factors = {sites[name].binding.var: pq for name, pq in self.factors.items()}
+        return carry_functions(tvm.IRModule({"main": factorize_function(mod["main"], factors)}), mod)
 
     def to_json(self, config: LowRankOptions) -> dict:
         before = sum(r["params_before"] for r in self.layers)
@@ -115,7 +127,8 @@ def lowrank_model(mod: tvm.IRModule, ctx: StageContext, options: LowRankOptions)
     out = carry_functions(tvm.IRModule({"main": out_func}), mod)
     rows = [search.row(s, ranks[s.name]) for s in sites]
     model_error = search.model_error(factors) if samples else {}
-    return LowRankResult(out, rows, method, len(samples), model_error)
+    by_name = {s.name: factors[s.binding.var] for s in sites if s.binding.var in factors}
+    return LowRankResult(out, rows, method, len(samples), model_error, by_name, options.layers)
 
 
 def _spectra(func, sites: list[Site], xs: list, samples: list[dict], names: list[str], build, say):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ import numpy as np
 
 from edgecompile.errors import CalibrationError, InputSpecError, RecipeError
 from edgecompile.ranged.plan import RangePlan
+
+REPLAYED = ("quantization", "lowrank")  # stages whose plan replays on every build
 
 
 def check_supported(profile, stages, example_inputs) -> None:
@@ -24,10 +27,10 @@ def check_supported(profile, stages, example_inputs) -> None:
     if example_inputs is not None:
         raise InputSpecError("ranged input shapes are given with input_shapes, not example_inputs")
     for stage, _ in stages:
-        if (stage.needs_calib or stage.uses_calib) and stage.manifest_key != "quantization":
+        if (stage.needs_calib or stage.uses_calib) and stage.manifest_key not in REPLAYED:
             raise RecipeError(
                 f"{stage.preset} learns its plan at one input length; with ranged inputs use fp32, fp16, bf16, "
-                "int8 or int8-integer-only, or compile a fixed shape"
+                "lowrank, int8 or int8-integer-only, or compile a fixed shape"
             )
 
 
@@ -98,6 +101,20 @@ def output_axes(plan: RangePlan, combos: list[dict], outputs: list[list]) -> dic
     return follows
 
 
+def strip_debug(path: Path, profile) -> bool:
+    """Drop the DWARF sections TVM's LLVM codegen writes into ``path`` (about 40% of a build's
+    library, read by nothing at run time: the VM finds its functions through the dynamic symbols,
+    and ``.symtab`` stays for profilers). A ranged artifact holds one library per build, so this
+    keeps it near the static artifact's size. Needs binutils' ``strip`` for the target (the cross
+    compiler's, ``aarch64-linux-gnu-strip``); without one the library is left as it is."""
+    tools = ["strip"] if profile.is_host_arch else []
+    tools += [cc[: -len("gcc")] + "strip" for cc in profile.cross_cc if cc.endswith("gcc")]
+    tool = next((t for t in tools if shutil.which(t)), None)
+    if tool is None or path.suffix != ".so":
+        return False
+    return subprocess.run([tool, "--strip-debug", str(path)], capture_output=True).returncode == 0
+
+
 def move_library(built, staging: Path, tag: str) -> str:
     """Move a build's library out of its scratch directory into ``staging`` as ``model.TAG.so``."""
     src = Path(built.library.file)
@@ -109,10 +126,13 @@ def move_library(built, staging: Path, tag: str) -> str:
 
 def replay_stages(mod, stages, ctx, apply_stages):
     """``mod`` (another build's import) through the stages already planned on the largest build:
-    quantization re-applies that calibration; the other stages (fp16, bf16) are deterministic."""
+    quantization re-applies that calibration, lowrank those factors (the ranks chosen at the largest
+    build's length); the other stages (fp16, bf16) are deterministic."""
     for stage, options in stages:
         if stage.manifest_key == "quantization":
             mod = ctx.results["quant"].calibration.retarget(mod).rewrite()
+        elif stage.manifest_key == "lowrank":
+            mod = ctx.results["lowrank"].retarget(mod)
         else:
             mod = apply_stages(mod, [(stage, options)], ctx)[0]
     return mod
@@ -166,6 +186,7 @@ def compile_ranged(job, plan: RangePlan, staging: Path):
         job.say(f"building {build_tag(combo)}")
         built = job.build(mod, scratch)
         libraries.append(built.library.file.name if last else move_library(built, staging, build_tag(combo)))
+        strip_debug(staging / libraries[-1], job.profile)
         builds.append(built)
     union, lists = share_weights([b.arrays for b in builds])
     section = write_weights(union, staging)

@@ -55,6 +55,15 @@ def test_integer_only_keeps_spam_accuracy(rows, recipe, cosine):
     assert io.agreement >= 97.0
 
 
+def test_each_email_at_its_own_length_gives_the_padded_answer(tmp_path):
+    """The example's variable-length run: one ranged fp32 artifact fed every test email at its own
+    token length embeds them as the static artifact does with padding to 128 (fp32: the padded keys
+    have exactly zero attention weight; only the order of float sums differs)."""
+    out = run.own_lengths("small", tmp_path, say=print)
+    assert out["emails"] == 400 and out["mean_tokens"] < 128
+    assert out["cosine_min"] >= 0.99999, out
+
+
 def test_corpus_split_is_the_documented_one():
     split = data.splits("small")
     assert [len(split[k][1]) for k in ("train", "test", "calib")] == [600, 400, 128]

@@ -283,6 +283,25 @@ def test_device_bundle_runs_on_aarch64(tmp_path_factory, tmp_path, dotprod_profi
     compare(recipe, [ref], [got])
 
 
+def test_ranged_artifact_runs_each_length_on_aarch64(tmp_path, dotprod_profile):
+    """One ranged integer-only artifact cross-built for aarch64 (dotprod) takes lengths 5 and 20
+    under qemu-aarch64 (our Python runtime picks the build and pads) and gives the ranged x86 build's
+    outputs bit for bit."""
+    shapes = {"input_ids": "1x1..32", "attention_mask": "1x1..32"}
+    recipe = "int8-integer-only:samples=16"
+    built = {
+        t: edgecompile.compile(EXAMPLE_ONNX, target=t, output=tmp_path / Path(t).stem, input_shapes=shapes,
+                               recipe=recipe, calib=CALIB, buckets={"seq": [16, 32]})
+        for t in ("native", str(dotprod_profile))
+    }  # fmt: skip
+    data = np.load(EXAMPLE_ONNX.parent / "tiny_bert_inputs.npz")
+    samples = [{k: np.ascontiguousarray(v[:, :n]) for k, v in data.items()} for n in (5, 20)]
+    _facts, results = run_on_aarch64([built[str(dotprod_profile)]], samples, tmp_path)
+    got = results[built[str(dotprod_profile)].name]
+    assert [g["last_hidden_state"].shape for g in got] == [(1, 5, 64), (1, 20, 64)]
+    compare(recipe, run_on_x86(built["native"], samples), got)
+
+
 # 45-60 s of compiles and the emulated run, plus the digits fixture (training: 18-100 s here): with it the
 # file took 2.2-4.4 min on this 2-core machine, without it about 75 s.
 @pytest.mark.slow

@@ -8,6 +8,13 @@
 //   output NAME DTYPE DIM...
 //   weights FILE BYTES                (artifacts with a weights file: at most one such line)
 //   weight DTYPE OFFSET DIM...        (one per weight tensor, in the order the model takes them)
+//   group NAME LO HI                  (a ranged artifact: a dimension that takes any size in LO..HI)
+//   axis input|output NAME AXIS GROUP (an axis of a tensor that follows the group)
+//   build LIB GROUP=SIZE... weights IDX...  (a ranged artifact's builds: library, sizes, weight tensors)
+//
+// A ranged artifact's run reads each group's size off the input files' byte counts (one ranged axis
+// per input), loads the smallest build that holds them, zero-pads the inputs to its sizes and writes
+// the outputs cut back to the real sizes.
 //
 // (DIMs are non-negative integers, none for a scalar; "range LO HI", for integer inputs that index
 // a table such as token ids into a vocabulary, gives the inclusive bounds the model accepts; blank
@@ -72,6 +79,22 @@ struct Weights {
   uint64_t bytes = 0;
   std::vector<Spec> tensors;  // name unused; offset in lo
   bool present = false;
+};
+
+// A ranged artifact (io.txt "group", "axis" and "build" lines): the builds, each a library taking the
+// inputs at its group sizes and its own weight tensors (indices into the "weight" lines).
+struct Build {
+  std::string library;
+  std::vector<std::pair<std::string, int64_t>> sizes;  // group -> size
+  std::vector<size_t> weights;
+};
+
+struct Ranged {
+  std::vector<std::pair<std::string, std::pair<int64_t, int64_t>>> groups;  // name -> (lo, hi)
+  struct Axis { bool input; std::string tensor; size_t axis; std::string group; };
+  std::vector<Axis> axes;
+  std::vector<Build> builds;
+  bool present() const { return !builds.empty(); }
 };
 
 struct CPUAlloc {
@@ -159,15 +182,53 @@ static std::string ParseWeightsLine(const std::vector<std::string>& tok, Weights
   return "";
 }
 
+// A "group NAME LO HI", "axis input|output TENSOR AXIS GROUP" or "build LIB GROUP=SIZE... weights IDX..."
+// line into *r.
+static std::string ParseRangedLine(const std::vector<std::string>& tok, Ranged* r) {
+  int64_t a, b;
+  if (tok[0] == "group") {
+    if (tok.size() != 4 || !PlainFileName(tok[1]) || !ParseInt(tok[2], &a) || !ParseInt(tok[3], &b) || a < 1 || a > b) {
+      return "expected 'group NAME LO HI' (1 <= LO <= HI)";
+    }
+    r->groups.push_back({tok[1], {a, b}});
+    return "";
+  }
+  if (tok[0] == "axis") {
+    if (tok.size() != 5 || (tok[1] != "input" && tok[1] != "output") || !ParseInt(tok[3], &a) || a < 0) {
+      return "expected 'axis input|output TENSOR AXIS GROUP'";
+    }
+    r->axes.push_back({tok[1] == "input", tok[2], static_cast<size_t>(a), tok[4]});
+    return "";
+  }
+  Build build;  // "build"
+  if (tok.size() < 3 || !PlainFileName(tok[1])) return "expected 'build LIB GROUP=SIZE... weights IDX...'";
+  build.library = tok[1];
+  size_t i = 2;
+  for (; i < tok.size() && tok[i] != "weights"; ++i) {
+    size_t eq = tok[i].find('=');
+    if (eq == std::string::npos || !ParseInt(tok[i].substr(eq + 1), &a) || a < 1) return "bad build size '" + tok[i] + "'";
+    build.sizes.push_back({tok[i].substr(0, eq), a});
+  }
+  for (++i; i < tok.size(); ++i) {
+    if (!ParseInt(tok[i], &a) || a < 0) return "bad weight index '" + tok[i] + "'";
+    build.weights.push_back(static_cast<size_t>(a));
+  }
+  r->builds.push_back(build);
+  return "";
+}
+
 // One line of io.txt; "" when it is well formed, else what is wrong with it.
-static std::string ParseLine(const std::string& line, std::string* kind, Spec* spec, Weights* w) {
+static std::string ParseLine(const std::string& line, std::string* kind, Spec* spec, Weights* w, Ranged* r) {
   std::istringstream ss(line);
   std::vector<std::string> tok;
   for (std::string t; ss >> t;) tok.push_back(t);
   if (tok.size() < 3) return "expected 'input|output NAME DTYPE DIM...'";
   *kind = tok[0];
   if (*kind == "weights" || *kind == "weight") return ParseWeightsLine(tok, w);
-  if (*kind != "input" && *kind != "output") return "unknown kind '" + *kind + "' (input, output, weights, weight)";
+  if (*kind == "group" || *kind == "axis" || *kind == "build") return ParseRangedLine(tok, r);
+  if (*kind != "input" && *kind != "output") {
+    return "unknown kind '" + *kind + "' (input, output, weights, weight, group, axis, build)";
+  }
   spec->name = tok[1];
   if (!PlainFileName(spec->name)) return "name '" + spec->name + "' is not a plain file name";
   spec->dtype_name = tok[2];
@@ -186,7 +247,8 @@ static std::string ParseLine(const std::string& line, std::string* kind, Spec* s
   return "";
 }
 
-static void ReadIoTxt(const std::string& path, std::vector<Spec>* inputs, std::vector<Spec>* outputs, Weights* w) {
+static void ReadIoTxt(const std::string& path, std::vector<Spec>* inputs, std::vector<Spec>* outputs, Weights* w,
+                      Ranged* r) {
   struct stat st;
   if (stat(path.c_str(), &st) != 0) Fail("cannot read " + path + ": " + std::strerror(errno));
   if (!S_ISREG(st.st_mode)) Fail(path + " is not a regular file");
@@ -198,7 +260,7 @@ static void ReadIoTxt(const std::string& path, std::vector<Spec>* inputs, std::v
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     std::string kind;
     Spec spec;
-    std::string err = ParseLine(line, &kind, &spec, w);
+    std::string err = ParseLine(line, &kind, &spec, w, r);
     if (!err.empty()) Fail("malformed io.txt line " + std::to_string(number) + ": " + err);
     if (kind == "input" || kind == "output") (kind == "input" ? inputs : outputs)->push_back(spec);
   }
@@ -323,6 +385,125 @@ static std::vector<ffi::Tensor> MapWeights(const Weights& w, const std::string& 
   return out;
 }
 
+// io.txt's ranged lines refer to its groups, tensors and weights, one ranged axis per input.
+static void CheckRanged(const Ranged& r, const std::vector<Spec>& inputs, const std::vector<Spec>& outputs,
+                        const Weights& w) {
+  auto group = [&](const std::string& g) {
+    for (size_t i = 0; i < r.groups.size(); ++i) if (r.groups[i].first == g) return static_cast<int>(i);
+    return -1;
+  };
+  std::vector<int> per_input(inputs.size(), 0);
+  for (const auto& a : r.axes) {
+    const std::vector<Spec>& list = a.input ? inputs : outputs;
+    auto it = std::find_if(list.begin(), list.end(), [&](const Spec& s) { return s.name == a.tensor; });
+    if (it == list.end() || a.axis >= it->shape.size() || group(a.group) < 0) {
+      Fail("malformed io.txt: axis line for '" + a.tensor + "' names no such tensor, axis or group");
+    }
+    if (a.input && ++per_input[it - list.begin()] > 1) {
+      Fail("input '" + a.tensor + "' has more than one ranged dimension: run_model takes one per input "
+           "(use the Python runtime, run.py)");
+    }
+  }
+  for (const Build& b : r.builds) {
+    if (b.sizes.size() != r.groups.size()) Fail("malformed io.txt: build " + b.library + " does not size every group");
+    for (const auto& [g, n] : b.sizes) {
+      int k = group(g);
+      if (k < 0 || n < r.groups[k].second.first || n > r.groups[k].second.second) {
+        Fail("malformed io.txt: build " + b.library + " has size " + g + "=" + std::to_string(n) + " outside its group");
+      }
+    }
+    for (size_t i : b.weights) {
+      if (i >= w.tensors.size()) Fail("malformed io.txt: build " + b.library + " names weight " + std::to_string(i));
+    }
+  }
+}
+
+// The size of each group (in Ranged::groups order), read off the input files' byte counts.
+static std::vector<int64_t> GroupSizes(const Ranged& r, const std::vector<Spec>& inputs, const std::string& in_dir) {
+  std::vector<int64_t> sizes(r.groups.size(), -1);
+  std::vector<std::string> from(r.groups.size());
+  for (const auto& a : r.axes) {
+    if (!a.input) continue;
+    const Spec& s = *std::find_if(inputs.begin(), inputs.end(), [&](const Spec& x) { return x.name == a.tensor; });
+    size_t k = 0;
+    while (r.groups[k].first != a.group) ++k;
+    const auto [lo, hi] = r.groups[k].second;
+    std::string path = in_dir + "/" + s.name + ".bin";
+    struct stat st;
+    if (stat(path.c_str(), &st) != 0) Fail("input '" + s.name + "': cannot read " + path + ": " + std::strerror(errno));
+    uint64_t unit = s.shape[a.axis] ? s.bytes / s.shape[a.axis] : 0;
+    uint64_t n = unit ? static_cast<uint64_t>(st.st_size) / unit : 0;
+    if (!unit || n * unit != static_cast<uint64_t>(st.st_size) || static_cast<int64_t>(n) < lo ||
+        static_cast<int64_t>(n) > hi) {
+      Fail("input '" + s.name + "': " + path + " holds " + std::to_string(st.st_size) + " bytes, not " +
+           std::to_string(unit) + " per step of dimension " + std::to_string(a.axis) + " ('" + a.group +
+           "') for a size in " + std::to_string(lo) + ".." + std::to_string(hi));
+    }
+    if (sizes[k] >= 0 && sizes[k] != static_cast<int64_t>(n)) {
+      Fail("inputs '" + from[k] + "' and '" + s.name + "' disagree on '" + a.group + "': " + std::to_string(sizes[k]) +
+           " vs " + std::to_string(n));
+    }
+    sizes[k] = static_cast<int64_t>(n), from[k] = s.name;
+  }
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    if (sizes[k] < 0) Fail("malformed io.txt: no input has the ranged dimension '" + r.groups[k].first + "'");
+  }
+  return sizes;
+}
+
+// The smallest build (by the product of its sizes) whose every group size holds ``sizes``.
+static const Build& PickBuild(const Ranged& r, const std::vector<int64_t>& sizes) {
+  const Build* best = nullptr;
+  double best_cost = 0;
+  for (const Build& b : r.builds) {
+    bool holds = true;
+    double cost = 1;
+    for (size_t k = 0; k < r.groups.size(); ++k) {
+      for (const auto& [g, n] : b.sizes) {
+        if (g == r.groups[k].first) holds = holds && n >= sizes[k], cost *= static_cast<double>(n);
+      }
+    }
+    if (holds && (!best || cost < best_cost)) best = &b, best_cost = cost;
+  }
+  if (!best) Fail("malformed io.txt: no build holds the inputs");
+  return *best;
+}
+
+// The shape of ``s`` with its ranged axes at ``sizes`` (Ranged::groups order) or at the build's sizes.
+static std::vector<int64_t> ShapeAt(const Ranged& r, const Spec& s, bool input, const std::vector<int64_t>& sizes) {
+  std::vector<int64_t> shape = s.shape;
+  for (const auto& a : r.axes) {
+    if (a.input != input || a.tensor != s.name) continue;
+    for (size_t k = 0; k < r.groups.size(); ++k) if (r.groups[k].first == a.group) shape[a.axis] = sizes[k];
+  }
+  return shape;
+}
+
+static std::vector<int64_t> BuildSizes(const Ranged& r, const Build& b) {
+  std::vector<int64_t> out(r.groups.size());
+  for (size_t k = 0; k < r.groups.size(); ++k) {
+    for (const auto& [g, n] : b.sizes) if (g == r.groups[k].first) out[k] = n;
+  }
+  return out;
+}
+
+// Copy the box [0, box) of ``src`` (shape ``ss``) into ``dst`` (shape ``ds``), C order, ``item`` bytes each.
+static void CopyBox(const char* src, const std::vector<int64_t>& ss, char* dst, const std::vector<int64_t>& ds,
+                    const std::vector<int64_t>& box, size_t item, size_t dim = 0) {
+  if (box.empty()) return (void)std::memcpy(dst, src, item);
+  size_t s_stride = item, d_stride = item;
+  for (size_t k = dim + 1; k < box.size(); ++k) s_stride *= ss[k], d_stride *= ds[k];
+  if (dim + 1 == box.size()) return (void)std::memcpy(dst, src, box[dim] * item);
+  for (int64_t i = 0; i < box[dim]; ++i) CopyBox(src + i * s_stride, ss, dst + i * d_stride, ds, box, item, dim + 1);
+}
+
+static ffi::Tensor Zeros(const std::vector<int64_t>& shape, DLDataType dtype) {
+  ffi::Tensor t = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::ShapeView(shape.data(), shape.size()), dtype,
+                                           DLDevice{kDLCPU, 0});
+  std::memset(t.data_ptr(), 0, ffi::GetDataSize(*t.GetDLTensorPtr()));
+  return t;
+}
+
 // This process's peak resident set in KiB (VmHWM: Linux and Android), or -1 where /proc is not there.
 // Not getrusage's ru_maxrss: that counts the parent's pages from before exec.
 static long PeakRssKiB() {
@@ -352,8 +533,16 @@ int main(int argc, char** argv) {
   }
   std::vector<Spec> inputs, outputs;
   Weights weights;
-  ReadIoTxt(model_dir + "/io.txt", &inputs, &outputs, &weights);
-  std::string so = model_dir + "/model.so";
+  Ranged ranged;
+  ReadIoTxt(model_dir + "/io.txt", &inputs, &outputs, &weights, &ranged);
+  std::vector<int64_t> sizes;  // a ranged artifact: each group's size in these inputs
+  const Build* build = nullptr;
+  if (ranged.present()) {
+    CheckRanged(ranged, inputs, outputs, weights);
+    sizes = GroupSizes(ranged, inputs, in_dir);
+    build = &PickBuild(ranged, sizes);
+  }
+  std::string so = model_dir + "/" + (build ? build->library : std::string("model.so"));
   struct stat st;
   if (lstat(so.c_str(), &st) != 0) Fail("cannot read " + so + ": " + std::strerror(errno));
   if (!S_ISREG(st.st_mode)) Fail(so + " is not a regular file inside " + model_dir + " (a symlink?): refused");
@@ -362,9 +551,29 @@ int main(int argc, char** argv) {
   if (access(out_dir.c_str(), W_OK) != 0) Fail("output directory " + out_dir + " is not writable");
   try {
     std::vector<ffi::Any> args;
-    for (const Spec& s : inputs) args.push_back(ReadInput(s, in_dir));
+    for (const Spec& s : inputs) {
+      if (!build) {
+        args.push_back(ReadInput(s, in_dir));
+        continue;
+      }
+      Spec actual = s;  // the shape the file holds, zero-padded into the build's shape
+      actual.shape = ShapeAt(ranged, s, true, sizes);
+      actual.bytes = s.dtype.bits / 8;
+      for (int64_t d : actual.shape) actual.bytes *= d;
+      ffi::Tensor read = ReadInput(actual, in_dir);
+      std::vector<int64_t> into = ShapeAt(ranged, s, true, BuildSizes(ranged, *build));
+      ffi::Tensor padded = Zeros(into, s.dtype);
+      CopyBox(static_cast<const char*>(read.data_ptr()), actual.shape, static_cast<char*>(padded.data_ptr()), into,
+              actual.shape, s.dtype.bits / 8);
+      args.push_back(padded);
+    }
     auto t_load = std::chrono::steady_clock::now();
-    for (ffi::Tensor& t : MapWeights(weights, model_dir)) args.push_back(t);
+    std::vector<ffi::Tensor> mapped = MapWeights(weights, model_dir);
+    if (build) {
+      for (size_t i : build->weights) args.push_back(mapped[i]);
+    } else {
+      for (ffi::Tensor& t : mapped) args.push_back(t);
+    }
     ffi::Module lib = ffi::Module::LoadFromFile(so);
     ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
     // device type, id, allocator (2: pooled) for the model's device, then for the host
@@ -383,7 +592,18 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < results.size(); ++i) {
       std::string path = out_dir + "/" + outputs[i].name + ".bin";
       std::ofstream f(path, std::ios::binary);
-      f.write(static_cast<const char*>(results[i].data_ptr()), ffi::GetDataSize(*results[i].GetDLTensorPtr()));
+      const DLTensor* t = results[i].GetDLTensorPtr();
+      if (build) {  // cut the ranged axes back to the inputs' sizes
+        std::vector<int64_t> got(t->shape, t->shape + t->ndim), want = ShapeAt(ranged, outputs[i], false, sizes);
+        for (size_t d = 0; d < want.size() && d < got.size(); ++d) want[d] = std::min(want[d], got[d]);
+        size_t item = (t->dtype.bits * t->dtype.lanes + 7) / 8, n = item;
+        for (int64_t d : want) n *= d;
+        std::vector<char> cut(n);
+        CopyBox(static_cast<const char*>(results[i].data_ptr()), got, cut.data(), want, want, item);
+        f.write(cut.data(), static_cast<std::streamsize>(n));
+      } else {
+        f.write(static_cast<const char*>(results[i].data_ptr()), ffi::GetDataSize(*t));
+      }
       f.close();
       if (!f) Fail("cannot write " + path + ": " + std::strerror(errno));
     }

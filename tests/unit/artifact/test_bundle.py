@@ -30,8 +30,9 @@ def int8_artifact(tmp_path_factory):
     )
 
 
-def run_native(bundle: Path, feeds: dict, tmp: Path) -> dict:
-    """Run ``bundle/run_model`` with an empty environment; outputs by name."""
+def run_native(bundle: Path, feeds: dict, tmp: Path, shapes: bool = True) -> dict:
+    """Run ``bundle/run_model`` with an empty environment; outputs by name (flat unless ``shapes``:
+    shaped as io.txt lists them)."""
     (tmp / "in").mkdir(parents=True)
     (tmp / "out").mkdir()
     for name, value in feeds.items():
@@ -49,7 +50,8 @@ def run_native(bundle: Path, feeds: dict, tmp: Path) -> dict:
     for line in (bundle / "model" / "io.txt").read_text().splitlines():
         kind, name, dtype, *dims = line.split()
         if kind == "output":
-            outputs[name] = np.fromfile(tmp / "out" / f"{name}.bin", dtype=dtype).reshape([int(d) for d in dims])
+            flat = np.fromfile(tmp / "out" / f"{name}.bin", dtype=dtype)
+            outputs[name] = flat.reshape([int(d) for d in dims]) if shapes else flat
     return outputs
 
 
@@ -153,17 +155,26 @@ def test_cli_package_lists_sizes_and_refuses_bad_requests(int8_artifact, tmp_pat
     assert (tmp_path / "keep" / "notes.txt").read_text() == "mine"
 
 
-def test_ranged_native_bundle_runs_the_largest_build(tmp_path):
-    """The native runner of a ranged artifact runs its largest build: inputs zero-padded to the top
-    length give the Python runtime's answer for the unpadded input, bit for bit (integer-only)."""
+def test_ranged_native_bundle_runs_each_length_on_its_build(tmp_path):
+    """``run_model`` of a ranged artifact takes inputs of any length in range, runs the build the
+    Python runtime picks and writes outputs of the input's length: the same integers, bit for bit."""
     shapes = {"input_ids": "1x1..32", "attention_mask": "1x1..32"}
     art = edgecompile.compile(EXAMPLE_ONNX, "native", tmp_path / "art", input_shapes=shapes, recipe="int8-integer-only",
                               calib=CALIB, buckets={"seq": [16, 32]})  # fmt: skip
     bundle = make_bundle(art, tmp_path / "bundle")
-    assert (bundle.root / "model" / "model.seq16.so").is_file()
-    feeds = {k: v[:, :20] for k, v in np.load(EXAMPLE_INPUTS).items()}
-    expected = edgecompile.load(art).run(feeds)
-    padded = {k: np.pad(v, ((0, 0), (0, 12))) for k, v in feeds.items()}
-    got = run_native(bundle.root, padded, tmp_path / "io")
-    np.testing.assert_array_equal(got["last_hidden_state"][:, :20], expected["last_hidden_state"])
-    np.testing.assert_array_equal(got["pooled"], expected["pooled"])
+    io = (bundle.root / "model" / "io.txt").read_text()
+    assert "group seq 1 32" in io and "axis output last_hidden_state 1 seq" in io
+    model = edgecompile.load(art)
+    for length in (5, 16, 20):
+        feeds = {k: np.ascontiguousarray(v[:, :length]) for k, v in np.load(EXAMPLE_INPUTS).items()}
+        expected = model.run(feeds)
+        got = run_native(bundle.root, feeds, tmp_path / f"io{length}", shapes=False)
+        np.testing.assert_array_equal(got["last_hidden_state"].reshape(1, length, 64), expected["last_hidden_state"])
+        np.testing.assert_array_equal(got["pooled"].reshape(1, 64), expected["pooled"])
+    (tmp_path / "bad" / "in").mkdir(parents=True)
+    (tmp_path / "bad" / "out").mkdir()
+    for name in ("input_ids", "attention_mask"):
+        np.ones((1, 33), np.int64).tofile(tmp_path / "bad" / "in" / f"{name}.bin")
+    cmd = [bundle.root / "run_model", bundle.root / "model", tmp_path / "bad" / "in", tmp_path / "bad" / "out"]
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env={}, timeout=60)
+    assert proc.returncode == 2 and "for a size in 1..32" in proc.stderr, proc.stderr
