@@ -19,6 +19,7 @@ import typer
 from rich.table import Table
 
 from edgecompile.cli.handling import handle_errors
+from edgecompile.cli.inputs import load_inputs
 from edgecompile.cli.security import RequireSignatureOption, TrustedKeyOption, trusted_keys
 from edgecompile.cli.security import register as register_security_commands
 from edgecompile.cli.views import (
@@ -191,35 +192,6 @@ def _runtime_only() -> None:
         os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
 
 
-def _load_inputs(items: list[str] | None) -> dict:
-    import numpy as np
-
-    feeds: dict = {}
-    for item in items or []:
-        name, sep, file = item.partition("=")
-        if sep and name in feeds:
-            raise InputMismatchError(f"input '{name}' is given twice (--input {item})")
-        path = Path(file if sep else name)
-        if not path.is_file():
-            raise InputMismatchError(f"input file not found: {path}")
-        try:
-            data = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise InputMismatchError(f"cannot read {path} as a .npy or .npz array file: {e}") from e
-        if isinstance(data, np.ndarray):
-            if not sep:
-                raise InputMismatchError(f"give the input name for a .npy file: --input NAME={path}")
-            feeds[name] = data
-        else:
-            if sep:
-                raise InputMismatchError(f"--input {item}: an .npz holds named arrays; pass it as --input {path}")
-            twice = sorted(set(feeds) & set(data.files))
-            if twice:
-                raise InputMismatchError(f"input '{twice[0]}' is given twice (again in {path})")
-            feeds.update({k: data[k] for k in data.files})
-    return feeds
-
-
 def _check_threads(threads: int | None) -> None:
     if threads is not None and threads < 1:
         raise InputMismatchError(f"--threads must be at least 1, got {threads}")
@@ -256,7 +228,7 @@ def run_cmd(
     _check_threads(threads)
     target = _npz_path(output) if output else None
     model = load(artifact, trusted_keys(trusted_key, require_signature))
-    feeds = _load_inputs(input)
+    feeds = load_inputs(input)
     if not feeds:
         raise InputMismatchError(
             "no inputs given; pass --input NAME=file.npy for each of: " + ", ".join(i["name"] for i in model.inputs)
@@ -305,7 +277,7 @@ def bench_cmd(
     if warmup < 0:
         raise InputMismatchError(f"--warmup must be 0 or more, got {warmup}")
     model = load(artifact, trusted_keys(trusted_key, require_signature))
-    feeds = _load_inputs(input) or None
+    feeds = load_inputs(input) or None
     if input_shape:
         from edgecompile.frontend.spec import parse_assignments, parse_shape
 
@@ -428,6 +400,9 @@ def report_cmd(
     input_shape: Annotated[
         list[str] | None, typer.Option("--input-shape", help="Fix a dynamic input, NAME=1x128; repeat per input.")
     ] = None,
+    lengths: Annotated[
+        str | None, typer.Option("--lengths", help="Also time each recipe at these ranged-input lengths: 16,64,256.")
+    ] = None,
     runs: Annotated[int, typer.Option("--runs", help="Timed runs per recipe.")] = 30,
     threads: Annotated[int, typer.Option("--threads", help="CPU threads for timing.")] = 1,
     sensitivity: Annotated[
@@ -450,7 +425,7 @@ def report_cmd(
     recommend one (report.json/md/html); or --compare two reports."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from edgecompile.frontend.spec import parse_assignments
+    from edgecompile.frontend.spec import parse_assignments, parse_sizes
     from edgecompile.report import render
     from edgecompile.report.sweep import SWEEP, run_report
 
@@ -487,6 +462,7 @@ def report_cmd(
             model, output, eval_data, target=target, calib=calib, metric=metric, recipes=chosen,
             max_drop=max_drop, latency_budget_ms=budget, input_shapes=parse_assignments(input_shape, "--input-shape"),
             runs=runs, threads=threads, sensitivity_samples=sensitivity, rpc=remote, progress=on_progress,
+            lengths=parse_sizes(lengths) if lengths else None,
         )  # fmt: skip
     paths = render.write(report, output)
     out.print(render.markdown(report), highlight=False, markup=False)

@@ -70,11 +70,11 @@ def parse_shape_spec(text: str) -> tuple[Dim, ...]:
 
 
 def parse_sizes(text: str) -> list[int]:
-    """``16,64,256`` (the sizes of ``--buckets GROUP=...``) -> ``[16, 64, 256]``."""
+    """``16,64,256`` (``--buckets GROUP=...``, ``report --lengths``) -> ``[16, 64, 256]``."""
     try:
         return [int(v) for v in text.split(",")]
     except ValueError:
-        raise InputSpecError(f"malformed bucket sizes '{text}': write GROUP=16,64,256") from None
+        raise InputSpecError(f"malformed sizes '{text}': write whole numbers, 16,64,256") from None
 
 
 def is_ranged(shape) -> bool:

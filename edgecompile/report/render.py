@@ -61,6 +61,20 @@ def _sensitivity_lines(report: dict) -> list[str]:
     return lines
 
 
+def _length_lines(report: dict) -> list[str]:
+    """Median ms per input length, per recipe (``report --lengths`` on a ranged artifact)."""
+    rows = [r for r in report["rows"] if (r.get("latency_ms") or {}).get("by_length")]
+    if not rows:
+        return []
+    sizes = list(rows[0]["latency_ms"]["by_length"])
+    lines = ["Median ms by input length (one ranged artifact per recipe):", "",
+             "| recipe | " + " | ".join(sizes) + " |", "|---|" + "---|" * len(sizes)]  # fmt: skip
+    for r in rows:
+        by = r["latency_ms"]["by_length"]
+        lines.append(f"| {r['recipe']} | " + " | ".join(f"{by[n]:.3f}" if n in by else "-" for n in sizes) + " |")
+    return [*lines, ""]
+
+
 def markdown(report: dict) -> str:
     t = report["timing"]
     lines = [
@@ -75,6 +89,7 @@ def markdown(report: dict) -> str:
         "",
         f"**Recommended:** {report['recommended'] or 'none'}. {report['reason']}",
         "",
+        *_length_lines(report),
         *_sensitivity_lines(report),
     ]
     return "\n".join(lines)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecompile.errors import ModelLoadError, RecipeError
+from edgecompile.errors import InputSpecError, ModelLoadError, RecipeError
 from edgecompile.recipe import parse_recipe
 from edgecompile.report.metrics import bootstrap_drop, eval_samples, read_eval, scorer
 from edgecompile.report.remote import RemoteDevice
@@ -153,11 +153,14 @@ def run_report(
     sensitivity_samples: int | None = None,
     rpc: RemoteDevice | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    lengths: list[int] | None = None,
 ) -> dict:
     """Measure every recipe (fp32 first, the baseline) and write the report; returns report.json's dict.
     ``sensitivity_samples`` evaluation samples measure per-layer sensitivity (None: as many as fit
     :data:`edgecompile.report.sensitivity.BUDGET_S`; 0: none); ``rpc``
-    times the artifacts on a device of a TVM RPC tracker instead of this machine."""
+    times the artifacts on a device of a TVM RPC tracker instead of this machine. ``lengths`` (with a
+    ranged ``input_shapes``, e.g. ``input_ids=1x1..256``) also times every artifact at each of
+    those sizes of its first ranged dimension: ``latency_ms["by_length"]``."""
     model, out_dir = Path(model), Path(out_dir)
     if not model.is_file():
         raise ModelLoadError(f"model file not found: {model}")
@@ -174,6 +177,7 @@ def run_report(
         done = {}
     sweep = _Sweep(model, out_dir, target, calib, input_shapes, metric, arrays, labels, runs, threads, rpc,
                    sensitivity_samples, progress or (lambda *_: None))  # fmt: skip
+    sweep.lengths = _checked_lengths(lengths, input_shapes, rpc)
     if done:
         sweep.reference, sweep.base_scores = np.load(ref_file), np.array(done["fp32"]["scores"])
     finish = functools.partial(_finish, head=head, has_labels=labels is not None, max_drop=max_drop,
@@ -187,6 +191,26 @@ def run_report(
                 rows.insert(rows.index(row) + 1, fix)
                 finish(rows)
     return finish(rows)
+
+
+def _checked_lengths(lengths: list[int] | None, input_shapes: dict | None, rpc) -> list[int]:
+    """``lengths`` when the inputs have a range that holds them (and the timing is local), else a
+    clear error; [] when none are asked for."""
+    from edgecompile.frontend.spec import is_ranged, parse_shape_spec
+
+    if not lengths:
+        return []
+    shapes = [parse_shape_spec(v) if isinstance(v, str) else v for v in (input_shapes or {}).values()]
+    ranges = [d for shape in shapes if is_ranged(shape) for d in shape if isinstance(d, tuple)]
+    if not ranges:
+        raise InputSpecError("--lengths times a ranged artifact: give a range, e.g. --input-shape input_ids=1x1..256")
+    if rpc is not None:
+        raise InputSpecError("--lengths is timed on this machine; it cannot be combined with --rpc")
+    lo, hi = ranges[0]
+    bad = [n for n in lengths if not lo <= n <= hi]
+    if bad:
+        raise InputSpecError(f"--lengths {bad[0]} is outside the range {lo}..{hi}")
+    return list(lengths)
 
 
 def _report_head(model: Path, target: str, metric: str, eval_path: Path, runs: int, threads: int, rpc) -> dict:
@@ -255,6 +279,7 @@ class _Sweep:
         self.reference: np.ndarray | None = None
         self.base_scores: np.ndarray | None = None
         self.step = (0, 1)
+        self.lengths: list[int] = []
 
     def stage(self, msg: str) -> None:
         self.say(msg, *self.step)
@@ -326,7 +351,15 @@ class _Sweep:
             return self.rpc.time(art, self.samples[0], self.runs, self.threads)
         self.stage(f"{recipe}: timing")
         bench = m.benchmark(runs=self.runs, threads=self.threads, feeds=self.samples[0])
-        return {"median": bench.median_ms, "p90": bench.p90_ms}
+        out = {"median": bench.median_ms, "p90": bench.p90_ms}
+        if self.lengths and m.manifest.get("ranged"):
+            by = {}
+            for n in self.lengths:
+                self.stage(f"{recipe}: timing at length {n}")
+                feeds = at_length(m, self.samples[0], n)
+                by[str(n)] = m.benchmark(runs=self.runs, threads=self.threads, feeds=feeds).median_ms
+            out["by_length"] = by
+        return out
 
     def fix(self, row: dict, rows: list[dict], limit: float, done: dict) -> dict | None:
         """The keep-float fix row for a quantized ``row`` over the budget (module
@@ -366,6 +399,23 @@ class _Sweep:
         best["fix_of"] = recipe
         best["kept_float"] = worst[:k]
         return best
+
+
+def at_length(m, sample: dict, n: int) -> dict:
+    """``sample`` cut (or zero-padded) to size ``n`` in the first ranged dimension of artifact ``m``."""
+    ranged = m.manifest["ranged"]
+    group = ranged["dims"][0]["group"]
+    out = {}
+    for name, a in sample.items():
+        shape = list(a.shape)
+        for d in ranged["dims"]:
+            if d["input"] == name and d["group"] == group:
+                shape[d["axis"]] = n
+        cut = a[tuple(slice(0, k) for k in shape)]
+        padded = np.zeros(shape, a.dtype)
+        padded[tuple(slice(0, k) for k in cut.shape)] = cut
+        out[name] = padded
+    return out
 
 
 def _load(art: Path):

@@ -40,7 +40,7 @@ COMPILE_CASES = {
     "bf16 for Core ML": (["--recipe", "bf16", "--target", "coreml-ios17"], "use --recipe fp16"),
     "range malformed": (["--input-shape", "attention_mask=1x0..32"], "malformed range '0..32'"),
     "buckets for fixed shapes": (["--buckets", "seq=8,32"], "--buckets needs a ranged input shape"),
-    "buckets malformed": (["--buckets", "seq=8,x"], "malformed bucket sizes"),
+    "buckets malformed": (["--buckets", "seq=8,x"], "malformed sizes '8,x'"),
     "buckets without the range's end": (
         ["--input-shape", "attention_mask=1x1..32", "--buckets", "seq=8"],
         "must lie in 1..32 and include 32",

@@ -96,6 +96,8 @@ def test_pareto_and_recommendation_rules():
         (["--metric", "median"], "unknown metric"),
         (["--metric", "custom:nope"], "custom:module:function"),
         (["--latency-budget", "fast"], "--latency-budget"),
+        (["--lengths", "16"], "--lengths times a ranged artifact"),
+        (["--lengths", "8,x"], "malformed sizes"),
     ],
 )
 def test_report_errors_are_clear(digits, tmp_path, extra, message):
@@ -178,3 +180,24 @@ def test_compare_shows_what_changed(report_run, tmp_path):
 def test_report_needs_model_eval_and_output(tmp_path):
     r = CliRunner().invoke(app, ["report", "--eval", str(tmp_path / "e.npz")])
     assert r.exit_code == 2 and "report needs MODEL, --output" in r.output
+
+
+def test_report_times_a_ranged_artifact_at_each_length(tmp_path):
+    """``report --input-shape ...=1x1..32 --lengths 8,32``: one ranged artifact per recipe, timed at
+    each length; report.md gets the table of median ms by length."""
+    from helpers import EXAMPLE_ONNX
+
+    data = np.load(EXAMPLE_ONNX.parent / "tiny_bert_calib.npz")
+    eval_npz = tmp_path / "eval.npz"
+    np.savez(eval_npz, **{k: v[:4] for k, v in data.items()})
+    out = tmp_path / "r"
+    args = ["report", str(EXAMPLE_ONNX), "--eval", str(eval_npz), "--recipes", "fp32", "--metric", "cosine",
+            "--runs", "2", "--input-shape", "input_ids=1x1..32", "--input-shape", "attention_mask=1x1..32",
+            "--lengths", "8,32", "-o", str(out)]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    row = json.loads((out / "report.json").read_text())["rows"][0]
+    assert list(row["latency_ms"]["by_length"]) == ["8", "32"]
+    assert all(v > 0 for v in row["latency_ms"]["by_length"].values())
+    assert "Median ms by input length" in (out / "report.md").read_text()
+
