@@ -144,3 +144,17 @@ def test_a_model_that_attends_to_its_padding_is_refused(tmp_path):
     assert not (tmp_path / "u").exists()
     fixed = edgecompile.compile(model, "native", tmp_path / "f", input_shapes={"x": "1x16x8"})  # fixed still fine
     assert fixed.exists()
+
+
+def test_half_precision_recipes_build_every_length(tmp_path):
+    """fp16 (and bf16, on CPUs with its dot product) need no calibration: each build is compiled as
+    is; a length between builds stays close to ORT fp32 (half-precision tolerance)."""
+    from edgecompile.runtime.hostinfo import cpu_flags
+
+    recipes = ["fp16"] + (["bf16"] if "avx512_bf16" in cpu_flags() else [])  # bf16: this CPU lacks it otherwise
+    feeds = _feeds(10, seed=3)
+    ref = ort_run(EXAMPLE_ONNX, feeds)["pooled"]
+    for rec in recipes:
+        art = edgecompile.compile(EXAMPLE_ONNX, "native", tmp_path / rec, input_shapes=RANGE, recipe=rec,
+                                  buckets={"seq": [8, 32]})  # fmt: skip
+        assert_close(ref, edgecompile.load(art).run(feeds)["pooled"], rel=1e-2)
