@@ -1,7 +1,7 @@
 """The compile-time check that zero padding leaves a ranged artifact's outputs unchanged.
 
-For each group with two or more bucket sizes, an input at the smallest size runs on its own build
-and, zero-padded, on the next build up; the padded run's outputs, cut back, must equal the exact
+For each group, an input at each bucket size runs on its own build and, zero-padded, on the next
+build up (the other groups at their smallest size); the padded run's outputs, cut back, must equal the exact
 run's within :data:`TOLERANCE` of the output's largest magnitude. Float builds differ only in the
 order of their sums (the padded keys' attention weights are exactly zero); int8 builds may flip a
 rounding step, which the tolerance allows. A model that attends to its padding (no mask, or one
@@ -45,26 +45,28 @@ def check_padding(staging: Path, ranged: dict, weights: dict | None, imported, s
         return flatten_outputs(main(*args, *(rt.view(views[k]) for k in builds[i]["weights"])))
 
     smallest = builds[0]["sizes"]
+    index = {tuple(sorted(b["sizes"].items())): i for i, b in enumerate(builds)}
     errors = []
     for group, entry in ranged["groups"].items():
-        if len(entry["buckets"]) < 2:
-            continue
-        small = next(i for i, b in enumerate(builds) if b["sizes"] == smallest)
-        bigger = {**smallest, group: entry["buckets"][1]}
-        big = next(i for i, b in enumerate(builds) if b["sizes"] == bigger)
-        exact_shapes = build_shapes(ranged, specs, small)
-        exact = run(small, exact_shapes)
-        padded = slice_outputs(ranged, outputs, run(big, exact_shapes), smallest)
-        for spec, a, b in zip(outputs, exact, padded):
-            err = float(np.abs(a.astype(np.float64) - b).max() / max(float(np.abs(a).max()), 1e-30)) if a.size else 0.0
-            errors.append(err)
-            if err > TOLERANCE:
-                raise InputSpecError(
-                    f"zero padding changes output '{spec['name']}' by {err:.1%} of its range ({group} "
-                    f"{smallest[group]} run exactly vs padded to {entry['buckets'][1]}): the model does not mask its "
-                    "padding, so a ranged artifact would answer wrongly between bucket sizes; compile a fixed shape "
-                    "per length instead"
+        for lo, hi in zip(entry["buckets"], entry["buckets"][1:]):  # every size against the next one up
+            sizes = {**smallest, group: lo}
+            small, big = index[tuple(sorted(sizes.items()))], index[tuple(sorted({**sizes, group: hi}.items()))]
+            exact_shapes = build_shapes(ranged, specs, small)
+            exact = run(small, exact_shapes)
+            padded = slice_outputs(ranged, outputs, run(big, exact_shapes), sizes)
+            for spec, a, b in zip(outputs, exact, padded):
+                err = (
+                    float(np.abs(a.astype(np.float64) - b).max() / max(float(np.abs(a).max()), 1e-30))
+                    if a.size
+                    else 0.0
                 )
+                errors.append(err)
+                if err > TOLERANCE:
+                    raise InputSpecError(
+                        f"zero padding changes output '{spec['name']}' by {err:.1%} of its range ({group} {lo} run "
+                        f"exactly vs padded to {hi}): the model does not mask its padding, so a ranged artifact would "
+                        "answer wrongly between bucket sizes; compile a fixed shape per length instead"
+                    )
     return errors
 
 
