@@ -30,9 +30,14 @@ import run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def rows(tmp_path_factory):
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("spam")  # one export of the encoder for the module
+
+
+@pytest.fixture(scope="module")
+def rows(workdir):
     recipes = ("int8", "int8-integer-only", "int8-integer-only:ibert")
-    out = run.evaluate("small", recipes, tmp_path_factory.mktemp("spam"), runs=0, say=print)
+    out = run.evaluate("small", recipes, workdir, runs=0, say=print)
     return {r.engine: r for r in out}
 
 
@@ -55,11 +60,11 @@ def test_integer_only_keeps_spam_accuracy(rows, recipe, cosine):
     assert io.agreement >= 97.0
 
 
-def test_each_email_at_its_own_length_gives_the_padded_answer(tmp_path):
+def test_each_email_at_its_own_length_gives_the_padded_answer(workdir):
     """The example's variable-length run: one ranged fp32 artifact fed every test email at its own
     token length embeds them as the static artifact does with padding to 128 (fp32: the padded keys
     have exactly zero attention weight; only the order of float sums differs)."""
-    out = run.own_lengths("small", tmp_path, say=print)
+    out = run.own_lengths("small", workdir, say=print)
     assert out["emails"] == 400 and out["mean_tokens"] < 128
     assert out["cosine_min"] >= 0.99999, out
 
