@@ -12,8 +12,8 @@
 //   axis input|output NAME AXIS GROUP (an axis of a tensor that follows the group)
 //   build LIB GROUP=SIZE... weights IDX...  (a ranged artifact's builds: library, sizes, weight tensors)
 //
-// A ranged artifact's run reads each group's size off the input files' byte counts (one ranged axis
-// per input), loads the smallest build that holds them, zero-pads the inputs to its sizes and writes
+// A ranged artifact's run reads each group's size off the input files' byte counts (an input with
+// more than one ranged axis, batch and length, also needs IN_DIR/NAME.shape: its dimensions), loads the smallest build that holds them, zero-pads the inputs to its sizes and writes
 // the outputs cut back to the real sizes.
 //
 // (DIMs are non-negative integers, none for a scalar; "range LO HI", for integer inputs that index
@@ -392,16 +392,11 @@ static void CheckRanged(const Ranged& r, const std::vector<Spec>& inputs, const 
     for (size_t i = 0; i < r.groups.size(); ++i) if (r.groups[i].first == g) return static_cast<int>(i);
     return -1;
   };
-  std::vector<int> per_input(inputs.size(), 0);
   for (const auto& a : r.axes) {
     const std::vector<Spec>& list = a.input ? inputs : outputs;
     auto it = std::find_if(list.begin(), list.end(), [&](const Spec& s) { return s.name == a.tensor; });
     if (it == list.end() || a.axis >= it->shape.size() || group(a.group) < 0) {
       Fail("malformed io.txt: axis line for '" + a.tensor + "' names no such tensor, axis or group");
-    }
-    if (a.input && ++per_input[it - list.begin()] > 1) {
-      Fail("input '" + a.tensor + "' has more than one ranged dimension: run_model takes one per input "
-           "(use the Python runtime, run.py)");
     }
   }
   for (const Build& b : r.builds) {
@@ -419,6 +414,28 @@ static void CheckRanged(const Ranged& r, const std::vector<Spec>& inputs, const 
 }
 
 // The size of each group (in Ranged::groups order), read off the input files' byte counts.
+// IN_DIR/NAME.shape: the input's dimensions, whitespace-separated (needed where an input has more
+// than one ranged dimension, so its byte count alone cannot say which is which).
+static std::vector<int64_t> ReadShapeFile(const Spec& s, const std::string& in_dir) {
+  std::string path = in_dir + "/" + s.name + ".shape";
+  std::ifstream f(path);
+  if (!f) {
+    Fail("input '" + s.name + "' has more than one ranged dimension: give its dimensions in " + path +
+         " (e.g. '2 17')");
+  }
+  std::vector<int64_t> dims;
+  for (std::string t; f >> t;) {
+    int64_t d;
+    if (!ParseInt(t, &d) || d < 0) Fail(path + ": '" + t + "' is not a non-negative integer");
+    dims.push_back(d);
+  }
+  if (dims.size() != s.shape.size()) {
+    Fail(path + " gives " + std::to_string(dims.size()) + " dimensions, input '" + s.name + "' has " +
+         std::to_string(s.shape.size()));
+  }
+  return dims;
+}
+
 static std::vector<int64_t> GroupSizes(const Ranged& r, const std::vector<Spec>& inputs, const std::string& in_dir) {
   std::vector<int64_t> sizes(r.groups.size(), -1);
   std::vector<std::string> from(r.groups.size());
@@ -431,10 +448,21 @@ static std::vector<int64_t> GroupSizes(const Ranged& r, const std::vector<Spec>&
     std::string path = in_dir + "/" + s.name + ".bin";
     struct stat st;
     if (stat(path.c_str(), &st) != 0) Fail("input '" + s.name + "': cannot read " + path + ": " + std::strerror(errno));
-    uint64_t unit = s.shape[a.axis] ? s.bytes / s.shape[a.axis] : 0;
-    uint64_t n = unit ? static_cast<uint64_t>(st.st_size) / unit : 0;
-    if (!unit || n * unit != static_cast<uint64_t>(st.st_size) || static_cast<int64_t>(n) < lo ||
-        static_cast<int64_t>(n) > hi) {
+    size_t ranged_axes = std::count_if(r.axes.begin(), r.axes.end(), [&](const auto& x) {
+      return x.input && x.tensor == s.name;
+    });
+    uint64_t n, unit = s.shape[a.axis] ? s.bytes / s.shape[a.axis] : 0;
+    if (ranged_axes > 1) {  // the byte count says only the product: the .shape file says which is which
+      n = static_cast<uint64_t>(ReadShapeFile(s, in_dir)[a.axis]);
+      if (static_cast<int64_t>(n) < lo || static_cast<int64_t>(n) > hi) {
+        Fail("input '" + s.name + "' has size " + std::to_string(n) + " in dimension " + std::to_string(a.axis) +
+             " ('" + a.group + "'), outside " + std::to_string(lo) + ".." + std::to_string(hi));
+      }
+    } else {
+      n = unit ? static_cast<uint64_t>(st.st_size) / unit : 0;
+    }
+    if (ranged_axes == 1 && (!unit || n * unit != static_cast<uint64_t>(st.st_size) || static_cast<int64_t>(n) < lo ||
+                             static_cast<int64_t>(n) > hi)) {
       Fail("input '" + s.name + "': " + path + " holds " + std::to_string(st.st_size) + " bytes, not " +
            std::to_string(unit) + " per step of dimension " + std::to_string(a.axis) + " ('" + a.group +
            "') for a size in " + std::to_string(lo) + ".." + std::to_string(hi));

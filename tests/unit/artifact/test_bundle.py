@@ -178,3 +178,30 @@ def test_ranged_native_bundle_runs_each_length_on_its_build(tmp_path):
     cmd = [bundle.root / "run_model", bundle.root / "model", tmp_path / "bad" / "in", tmp_path / "bad" / "out"]
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env={}, timeout=60)
     assert proc.returncode == 2 and "for a size in 1..32" in proc.stderr, proc.stderr
+
+
+def test_ranged_native_bundle_with_batch_and_length(tmp_path):
+    """Batch and length both ranged: ``run_model`` takes each input's dimensions from NAME.shape
+    (the byte count gives only their product) and answers as the Python runtime does; without the
+    .shape file it says what to add (exit 2)."""
+    shapes = {"input_ids": "1..2x1..32", "attention_mask": "1..2x1..32"}
+    art = edgecompile.compile(EXAMPLE_ONNX, "native", tmp_path / "art", input_shapes=shapes,
+                              buckets={"batch": [1, 2], "seq": [16, 32]})  # fmt: skip
+    bundle = make_bundle(art, tmp_path / "bundle")
+    data = np.load(CALIB)
+    feeds = {k: np.ascontiguousarray(v[:2, 0, :20]) for k, v in data.items()}  # 2 x 20
+    expected = edgecompile.load(art).run(feeds)
+    io = tmp_path / "io"
+    (io / "in").mkdir(parents=True)
+    (io / "out").mkdir()
+    for name, value in feeds.items():
+        value.tofile(io / "in" / f"{name}.bin")
+    cmd = [str(c) for c in (bundle.root / "run_model", bundle.root / "model", io / "in", io / "out")]
+    missing = subprocess.run(cmd, capture_output=True, text=True, env={}, timeout=60)
+    assert missing.returncode == 2 and "input_ids.shape" in missing.stderr, missing.stderr
+    for name in feeds:
+        (io / "in" / f"{name}.shape").write_text("2 20\n")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    got = np.fromfile(io / "out" / "last_hidden_state.bin", np.float32).reshape(2, 20, 64)
+    np.testing.assert_array_equal(got, expected["last_hidden_state"])
