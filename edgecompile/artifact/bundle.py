@@ -22,8 +22,9 @@ A ranged artifact (``--input-shape input_ids=1x1..256``) adds, after them::
                                               (indices into the weight lines, in the order it takes them)
 
 and ``run_model`` reads each group's size off the input files' byte counts (an input with more
-than one ranged axis, batch and length, also needs ``IN_DIR/NAME.shape``: its dimensions), runs the smallest build that holds them on the inputs zero-padded to its sizes, and writes
-the outputs cut back to them; an input file whose size fits no length in range exits 2.
+than one ranged axis, batch and length, also needs ``IN_DIR/NAME.shape``: its dimensions), runs the
+smallest build that holds them on the inputs zero-padded to its sizes, and writes the outputs cut
+back to them; an input file whose size fits no length in range exits 2.
 
 NAME is the tensor's name, or where that cannot be one file name (``/encoder/out``), the plain name
 io.txt gives it (``_encoder_out``: :func:`file_name`). ``range LO HI`` is the input's inclusive

@@ -63,22 +63,25 @@ def padded_samples(calib, plan: RangePlan, specs) -> Iterator[dict]:
         yield arrays  # missing or unknown inputs: load_samples names them
 
 
-def share_weights(per_build: list[list[np.ndarray]]) -> tuple[list[np.ndarray], list[list[int]]]:
-    """One list of distinct arrays (by dtype, shape and bytes) and, per build, the indices of its own."""
-    index: dict[tuple, int] = {}
-    union: list[np.ndarray] = []
-    lists = []
-    for arrays in per_build:
+class SharedWeights:
+    """The distinct weight arrays of all builds (by dtype, shape and bytes), gathered build by build
+    so that only one copy of each stays in memory while the next build compiles."""
+
+    def __init__(self):
+        self.arrays: list[np.ndarray] = []
+        self._index: dict[tuple, int] = {}
+
+    def add(self, arrays: list[np.ndarray]) -> list[int]:
+        """The indices of ``arrays`` (a build's weights, in its order) among the distinct ones."""
         ids = []
         for a in arrays:
             a = np.ascontiguousarray(a)
             key = (str(a.dtype), a.shape, hashlib.sha256(a.view(np.uint8).reshape(-1)).digest())
-            if key not in index:
-                index[key] = len(union)
-                union.append(a)
-            ids.append(index[key])
-        lists.append(ids)
-    return union, lists
+            if key not in self._index:
+                self._index[key] = len(self.arrays)
+                self.arrays.append(a)
+            ids.append(self._index[key])
+        return ids
 
 
 def output_axes(plan: RangePlan, combos: list[dict], outputs: list[list]) -> dict[str, dict[str, str]]:
@@ -177,7 +180,7 @@ def compile_ranged(job, plan: RangePlan, staging: Path):
     if job.on_quantized is not None and "quant" in ctx.results:
         job.on_quantized(ctx.results["quant"])
     follows = output_axes(plan, combos, [imp.outputs for imp in imports])
-    builds, libraries = [], []
+    builds, libraries, lists, shared = [], [], [], SharedWeights()
     for combo, imp in zip(combos, imports):
         last = imp is top
         mod = mod_top if last else replay_stages(imp.mod, job.stages, ctx, job.apply_stages)
@@ -187,9 +190,10 @@ def compile_ranged(job, plan: RangePlan, staging: Path):
         built = job.build(mod, scratch)
         libraries.append(built.library.file.name if last else move_library(built, staging, build_tag(combo)))
         strip_debug(staging / libraries[-1], job.profile)
+        lists.append(shared.add(built.arrays))
+        built.arrays = []
         builds.append(built)
-    union, lists = share_weights([b.arrays for b in builds])
-    section = write_weights(union, staging)
+    section = write_weights(shared.arrays, staging)
     ranged = {
         **plan.to_json(),
         "outputs": follows,
