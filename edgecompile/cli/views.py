@@ -9,15 +9,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from edgecompile.runtime.buckets import describe_input
+from edgecompile.runtime.buckets import ranged_shape
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-
-
-def _in_shape(ranged: dict, spec: dict) -> str:
-    """An input's shape with its ranges (``1x1..256``)."""
-    return describe_input(ranged, spec).split("[", 1)[1].rsplit(" ", 1)[0]
 
 
 def _out_shape(ranged: dict, spec: dict) -> str:
@@ -45,7 +40,7 @@ def inspect_artifact(path: Path, as_json: bool) -> None:
         for t in m[kind]:
             shape = "x".join(map(str, t["shape"]))
             if ranged:  # ranges in place of the largest sizes
-                shape = _in_shape(ranged, t) if kind == "inputs" else _out_shape(ranged, t)
+                shape = ranged_shape(ranged, t) if kind == "inputs" else _out_shape(ranged, t)
             out.print(f"  {kind[:-1]} {t['name']}: {shape} {t['dtype']}", highlight=False)
     if ranged:
         for g, e in ranged["groups"].items():

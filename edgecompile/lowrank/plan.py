@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
-from tvm import relax
 
 from edgecompile.calibrate.capture import Runner, observe, with_outputs
 from edgecompile.calibrate.output_drop import output_drop
@@ -48,7 +47,7 @@ from edgecompile.lowrank.factorize import SecondMoment, breakeven_rank, refit_ou
 from edgecompile.lowrank.latency import LatencyTable
 from edgecompile.lowrank.options import LowRankOptions
 from edgecompile.lowrank.rewrite import Site, factorize_function, find_sites
-from edgecompile.passes.patchify import PatchifyConv
+from edgecompile.passes.patchify import linear_form
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ class LowRankResult:
     def retarget(self, mod: tvm.IRModule) -> tvm.IRModule:
         """The same factorization of ``mod``: the model imported at other static input shapes (a
         bucket of a ranged artifact, :mod:`edgecompile.ranged`); sites are matched by name."""
-        mod = PatchifyConv()(relax.transform.FoldConstant()(mod))
+        mod = linear_form(mod)
         sites = {s.name: s for s in find_sites(mod["main"], self.layers_option)}
         if not set(self.factors) <= set(sites):
             raise RecipeError("lowrank: the model's layers differ between the bucket sizes of its ranged inputs")
@@ -97,7 +96,7 @@ def lowrank_model(mod: tvm.IRModule, ctx: StageContext, options: LowRankOptions)
     ``ctx.host_build``; the speed gate times layers built by ``ctx.target_build`` for ``ctx.profile``;
     ranks are multiples of ``options.multiple`` (0: ``ctx.gemm_tile``); ``ctx.progress(stage, done, total)``."""
     say = ctx.progress
-    mod = PatchifyConv()(relax.transform.FoldConstant()(mod))
+    mod = linear_form(mod)
     func = mod["main"]
     build = building_with(ctx.host_build, mod)
     sites = find_sites(func, options.layers)

@@ -37,7 +37,7 @@ from edgecompile.errors import CalibrationError, EdgeCompileWarning, RecipeError
 from edgecompile.ir.layers import find_layers, linear_inputs, observed_vars
 from edgecompile.ir.ops import op_name
 from edgecompile.ir.walk import bindings, building_with, carry_functions, matched_vars
-from edgecompile.passes.patchify import PatchifyConv
+from edgecompile.passes.patchify import linear_form
 from edgecompile.quant.layer_switch import switched_module
 from edgecompile.quant.options import QuantOptions
 from edgecompile.quant.rewrite import quantize_function
@@ -65,7 +65,7 @@ class Calibration:
         """This calibration for ``mod``: the same model imported at other static input shapes (a
         bucket of a ranged artifact, :mod:`edgecompile.ranged`). Its layers take this one's
         thresholds, smoothing and ranges binding by binding, so both rewrites quantize alike."""
-        mod = PatchifyConv()(relax.transform.FoldConstant()(mod))
+        mod = linear_form(mod)
         func = mod["main"]
         vmap = matched_vars(self.func, func)
         layers = find_layers(func, self.integer_only) if vmap is not None else []
@@ -146,7 +146,7 @@ def quantize_model(
     say = progress or (lambda *_: None)
     # Exporters write Linear weights as permute_dims(W): fold them to constants. Patch-embedding
     # convolutions become GEMMs first, so they are quantized as linear layers.
-    mod = PatchifyConv()(relax.transform.FoldConstant()(mod))
+    mod = linear_form(mod)
     func = mod["main"]
     build = building_with(build, mod)
     layers = find_layers(func, options.integer_only)

@@ -48,8 +48,7 @@ def padded_samples(calib, plan: RangePlan, specs) -> Iterator[dict]:
     from edgecompile.runtime.buckets import input_sizes, pad_to
 
     top = plan.shapes(plan.combos()[-1])
-    section = {"groups": {g: {"range": list(r)} for g, r in plan.groups.items()},
-               "dims": [{"input": d.input, "axis": d.axis, "group": d.group} for d in plan.dims]}  # fmt: skip
+    section = plan.to_json()
     json_specs = [{"name": s.name, "shape": list(top[s.name]), "dtype": s.dtype} for s in specs]
     for i, sample in enumerate(iter_samples(calib)):
         arrays = {k: np.asarray(v) for k, v in sample.items()}

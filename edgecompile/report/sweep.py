@@ -403,6 +403,8 @@ class _Sweep:
 
 def at_length(m, sample: dict, n: int) -> dict:
     """``sample`` cut (or zero-padded) to size ``n`` in the first ranged dimension of artifact ``m``."""
+    from edgecompile.runtime.buckets import pad_to
+
     ranged = m.manifest["ranged"]
     group = ranged["dims"][0]["group"]
     out = {}
@@ -411,10 +413,7 @@ def at_length(m, sample: dict, n: int) -> dict:
         for d in ranged["dims"]:
             if d["input"] == name and d["group"] == group:
                 shape[d["axis"]] = n
-        cut = a[tuple(slice(0, k) for k in shape)]
-        padded = np.zeros(shape, a.dtype)
-        padded[tuple(slice(0, k) for k in cut.shape)] = cut
-        out[name] = padded
+        out[name] = pad_to(a[tuple(slice(0, k) for k in shape)], tuple(shape))
     return out
 
 

@@ -103,11 +103,16 @@ def slice_outputs(section: dict, outputs: list[dict], values: list[np.ndarray], 
     return out
 
 
-def describe_input(section: dict, spec: dict) -> str:
-    """``input_ids[1x1..256 int64]``: the shape with its ranges."""
+def ranged_shape(section: dict, spec: dict) -> str:
+    """An input's shape with its ranges: ``1x1..256``."""
     dims = [str(d) for d in spec["shape"]]
     for d in section["dims"]:
         if d["input"] == spec["name"]:
             lo, hi = section["groups"][d["group"]]["range"]
             dims[d["axis"]] = f"{lo}..{hi}"
-    return f"{spec['name']}[{'x'.join(dims) or 'scalar'} {spec['dtype']}]"
+    return "x".join(dims) or "scalar"
+
+
+def describe_input(section: dict, spec: dict) -> str:
+    """``input_ids[1x1..256 int64]``: the shape with its ranges."""
+    return f"{spec['name']}[{ranged_shape(section, spec)} {spec['dtype']}]"

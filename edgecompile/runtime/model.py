@@ -164,7 +164,7 @@ class CompiledModel:
 
     def _check_feeds(self, feeds: Mapping[str, object]) -> list[np.ndarray]:
         expected = {i["name"]: i for i in self.inputs}
-        ranged = self.manifest.get("ranged")
+        ranged = self._ranged
         listing = ", ".join(
             describe_input(ranged, i) if ranged else f"{i['name']}[{'x'.join(map(str, i['shape']))} {i['dtype']}]"
             for i in self.inputs
@@ -182,7 +182,7 @@ class CompiledModel:
                     f"input '{name}' has dtype {arr.dtype}, the model expects {spec['dtype']} "
                     f"(convert with .astype('{spec['dtype']}'))"
                 )
-            if tuple(arr.shape) != tuple(spec["shape"]) and self.manifest.get("ranged") is None:
+            if tuple(arr.shape) != tuple(spec["shape"]) and ranged is None:
                 raise InputMismatchError(
                     f"input '{name}' has shape {'x'.join(map(str, arr.shape))}, the model was compiled "
                     f"for {'x'.join(map(str, spec['shape']))}"

@@ -13,8 +13,9 @@
 //   build LIB GROUP=SIZE... weights IDX...  (a ranged artifact's builds: library, sizes, weight tensors)
 //
 // A ranged artifact's run reads each group's size off the input files' byte counts (an input with
-// more than one ranged axis, batch and length, also needs IN_DIR/NAME.shape: its dimensions), loads the smallest build that holds them, zero-pads the inputs to its sizes and writes
-// the outputs cut back to the real sizes.
+// more than one ranged axis, batch and length, also needs IN_DIR/NAME.shape: its dimensions), loads
+// the smallest build that holds them, zero-pads the inputs to its sizes and writes the outputs cut
+// back to the real sizes.
 //
 // (DIMs are non-negative integers, none for a scalar; "range LO HI", for integer inputs that index
 // a table such as token ids into a vocabulary, gives the inclusive bounds the model accepts; blank
@@ -206,7 +207,9 @@ static std::string ParseRangedLine(const std::vector<std::string>& tok, Ranged* 
   size_t i = 2;
   for (; i < tok.size() && tok[i] != "weights"; ++i) {
     size_t eq = tok[i].find('=');
-    if (eq == std::string::npos || !ParseInt(tok[i].substr(eq + 1), &a) || a < 1) return "bad build size '" + tok[i] + "'";
+    if (eq == std::string::npos || !ParseInt(tok[i].substr(eq + 1), &a) || a < 1) {
+      return "bad build size '" + tok[i] + "'";
+    }
     build.sizes.push_back({tok[i].substr(0, eq), a});
   }
   for (++i; i < tok.size(); ++i) {
@@ -404,7 +407,8 @@ static void CheckRanged(const Ranged& r, const std::vector<Spec>& inputs, const 
     for (const auto& [g, n] : b.sizes) {
       int k = group(g);
       if (k < 0 || n < r.groups[k].second.first || n > r.groups[k].second.second) {
-        Fail("malformed io.txt: build " + b.library + " has size " + g + "=" + std::to_string(n) + " outside its group");
+        Fail("malformed io.txt: build " + b.library + " has size " + g + "=" + std::to_string(n) +
+             " outside its group");
       }
     }
     for (size_t i : b.weights) {
@@ -439,6 +443,7 @@ static std::vector<int64_t> ReadShapeFile(const Spec& s, const std::string& in_d
 static std::vector<int64_t> GroupSizes(const Ranged& r, const std::vector<Spec>& inputs, const std::string& in_dir) {
   std::vector<int64_t> sizes(r.groups.size(), -1);
   std::vector<std::string> from(r.groups.size());
+  std::vector<std::pair<std::string, std::vector<int64_t>>> shape_files;  // each .shape file read once
   for (const auto& a : r.axes) {
     if (!a.input) continue;
     const Spec& s = *std::find_if(inputs.begin(), inputs.end(), [&](const Spec& x) { return x.name == a.tensor; });
@@ -453,7 +458,10 @@ static std::vector<int64_t> GroupSizes(const Ranged& r, const std::vector<Spec>&
     });
     uint64_t n, unit = s.shape[a.axis] ? s.bytes / s.shape[a.axis] : 0;
     if (ranged_axes > 1) {  // the byte count says only the product: the .shape file says which is which
-      n = static_cast<uint64_t>(ReadShapeFile(s, in_dir)[a.axis]);
+      auto seen = std::find_if(shape_files.begin(), shape_files.end(),
+                               [&](const auto& f) { return f.first == s.name; });
+      if (seen == shape_files.end()) seen = shape_files.insert(shape_files.end(), {s.name, ReadShapeFile(s, in_dir)});
+      n = static_cast<uint64_t>(seen->second[a.axis]);
       if (static_cast<int64_t>(n) < lo || static_cast<int64_t>(n) > hi) {
         Fail("input '" + s.name + "' has size " + std::to_string(n) + " in dimension " + std::to_string(a.axis) +
              " ('" + a.group + "'), outside " + std::to_string(lo) + ".." + std::to_string(hi));
