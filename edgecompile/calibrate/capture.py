@@ -58,6 +58,25 @@ class ChannelStats:
         return self.sumsq / max(self.count, 1)
 
 
+@dataclass(frozen=True)
+class RowStats:
+    """The largest ``|x|`` of each slice of one tensor along an axis (a token's row, a key's column),
+    summed over the calibration set: what a run-time scale per slice would be."""
+
+    sumsq: float  # sum over slices of (max |x| of the slice)^2
+    count: int  # slices seen
+
+    @property
+    def mean_square(self) -> float:
+        return self.sumsq / max(self.count, 1)
+
+
+def _row_stats(stats: RowStats | None, value: np.ndarray, axis: int) -> RowStats:
+    peaks = np.abs(np.asarray(value, np.float64)).max(axis=axis)
+    stats = stats or RowStats(0.0, 0)
+    return RowStats(stats.sumsq + float(np.sum(peaks**2)), stats.count + peaks.size)
+
+
 def observe(
     run: Runner,
     wanted: list[relax.Var],
@@ -66,25 +85,33 @@ def observe(
     progress: Progress | None = None,
     channels: dict[relax.Var, np.ndarray | None] | None = None,
     divide: dict[relax.Var, np.ndarray] | None = None,
+    rows: dict[tuple[relax.Var, int], RowStats | None] | None = None,
 ) -> dict[relax.Var, Observer]:
     """One observer per wanted tensor, fed by every sample; ``run`` is the float function built
     by ``Runner(with_outputs(func, wanted), ...)``. ``channels`` (var -> None) is filled in place
     with each var's per-channel (last axis) :class:`ChannelStats`; with ``divide`` (var -> per-channel
-    divisor) only those vars are observed, as ``x / divisor``."""
+    divisor) only those vars are observed, as ``x / divisor``. ``rows`` ((var, axis) -> None) is
+    filled likewise with the :class:`RowStats` of each observed var along that axis."""
     observed = list(divide) if divide is not None else wanted
     observers = {v: make_observer() for v in observed}
+    axes: dict = {}
+    for v, axis in rows or ():
+        axes.setdefault(v, []).append(axis)
     for i, sample in enumerate(samples):
         for v, value in zip(wanted, run(sample)):
             if channels is not None and v in channels:
-                rows = np.asarray(value, np.float64).reshape(-1, value.shape[-1])
-                stats = channels[v] or ChannelStats(np.zeros(rows.shape[1]), np.zeros(rows.shape[1]), 0)
+                flat = np.asarray(value, np.float64).reshape(-1, value.shape[-1])
+                stats = channels[v] or ChannelStats(np.zeros(flat.shape[1]), np.zeros(flat.shape[1]), 0)
                 channels[v] = ChannelStats(
-                    np.maximum(stats.max, np.abs(rows).max(axis=0)), stats.sumsq + (rows**2).sum(axis=0),
-                    stats.count + rows.shape[0],
+                    np.maximum(stats.max, np.abs(flat).max(axis=0)), stats.sumsq + (flat**2).sum(axis=0),
+                    stats.count + flat.shape[0],
                 )  # fmt: skip
             if v in observers:
+                seen = value / divide[v] if divide is not None else value
+                for axis in axes.get(v, ()):
+                    rows[v, axis] = _row_stats(rows[v, axis], seen, axis)
                 try:
-                    observers[v].observe(value / divide[v] if divide is not None else value)
+                    observers[v].observe(seen)
                 except ValueError as e:  # the observer refuses inf / NaN
                     raise CalibrationError(
                         f"calibration sample {i}: the float model's tensor '{v.name_hint}' holds inf or NaN "

@@ -9,8 +9,11 @@
 from edgecompile.intref.linear import (
     QMAX,
     QMIN,
+    TINY,
     dequantize,
     dyadic,
+    dynamic_dequantize,
+    dynamic_quantize,
     int_add,
     int_matmul,
     int_relu,
@@ -23,8 +26,11 @@ from edgecompile.intref.linear import (
 __all__ = [
     "QMAX",
     "QMIN",
+    "TINY",
     "dequantize",
     "dyadic",
+    "dynamic_dequantize",
+    "dynamic_quantize",
     "int_add",
     "int_matmul",
     "int_relu",

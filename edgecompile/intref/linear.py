@@ -20,6 +20,13 @@ Conventions (see ``shared`` design notes, "Integer semantics"):
   relative error below 2^-24, far under the int8 step.
 - ``int_matmul``: int8 x int8 accumulated in int32 (exact: |sum| < 2^31 for K < 2^17).
 - ``int_add``: each operand requantized to the output scale with its own (b, c), summed, clipped.
+- Dynamic scales (``int8:act=dynamic``): a row's scale is computed at run time from its own largest
+  magnitude, :func:`dynamic_quantize`: ``amax = max(max|x|, TINY)`` over the reduced axis (exact),
+  ``q = clip(rint(x * float32(127 / amax)), -127, 127)`` and ``S = float32(amax / 127)``, both
+  IEEE float32 divisions, once per row. Each row uses the whole int8 range, so a few tokens 10-100x
+  larger than the rest no longer flatten everyone else's to a few levels. The GEMM output is
+  dequantized: ``float32(acc) * S_row * S_col`` (the product in that order). ``TINY`` keeps an
+  all-zero row (padding) at q = 0 instead of 0 * inf.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 QMIN, QMAX = -128, 127
+TINY = np.float32(1e-30)  # floor of a dynamic row's max |x| (an all-zero row quantizes to 0)
 
 
 def dyadic(ratio: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +86,21 @@ def requantize_f32(acc: np.ndarray, m) -> np.ndarray:
     along the last axis); rounding half to even."""
     y = acc.astype(np.float32) * np.asarray(m, np.float32)
     return np.clip(np.rint(y), QMIN, QMAX).astype(np.int8)
+
+
+def dynamic_quantize(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """``(q, scale)``: ``x`` as int8 with a float32 scale per slice along ``axis`` (kept as a
+    size-1 axis), from that slice's own max ``|x|``; see the module docstring."""
+    x = np.asarray(x, np.float32)
+    amax = np.maximum(np.abs(x).max(axis=axis, keepdims=True), TINY)
+    inv = np.float32(127) / amax
+    q = np.clip(np.rint(x * inv), -127, 127).astype(np.int8)
+    return q, (amax / np.float32(127)).astype(np.float32)
+
+
+def dynamic_dequantize(acc: np.ndarray, row_scale, col_scale) -> np.ndarray:
+    """``float32(acc) * row_scale * col_scale``, in that order (float32)."""
+    return (acc.astype(np.float32) * np.asarray(row_scale, np.float32)) * np.asarray(col_scale, np.float32)
 
 
 def int_matmul(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:

@@ -22,6 +22,8 @@ def linear(rw: Rewriter, layer: Layer) -> bool:
     """int8 ``x`` (smoothed where calibration chose it), int8 ``W`` per output channel, int32
     accumulation plus the int32 bias: an :class:`Acc` at ``S_x * S_w[c]``."""
     call = layer.binding.value
+    if rw.is_dynamic(layer):
+        return _dynamic_linear(rw, layer)
     xq, sx, sigma = rw.as_quant_smoothed(call.args[0])
     w = const_array(call.args[1])
     wq, sw = _weight_quant(w if sigma is None else (w * sigma[:, None]).astype(np.float32))
@@ -33,6 +35,7 @@ def linear(rw: Rewriter, layer: Layer) -> bool:
     sy = rw.scale[layer.output]
     rw.env[layer.output] = Acc(acc, sx * sw, sy)
     layer.info = {
+        "act": "static",
         "scale_in": sx,
         "scale_out": sy,
         "weight_scale_min": float(sw.min()),
@@ -42,8 +45,35 @@ def linear(rw: Rewriter, layer: Layer) -> bool:
     return True
 
 
+def _dynamic_linear(rw: Rewriter, layer: Layer) -> bool:
+    """:func:`linear` with a scale per row of ``x`` computed at run time
+    (:func:`edgecompile.intref.dynamic_quantize`, after smoothing where calibration chose it): the
+    int32 accumulator is dequantized, ``float32(acc) * S_row * S_w[c]``, and the bias added in float."""
+    call = layer.binding.value
+    xq, sx, sigma = rw.as_dynamic(call.args[0], -1, smoothed=True)
+    w = const_array(call.args[1])
+    wq, sw = _weight_quant(w if sigma is None else (w * sigma[:, None]).astype(np.float32))
+    acc = rw.bb.emit(relax.op.matmul(xq, relax.const(wq, "int8"), out_dtype="int32"), name_hint=f"{layer.name}_acc")
+    y = relax.op.multiply(relax.op.multiply(relax.op.astype(acc, "float32"), sx), relax.const(sw.astype(np.float32)))
+    if layer.bias_binding is not None:
+        (bias,) = [c for a in layer.bias_binding.value.args if (c := const_array(a)) is not None]
+        y = relax.op.add(y, relax.const(bias.reshape(-1).astype(np.float32)))
+    rw.env[layer.output] = Float(rw.bb.emit(y, name_hint=layer.name))
+    layer.info = {
+        "act": "dynamic",
+        "weight_scale_min": float(sw.min()),
+        "weight_scale_max": float(sw.max()),
+        **({"smoothing": [float(sigma.min()), float(sigma.max())]} if sigma is not None else {}),
+    }
+    return True
+
+
 def matmul(rw: Rewriter, layer: Layer) -> bool:
-    """Both activations int8 (a softmax output as unsigned ``u - 128``), int32 accumulation."""
+    """Both activations int8 (a softmax output as unsigned ``u - 128``), int32 accumulation.
+    Dynamic: the left operand scaled per row, the right per column, at run time (a softmax output
+    keeps its static unsigned form: its range is [0, 1] on every row); the result dequantized."""
+    if rw.is_dynamic(layer):
+        return _dynamic_matmul(rw, layer)
     unsigned = rw.as_unsigned(layer.inputs[0])
     (aq, sa), (bq, sb) = unsigned or rw.as_quant(layer.inputs[0]), rw.as_quant(layer.inputs[1])
     acc = relax.op.matmul(aq, bq, out_dtype="int32")
@@ -53,7 +83,25 @@ def matmul(rw: Rewriter, layer: Layer) -> bool:
     acc = rw.bb.emit(acc, name_hint=f"{layer.name}_acc")
     sy = rw.scale[layer.output]
     rw.env[layer.output] = Acc(acc, np.float64(sa) * sb, sy)
-    layer.info = {"scale_in": [sa, sb], "scale_out": sy}
+    layer.info = {"act": "static", "scale_in": [sa, sb], "scale_out": sy}
+    return True
+
+
+def _dynamic_matmul(rw: Rewriter, layer: Layer) -> bool:
+    unsigned = rw.as_unsigned(layer.inputs[0])
+    if unsigned is not None:
+        aq, sa = unsigned[0], relax.const(np.float32(unsigned[1]))
+    else:
+        aq, sa, _ = rw.as_dynamic(layer.inputs[0], -1)
+    bq, sb, _ = rw.as_dynamic(layer.inputs[1], -2)
+    acc = relax.op.matmul(aq, bq, out_dtype="int32")
+    if unsigned is not None:
+        zero = relax.op.sum(relax.op.astype(bq, "int32"), axis=[-2], keepdims=True)
+        acc = relax.op.add(acc, relax.op.multiply(zero, relax.const(np.int32(128))))
+    acc = rw.bb.emit(acc, name_hint=f"{layer.name}_acc")
+    y = relax.op.multiply(relax.op.multiply(relax.op.astype(acc, "float32"), sa), sb)
+    rw.env[layer.output] = Float(rw.bb.emit(y, name_hint=layer.name))
+    layer.info = {"act": "dynamic", **({"scale_in": [float(unsigned[1])]} if unsigned is not None else {})}
     return True
 
 

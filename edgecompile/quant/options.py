@@ -13,6 +13,9 @@ from edgecompile.ir.stage import option_value
 
 # the activation range observers, as in edgecompile.calibrate.observers.OBSERVERS (a test checks)
 OBSERVERS = ("minmax", "percentile", "mse", "entropy")
+# activation scales: one per tensor from calibration, per row at run time, or chosen per layer
+# (edgecompile.quant.act_choice)
+ACT_MODES = ("auto", "static", "dynamic")
 
 # the nonlinears the integer-only recipe can run in integers (see edgecompile.quant.integer_only),
 # the implementations each accepts, and the flavors that choose them all at once (``ops=``)
@@ -44,6 +47,8 @@ class QuantOptions:
     # :func:`edgecompile.quant.smooth.smoothing_factors`
     smooth: float | None = None
     keep_worst: int = 0  # also keep the k layers with the lowest SQNR in float
+    act: str = "auto"  # activation scales: auto | static | dynamic (edgecompile.quant.act_choice)
+    dynamic: tuple[str, ...] = ()  # layer names or fnmatch patterns given run-time scales whatever act says
 
     @property
     def integer_only(self) -> bool:
@@ -56,6 +61,8 @@ class QuantOptions:
             raise RecipeError(f"int8: percentile must be in (50, 100], got {self.percentile}")
         if self.smooth is not None and not 0.0 <= self.smooth <= 1.0:
             raise RecipeError(f"int8: smooth must be auto or in [0, 1] (0: off), got {self.smooth}")
+        if self.act not in ACT_MODES:
+            raise RecipeError(f"int8: act must be one of {', '.join(ACT_MODES)}, got '{self.act}'")
         if self.samples is not None and self.samples < 1:
             raise RecipeError("int8: samples must be at least 1")
         chosen = dict(self.nonlinear)
@@ -76,11 +83,22 @@ class QuantOptions:
         samples = option_value(part, options, "samples", int, None)
         keep_worst = option_value(part, options, "keep_worst", int, 0)
         smooth = None if options.get("smooth", "auto") == "auto" else option_value(part, options, "smooth", float, 0)
-        keep = tuple(p for p in options.get("keep_float", "").replace(";", " ").split() if p)
-        parsed = cls(observer, percentile, samples, keep, (), smooth, keep_worst)
+        keep, dynamic = (_patterns(options.get(k, "")) for k in ("keep_float", "dynamic"))
+        act = options.get("act", cls.act)
+        parsed = cls(observer, percentile, samples, keep, (), smooth, keep_worst, act, dynamic)
         if not integer_only:
             return parsed
+        if act == "dynamic" or dynamic:
+            raise RecipeError(
+                "int8-integer-only: run-time activation scales (act=dynamic, dynamic=) are float scales, so they are "
+                "int8-only for now (the integer-only recipe keeps calibrated scales); use int8:act=dynamic"
+            )
         return replace(parsed, nonlinear=tuple(sorted(nonlinear_choice(options).items())))
+
+
+def _patterns(text: str) -> tuple[str, ...]:
+    """Layer names or patterns separated by ';' (or spaces)."""
+    return tuple(p for p in text.replace(";", " ").split() if p)
 
 
 def nonlinear_choice(options: dict[str, str]) -> dict[str, str]:

@@ -34,10 +34,11 @@ from tvm import relax
 from edgecompile.calibrate.capture import Runner, observe, with_outputs
 from edgecompile.calibrate.observers import Observer
 from edgecompile.errors import CalibrationError, EdgeCompileWarning, RecipeError
-from edgecompile.ir.layers import find_layers, linear_inputs, observed_vars
+from edgecompile.ir.layers import find_layers, linear_inputs, nonnegative_vars, observed_vars
 from edgecompile.ir.ops import op_name
 from edgecompile.ir.walk import bindings, building_with, carry_functions, matched_vars
 from edgecompile.passes.patchify import linear_form
+from edgecompile.quant.act_choice import choose_dynamic, dynamic_gain_db, dynamic_operands
 from edgecompile.quant.layer_switch import switched_module
 from edgecompile.quant.options import QuantOptions
 from edgecompile.quant.rewrite import quantize_function
@@ -60,6 +61,7 @@ class Calibration:
     keep_float: tuple[str, ...] = ()
     record: dict = field(default_factory=dict)  # of the recipe's rewrite: forms, requantized
     integer_only: bool = False
+    dynamic: frozenset = frozenset()  # layers with run-time activation scales (edgecompile.quant.act_choice)
 
     def retarget(self, mod: tvm.IRModule) -> Calibration:
         """This calibration for ``mod``: the same model imported at other static input shapes (a
@@ -80,7 +82,7 @@ class Calibration:
         moved = lambda d: {vmap[v]: x for v, x in d.items()}  # noqa: E731
         return Calibration(
             func, mod, layers, moved(self.thresholds), self.nonlinear, moved(self.smooth), moved(self.maxima),
-            self.keep_float, integer_only=self.integer_only,
+            self.keep_float, integer_only=self.integer_only, dynamic=self.dynamic,
         )  # fmt: skip
 
     def rewrite(self, keep_float=None) -> tvm.IRModule:
@@ -89,7 +91,7 @@ class Calibration:
         record: dict = {}
         mod = quantize_function(
             self.func, self.layers, self.thresholds, keep, nonlinear=self.nonlinear, smooth=self.smooth,
-            maxima=self.maxima, record=record,
+            maxima=self.maxima, record=record, dynamic=self.dynamic,
         )  # fmt: skip
         if keep_float is None:
             self.record = record
@@ -101,8 +103,9 @@ class Calibration:
         if not self.record:
             self.rewrite()
         mod, alone = switched_module(
-            self.func, self.layers, self.thresholds, self.record, self.nonlinear, self.smooth, self.maxima
-        )
+            self.func, self.layers, self.thresholds, self.record, self.nonlinear, self.smooth, self.maxima,
+            self.dynamic,
+        )  # fmt: skip
         return carry_functions(mod, self.src), [{"name": layer.name, "kind": layer.kind} for layer in alone]
 
 
@@ -121,6 +124,8 @@ class QuantResult:
             "integer_ops": dict(options.nonlinear),
             "percentile": options.percentile if options.observer == "percentile" else None,
             "smooth": "auto" if options.smooth is None else options.smooth,
+            "act": options.act,
+            "dynamic": sorted(self.calibration.dynamic) if self.calibration is not None else [],
             "samples": self.samples,
             "kept_float": self.kept_float,
             "layers": self.layers,
@@ -152,30 +157,19 @@ def quantize_model(
     layers = find_layers(func, options.integer_only)
     if not layers:
         raise RecipeError("int8: the model has no matmul, linear or add to quantize")
-    _check_keep_float(options.keep_float, layers)
+    _check_patterns("keep_float", options.keep_float, layers)
+    _check_patterns("dynamic", options.dynamic, layers)
     wanted = observed_vars(layers)
     frun = Runner(with_outputs(func, wanted), input_names, build)  # built once: calibration and errors
-    make_observer = lambda: Observer(options.observer, options.percentile)  # noqa: E731
-    readers = linear_inputs(layers) if options.smooth != 0 else {}
-    channels = dict.fromkeys(readers)
-    observers = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating", i, n), channels)
-    sigmas = {v: s for v in readers if (s := smoothing_factors(channels[v], readers[v], options.smooth)) is not None}
-    smooth = {}
-    if sigmas:  # a second pass observes x / sigma
-        smoothed = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating smoothed", i, n),
-                           divide=sigmas)  # fmt: skip
-        # smoothing evened the channel ranges: clipping now cuts the largest values of every channel
-        smooth = {v: (sigmas[v], o.max) for v, o in smoothed.items()}
-    # Softmax outputs are probabilities in [0, 1] whose largest values matter most (peaked
-    # attention): their range is the observed max, whatever the observer clips elsewhere.
-    softmax = {b.var for b in bindings(func) if op_name(b.value) == "relax.nn.softmax"}
-    thresholds = {v: (o.max if v in softmax else o.threshold()) for v, o in observers.items()}
-    maxima = {v: o.max for v, o in observers.items()}
-    _check_zero_ranges(layers, maxima, options.keep_float)
+    stats = _calibrate(func, layers, frun, wanted, samples, options, say)
+    _check_zero_ranges(layers, stats.maxima, options.keep_float)
+    dynamic = choose_dynamic(
+        [la for la in layers if not la.matches(options.keep_float)], options.act, options.dynamic, stats.gains
+    )
     keep = list(options.keep_float)
     nonlinear = dict(options.nonlinear)
     measure = functools.partial(
-        _layer_errors, func, layers, thresholds, frun, wanted, samples[:ERROR_SAMPLES], say, nonlinear, smooth, maxima
+        _layer_errors, func, layers, stats, frun, wanted, samples[:ERROR_SAMPLES], say, nonlinear, dynamic
     )
     errors = measure(keep)
     if options.keep_worst:
@@ -183,19 +177,67 @@ def quantize_model(
         keep += [e["name"] for e in worst]
         errors = measure(keep)
     calibration = Calibration(
-        func, mod, layers, thresholds, nonlinear, smooth, maxima, tuple(keep), integer_only=options.integer_only
-    )
+        func, mod, layers, stats.thresholds, nonlinear, stats.smooth, stats.maxima, tuple(keep),
+        integer_only=options.integer_only, dynamic=frozenset(dynamic),
+    )  # fmt: skip
     return QuantResult(calibration.rewrite(), errors, keep, len(samples), calibration)
 
 
-def _check_keep_float(patterns: tuple[str, ...], layers) -> None:
-    """Every ``keep_float`` name or pattern names at least one layer (a typo would keep nothing)."""
+@dataclass
+class _Stats:
+    """What the calibration runs measured: clipping values, smoothing, largest |x|, and per layer
+    the dB run-time scales would save (:func:`edgecompile.quant.act_choice.dynamic_gain_db`)."""
+
+    thresholds: dict
+    smooth: dict
+    maxima: dict
+    gains: dict
+
+
+def _calibrate(func, layers, frun: Runner, wanted, samples, options: QuantOptions, say) -> _Stats:
+    """Observe ``wanted`` on ``samples`` (twice where SmoothQuant moves ranges into the weights)."""
+    make_observer = lambda: Observer(options.observer, options.percentile)  # noqa: E731
+    readers = linear_inputs(layers) if options.smooth != 0 else {}
+    channels = dict.fromkeys(readers)
+    nonneg = nonnegative_vars(func)
+    scaled = options.act != "static" and not options.integer_only  # act_choice: int8 only, for now
+    operands = {la.name: ops for la in layers if scaled and (ops := dynamic_operands(la, nonneg))}
+    rows = dict.fromkeys(key for keys in operands.values() for key in keys)
+    observers = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating", i, n), channels,
+                        rows=rows)  # fmt: skip
+    sigmas = {v: s for v in readers if (s := smoothing_factors(channels[v], readers[v], options.smooth)) is not None}
+    smooth, smoothed_rows = {}, {key: None for key in rows if key[0] in sigmas}
+    if sigmas:  # a second pass observes x / sigma
+        smoothed = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating smoothed", i, n),
+                           divide=sigmas, rows=smoothed_rows)  # fmt: skip
+        # smoothing evened the channel ranges: clipping now cuts the largest values of every channel
+        smooth = {v: (sigmas[v], o.max) for v, o in smoothed.items()}
+    # Softmax outputs are probabilities in [0, 1] whose largest values matter most (peaked
+    # attention): their range is the observed max, whatever the observer clips elsewhere.
+    softmax = {b.var for b in bindings(func) if op_name(b.value) == "relax.nn.softmax"}
+    thresholds = {v: (o.max if v in softmax else o.threshold()) for v, o in observers.items()}
+    gains = {}
+    for name, keys in operands.items():
+        kind = next(la.kind for la in layers if la.name == name)
+        per = [
+            dynamic_gain_db(smooth[v][1], smoothed_rows[v, a].mean_square)
+            if kind == "linear" and v in smooth
+            else dynamic_gain_db(thresholds[v], rows[v, a].mean_square)
+            for v, a in keys
+        ]
+        gains[name] = max(per, default=0.0)
+    return _Stats(thresholds, smooth, {v: o.max for v, o in observers.items()}, gains)
+
+
+def _check_patterns(option: str, patterns: tuple[str, ...], layers) -> None:
+    """Every ``keep_float`` (or ``dynamic``) name or pattern names at least one layer (a typo would
+    keep nothing)."""
     names = [layer.name for layer in layers]
     unmatched = [p for p in patterns if not any(layer.matches([p]) for layer in layers)]
     if unmatched:
         shown = ", ".join(names[:8]) + (", …" if len(names) > 8 else "")
         raise RecipeError(
-            f"keep_float {unmatched[0]!r} names no layer of this model; its layers are {shown} "
+            f"{option} {unmatched[0]!r} names no layer of this model; its layers are {shown} "
             "(`edgecompile inspect ARTIFACT --quant` lists them)"
         )
 
@@ -225,14 +267,15 @@ def _check_zero_ranges(layers, maxima: dict, keep_float: tuple[str, ...]) -> Non
 
 
 def _layer_errors(
-    func, layers, thresholds, frun: Runner, wanted, samples, say, nonlinear, smooth, maxima, keep
+    func, layers, stats: _Stats, frun: Runner, wanted, samples, say, nonlinear, dynamic, keep
 ) -> list[dict]:
     """SQNR of each layer's output: the float values from ``frun`` (which returns ``wanted``, the
     layer outputs among them) against the quantized model's, dequantized."""
     outputs = [layer.output for layer in layers]
     qmod = quantize_function(
-        func, layers, thresholds, keep, extra_outputs=outputs, nonlinear=nonlinear, smooth=smooth, maxima=maxima
-    )
+        func, layers, stats.thresholds, keep, extra_outputs=outputs, nonlinear=nonlinear, smooth=stats.smooth,
+        maxima=stats.maxima, dynamic=dynamic,
+    )  # fmt: skip
     qrun = Runner(qmod, frun.names, frun.build)
     pos = {v: i for i, v in enumerate(wanted)}
     signal, noise = np.zeros(len(layers)), np.zeros(len(layers))
@@ -251,6 +294,7 @@ def _layer_errors(
                 "kind": layer.kind,
                 "quantized": bool(layer.info),  # only rewritten layers carry scales
                 "sqnr_db": round(_sqnr(signal[j], noise[j]), 2),
+                **({"dynamic_gain_db": round(stats.gains[layer.name], 1)} if layer.name in stats.gains else {}),
                 **{k: _jsonable(v) for k, v in layer.info.items()},
             }
         )

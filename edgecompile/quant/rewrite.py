@@ -51,6 +51,7 @@ def quantize_function(
     smooth: dict | None = None,
     maxima: dict | None = None,
     record: dict | None = None,
+    dynamic=(),
 ) -> tvm.IRModule:
     """The int8 rewrite of ``func`` (see the module docstring): a module of ``main`` and the TIR
     kernels it calls. ``thresholds`` maps each var of
@@ -62,12 +63,13 @@ def quantize_function(
     ``|x|`` calibration saw per var (integer-only: the 16-bit residual stream's range).
     ``record``, if given, receives ``forms`` (:attr:`Rewriter.forms`: which layers were rewritten,
     reading which integer inputs) and ``requantized`` (the layers whose int32 output was
-    requantized to int8 for a reader)."""
+    requantized to int8 for a reader). ``dynamic`` names the linear layers and matmuls whose
+    activations are quantized with run-time scales per row (``int8:act=``)."""
     for layer in layers:
         layer.info = {}
     bb = relax.BlockBuilder()
     params = [relax.Var(p.name, p.ty) for p in func.params]
-    rw = Rewriter(bb, thresholds, layers, keep_float, handlers(nonlinear), nonlinear, smooth, maxima)
+    rw = Rewriter(bb, thresholds, layers, keep_float, handlers(nonlinear), nonlinear, smooth, maxima, dynamic)
     with bb.function("main", params, attrs=dict(func.attrs) if func.attrs else None):
         with bb.dataflow():
             out = rw.walk(func, params)

@@ -99,6 +99,7 @@ class Rewriter:
         nonlinear: dict[str, str] | None = None,
         smooth: dict | None = None,
         maxima: dict | None = None,
+        dynamic=(),
     ):
         self.bb = bb
         self.scale = {v: t / 127.0 for v, t in thresholds.items()}
@@ -116,6 +117,8 @@ class Rewriter:
         self.bias_of = {layer.bias_binding.var: layer for layer in layers if layer.bias_binding is not None}
         self.gelu_of = {v: layer for layer in layers if layer.kind == "gelu" for v in layer.region.interior}
         self.keep = tuple(keep_float)
+        self.dynamic = frozenset(dynamic)  # names of the layers whose activations get run-time scales
+        self.float_feeds: set = set()  # vars the dynamic layers read, through layout ops (walk fills it)
         # per rewritten layer, the form (Rewriter.form) of each integer input it read; per-layer
         # sensitivity rebuilds these from float values (edgecompile.quant.layer_switch)
         self.forms: dict[str, dict] = {}
@@ -197,6 +200,32 @@ class Rewriter:
                 self.qcache[key] = (self.bb.emit(relax.op.astype(x, "int8"), name_hint=f"{v.name}_u"), s)
         return self.qcache[key]
 
+    def is_dynamic(self, layer: Layer) -> bool:
+        """``layer`` quantizes its activations with run-time scales (``int8:act=dynamic``)."""
+        return layer.name in self.dynamic and layer.kind in ("linear", "matmul")
+
+    def as_dynamic(self, v, axis: int = -1, smoothed: bool = False):
+        """``(int8 expr, float32 scale expr, sigma)``: ``v`` (divided by its smoothing factors where
+        ``smoothed`` and calibration chose them; sigma None otherwise) quantized with a scale per
+        slice along ``axis``, from that slice's own max ``|x|`` at run time
+        (:func:`edgecompile.intref.dynamic_quantize`)."""
+        sigma = self.smooth[v][0] if smoothed and v in self.smooth else None
+        key = (v, "dynamic", axis, sigma is not None)
+        if key not in self.qcache:
+            x = self.as_float(v)
+            if sigma is not None:
+                x = relax.op.multiply(x, relax.const((1.0 / sigma).astype(np.float32)))
+            x = self.bb.emit(x, name_hint=f"{v.name}_x") if sigma is not None else x
+            peak = relax.op.max(relax.op.abs(x), axis=[axis], keepdims=True)
+            amax = self.bb.emit(relax.op.maximum(peak, relax.const(intref.TINY)), name_hint=f"{v.name}_amax")
+            inv = relax.op.divide(relax.const(np.float32(127)), amax)
+            q = relax.op.astype(relax.op.clip(relax.op.round(relax.op.multiply(x, inv)), -127, 127), "int8")
+            scale = relax.op.divide(amax, relax.const(np.float32(127)))
+            self.qcache[key] = (
+                self.bb.emit(q, name_hint=f"{v.name}_dq"), self.bb.emit(scale, name_hint=f"{v.name}_ds"), sigma
+            )  # fmt: skip
+        return self.qcache[key]
+
     def as_int(self, v, narrow: bool = False):
         """``(expr, scale)``: ``v`` as integers at one scale for the whole tensor (int8, or an int32
         at one scale, within 16 bits if ``narrow``)."""
@@ -234,6 +263,7 @@ class Rewriter:
         """Rewrite the bindings of ``func``, whose parameters are ``params`` now; its result, in float."""
         self.env.update({p: Float(n) for p, n in zip(func.params, params)})
         self.nonneg = nonnegative_vars(func)
+        self.float_feeds = _float_feeds(func, [la for la in self.layers.values() if self.is_dynamic(la)])
         for b in bindings(func):
             self.binding(b)
         ret = func.body.body
@@ -331,6 +361,8 @@ class Rewriter:
                 Int8(e.expr, e.scale * f) if isinstance(e, Int8) else Acc(e.expr, e.scale * f, e.out_scale * f)
             )
             return True
+        if op in LAYOUT_OPS and v in self.float_feeds:
+            return False  # a dynamic layer reads it: moved in float, quantized by that layer's own scales
         if op in LAYOUT_OPS or op == "relax.nn.relu":
             q, s = self.as_quant(x)
             if op == "relax.nn.relu":
@@ -340,3 +372,14 @@ class Rewriter:
             self.env[v] = Int8(self.bb.emit(new, name_hint=v.name), s)
             return True
         return False
+
+
+def _float_feeds(func: relax.Function, dynamic: list[Layer]) -> set:
+    """The inputs of the ``dynamic`` layers and the tensors layout ops turn into them: an integer
+    tensor on such a path moves in float (exactly dequantized), not requantized to a static scale
+    that would cost the dynamic layer its range."""
+    wanted = {x for layer in dynamic for x in layer.inputs}
+    for b in reversed(list(bindings(func))):
+        if b.var in wanted and op_name(b.value) in LAYOUT_OPS and isinstance(b.value.args[0], relax.Var):
+            wanted.add(b.value.args[0])
+    return wanted

@@ -36,6 +36,8 @@ class Matmul(CPUScheduleRule):
         if reduction is None:
             return None
         main = reduction[0]
+        if not _sums(sch.get(main)):  # a max over a row (a dynamic int8 scale) is no GEMM
+            return None
         maps = get_index_map(sch.get(main))
         if maps is None and not _is_canonical(sch.get(main)):
             return None
@@ -205,6 +207,13 @@ def inline_side_inputs(sch, epilogue, main) -> bool:
                 changed = True
                 break
     return True
+
+
+def _sums(block) -> bool:
+    """The reduction starts from zero (a sum of products), not from the lowest value (a max)."""
+    init = block.init
+    value = getattr(init, "value", None)
+    return value is None or (isinstance(value, (tirx.IntImm, tirx.FloatImm)) and float(value.value) == 0.0)
 
 
 def _is_canonical(block) -> bool:

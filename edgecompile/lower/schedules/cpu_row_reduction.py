@@ -63,7 +63,9 @@ class RowReduction(CPUScheduleRule):
         if widths is None:
             return None
         out = blocks[-1]
-        if _is_reduction(sch, out):
+        # a bare row reduction (a dynamic int8 scale's max |x|): its lane-combining step is the output
+        bare = _is_reduction(sch, out)
+        if bare and (len(reductions) != 1 or any(w % vw for w in widths.values())):
             return None
         for b in blocks[:-1]:
             if not _is_reduction(sch, b):
@@ -78,7 +80,8 @@ class RowReduction(CPUScheduleRule):
             return None
         row = sch.fuse(*loops[:-1])
         sch.parallel(row)
-        _vectorize_row(sch, out, vw)
+        if not bare:
+            _vectorize_row(sch, out, vw)
         _stages_per_row(sch, out, row, partials, vw)
         if all(w % vw == 0 for w in widths.values()):
             return sch
