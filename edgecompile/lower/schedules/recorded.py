@@ -37,6 +37,9 @@ class ApplyRulesRecorded:
         for gv, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc) or _scheduled(func):
                 continue
+            if not _has_blocks(func):  # TOPI's ir_builder kernels (cumsum, sort): plain loops, final as they are
+                updated[gv] = func.with_attr("tirx.is_scheduled", True).with_attr(RULE_ATTR, "hand-written")
+                continue
             target = func.attrs.get("target") if func.attrs else None
             target = target or tvm.target.Target.current(allow_none=False)
             for rule in self.rules:
@@ -49,6 +52,14 @@ class ApplyRulesRecorded:
         for gv, func in updated.items():
             mod[gv] = func
         return mod
+
+
+def _has_blocks(func) -> bool:
+    try:
+        s_tir.Schedule(func).get_sblock("root")
+    except Exception:  # no root block: nothing a rule could schedule
+        return False
+    return True
 
 
 def _scheduled(func) -> bool:
