@@ -257,6 +257,12 @@ def inspect_float_ops(path: Path, as_json: bool) -> None:
     )
 
 
+def _act(row: dict) -> str:
+    """``static``/``dynamic`` and the gain run-time scales were measured to give (int8:act=)."""
+    gain = f" ({row['dynamic_gain_db']:+.1f} dB)" if "dynamic_gain_db" in row else ""
+    return row["act"] + gain if "act" in row else "-"
+
+
 def inspect_quant(path: Path, as_json: bool) -> None:
     q = _manifest_section(path, "quantization", "a quantizing recipe (no per-layer data)")
     rows = sorted(q["layers"], key=lambda r: (not r["quantized"], r["sqnr_db"]))
@@ -265,7 +271,7 @@ def inspect_quant(path: Path, as_json: bool) -> None:
         return
     obs = q["observer"] + (f" {q['percentile']}" if q.get("percentile") else "")
     table = Table(title=f"{path}: integer layers, worst SQNR first ({obs}, {q['samples']} calibration samples)")
-    for col in ("layer", "kind", "integer", "SQNR dB", "scale in", "scale out", "weight scales"):
+    for col in ("layer", "kind", "integer", "SQNR dB", "act scales", "scale in", "scale out", "weight scales"):
         table.add_column(col)
 
     def fmt(v):
@@ -280,6 +286,7 @@ def inspect_quant(path: Path, as_json: bool) -> None:
             r["kind"] + (f" ({r['impl']})" if "impl" in r else ""),
             "yes" if r["quantized"] else "float",
             f"{r['sqnr_db']:.1f}",
+            _act(r),
             fmt(r.get("scale_in")),
             fmt(r.get("scale_out")),
             ws,

@@ -169,3 +169,24 @@ def test_dynamic_attention_matmuls():
     for s in samples[:3]:
         np.testing.assert_allclose(_run(res.mod, s["x"]), reference.run(res.mod, s), rtol=1e-5, atol=1e-6)
         assert _sqnr(reference.run(mod["main"], s), _run(res.mod, s["x"])) > 25
+
+
+def test_per_layer_sensitivity_switches_a_dynamic_layer():
+    """The one-build sensitivity module runs a dynamic layer alone exactly as the rewrite with every
+    other layer kept in float does (its run-time scales from the float values it reads)."""
+    from edgecompile.ir.switch import flags, switch_width
+
+    rng = np.random.default_rng(5)
+    mod = _outlier_mlp(rng)
+    samples = _outlier_samples(rng, 6)
+    res = quantize_model(mod, samples, ["x"], QuantOptions.from_options({"smooth": "0"}, False), _build)
+    assert res.calibration.dynamic == {"linear.0", "linear.1"}
+    smod, layers = res.calibration.switched()
+    names = [layer["name"] for layer in layers]
+    width = switch_width(smod)
+    x = samples[0]["x"]
+    for k, name in enumerate(names):
+        want = _run(res.calibration.rewrite(keep_float=[n for n in names if n != name]), x)
+        got = _run(smod, x, flags(width, [k]))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+        assert np.abs(want - reference.run(mod["main"], samples[0])).max() > 1e-4, name  # really quantized

