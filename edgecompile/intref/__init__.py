@@ -9,6 +9,7 @@
 from edgecompile.intref.linear import (
     QMAX,
     QMIN,
+    SHIFT_STEPS,
     TINY,
     dequantize,
     dyadic,
@@ -21,11 +22,14 @@ from edgecompile.intref.linear import (
     requantize,
     requantize_f32,
     rescale,
+    rescale_shifted,
+    row_shift_quantize,
 )
 
 __all__ = [
     "QMAX",
     "QMIN",
+    "SHIFT_STEPS",
     "TINY",
     "dequantize",
     "dyadic",
@@ -38,4 +42,6 @@ __all__ = [
     "requantize",
     "requantize_f32",
     "rescale",
+    "rescale_shifted",
+    "row_shift_quantize",
 ]

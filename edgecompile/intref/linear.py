@@ -103,6 +103,31 @@ def dynamic_dequantize(acc: np.ndarray, row_scale, col_scale) -> np.ndarray:
     return (acc.astype(np.float32) * np.asarray(row_scale, np.float32)) * np.asarray(col_scale, np.float32)
 
 
+SHIFT_STEPS = 48  # row shifts counted: int64 rows up to 2^54
+
+
+def row_shift_quantize(z: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """``(q, shift)``: integers ``z`` (int64) as int8 with a power-of-two scale per slice along
+    ``axis`` (the integer-only recipe's run-time row scale, ``int8-integer-only:act=``). ``shift`` is
+    the least ``n >= 0`` with ``rint(max|z| / 2^n) <= 127``, counted as ``#{k < 48: 2 max|z| >=
+    255 * 2^k}``; ``q = clip((z + (2^n >> 1)) >> n, -127, 127)`` (rounding half up), so each row
+    uses between 64 and 127 levels at its top."""
+    z = np.asarray(z, np.int64)
+    m = np.abs(z).max(axis=axis, keepdims=True)
+    steps = np.int64(255) << np.arange(SHIFT_STEPS, dtype=np.int64)
+    shift = (2 * m[..., None] >= steps).sum(axis=-1).astype(np.int64)
+    half = (np.int64(1) << shift) >> 1
+    return np.clip((z + half) >> shift, -127, 127).astype(np.int8), shift
+
+
+def rescale_shifted(acc: np.ndarray, b, c, shift) -> np.ndarray:
+    """``rescale`` of an accumulator whose operand rows were shifted right by ``shift``:
+    ``(acc * b + 2^(c - d - 1)) >> (c - d)`` with ``d = min(shift, c - 1)`` (int64, unclipped)."""
+    b, c = np.asarray(b, np.int64), np.asarray(c, np.int64)
+    d = c - np.minimum(np.asarray(shift, np.int64), c - 1)
+    return (acc.astype(np.int64) * b + (np.int64(1) << (d - 1))) >> d
+
+
 def int_matmul(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """int8 x int8 -> int32 matmul (numpy broadcasting of batch dims), plus an int32 bias."""
     acc = np.matmul(a.astype(np.int64), b.astype(np.int64))

@@ -18,10 +18,12 @@ other token a handful of levels.
   static requantization; a tensor with outlier rows gains 10-30 dB. The estimate ignores the
   clipping error a static scale adds on the outlier rows themselves, so it errs toward static.
 
-Dynamic is for the ``int8`` recipe: its scales are float32 (``max|x| / 127``) and the GEMM output
-is dequantized. ``int8-integer-only`` keeps calibrated scales (``act=auto`` is static there;
-``act=dynamic`` is refused): an integer row scale (a power-of-two shift from the row's max, the
-shift carried through every requantization) is the planned form, not built yet.
+In ``int8`` the scales are float32 (``max|x| / 127``) and the GEMM output is dequantized. In
+``int8-integer-only`` they are powers of two, an integer shift per row from the row's integer max
+(:func:`edgecompile.intref.row_shift_quantize`), and the accumulator is rescaled by a dyadic
+multiplier and that shift (:func:`edgecompile.intref.rescale_shifted`) to one fine static scale, so
+no float enters between the input quantize and the output dequantize; there only linear layers
+take them (a matmul of two activations would carry two shifts into its rescale: not built).
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ from edgecompile.ir.layers import Layer
 
 AUTO_GAIN_DB = 6.0  # one bit
 DYNAMIC_KINDS = ("linear", "matmul")
+INTEGER_ONLY_KINDS = ("linear",)  # row-shifted matmuls of two activations: not built
+
+
+def dynamic_kinds(integer_only: bool) -> tuple[str, ...]:
+    """The layer kinds a recipe can give run-time scales."""
+    return INTEGER_ONLY_KINDS if integer_only else DYNAMIC_KINDS
 
 
 def dynamic_operands(layer: Layer, nonneg: set) -> list[tuple[relax.Var, int]]:
@@ -55,12 +63,14 @@ def dynamic_gain_db(threshold: float, mean_square_peak: float) -> float:
     return 10 * math.log10(threshold**2 / mean_square_peak)
 
 
-def choose_dynamic(layers: list[Layer], act: str, patterns, gains: dict[str, float]) -> set[str]:
-    """The names of the layers to quantize dynamically: ``act`` (auto, static, dynamic), the
-    ``patterns`` forced dynamic, and for auto each layer's largest operand gain (``gains``)."""
+def choose_dynamic(
+    layers: list[Layer], act: str, patterns, gains: dict[str, float], kinds: tuple[str, ...] = DYNAMIC_KINDS
+) -> set[str]:
+    """The names of the layers (of ``kinds``) to quantize dynamically: ``act`` (auto, static,
+    dynamic), the ``patterns`` forced dynamic, and for auto each layer's largest operand gain (``gains``)."""
     chosen = set()
     for layer in layers:
-        if layer.kind not in DYNAMIC_KINDS:
+        if layer.kind not in kinds:
             continue
         if act == "dynamic" or layer.matches(patterns) or (act == "auto" and gains.get(layer.name, 0) >= AUTO_GAIN_DB):
             chosen.add(layer.name)

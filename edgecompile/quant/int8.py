@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
+from edgecompile import intref
 from edgecompile.ir.layers import Layer
 from edgecompile.ir.ops import const_array
 from edgecompile.quant.rewriter import Acc, Float, Int8, Rewriter, rescale
@@ -23,7 +24,9 @@ def linear(rw: Rewriter, layer: Layer) -> bool:
     accumulation plus the int32 bias: an :class:`Acc` at ``S_x * S_w[c]``."""
     call = layer.binding.value
     if rw.is_dynamic(layer):
-        return _dynamic_linear(rw, layer)
+        done = _row_shifted_linear(rw, layer) if rw.integer_only else _dynamic_linear(rw, layer)
+        if done is not None:
+            return done
     xq, sx, sigma = rw.as_quant_smoothed(call.args[0])
     w = const_array(call.args[1])
     wq, sw = _weight_quant(w if sigma is None else (w * sigma[:, None]).astype(np.float32))
@@ -61,6 +64,43 @@ def _dynamic_linear(rw: Rewriter, layer: Layer) -> bool:
     rw.env[layer.output] = Float(rw.bb.emit(y, name_hint=layer.name))
     layer.info = {
         "act": "dynamic",
+        "weight_scale_min": float(sw.min()),
+        "weight_scale_max": float(sw.max()),
+        **({"smoothing": [float(sigma.min()), float(sigma.max())]} if sigma is not None else {}),
+    }
+    return True
+
+
+FINE = 256  # a row-shifted linear's int32 output is kept at 1/256 of its calibrated int8 step
+
+
+def _row_shifted_linear(rw: Rewriter, layer: Layer) -> bool | None:
+    """Integer-only :func:`linear` with a power-of-two scale per row of ``x`` chosen at run time
+    (:func:`edgecompile.intref.row_shift_quantize`): the int32 accumulator at
+    ``S_x 2^shift S_w[c]`` is rescaled by :func:`edgecompile.intref.rescale_shifted` to one scale
+    for the whole tensor, ``1/FINE`` of the output's calibrated int8 step, plus the bias there:
+    integers throughout. None where ``x`` is float (the static path quantizes it)."""
+    call = layer.binding.value
+    held = rw.as_row_shifted(call.args[0])
+    if held is None:
+        return None
+    q, shift, sz, sigma = held
+    w = const_array(call.args[1])
+    wq, sw = _weight_quant(w if sigma is None else (w * sigma[:, None]).astype(np.float32))
+    acc = rw.bb.emit(relax.op.matmul(q, relax.const(wq, "int8"), out_dtype="int32"), name_hint=f"{layer.name}_acc")
+    s_fine = rw.scale[layer.output] / FINE
+    b, c = intref.dyadic(np.float64(sz) * sw / s_fine)
+    i64 = lambda a: relax.const(np.asarray(a, np.int64), "int64")  # noqa: E731
+    d = relax.op.subtract(i64(c), relax.op.minimum(shift, i64(c - 1)))
+    one = relax.op.left_shift(i64(1), relax.op.subtract(d, i64(1)))
+    y = relax.op.right_shift(relax.op.add(relax.op.multiply(relax.op.astype(acc, "int64"), i64(b)), one), d)
+    if layer.bias_binding is not None:
+        (bias,) = [c for a in layer.bias_binding.value.args if (c := const_array(a)) is not None]
+        y = relax.op.add(y, i64(np.clip(np.rint(bias.reshape(-1) / s_fine), -(2**40), 2**40)))
+    rw.set_acc(layer, relax.op.astype(relax.op.clip(y, -(2**31 - 1), 2**31 - 1), "int32"), s_fine)
+    layer.info = {
+        "act": "dynamic",
+        "scale_out": s_fine,
         "weight_scale_min": float(sw.min()),
         "weight_scale_max": float(sw.max()),
         **({"smoothing": [float(sigma.min()), float(sigma.max())]} if sigma is not None else {}),

@@ -88,11 +88,6 @@ class QuantOptions:
         parsed = cls(observer, percentile, samples, keep, (), smooth, keep_worst, act, dynamic)
         if not integer_only:
             return parsed
-        if act == "dynamic" or dynamic:
-            raise RecipeError(
-                "int8-integer-only: run-time activation scales (act=dynamic, dynamic=) are float scales, so they are "
-                "int8-only for now (the integer-only recipe keeps calibrated scales); use int8:act=dynamic"
-            )
         return replace(parsed, nonlinear=tuple(sorted(nonlinear_choice(options).items())))
 
 

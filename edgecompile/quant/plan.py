@@ -38,7 +38,7 @@ from edgecompile.ir.layers import find_layers, linear_inputs, nonnegative_vars, 
 from edgecompile.ir.ops import op_name
 from edgecompile.ir.walk import bindings, building_with, carry_functions, matched_vars
 from edgecompile.passes.patchify import linear_form
-from edgecompile.quant.act_choice import choose_dynamic, dynamic_gain_db, dynamic_operands
+from edgecompile.quant.act_choice import choose_dynamic, dynamic_gain_db, dynamic_kinds, dynamic_operands
 from edgecompile.quant.layer_switch import switched_module
 from edgecompile.quant.options import QuantOptions
 from edgecompile.quant.rewrite import quantize_function
@@ -125,7 +125,9 @@ class QuantResult:
             "percentile": options.percentile if options.observer == "percentile" else None,
             "smooth": "auto" if options.smooth is None else options.smooth,
             "act": options.act,
-            "dynamic": sorted(self.calibration.dynamic) if self.calibration is not None else [],
+            # the layers rewritten with run-time scales (a chosen one whose input has no single
+            # scale, e.g. read per channel, keeps the static path)
+            "dynamic": sorted(r["name"] for r in self.layers if r.get("act") == "dynamic"),
             "samples": self.samples,
             "kept_float": self.kept_float,
             "layers": self.layers,
@@ -164,8 +166,9 @@ def quantize_model(
     stats = _calibrate(func, layers, frun, wanted, samples, options, say)
     _check_zero_ranges(layers, stats.maxima, options.keep_float)
     dynamic = choose_dynamic(
-        [la for la in layers if not la.matches(options.keep_float)], options.act, options.dynamic, stats.gains
-    )
+        [la for la in layers if not la.matches(options.keep_float)], options.act, options.dynamic, stats.gains,
+        dynamic_kinds(options.integer_only),
+    )  # fmt: skip
     keep = list(options.keep_float)
     nonlinear = dict(options.nonlinear)
     measure = functools.partial(
@@ -200,8 +203,8 @@ def _calibrate(func, layers, frun: Runner, wanted, samples, options: QuantOption
     readers = linear_inputs(layers) if options.smooth != 0 else {}
     channels = dict.fromkeys(readers)
     nonneg = nonnegative_vars(func)
-    scaled = options.act != "static" and not options.integer_only  # act_choice: int8 only, for now
-    operands = {la.name: ops for la in layers if scaled and (ops := dynamic_operands(la, nonneg))}
+    kinds = dynamic_kinds(options.integer_only) if options.act != "static" else ()
+    operands = {la.name: ops for la in layers if la.kind in kinds and (ops := dynamic_operands(la, nonneg))}
     rows = dict.fromkeys(key for keys in operands.values() for key in keys)
     observers = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating", i, n), channels,
                         rows=rows)  # fmt: skip

@@ -201,8 +201,9 @@ class Rewriter:
         return self.qcache[key]
 
     def is_dynamic(self, layer: Layer) -> bool:
-        """``layer`` quantizes its activations with run-time scales (``int8:act=dynamic``)."""
-        return layer.name in self.dynamic and layer.kind in ("linear", "matmul")
+        """``layer`` quantizes its activations with run-time scales (``int8:act=dynamic``): linear
+        layers and matmuls in int8, linear layers in the integer-only recipe."""
+        return layer.name in self.dynamic and layer.kind in (("linear",) if self.integer_only else ("linear", "matmul"))
 
     def as_dynamic(self, v, axis: int = -1, smoothed: bool = False):
         """``(int8 expr, float32 scale expr, sigma)``: ``v`` (divided by its smoothing factors where
@@ -224,6 +225,41 @@ class Rewriter:
             self.qcache[key] = (
                 self.bb.emit(q, name_hint=f"{v.name}_dq"), self.bb.emit(scale, name_hint=f"{v.name}_ds"), sigma
             )  # fmt: skip
+        return self.qcache[key]
+
+    def as_row_shifted(self, v, smoothed: bool = True):
+        """Integer-only run-time row scales: ``(int8 expr, int64 shift per row, scale, sigma)``
+        with ``v ~ scale * 2^shift * q`` (:func:`edgecompile.intref.row_shift_quantize`); ``v``
+        is read at its integer scale (divided by its smoothing factors where calibration chose
+        them, as ``rescale(x, 2^8 / sigma)``); a float ``v`` (a model input) through the input
+        quantize at 2^-16 of its calibrated int8 step, so values up to 2^14 / 127 times its
+        calibrated range stay exact to that step. None where ``v`` is per channel or uncalibrated:
+        the static path serves it."""
+        e = self.env.get(v)
+        floating = e is None or isinstance(e, Float)
+        if (floating and v not in self.scale) or (not floating and np.ndim(e.scale) != 0):
+            return None
+        sigma = self.smooth[v][0] if smoothed and v in self.smooth and not floating else None
+        key = (v, "row_shift", sigma is not None)
+        if key not in self.qcache:
+            if floating:
+                scale = self.scale[v] / 2**16
+                z = iop.emit_input_quantize(self.bb, self.as_float(v), 1.0 / np.float32(scale), 2**30)
+                z = relax.op.astype(z, "int64")
+            else:
+                z, scale = relax.op.astype(e.expr, "int64"), float(e.scale)
+            if sigma is not None:
+                z, scale = rescale(e.expr, 256.0 / sigma), scale / 256.0
+            z = self.bb.emit(z, name_hint=f"{v.name}_z")
+            peak = relax.op.max(relax.op.abs(z), axis=[-1], keepdims=True)
+            steps = np.int64(255) << np.arange(intref.SHIFT_STEPS, dtype=np.int64)
+            over = relax.op.greater_equal(relax.op.expand_dims(relax.op.multiply(peak, relax.const(2, "int64")), -1),
+                                          relax.const(steps, "int64"))  # fmt: skip
+            shift = self.bb.emit(relax.op.sum(relax.op.astype(over, "int64"), axis=[-1]), name_hint=f"{v.name}_shift")
+            one = relax.const(1, "int64")
+            half = relax.op.right_shift(relax.op.left_shift(one, shift), one)
+            q = relax.op.clip(relax.op.right_shift(relax.op.add(z, half), shift), -127, 127)
+            self.qcache[key] = (self.bb.emit(relax.op.astype(q, "int8"), name_hint=f"{v.name}_rq"), shift, scale, sigma)
         return self.qcache[key]
 
     def as_int(self, v, narrow: bool = False):
@@ -263,7 +299,8 @@ class Rewriter:
         """Rewrite the bindings of ``func``, whose parameters are ``params`` now; its result, in float."""
         self.env.update({p: Float(n) for p, n in zip(func.params, params)})
         self.nonneg = nonnegative_vars(func)
-        self.float_feeds = _float_feeds(func, [la for la in self.layers.values() if self.is_dynamic(la)])
+        if not self.integer_only:  # integer-only dynamic layers read integers (as_row_shifted)
+            self.float_feeds = _float_feeds(func, [la for la in self.layers.values() if self.is_dynamic(la)])
         for b in bindings(func):
             self.binding(b)
         ret = func.body.body
@@ -363,6 +400,11 @@ class Rewriter:
             return True
         if op in LAYOUT_OPS and v in self.float_feeds:
             return False  # a dynamic layer reads it: moved in float, quantized by that layer's own scales
+        e = self.env[x]
+        if op == "relax.nn.relu" and self.integer_only and isinstance(e, Acc) and np.ndim(e.scale) == 0:
+            y = self.bb.emit(relax.op.maximum(e.expr, relax.const(0, str(e.expr.ty.dtype))), name_hint=v.name)
+            self.env[v] = Acc(y, e.scale, e.out_scale, e.narrow)  # int32 as it is: no requantize to int8
+            return True
         if op in LAYOUT_OPS or op == "relax.nn.relu":
             q, s = self.as_quant(x)
             if op == "relax.nn.relu":
