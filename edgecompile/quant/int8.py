@@ -89,7 +89,9 @@ def _row_shifted_linear(rw: Rewriter, layer: Layer) -> bool | None:
     wq, sw = _weight_quant(w if sigma is None else (w * sigma[:, None]).astype(np.float32))
     acc = rw.bb.emit(relax.op.matmul(q, relax.const(wq, "int8"), out_dtype="int32"), name_hint=f"{layer.name}_acc")
     s_fine = rw.scale[layer.output] / FINE
-    b, c = intref.dyadic(np.float64(sz) * sw / s_fine)
+    ratio = np.float64(sz) * sw / s_fine  # negative after I-BERT's GELU (its scale carries erf's a < 0)
+    b, c = intref.dyadic(np.abs(ratio))
+    b = np.where(ratio < 0, -b, b)
     i64 = lambda a: relax.const(np.asarray(a, np.int64), "int64")  # noqa: E731
     d = relax.op.subtract(i64(c), relax.op.minimum(shift, i64(c - 1)))
     one = relax.op.left_shift(i64(1), relax.op.subtract(d, i64(1)))

@@ -238,9 +238,11 @@ def test_integer_only_row_shifted_linear():
     assert sqnr["dynamic"] > sqnr["static"] + 15, sqnr
 
 
-def test_integer_only_dynamic_keeps_digits_accuracy_with_no_float_inside(digits):
-    """The digits ViT with every integer-reading linear row-shifted: still only the input quantize and
-    the logits dequantize do float arithmetic, and accuracy holds."""
+@pytest.mark.parametrize("flavor", ["", "ibert,"])
+def test_integer_only_dynamic_keeps_digits_accuracy_with_no_float_inside(digits, flavor):
+    """The digits ViT with every linear row-shifted: still only the input quantize and the logits
+    dequantize do float arithmetic, and accuracy holds. I-BERT's GELU output has a negative scale
+    (erf's polynomial ``a < 0``): the FC2 after it rescales with a negated multiplier."""
     import json
 
     from helpers import digits_accuracy
@@ -249,8 +251,8 @@ def test_integer_only_dynamic_keeps_digits_accuracy_with_no_float_inside(digits)
     from edgecompile.cli import app
 
     data, onnx_path, calib, tmp = digits
-    out = tmp / "io-dynamic"
-    art = edgecompile_compile(onnx_path, out, "int8-integer-only:act=dynamic", calib)
+    out = tmp / f"io-dynamic-{flavor.strip(',') or 'ivit'}"
+    art = edgecompile_compile(onnx_path, out, f"int8-integer-only:{flavor}act=dynamic", calib)
     r = CliRunner().invoke(app, ["inspect", str(art), "--float-ops", "--json"])
     assert r.exit_code == 0, r.output
     assert {row["role"] for row in json.loads(r.output)} == {"input quantize", "output dequantize"}
