@@ -236,6 +236,9 @@ def test_integer_only_row_shifted_linear():
         for s, g in zip(held, got):
             np.testing.assert_array_equal(g, reference.run(r.mod, s))
     assert sqnr["dynamic"] > sqnr["static"] + 15, sqnr
+    # auto stays static in the integer-only recipe (act_choice's docstring), outliers or not
+    auto = quantize_model(mod, samples, ["x"], QuantOptions.from_options({"smooth": "0"}, True), _build)
+    assert auto.calibration.dynamic == frozenset()
 
 
 @pytest.mark.parametrize("flavor", ["", "ibert,"])
