@@ -23,6 +23,7 @@ COMPILE_CASES = {
     "recipe unknown": (["--recipe", "int9"], "int9"),
     "recipe option unknown": (["--recipe", "int8:colour=red"], "colour"),
     "recipe option bad value": (["--recipe", "int8:percentile=lots"], "option percentile='lots' is not a number"),
+    "recipe act unknown": (["--recipe", "int8:act=sometimes"], "act must be one of auto, static, dynamic"),
     "recipe out of order": (["--recipe", "int8+lowrank"], "lowrank must come before int8"),
     "recipe twice": (["--recipe", "int8+int8"], "int8"),
     "recipe with brackets": (["--recipe", "int8[[part]]"], "[[part]]"),
