@@ -19,32 +19,60 @@ def _weight_quant(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, s
 
 
-def linear(rw: Rewriter, layer: Layer) -> bool:
-    """int8 ``x`` (smoothed where calibration chose it), int8 ``W`` per output channel, int32
-    accumulation plus the int32 bias: an :class:`Acc` at ``S_x * S_w[c]``."""
-    call = layer.binding.value
-    if rw.is_dynamic(layer):
-        done = _row_shifted_linear(rw, layer) if rw.integer_only else _dynamic_linear(rw, layer)
-        if done is not None:
-            return done
-    xq, sx, sigma = rw.as_quant_smoothed(call.args[0])
-    w = const_array(call.args[1])
-    wq, sw = _weight_quant(w if sigma is None else (w * sigma[:, None]).astype(np.float32))
+def _bias(layer: Layer) -> np.ndarray | None:
+    """The constant bias added after ``layer``'s matmul, flat; None without one."""
+    if layer.bias_binding is None:
+        return None
+    (bias,) = [c for a in layer.bias_binding.value.args if (c := const_array(a)) is not None]
+    return bias.reshape(-1)
+
+
+def _weights(layer: Layer, sigma) -> tuple[np.ndarray, np.ndarray]:
+    """``layer``'s int8 weights and their scales per output channel, times the smoothing ``sigma``."""
+    w = const_array(layer.binding.value.args[1])
+    return _weight_quant(w if sigma is None else (w * sigma[:, None]).astype(np.float32))
+
+
+def _gemm(rw: Rewriter, layer: Layer, xq: relax.Expr, sigma) -> tuple[relax.Expr, np.ndarray]:
+    """The int32 accumulator of int8 ``xq`` times ``layer``'s int8 weights, and the weight scales."""
+    wq, sw = _weights(layer, sigma)
     acc = rw.bb.emit(relax.op.matmul(xq, relax.const(wq, "int8"), out_dtype="int32"), name_hint=f"{layer.name}_acc")
-    if layer.bias_binding is not None:
-        (bias,) = [c for a in layer.bias_binding.value.args if (c := const_array(a)) is not None]
-        bq = np.clip(np.rint(bias.reshape(-1) / (sx * sw)), -(2**31), 2**31 - 1).astype(np.int32)
-        acc = rw.bb.emit(relax.op.add(acc, relax.const(bq, "int32")), name_hint=f"{layer.name}_bias")
-    sy = rw.scale[layer.output]
-    rw.env[layer.output] = Acc(acc, sx * sw, sy)
-    layer.info = {
-        "act": "static",
-        "scale_in": sx,
-        "scale_out": sy,
+    return acc, sw
+
+
+def _activation_matmul(rw: Rewriter, layer: Layer, aq, bq, unsigned: bool) -> relax.Expr:
+    """int8 x int8 -> int32 of two activations; an unsigned left operand (``u - 128``) gets
+    ``128 * sum_k B[k, :]`` added back."""
+    acc = relax.op.matmul(aq, bq, out_dtype="int32")
+    if unsigned:
+        zero = relax.op.sum(relax.op.astype(bq, "int32"), axis=[-2], keepdims=True)
+        acc = relax.op.add(acc, relax.op.multiply(zero, relax.const(np.int32(128))))
+    return rw.bb.emit(acc, name_hint=f"{layer.name}_acc")
+
+
+def _weight_info(sw: np.ndarray, sigma) -> dict:
+    return {
         "weight_scale_min": float(sw.min()),
         "weight_scale_max": float(sw.max()),
         **({"smoothing": [float(sigma.min()), float(sigma.max())]} if sigma is not None else {}),
     }
+
+
+def linear(rw: Rewriter, layer: Layer) -> bool:
+    """int8 ``x`` (smoothed where calibration chose it), int8 ``W`` per output channel, int32
+    accumulation plus the int32 bias: an :class:`Acc` at ``S_x * S_w[c]``."""
+    if rw.is_dynamic(layer):
+        done = _row_shifted_linear(rw, layer) if rw.integer_only else _dynamic_linear(rw, layer)
+        if done is not None:
+            return done
+    xq, sx, sigma = rw.as_quant_smoothed(layer.inputs[0])
+    acc, sw = _gemm(rw, layer, xq, sigma)
+    if (bias := _bias(layer)) is not None:
+        bq = np.clip(np.rint(bias / (sx * sw)), -(2**31), 2**31 - 1).astype(np.int32)
+        acc = rw.bb.emit(relax.op.add(acc, relax.const(bq, "int32")), name_hint=f"{layer.name}_bias")
+    sy = rw.scale[layer.output]
+    rw.env[layer.output] = Acc(acc, sx * sw, sy)
+    layer.info = {"act": "static", "scale_in": sx, "scale_out": sy, **_weight_info(sw, sigma)}
     return True
 
 
@@ -52,22 +80,13 @@ def _dynamic_linear(rw: Rewriter, layer: Layer) -> bool:
     """:func:`linear` with a scale per row of ``x`` computed at run time
     (:func:`edgecompile.intref.dynamic_quantize`, after smoothing where calibration chose it): the
     int32 accumulator is dequantized, ``float32(acc) * S_row * S_w[c]``, and the bias added in float."""
-    call = layer.binding.value
-    xq, sx, sigma = rw.as_dynamic(call.args[0], -1, smoothed=True)
-    w = const_array(call.args[1])
-    wq, sw = _weight_quant(w if sigma is None else (w * sigma[:, None]).astype(np.float32))
-    acc = rw.bb.emit(relax.op.matmul(xq, relax.const(wq, "int8"), out_dtype="int32"), name_hint=f"{layer.name}_acc")
+    xq, sx, sigma = rw.as_dynamic(layer.inputs[0], -1, smoothed=True)
+    acc, sw = _gemm(rw, layer, xq, sigma)
     y = relax.op.multiply(relax.op.multiply(relax.op.astype(acc, "float32"), sx), relax.const(sw.astype(np.float32)))
-    if layer.bias_binding is not None:
-        (bias,) = [c for a in layer.bias_binding.value.args if (c := const_array(a)) is not None]
-        y = relax.op.add(y, relax.const(bias.reshape(-1).astype(np.float32)))
+    if (bias := _bias(layer)) is not None:
+        y = relax.op.add(y, relax.const(bias.astype(np.float32)))
     rw.env[layer.output] = Float(rw.bb.emit(y, name_hint=layer.name))
-    layer.info = {
-        "act": "dynamic",
-        "weight_scale_min": float(sw.min()),
-        "weight_scale_max": float(sw.max()),
-        **({"smoothing": [float(sigma.min()), float(sigma.max())]} if sigma is not None else {}),
-    }
+    layer.info = {"act": "dynamic", **_weight_info(sw, sigma)}
     return True
 
 
@@ -80,14 +99,11 @@ def _row_shifted_linear(rw: Rewriter, layer: Layer) -> bool | None:
     ``S_x 2^shift S_w[c]`` is rescaled by :func:`edgecompile.intref.rescale_shifted` to one scale
     for the whole tensor, ``1/FINE`` of the output's calibrated int8 step, plus the bias there:
     integers throughout. None where ``x`` is float (the static path quantizes it)."""
-    call = layer.binding.value
-    held = rw.as_row_shifted(call.args[0])
+    held = rw.as_row_shifted(layer.inputs[0])
     if held is None:
         return None
     q, shift, sz, sigma = held
-    w = const_array(call.args[1])
-    wq, sw = _weight_quant(w if sigma is None else (w * sigma[:, None]).astype(np.float32))
-    acc = rw.bb.emit(relax.op.matmul(q, relax.const(wq, "int8"), out_dtype="int32"), name_hint=f"{layer.name}_acc")
+    acc, sw = _gemm(rw, layer, q, sigma)
     s_fine = rw.scale[layer.output] / FINE
     ratio = np.float64(sz) * sw / s_fine  # negative after I-BERT's GELU (its scale carries erf's a < 0)
     b, c = intref.dyadic(np.abs(ratio))
@@ -96,17 +112,10 @@ def _row_shifted_linear(rw: Rewriter, layer: Layer) -> bool | None:
     d = relax.op.subtract(i64(c), relax.op.minimum(shift, i64(c - 1)))
     one = relax.op.left_shift(i64(1), relax.op.subtract(d, i64(1)))
     y = relax.op.right_shift(relax.op.add(relax.op.multiply(relax.op.astype(acc, "int64"), i64(b)), one), d)
-    if layer.bias_binding is not None:
-        (bias,) = [c for a in layer.bias_binding.value.args if (c := const_array(a)) is not None]
-        y = relax.op.add(y, i64(np.clip(np.rint(bias.reshape(-1) / s_fine), -(2**40), 2**40)))
+    if (bias := _bias(layer)) is not None:
+        y = relax.op.add(y, i64(np.clip(np.rint(bias / s_fine), -(2**40), 2**40)))
     rw.set_acc(layer, relax.op.astype(relax.op.clip(y, -(2**31 - 1), 2**31 - 1), "int32"), s_fine)
-    layer.info = {
-        "act": "dynamic",
-        "scale_out": s_fine,
-        "weight_scale_min": float(sw.min()),
-        "weight_scale_max": float(sw.max()),
-        **({"smoothing": [float(sigma.min()), float(sigma.max())]} if sigma is not None else {}),
-    }
+    layer.info = {"act": "dynamic", "scale_out": s_fine, **_weight_info(sw, sigma)}
     return True
 
 
@@ -118,11 +127,7 @@ def matmul(rw: Rewriter, layer: Layer) -> bool:
         return _dynamic_matmul(rw, layer)
     unsigned = rw.as_unsigned(layer.inputs[0])
     (aq, sa), (bq, sb) = unsigned or rw.as_quant(layer.inputs[0]), rw.as_quant(layer.inputs[1])
-    acc = relax.op.matmul(aq, bq, out_dtype="int32")
-    if unsigned is not None:
-        zero = relax.op.sum(relax.op.astype(bq, "int32"), axis=[-2], keepdims=True)
-        acc = relax.op.add(acc, relax.op.multiply(zero, relax.const(np.int32(128))))
-    acc = rw.bb.emit(acc, name_hint=f"{layer.name}_acc")
+    acc = _activation_matmul(rw, layer, aq, bq, unsigned is not None)
     sy = rw.scale[layer.output]
     rw.env[layer.output] = Acc(acc, np.float64(sa) * sb, sy)
     layer.info = {"act": "static", "scale_in": [sa, sb], "scale_out": sy}
@@ -136,11 +141,7 @@ def _dynamic_matmul(rw: Rewriter, layer: Layer) -> bool:
     else:
         aq, sa, _ = rw.as_dynamic(layer.inputs[0], -1)
     bq, sb, _ = rw.as_dynamic(layer.inputs[1], -2)
-    acc = relax.op.matmul(aq, bq, out_dtype="int32")
-    if unsigned is not None:
-        zero = relax.op.sum(relax.op.astype(bq, "int32"), axis=[-2], keepdims=True)
-        acc = relax.op.add(acc, relax.op.multiply(zero, relax.const(np.int32(128))))
-    acc = rw.bb.emit(acc, name_hint=f"{layer.name}_acc")
+    acc = _activation_matmul(rw, layer, aq, bq, unsigned is not None)
     y = relax.op.multiply(relax.op.multiply(relax.op.astype(acc, "float32"), sa), sb)
     rw.env[layer.output] = Float(rw.bb.emit(y, name_hint=layer.name))
     layer.info = {"act": "dynamic", **({"scale_in": [float(unsigned[1])]} if unsigned is not None else {})}

@@ -222,11 +222,11 @@ def _calibrate(func, layers, frun: Runner, wanted, samples, options: QuantOption
     softmax = {b.var for b in bindings(func) if op_name(b.value) == "relax.nn.softmax"}
     thresholds = {v: (o.max if v in softmax else o.threshold()) for v, o in observers.items()}
     gains = {}
+    kinds = {la.name: la.kind for la in layers}
     for name, keys in operands.items():
-        kind = next(la.kind for la in layers if la.name == name)
         per = [
             dynamic_gain_db(smooth[v][1], smoothed_rows[v, a].mean_square)
-            if kind == "linear" and v in smooth
+            if kinds[name] == "linear" and v in smooth
             else dynamic_gain_db(thresholds[v], rows[v, a].mean_square)
             for v, a in keys
         ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
+from test_quantize import _attention_module
 from tvm import relax
 
 from edgecompile import intref
@@ -83,6 +84,15 @@ def _outlier_samples(rng, n):
     return out
 
 
+def _each_act(mod, samples, acts, integer_only: bool) -> dict:
+    """``{act: QuantResult}`` of ``mod`` calibrated (minmax, no smoothing) with each ``act``."""
+    out = {}
+    for act in acts:
+        cfg = QuantOptions.from_options({"observer": "minmax", "smooth": "0", "act": act}, integer_only)
+        out[act] = quantize_model(mod, samples, ["x"], cfg, _build)
+    return out
+
+
 def _sqnr(ref, got, axis=None):
     ref, got = ref.astype(np.float64), got.astype(np.float64)
     return 10 * np.log10(np.sum(ref**2, axis=axis) / np.sum((ref - got) ** 2, axis=axis))
@@ -95,10 +105,7 @@ def test_auto_gives_outlier_tokens_their_own_scale():
     rng = np.random.default_rng(1)
     mod = _outlier_mlp(rng)
     samples, held = _outlier_samples(rng, 8), _outlier_samples(rng, 3)
-    results = {}
-    for act in ("static", "auto"):
-        cfg = QuantOptions.from_options({"observer": "minmax", "smooth": "0", "act": act}, False)
-        results[act] = quantize_model(mod, samples, ["x"], cfg, _build)
+    results = _each_act(mod, samples, ("static", "auto"), integer_only=False)
     auto = results["auto"]
     assert auto.calibration.dynamic == {"linear.0", "linear.1"}
     assert all(r["act"] == "dynamic" and r["dynamic_gain_db"] > 10 for r in auto.layers)
@@ -136,26 +143,12 @@ def test_dynamic_layers_by_name_and_bad_options():
         QuantOptions.from_options({"act": "sometimes"}, False)
 
 
-
-def _attention(rng):
-    ws = [relax.const(rng.normal(0, 0.3, (16, 16)).astype(np.float32)) for _ in range(3)]
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, 12, 16), "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            q, k, v = (bb.emit(relax.op.matmul(x, w)) for w in ws)
-            p = bb.emit(relax.op.nn.softmax(relax.op.matmul(q, relax.op.permute_dims(k, [0, 2, 1])), axis=-1))
-            out = bb.emit_output(relax.op.matmul(p, v))
-        bb.emit_func_output(out)
-    return bb.get()
-
-
 def test_dynamic_attention_matmuls():
     """``act=dynamic``: Q K^T scaled per query row and per key, P V with the static unsigned P and
     V per channel; the integer path reads K through its transpose in float (no static requantize
     on the way), and the compiled model equals its reference interpreter."""
     rng = np.random.default_rng(4)
-    mod = _attention(rng)
+    mod = _attention_module(rng, guard=False)
     samples = [{"x": rng.normal(size=(1, 12, 16)).astype(np.float32)} for _ in range(6)]
     res = quantize_model(mod, samples, ["x"], QuantOptions.from_options({"act": "dynamic"}, False), _build)
     assert res.calibration.dynamic == {"linear.0", "linear.1", "linear.2", "matmul.0", "matmul.1"}
@@ -221,10 +214,7 @@ def test_integer_only_row_shifted_linear():
     rng = np.random.default_rng(7)
     mod = _outlier_mlp(rng)
     samples, held = _outlier_samples(rng, 8), _outlier_samples(rng, 3)
-    results = {}
-    for act in ("static", "dynamic"):
-        cfg = QuantOptions.from_options({"observer": "minmax", "smooth": "0", "act": act}, True)
-        results[act] = quantize_model(mod, samples, ["x"], cfg, _build)
+    results = _each_act(mod, samples, ("static", "dynamic"), integer_only=True)
     res = results["dynamic"]
     acts = {r["name"]: r.get("act") for r in res.layers if r["kind"] == "linear"}
     assert acts == {"linear.0": "dynamic", "linear.1": "dynamic"}, acts
