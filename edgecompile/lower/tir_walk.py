@@ -1,4 +1,4 @@
-"""Walking a PrimFunc's statements from Python (TVM 0.27 has no Python TIR visitor), rebuilding a
+"""Walking a PrimFunc's statements and expressions from Python (TVM 0.27 has no Python TIR visitor), rebuilding a
 scheduled PrimFunc with some block realizes replaced, and the static element count of a shape: what
 the memory plan, the kernel table and the row-reduction schedule read off (or mend in) kernels."""
 
@@ -28,6 +28,23 @@ def walk(stmt) -> Iterator:
             if isinstance(child, tvm.tirx.Stmt):
                 stack.append(child)
         stack.extend(getattr(node, "seq", None) or ())
+
+
+_OPERANDS = ("a", "b", "value", "condition", "true_value", "false_value", "base", "stride")
+
+
+def subexpressions(expr) -> Iterator:
+    """``expr`` and every expression under it (operands, call arguments, loaded indices)."""
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        yield node
+        for field in _OPERANDS:
+            child = getattr(node, field, None)
+            if isinstance(child, tvm.ir.expr.Expr):
+                stack.append(child)
+        for field in ("args", "indices"):
+            stack.extend(c for c in (getattr(node, field, None) or ()) if isinstance(c, tvm.ir.expr.Expr))
 
 
 def replace_realizes(func, replace: Callable):

@@ -28,6 +28,25 @@ def padded_copy(bb: relax.BlockBuilder, x: relax.Expr, shape: list[int], pads: l
     return emit_opaque_kernel(bb, x, a, p, "window_pad")
 
 
+def padded_copy_nhwc(bb: relax.BlockBuilder, x: relax.Expr, shape: list[int], pads: list[int]):
+    """``x`` (static NHWC ``shape``) zero-padded by ``pads`` = (top, left, bottom, right), copied
+    even when there is no padding: the NHWC taps then read a buffer of their own, not a transpose
+    inlined into every tap (a gather per element)."""
+    pt, pl, pb, pr = pads
+    n, h, w, c = shape
+    a = te.placeholder(shape, "float32", name="x")
+    p = te.compute(
+        [n, h + pt + pb, w + pl + pr, c],
+        lambda b, y, xo, ch: te.if_then_else(
+            te.all(y >= pt, y < h + pt, xo >= pl, xo < w + pl),
+            a[b, te.max(te.min(y - pt, h - 1), 0), te.max(te.min(xo - pl, w - 1), 0), ch],
+            te.const(0.0, "float32"),
+        ),
+        name="pad",
+    )
+    return emit_opaque_kernel(bb, x, a, p, "window_pad_nhwc")
+
+
 SPLIT_LANES = 8  # floats per vector of the column-phase split (every target's vectors hold 4 to 16)
 
 

@@ -8,7 +8,9 @@ with the ``kh*kw`` taps written out (no reduction loop): the kernel is injective
 so our elementwise rule vectorizes it along the output row, and a bias or activation after it
 fuses in. The padded input is its own kernel (:mod:`~edgecompile.passes.padding`); with a column
 stride of 2 (MobileNet/MobileViT downsampling, stride-2 pools) it is split into even and odd
-columns, so the taps still read unit-stride vectors instead of gathering every other element. TVM's CPU form
+columns, so the taps still read unit-stride vectors instead of gathering every other element. A depthwise
+convolution with fewer than ``MIN_PIXELS_RIGHT`` output pixels runs channels-last
+(:meth:`_WindowTaps._channels_last`), like the pixel-rows GEMMs around it. TVM's CPU form
 is a reduction only the fallback schedule takes (3x3 over 192x28x28: 0.48 ms, AVX-512, 1 thread);
 so is its max pool (3x3 stride 2 over the same: 0.09 ms). Max pooling pads with -inf (never the
 max of a window, which always holds an input pixel); ceil mode keeps TVM's form. Average pooling
@@ -18,14 +20,30 @@ default), by the number of its taps inside the image, an integer expression of t
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax, te
 
-from edgecompile.passes.conv_gemm import float_weight, static_nchw
-from edgecompile.passes.padding import column_phases, padded_copy, phase_reader
+from edgecompile.passes.conv_gemm import MIN_PIXELS_RIGHT, float_weight, static_nchw
+from edgecompile.passes.padding import column_phases, padded_copy, padded_copy_nhwc, phase_reader
 from edgecompile.passes.rewrite import rewrite_functions
 
 MAX_TAPS = 49  # 7x7: larger kernels keep TVM's form
+
+
+def _tap_sum(rows: list[list]):
+    """The taps' products summed row by row, then the rows' sums pairwise: a dependency chain of
+    ``kw`` multiply-adds and ``log2(kh)`` adds instead of one of ``kh * kw`` (a 5x5's 25 chained
+    FMAs kept each vector of outputs waiting on the FMA's latency)."""
+    sums = []
+    for row in rows:
+        total = row[0]
+        for t in row[1:]:
+            total = total + t
+        sums.append(total)
+    while len(sums) > 1:
+        sums = [sums[i] + sums[i + 1] if i + 1 < len(sums) else sums[i] for i in range(0, len(sums), 2)]
+    return sums[0]
 
 
 def _taps(xp, w, strides, dilation, out_hw):
@@ -34,17 +52,22 @@ def _taps(xp, w, strides, dilation, out_hw):
     read = phase_reader(xp, sw)
 
     def pixel(b, ch, y, xo):
-        terms = [
-            read(b, ch, y * sh + dy * dh, xo, dx * dw) * w[ch, 0, dy, dx]
-            for dy in range(int(kh))
-            for dx in range(int(kw))
-        ]
-        total = terms[0]
-        for t in terms[1:]:
-            total = total + t
-        return total
+        return _tap_sum([[read(b, ch, y * sh + dy * dh, xo, dx * dw) * w[ch, 0, dy, dx] for dx in range(int(kw))]
+                         for dy in range(int(kh))])
 
     return te.compute((xp.shape[0], xp.shape[1], ho, wo), pixel, name="depthwise")
+
+
+def _taps_nhwc(xp, w, strides, dilation, out_hw):
+    """:func:`_taps` over an NHWC padded input ``xp`` and ``w[kh, kw, C]``: ``[N, Ho, Wo, C]``."""
+    kh, kw, _ = w.shape
+    (sh, sw), (dh, dw), (ho, wo) = strides, dilation, out_hw
+
+    def pixel(b, y, xo, ch):
+        return _tap_sum([[xp[b, y * sh + dy * dh, xo * sw + dx * dw, ch] * w[dy, dx, ch] for dx in range(int(kw))]
+                         for dy in range(int(kh))])
+
+    return te.compute((xp.shape[0], ho, wo, xp.shape[3]), pixel, name="depthwise")
 
 
 def _max_taps(xp, pool, strides, dilation, out_hw):
@@ -115,9 +138,25 @@ class _WindowTaps(relax.PyExprMutator):
         if str(a.out_layout) not in ("NCHW", "") or str(a.out_dtype) not in ("", "void", "None", "float32"):
             return call
         pads = [int(v) for v in a.padding]
-        xp = _source(self.builder_, x, shape, pads, int(a.strides[1]))
         args = (tuple(int(v) for v in a.strides), tuple(int(v) for v in a.dilation), tuple(out[2:]))
+        if out[2] * out[3] < MIN_PIXELS_RIGHT:
+            return self._channels_last(x, wv, shape, pads, args)
+        xp = _source(self.builder_, x, shape, pads, int(a.strides[1]))
         return self.builder_.call_te(_taps, xp, w, *args, primfunc_name_hint="depthwise")
+
+    def _channels_last(self, x, wv, shape, pads, args):
+        """The taps in NHWC, vectorized along the channels, between two transposes that cancel
+        against the pixel-rows GEMMs around a small image's depthwise convolution (their outputs and
+        inputs are NHWC, :func:`~edgecompile.passes.conv_gemm.im2col_conv`). In NCHW, a 14x14 or 7x7 row
+        is less than one vector and the transpose to the next GEMM, fused in, made every tap a
+        gather (EfficientNet-Lite0's 5x5 over 672x14x14: 1.0 ms)."""
+        bb, op = self.builder_, relax.op
+        n, c, h, wd = shape
+        t = bb.normalize(op.permute_dims(x, [0, 2, 3, 1]))
+        xp = padded_copy_nhwc(bb, t, [n, h, wd, c], pads)
+        kernel = relax.const(np.ascontiguousarray(wv[:, 0].transpose(1, 2, 0)))
+        y = bb.call_te(_taps_nhwc, xp, kernel, *args, primfunc_name_hint="depthwise_nhwc")
+        return op.permute_dims(y, [0, 3, 1, 2])
 
     def _pool(self, call, is_max: bool):
         x, a = call.args[0], call.attrs
