@@ -77,11 +77,12 @@ def _rescaled(rw: Rewriter, x, s: float, s_new: float) -> relax.Expr:
 
 
 def add(rw: Rewriter, layer: Layer) -> bool:
-    """Of integer tensors and constants, all at a fine 16-bit scale; of an integer tensor and a
-    float one (an additive mask), the float side at the integer side's scale."""
+    """Of integer tensors, constants and the outputs of layers left in float (a float LayerNorm's
+    output is the next block's residual), all at a fine 16-bit scale; of an integer tensor and a
+    float one computed from the inputs (an additive mask), the float side at the integer side's scale."""
     args = layer.binding.value.args
     ints = [a for a in args if isinstance(a, relax.Var) and not rw.is_float(a)]
-    floats = [a for a in args if isinstance(a, relax.Var) and rw.is_float(a)]
+    floats = [a for a in args if isinstance(a, relax.Var) and rw.is_float(a) and a not in rw.layers]
     if not ints:
         return False
     if floats:  # an additive mask computed from the inputs: added at the logits' own scale
