@@ -22,6 +22,7 @@ from edgecompile.intref.linear import (
     requantize,
     requantize_f32,
     rescale,
+    dyadic_shifted,
     rescale_shifted,
     row_shift_quantize,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "requantize",
     "requantize_f32",
     "rescale",
+    "dyadic_shifted",
     "rescale_shifted",
     "row_shift_quantize",
 ]

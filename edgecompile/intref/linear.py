@@ -120,11 +120,25 @@ def row_shift_quantize(z: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.nd
     return np.clip((z + half) >> shift, -127, 127).astype(np.int8), shift
 
 
+def dyadic_shifted(ratio: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """``(b, c)`` with ``ratio ~ b / 2^c`` for :func:`rescale_shifted`: :func:`dyadic` of ``ratio``
+    times the most of ``2^SHIFT_STEPS`` that keeps it below ``2^29``, that power added back to
+    ``c``, which may pass 62 (a row shift takes it back). Plain :func:`dyadic` zeroes ratios below
+    ``2^-62``, and the ratio of a row-shifted operand read at a very fine scale (an I-BERT GELU
+    after a row-shifted linear: ``S ~ 1e-13``) is one: the layer's output was its bias alone."""
+    r = np.asarray(ratio, np.float64)
+    top = float(r.max()) if r.size else 0.0
+    head = SHIFT_STEPS if top == 0 else int(np.clip(np.floor(np.log2(2.0**29 / top)), 0, SHIFT_STEPS))
+    b, c = dyadic(r * 2.0**head)
+    return b, np.where(b == 0, c, c + head)
+
+
 def rescale_shifted(acc: np.ndarray, b, c, shift) -> np.ndarray:
-    """``rescale`` of an accumulator whose operand rows were shifted right by ``shift``:
-    ``(acc * b + 2^(c - d - 1)) >> (c - d)`` with ``d = min(shift, c - 1)`` (int64, unclipped)."""
+    """``rescale`` of an accumulator whose operand rows were shifted right by ``shift``, for
+    ``(b, c)`` from :func:`dyadic_shifted`: ``(acc * b + 2^(d - 1)) >> d`` with
+    ``d = clip(c - shift, 1, 63)`` (int64, unclipped; ``d = 63`` gives 0 for any int32 ``acc``)."""
     b, c = np.asarray(b, np.int64), np.asarray(c, np.int64)
-    d = c - np.minimum(np.asarray(shift, np.int64), c - 1)
+    d = np.clip(c - np.asarray(shift, np.int64), 1, 63)
     return (acc.astype(np.int64) * b + (np.int64(1) << (d - 1))) >> d
 
 

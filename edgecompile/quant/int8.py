@@ -106,10 +106,10 @@ def _row_shifted_linear(rw: Rewriter, layer: Layer) -> bool | None:
     acc, sw = _gemm(rw, layer, q, sigma)
     s_fine = rw.scale[layer.output] / FINE
     ratio = np.float64(sz) * sw / s_fine  # negative after I-BERT's GELU (its scale carries erf's a < 0)
-    b, c = intref.dyadic(np.abs(ratio))
+    b, c = intref.dyadic_shifted(np.abs(ratio))
     b = np.where(ratio < 0, -b, b)
     i64 = lambda a: relax.const(np.asarray(a, np.int64), "int64")  # noqa: E731
-    d = relax.op.subtract(i64(c), relax.op.minimum(shift, i64(c - 1)))
+    d = relax.op.clip(relax.op.subtract(i64(c), shift), 1, 63)
     one = relax.op.left_shift(i64(1), relax.op.subtract(d, i64(1)))
     y = relax.op.right_shift(relax.op.add(relax.op.multiply(relax.op.astype(acc, "int64"), i64(b)), one), d)
     if (bias := _bias(layer)) is not None:
