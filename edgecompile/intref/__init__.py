@@ -13,6 +13,7 @@ from edgecompile.intref.linear import (
     TINY,
     dequantize,
     dyadic,
+    dyadic_shifted,
     dynamic_dequantize,
     dynamic_quantize,
     int_add,
@@ -22,7 +23,6 @@ from edgecompile.intref.linear import (
     requantize,
     requantize_f32,
     rescale,
-    dyadic_shifted,
     rescale_shifted,
     row_shift_quantize,
 )
@@ -34,6 +34,7 @@ __all__ = [
     "TINY",
     "dequantize",
     "dyadic",
+    "dyadic_shifted",
     "dynamic_dequantize",
     "dynamic_quantize",
     "int_add",
@@ -43,7 +44,6 @@ __all__ = [
     "requantize",
     "requantize_f32",
     "rescale",
-    "dyadic_shifted",
     "rescale_shifted",
     "row_shift_quantize",
 ]
