@@ -204,8 +204,6 @@ def _calibrate(func, layers, frun: Runner, wanted, samples, options: QuantOption
     channels = dict.fromkeys(readers)
     nonneg = nonnegative_vars(func)
     kinds = dynamic_kinds(options.integer_only) if options.act != "static" else ()
-    if options.integer_only and options.act == "auto":
-        kinds = ()  # auto is static in the integer-only recipes (act_choice's docstring: measured on MPNet)
     operands = {la.name: ops for la in layers if la.kind in kinds and (ops := dynamic_operands(la, nonneg))}
     rows = dict.fromkeys(key for keys in operands.values() for key in keys)
     observers = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating", i, n), channels,

@@ -13,7 +13,7 @@ INT8_OPTIONS = {
     "keep_float": "layers to leave in float, names or patterns separated by ';' (e.g. linear.0;matmul.*)",
     "keep_worst": "keep the k layers with the lowest SQNR in float (default 0)",
     "act": "activation scales: auto (default: per layer, run-time scales where calibration shows rows of very "
-    "different ranges, e.g. outlier tokens; static in int8-integer-only), static (one per tensor from "
+    "different ranges, e.g. outlier tokens), static (one per tensor from "
     "calibration) or dynamic (per row, computed at run time: float in int8, for linear layers and matmuls; "
     "power-of-two shifts in int8-integer-only, for linear layers)",
     "dynamic": "layers given run-time activation scales whatever act says, names or patterns separated by ';'",

@@ -226,9 +226,10 @@ def test_integer_only_row_shifted_linear():
         for s, g in zip(held, got):
             np.testing.assert_array_equal(g, reference.run(r.mod, s))
     assert sqnr["dynamic"] > sqnr["static"] + 15, sqnr
-    # auto stays static in the integer-only recipe (act_choice's docstring), outliers or not
+    # auto picks by calibration in the integer-only recipe too (act_choice's docstring): the
+    # outlier rows' layers, as act=dynamic does, and no other kind
     auto = quantize_model(mod, samples, ["x"], QuantOptions.from_options({"smooth": "0"}, True), _build)
-    assert auto.calibration.dynamic == frozenset()
+    assert auto.calibration.dynamic == {"linear.0", "linear.1"}, auto.calibration.dynamic
 
 
 @pytest.mark.parametrize("flavor", ["", "ibert,"])
