@@ -53,7 +53,7 @@ class RowReduction(CPUScheduleRule):
     def _schedule(self, func, target):
         sch = s_tir.Schedule(func)
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        if len(blocks) < 2:
+        if not blocks:
             return None
         reductions = [b for b in blocks if _is_reduction(sch, b)]
         if not reductions or not _one_inner_reduction_axis(sch, reductions):
