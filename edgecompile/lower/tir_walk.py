@@ -1,6 +1,7 @@
-"""Walking a PrimFunc's statements and expressions from Python (TVM 0.27 has no Python TIR visitor), rebuilding a
-scheduled PrimFunc with some block realizes replaced, and the static element count of a shape: what
-the memory plan, the kernel table and the row-reduction schedule read off (or mend in) kernels."""
+"""Walking a PrimFunc's statements and expressions from Python (TVM 0.27 has no Python TIR
+visitor), rebuilding a scheduled PrimFunc with some block realizes replaced, and the static element
+count of a shape: what the memory plan, the kernel table and the schedules read off (or mend in)
+kernels."""
 
 from __future__ import annotations
 
@@ -19,15 +20,7 @@ def statements(func) -> Iterator:
 
 def walk(stmt) -> Iterator:
     """``stmt`` and every statement under it, each once."""
-    stack = [stmt]
-    while stack:
-        node = stack.pop()
-        yield node
-        for field in _CHILDREN:
-            child = getattr(node, field, None)
-            if isinstance(child, tvm.tirx.Stmt):
-                stack.append(child)
-        stack.extend(getattr(node, "seq", None) or ())
+    return _preorder(stmt, _CHILDREN, ("seq",), tvm.tirx.Stmt)
 
 
 _OPERANDS = ("a", "b", "value", "condition", "true_value", "false_value", "base", "stride")
@@ -35,16 +28,22 @@ _OPERANDS = ("a", "b", "value", "condition", "true_value", "false_value", "base"
 
 def subexpressions(expr) -> Iterator:
     """``expr`` and every expression under it (operands, call arguments, loaded indices)."""
-    stack = [expr]
+    return _preorder(expr, _OPERANDS, ("args", "indices"), tvm.ir.expr.Expr)
+
+
+def _preorder(root, fields: tuple[str, ...], lists: tuple[str, ...], kind) -> Iterator:
+    """``root`` and every node of type ``kind`` reachable through its ``fields`` (one child each)
+    and ``lists`` (sequences of children)."""
+    stack = [root]
     while stack:
         node = stack.pop()
         yield node
-        for field in _OPERANDS:
+        for field in fields:
             child = getattr(node, field, None)
-            if isinstance(child, tvm.ir.expr.Expr):
+            if isinstance(child, kind):
                 stack.append(child)
-        for field in ("args", "indices"):
-            stack.extend(c for c in (getattr(node, field, None) or ()) if isinstance(c, tvm.ir.expr.Expr))
+        for field in lists:
+            stack.extend(c for c in (getattr(node, field, None) or ()) if isinstance(c, kind))
 
 
 def replace_realizes(func, replace: Callable):

@@ -10,41 +10,29 @@ from tvm import relax, te
 from edgecompile.passes.rewrite import emit_opaque_kernel
 
 
-def padded_copy(bb: relax.BlockBuilder, x: relax.Expr, shape: list[int], pads: list[int], fill: float = 0.0):
-    """``x`` (static NCHW ``shape``) padded by ``pads`` = (top, left, bottom, right) with ``fill``."""
+def padded_copy(
+    bb: relax.BlockBuilder, x: relax.Expr, shape: list[int], pads: list[int], fill: float = 0.0, layout: str = "NCHW"
+):
+    """``x`` (static ``shape`` in ``layout``, NCHW or NHWC) padded by ``pads`` = (top, left,
+    bottom, right) with ``fill``. An NHWC copy is made even without padding: the channels-last
+    taps then read a buffer of their own, not a transpose inlined into every tap (a gather per
+    element)."""
     pt, pl, pb, pr = pads
-    n, c, h, w = shape
-    out = [n, c, h + pt + pb, w + pl + pr]
+    hx, wx = (2, 3) if layout == "NCHW" else (1, 2)
+    h, w = shape[hx], shape[wx]
+    out = list(shape)
+    out[hx], out[wx] = h + pt + pb, w + pl + pr
     a = te.placeholder(shape, "float32", name="x")
-    p = te.compute(
-        out,
-        lambda b, ch, y, xo: te.if_then_else(
-            te.all(y >= pt, y < h + pt, xo >= pl, xo < w + pl),
-            a[b, ch, te.max(te.min(y - pt, h - 1), 0), te.max(te.min(xo - pl, w - 1), 0)],
-            te.const(fill, "float32"),
-        ),
-        name="pad",
-    )
-    return emit_opaque_kernel(bb, x, a, p, "window_pad")
 
+    def value(*idx):
+        y, xo = idx[hx], idx[wx]
+        src = list(idx)
+        src[hx], src[wx] = te.max(te.min(y - pt, h - 1), 0), te.max(te.min(xo - pl, w - 1), 0)
+        return te.if_then_else(te.all(y >= pt, y < h + pt, xo >= pl, xo < w + pl), a[tuple(src)],
+                               te.const(fill, "float32"))  # fmt: skip
 
-def padded_copy_nhwc(bb: relax.BlockBuilder, x: relax.Expr, shape: list[int], pads: list[int]):
-    """``x`` (static NHWC ``shape``) zero-padded by ``pads`` = (top, left, bottom, right), copied
-    even when there is no padding: the NHWC taps then read a buffer of their own, not a transpose
-    inlined into every tap (a gather per element)."""
-    pt, pl, pb, pr = pads
-    n, h, w, c = shape
-    a = te.placeholder(shape, "float32", name="x")
-    p = te.compute(
-        [n, h + pt + pb, w + pl + pr, c],
-        lambda b, y, xo, ch: te.if_then_else(
-            te.all(y >= pt, y < h + pt, xo >= pl, xo < w + pl),
-            a[b, te.max(te.min(y - pt, h - 1), 0), te.max(te.min(xo - pl, w - 1), 0), ch],
-            te.const(0.0, "float32"),
-        ),
-        name="pad",
-    )
-    return emit_opaque_kernel(bb, x, a, p, "window_pad_nhwc")
+    p = te.compute(out, value, name="pad")
+    return emit_opaque_kernel(bb, x, a, p, "window_pad" if layout == "NCHW" else "window_pad_nhwc")
 
 
 SPLIT_LANES = 8  # floats per vector of the column-phase split (every target's vectors hold 4 to 16)

@@ -25,7 +25,7 @@ import tvm
 from tvm import relax, te
 
 from edgecompile.passes.conv_gemm import MIN_PIXELS_RIGHT, float_weight, static_nchw
-from edgecompile.passes.padding import column_phases, padded_copy, padded_copy_nhwc, phase_reader
+from edgecompile.passes.padding import column_phases, padded_copy, phase_reader
 from edgecompile.passes.rewrite import rewrite_functions
 
 MAX_TAPS = 49  # 7x7: larger kernels keep TVM's form
@@ -153,7 +153,7 @@ class _WindowTaps(relax.PyExprMutator):
         bb, op = self.builder_, relax.op
         n, c, h, wd = shape
         t = bb.normalize(op.permute_dims(x, [0, 2, 3, 1]))
-        xp = padded_copy_nhwc(bb, t, [n, h, wd, c], pads)
+        xp = padded_copy(bb, t, [n, h, wd, c], pads, layout="NHWC")
         kernel = relax.const(np.ascontiguousarray(wv[:, 0].transpose(1, 2, 0)))
         y = bb.call_te(_taps_nhwc, xp, kernel, *args, primfunc_name_hint="depthwise_nhwc")
         return op.permute_dims(y, [0, 3, 1, 2])
