@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecompile.api import host_build
 from edgecompile.errors import InputSpecError, ModelLoadError, RecipeError
 from edgecompile.recipe import parse_recipe
 from edgecompile.report.metrics import bootstrap_drop, eval_samples, read_eval, scorer
@@ -315,7 +316,7 @@ class _Sweep:
             n = min(self.sensitivity_samples or MAX_SAMPLES, len(self.samples))
             names = [i["name"] for i in manifest["inputs"]]
             sens, used = layer_sensitivity(
-                quant[-1], self.samples[:n], names, self.reference[:n], self.score,
+                quant[-1].calibration, self.samples[:n], names, self.reference[:n], self.score, host_build(),
                 lambda d, t: self.stage(f"{recipe}: sensitivity, layer {d}/{t}"),
                 BUDGET_S if self.sensitivity_samples is None else None,
             )  # fmt: skip
