@@ -294,3 +294,16 @@ def inspect_quant(path: Path, as_json: bool) -> None:
     out.print(table)
     if q["kept_float"]:
         out.print(f"kept in float: {', '.join(q['kept_float'])}", highlight=False)
+    if q.get("budget"):
+        _print_budget(q["budget"])
+
+
+def _print_budget(b: dict) -> None:
+    """The accuracy budget's outcome (int8:max_drop=) and what it changed, layer by layer."""
+    out.print(
+        f"accuracy budget: drop {b['drop']:.4g} within {b['max_drop']:.4g} ({b['metric']}, {b['held_out']} samples); "
+        f"as calibrated {b['drop_before']:.4g}, {len(b['tries'])} builds tried",
+        highlight=False,
+    )
+    for row in b["plan"]:
+        out.print(f"  {row['layer']}: {row['mode']} ({row['why']})", highlight=False)

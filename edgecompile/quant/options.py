@@ -49,6 +49,7 @@ class QuantOptions:
     keep_worst: int = 0  # also keep the k layers with the lowest SQNR in float
     act: str = "auto"  # activation scales: auto | static | dynamic (edgecompile.quant.act_choice)
     dynamic: tuple[str, ...] = ()  # layer names or fnmatch patterns given run-time scales whatever act says
+    max_drop: float | None = None  # accuracy budget, a drop of cosine to fp32 (edgecompile.quant.budget)
 
     @property
     def integer_only(self) -> bool:
@@ -63,6 +64,8 @@ class QuantOptions:
             raise RecipeError(f"int8: smooth must be auto or in [0, 1] (0: off), got {self.smooth}")
         if self.act not in ACT_MODES:
             raise RecipeError(f"int8: act must be one of {', '.join(ACT_MODES)}, got '{self.act}'")
+        if self.max_drop is not None and not 0.0 <= self.max_drop < 1.0:
+            raise RecipeError(f"int8: max_drop must be in [0, 1) or a percentage below 100%, got {self.max_drop:g}")
         if self.samples is not None and self.samples < 1:
             raise RecipeError("int8: samples must be at least 1")
         chosen = dict(self.nonlinear)
@@ -85,10 +88,19 @@ class QuantOptions:
         smooth = None if options.get("smooth", "auto") == "auto" else option_value(part, options, "smooth", float, 0)
         keep, dynamic = (_patterns(options.get(k, "")) for k in ("keep_float", "dynamic"))
         act = options.get("act", cls.act)
-        parsed = cls(observer, percentile, samples, keep, (), smooth, keep_worst, act, dynamic)
+        max_drop = _fraction(part, options["max_drop"]) if "max_drop" in options else None
+        parsed = cls(observer, percentile, samples, keep, (), smooth, keep_worst, act, dynamic, max_drop)
         if not integer_only:
             return parsed
         return replace(parsed, nonlinear=tuple(sorted(nonlinear_choice(options).items())))
+
+
+def _fraction(part: str, text: str) -> float:
+    """``1%`` -> 0.01; a plain number as it is."""
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise RecipeError(f"{part}: max_drop takes a number or a percentage (1%), got '{text}'") from None
 
 
 def _patterns(text: str) -> tuple[str, ...]:

@@ -9,6 +9,9 @@
    (dequantized) is compared with the float model's: SQNR in dB. It is the error of the whole
    quantized model up to that layer, so the first layer with a low SQNR is where accuracy goes.
    ``keep_worst=k`` keeps the k layers with the lowest SQNR in float and rewrites again.
+4. Budget (``max_drop=``): the last quarter of the samples is held out of steps 1-3, and the
+   fewest layers go to run-time scales, then float, until the output's drop on it is within the
+   budget (:mod:`edgecompile.quant.budget`).
 
 Zero ranges: a tensor that is zero on every calibration sample gets a threshold of 1e-8, so at run
 time any nonzero value there is clipped to about 0. That is right for a tensor that is always zero
@@ -39,6 +42,7 @@ from edgecompile.ir.ops import op_name
 from edgecompile.ir.walk import bindings, building_with, carry_functions, matched_vars
 from edgecompile.passes.patchify import linear_form
 from edgecompile.quant.act_choice import choose_dynamic, dynamic_gain_db, dynamic_kinds, dynamic_operands
+from edgecompile.quant.budget import held_out, meet_budget
 from edgecompile.quant.layer_switch import switched_module
 from edgecompile.quant.options import QuantOptions
 from edgecompile.quant.rewrite import quantize_function
@@ -116,6 +120,7 @@ class QuantResult:
     kept_float: list[str]
     samples: int
     calibration: Calibration | None = field(default=None, repr=False)
+    budget: dict | None = None  # int8:max_drop= (edgecompile.quant.budget)
 
     def to_json(self, options: QuantOptions) -> dict:
         """The manifest's ``quantization`` entry."""
@@ -130,6 +135,8 @@ class QuantResult:
             "dynamic": sorted(r["name"] for r in self.layers if r.get("act") == "dynamic"),
             "samples": self.samples,
             "kept_float": self.kept_float,
+            "max_drop": options.max_drop,
+            "budget": self.budget,
             "layers": self.layers,
         }
 
@@ -161,6 +168,9 @@ def quantize_model(
         raise RecipeError("int8: the model has no matmul, linear or add to quantize")
     _check_patterns("keep_float", options.keep_float, layers)
     _check_patterns("dynamic", options.dynamic, layers)
+    held: list[dict] = []
+    if options.max_drop is not None:
+        samples, held = held_out(samples)
     wanted = observed_vars(layers)
     frun = Runner(with_outputs(func, wanted), input_names, build)  # built once: calibration and errors
     stats = _calibrate(func, layers, frun, wanted, samples, options, say)
@@ -183,7 +193,16 @@ def quantize_model(
         func, mod, layers, stats.thresholds, nonlinear, stats.smooth, stats.maxima, tuple(keep),
         integer_only=options.integer_only, dynamic=frozenset(dynamic),
     )  # fmt: skip
-    return QuantResult(calibration.rewrite(), errors, keep, len(samples), calibration)
+    budget = None
+    if options.max_drop is not None:
+        calibration, budget = meet_budget(
+            calibration, frun.first_output, held, options.max_drop, build, input_names,
+            dynamic_kinds(options.integer_only), say,
+        )  # fmt: skip
+        if budget["plan"]:
+            errors = _layer_errors(func, layers, stats, frun, wanted, samples[:ERROR_SAMPLES], say, nonlinear,
+                                   calibration.dynamic, list(calibration.keep_float))  # fmt: skip
+    return QuantResult(calibration.rewrite(), errors, list(calibration.keep_float), len(samples), calibration, budget)
 
 
 @dataclass

@@ -17,6 +17,9 @@ INT8_OPTIONS = {
     "calibration) or dynamic (per row, computed at run time: float in int8, for linear layers and matmuls; "
     "power-of-two shifts in int8-integer-only, for linear layers)",
     "dynamic": "layers given run-time activation scales whatever act says, names or patterns separated by ';'",
+    "max_drop": "accuracy budget, e.g. 1% (or 0.01): the largest drop of the output's cosine similarity to the "
+    "float model, checked on the last quarter of --calib (held out from calibration); layers most sensitive "
+    "first go to run-time scales, then float, until it holds (see inspect --quant)",
     "smooth": "SmoothQuant strength alpha for linear inputs, per-channel ranges moved into the weights: "
     "auto (default: chosen per tensor from calibration statistics), a number in [0, 1], or 0 (off)",
 }

@@ -112,3 +112,42 @@ def test_every_kernel_of_the_int8_model_is_scheduled(digits):
         left = [n for n, f in funcs.items() if not f.attrs.get("tirx.is_scheduled", False)]
         assert not left, f"{name}: unscheduled kernels {left}"
         assert sum("int8_gemm" in n for n in funcs) >= 5, f"{name}: linear layers not on the int8 kernel"
+
+
+def test_accuracy_budget_from_the_command_line(digits):
+    """``int8:max_drop=`` holds out the last quarter of --calib; the drop it records is the shipped
+    artifact's own on those samples, and inspect --quant says so."""
+    from edgecompile.quant.budget import cosine
+
+    data, onnx_path, calib, tmp = digits
+    out = tmp / "budget"
+    r = runner.invoke(
+        app,
+        ["compile", str(onnx_path), "--recipe", "int8:max_drop=1%,samples=32", "--calib", str(calib), "-o", str(out)],
+    )
+    assert r.exit_code == 0, r.output
+    q = json.loads((out / "manifest.json").read_text())["quantization"]
+    b = q["budget"]
+    assert q["samples"] == 24 and b["held_out"] == 8 and q["max_drop"] == 0.01
+    held = data["x_calib"][24:32]
+    fp32, m = edgecompile.load(edgecompile.compile(onnx_path, output=tmp / "fp32_ref")), edgecompile.load(out)
+    cos = [
+        cosine(m.run({"pixel_values": x[None]})["logits"], fp32.run({"pixel_values": x[None]})["logits"]) for x in held
+    ]
+    assert 1 - np.mean(cos) == pytest.approx(b["drop"], abs=2e-6) and b["drop"] <= 0.01
+    r = runner.invoke(app, ["inspect", str(out), "--quant"])
+    assert r.exit_code == 0 and f"accuracy budget: drop {b['drop']:.4g} within 0.01" in r.output, r.output
+    r = runner.invoke(
+        app,
+        [
+            "compile",
+            str(onnx_path),
+            "--recipe",
+            "int8:max_drop=1%,samples=2",
+            "--calib",
+            str(calib),
+            "-o",
+            str(tmp / "x"),
+        ],
+    )
+    assert r.exit_code == 2 and "needs at least 3 samples; the data holds 2" in r.output, r.output

@@ -35,6 +35,8 @@ def test_from_options():
     )
     assert options == QuantOptions("mse", 99.99, 8, ("linear.0", "matmul.*"), (), 0.5, 2)
     assert not options.integer_only and QuantOptions.from_options({}, False) == QuantOptions()
+    assert QuantOptions.from_options({"max_drop": "0.5%"}, False).max_drop == 0.005
+    assert QuantOptions.from_options({"max_drop": "0.02"}, True).max_drop == 0.02
     io = QuantOptions.from_options({"ops": "ibert", "gelu": "ivit", "tanh": "float"}, integer_only=True)
     assert io.integer_only
     assert io.nonlinear == (("gelu", "ivit"), ("layernorm", "ibert"), ("softmax", "ibert"), ("tanh", "float"))
@@ -54,6 +56,8 @@ def test_from_options():
         ({"ops": "tflite", "percentile": "20"}, True, "percentile must be"),  # int8 options first
         ({"softmax": "fast", "tanh": "ibert"}, True, "int8-integer-only: softmax must be one of ivit, ibert, float"),
         ({"tanh": "ibert"}, True, "int8-integer-only: tanh must be one of ivit, float, got 'ibert'"),
+        ({"max_drop": "1 point"}, True, "int8-integer-only: max_drop takes a number or a percentage (1%), got"),
+        ({"max_drop": "150%"}, False, "int8: max_drop must be in [0, 1) or a percentage below 100%, got 1.5"),
     ],
 )
 def test_option_errors(options, integer_only, message):

@@ -1,0 +1,158 @@
+"""The accuracy budget of a quantizing recipe: ``int8:max_drop=1%`` (``int8-integer-only`` too).
+
+What is measured: fidelity to the float model, the cosine similarity of the model's first output
+to the float model's, averaged over held-out samples; the drop is 1 minus that mean (the float
+model's own cosine is 1), so ``max_drop=1%`` (or ``0.01``) asks for a mean cosine of at least 0.99.
+Decision: ``compile`` sees no labels, so its budget is fidelity; a task metric (top-1 with labels,
+a custom one) is ``edgecompile report --max-drop``'s, whose keep-float fix searches the same way.
+
+Held-out samples: the last quarter of the calibration samples (at least :data:`MIN_HELD`), which
+calibration then does not see, so the budget is checked on data the scales were not fitted to.
+
+The ladder, cheapest first: a layer is static int8 (one scale from calibration), dynamic int8
+(run-time row scales, :mod:`edgecompile.quant.act_choice`: linear layers and matmuls, in the
+integer-only recipe linear layers), or float. When the recipe as calibrated misses the budget,
+the layers are ranked by sensitivity (:mod:`edgecompile.quant.sensitivity`: the drop with that
+layer alone quantized, on the held-out samples), then
+
+1. the ``k`` most sensitive static layers that can take run-time scales go dynamic, for the
+   smallest ``k`` that meets the budget (doubling, then bisection: drops shrink as layers move up
+   the ladder, though not strictly);
+2. if all of them dynamic still misses, they stay dynamic and the ``k`` most sensitive layers of any
+   kind (the integer-only nonlinears too) are kept in float, smallest ``k`` again.
+
+Each try is a rewrite, a build for this machine and a run of the held-out samples: about
+``2 log2`` of the layers builds. int16 activations (a rung between dynamic and float) are not built
+yet. The manifest's ``quantization.budget`` records the limit, the drop before and after, each try,
+and per changed layer its mode, why, and its sensitivity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from edgecompile.errors import CalibrationError, RecipeError
+from edgecompile.ir.host import HostFunction
+from edgecompile.quant.sensitivity import layer_sensitivity, smallest_fix
+
+MIN_HELD = 2
+HELD_FRACTION = 4  # one sample in this many is held out
+METRIC = "cosine of the first output to the float model's, mean over held-out samples"
+
+
+def held_out(samples: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``(calibration samples, held-out samples)``: the last quarter held out (module docstring)."""
+    n = len(samples)
+    held = max(MIN_HELD, n // HELD_FRACTION)
+    if n - held < 1:
+        raise CalibrationError(
+            f"max_drop checks the accuracy budget on held-out samples (the last {held} of the calibration "
+            f"data, which calibration then does not use), so it needs at least {held + 1} samples; the data holds {n}"
+        )
+    return samples[: n - held], samples[n - held :]
+
+
+def cosine(out: np.ndarray, ref: np.ndarray) -> float:
+    """Cosine similarity of two outputs, flattened (1 for two all-zero ones)."""
+    a, b = out.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 and nb == 0:
+        return 1.0
+    return float(a @ b / max(na * nb, 1e-30))
+
+
+class _Trials:
+    """Drops of ``calibration`` with other dynamic and float layers, each measured once."""
+
+    def __init__(self, calibration, held, reference, build, names, say):
+        self.calibration, self.held, self.reference = calibration, held, reference
+        self.build, self.names, self.say = build, names, say
+        self.tries: list[dict] = []
+        self.done: dict = {}
+        self.expected = 2
+
+    def drop(self, dynamic, keep) -> float:
+        key = (frozenset(dynamic), frozenset(keep))
+        if key in self.done:
+            return self.done[key]
+        cal = dataclasses.replace(self.calibration, dynamic=frozenset(dynamic), keep_float=tuple(keep), record={})
+        fn = HostFunction(cal.rewrite(), self.build, self.names)
+        drop = 1.0 - float(np.mean([cosine(fn.first(s), r) for s, r in zip(self.held, self.reference)]))
+        added = len(set(dynamic) - self.calibration.dynamic), len(set(keep) - set(self.calibration.keep_float))
+        self.tries.append({"dynamic_added": added[0], "float_added": added[1], "drop": round(drop, 6)})
+        self.say("meeting the accuracy budget", len(self.tries), max(self.expected, len(self.tries)))
+        self.done[key] = drop
+        return drop
+
+
+def meet_budget(
+    calibration,
+    reference_of: Callable[[dict], np.ndarray],
+    held: list[dict],
+    limit: float,
+    build: Callable,
+    input_names: list[str],
+    dynamic_kinds: tuple[str, ...],
+    say: Callable[[str, int, int], None],
+):
+    """``(calibration, budget)``: ``calibration`` (:class:`edgecompile.quant.plan.Calibration`) with
+    the fewest layers moved up the ladder for a drop within ``limit`` on ``held`` (module
+    docstring), and the manifest's ``budget`` entry; ``reference_of(sample)`` is the float model's
+    first output."""
+    reference = [reference_of(s) for s in held]
+    trials = _Trials(calibration, held, reference, build, input_names, say)
+    dynamic, keep = set(calibration.dynamic), list(calibration.keep_float)
+    before = trials.drop(dynamic, keep)
+    budget = {"metric": METRIC, "max_drop": limit, "held_out": len(held), "drop_before": round(before, 6)}
+    if before <= limit:
+        return calibration, {**budget, "drop": round(before, 6), "tries": trials.tries, "plan": []}
+    score = lambda out, _i, ref: cosine(out, ref)  # noqa: E731
+    sens, _ = layer_sensitivity(
+        calibration, held, input_names, reference, score, build, lambda d, t: say("ranking", d, t)
+    )
+    free = [r["layer"] for r in sens]  # the layers the recipe converts, most sensitive first
+    ups = _can_go_dynamic(calibration, [r["layer"] for r in sens if r["kind"] in dynamic_kinds and r["drop"] > 0])
+    n_up = len(ups)
+    trials.expected = 3 + 2 * math.ceil(math.log2(n_up + 1)) + 2 * math.ceil(math.log2(len(free) + 1))
+    all_up = trials.drop(dynamic | set(ups), keep) if ups else before
+    if all_up <= limit:  # the fewest most sensitive layers dynamic
+        k, tried = smallest_fix(lambda j: trials.drop(dynamic | set(ups[:j]), keep), limit, n_up)
+        dynamic |= set(ups[:k])
+        plan = [_row(sens, n, "dynamic") for n in ups[:k]]
+    else:  # dynamic where it helped at all, and the fewest most sensitive layers in float
+        if all_up < before:
+            dynamic |= set(ups)
+        k, tried = smallest_fix(lambda j: trials.drop(dynamic, keep + free[:j]), limit, len(free))
+        if k is None:
+            raise RecipeError(
+                f"max_drop={limit:g}: even with every layer in float the drop on the held-out samples is "
+                f"{tried[-1][1]:.4g}; the float model itself misses it (held-out samples unlike the rest?)"
+            )
+        keep += free[:k]
+        dynamic -= set(free[:k])
+        plan = [_row(sens, n, "dynamic") for n in ups if n in dynamic] + [_row(sens, n, "float") for n in free[:k]]
+    chosen = dataclasses.replace(calibration, dynamic=frozenset(dynamic), keep_float=tuple(keep), record={})
+    return chosen, {**budget, "drop": round(dict(tried)[k], 6), "tries": trials.tries, "plan": plan}
+
+
+def _can_go_dynamic(calibration, names: list[str]) -> list[str]:
+    """Those of ``names`` a rewrite really gives run-time scales (one whose input has no single
+    scale, e.g. read per channel, keeps the static path), in order; a rewrite, no build."""
+    dataclasses.replace(calibration, dynamic=calibration.dynamic | set(names), record={}).rewrite()
+    acts = {la.name: la.info.get("act") for la in calibration.layers}
+    return [n for n in names if acts.get(n) == "dynamic" and n not in calibration.dynamic]
+
+
+def _row(sens: list[dict], name: str, mode: str) -> dict:
+    rank = next(i for i, r in enumerate(sens) if r["layer"] == name)
+    drop = sens[rank]["drop"]
+    return {
+        "layer": name,
+        "mode": mode,
+        "why": f"sensitivity rank {rank + 1} of {len(sens)}: quantized alone it drops the cosine by {drop:.3g}",
+        "drop_alone": round(float(drop), 6),
+    }

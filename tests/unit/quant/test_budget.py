@@ -1,0 +1,77 @@
+"""The accuracy budget of the int8 recipes, ``max_drop=``: held-out samples, the ladder static ->
+dynamic -> float in sensitivity order, and the drop it records is the one the module really has."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_dynamic import _build, _outlier_mlp, _outlier_samples, _run
+
+from edgecompile.errors import CalibrationError
+from edgecompile.ir import interpret as reference
+from edgecompile.quant.budget import cosine, held_out
+from edgecompile.quant.options import QuantOptions
+from edgecompile.quant.plan import quantize_model
+
+
+@pytest.fixture(scope="module")
+def outliers():
+    rng = np.random.default_rng(1)
+    return _outlier_mlp(rng), _outlier_samples(rng, 12)
+
+
+def _budgeted(mod, samples, max_drop: str, act: str = "static"):
+    cfg = QuantOptions.from_options({"observer": "minmax", "smooth": "0", "act": act, "max_drop": max_drop}, False)
+    return quantize_model(mod, samples, ["x"], cfg, _build)
+
+
+def _held_drop(mod, res, held) -> float:
+    """1 - mean cosine of the compiled quantized module to the float model on ``held``."""
+    return 1 - float(np.mean([cosine(_run(res.mod, s["x"]), reference.run(mod["main"], s)) for s in held]))
+
+
+def test_held_out_is_the_last_quarter_and_never_all():
+    samples = [{"i": i} for i in range(12)]
+    calib, held = held_out(samples)
+    assert [s["i"] for s in held] == [9, 10, 11] and len(calib) == 9
+    assert len(held_out(samples[:3])[1]) == 2  # at least two held out
+    with pytest.raises(CalibrationError, match="needs at least 3 samples; the data holds 2"):
+        held_out(samples[:2])
+
+
+def test_a_budget_the_recipe_meets_changes_nothing(outliers):
+    mod, samples = outliers
+    res = _budgeted(mod, samples, "50%")
+    b = res.budget
+    assert b["plan"] == [] and len(b["tries"]) == 1 and b["drop"] == b["drop_before"] <= 0.5
+    assert res.calibration.dynamic == frozenset() and res.kept_float == [] and res.samples == 9
+
+
+def test_outlier_layers_go_dynamic_until_the_budget_holds(outliers):
+    """Static scales on outlier tokens miss a tight budget; the most sensitive layers take run-time
+    scales, and the compiled module's drop on the held-out samples is the recorded one, within it."""
+    mod, samples = outliers
+    static = _budgeted(mod, samples, "50%").budget["drop"]
+    limit = static / 4
+    res = _budgeted(mod, samples, f"{limit!r}")
+    b = res.budget
+    assert b["drop_before"] == static and b["drop"] <= limit < b["drop_before"]
+    assert {r["mode"] for r in b["plan"]} == {"dynamic"} and res.kept_float == []
+    assert res.calibration.dynamic == {r["layer"] for r in b["plan"]}
+    drops = [r["drop_alone"] for r in b["plan"]]
+    assert drops == sorted(drops, reverse=True) and drops[0] > 0  # most sensitive first
+    got = _held_drop(mod, res, samples[9:])
+    assert got == pytest.approx(b["drop"], abs=2e-6)
+    manifest = res.to_json(QuantOptions(max_drop=limit))
+    assert manifest["budget"] is b and manifest["dynamic"] == sorted(res.calibration.dynamic)
+
+
+def test_a_budget_dynamic_scales_cannot_meet_keeps_layers_in_float(outliers):
+    mod, samples = outliers
+    res = _budgeted(mod, samples, "1e-7", act="dynamic")
+    b = res.budget
+    floats = [r["layer"] for r in b["plan"] if r["mode"] == "float"]
+    assert floats and res.kept_float == floats and not set(floats) & res.calibration.dynamic
+    assert b["drop"] <= 1e-7 and _held_drop(mod, res, samples[9:]) <= 1e-6
+    rows = {r["name"]: r["quantized"] for r in res.layers}
+    assert all(rows[n] is False for n in floats)  # the layer errors are of the chosen plan
