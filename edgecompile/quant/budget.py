@@ -3,6 +3,8 @@
 What is measured: fidelity to the float model, the cosine similarity of the model's first output
 to the float model's, averaged over held-out samples; the drop is 1 minus that mean (the float
 model's own cosine is 1), so ``max_drop=1%`` (or ``0.01``) asks for a mean cosine of at least 0.99.
+``metric=pearson`` centres both outputs first (Pearson's r): for outputs far from zero, such as a
+sigmoid map, whose cosine stays near 1 whatever the error.
 Decision: ``compile`` sees no labels, so its budget is fidelity; a task metric (top-1 with labels,
 a custom one) is ``edgecompile report --max-drop``'s, whose keep-float fix searches the same way.
 
@@ -41,7 +43,10 @@ from edgecompile.quant.sensitivity import layer_sensitivity, smallest_fix
 
 MIN_HELD = 2
 HELD_FRACTION = 4  # one sample in this many is held out
-METRIC = "cosine of the first output to the float model's, mean over held-out samples"
+FIDELITY = {
+    "cosine": "cosine of the first output to the float model's, mean over held-out samples",
+    "pearson": "Pearson r of the first output with the float model's, mean over held-out samples",
+}
 
 
 def held_out(samples: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -56,9 +61,12 @@ def held_out(samples: list[dict]) -> tuple[list[dict], list[dict]]:
     return samples[: n - held], samples[n - held :]
 
 
-def cosine(out: np.ndarray, ref: np.ndarray) -> float:
-    """Cosine similarity of two outputs, flattened (1 for two all-zero ones)."""
+def cosine(out: np.ndarray, ref: np.ndarray, centred: bool = False) -> float:
+    """Cosine similarity of two outputs, flattened (1 for two all-zero ones); ``centred``: of
+    their deviations from their means (Pearson's r)."""
     a, b = out.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
+    if centred:
+        a, b = a - a.mean(), b - b.mean()
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     if na == 0 and nb == 0:
         return 1.0
@@ -68,8 +76,8 @@ def cosine(out: np.ndarray, ref: np.ndarray) -> float:
 class _Trials:
     """Drops of ``calibration`` with other dynamic and float layers, each measured once."""
 
-    def __init__(self, calibration, held, reference, build, names, say):
-        self.calibration, self.held, self.reference = calibration, held, reference
+    def __init__(self, calibration, held, reference, centred, build, names, say):
+        self.calibration, self.held, self.reference, self.centred = calibration, held, reference, centred
         self.build, self.names, self.say = build, names, say
         self.tries: list[dict] = []
         self.done: dict = {}
@@ -81,7 +89,7 @@ class _Trials:
             return self.done[key]
         cal = dataclasses.replace(self.calibration, dynamic=frozenset(dynamic), keep_float=tuple(keep), record={})
         fn = HostFunction(cal.rewrite(), self.build, self.names)
-        drop = 1.0 - float(np.mean([cosine(fn.first(s), r) for s, r in zip(self.held, self.reference)]))
+        drop = 1.0 - float(np.mean([cosine(fn.first(s), r, self.centred) for s, r in zip(self.held, self.reference)]))
         added = len(set(dynamic) - self.calibration.dynamic), len(set(keep) - set(self.calibration.keep_float))
         self.tries.append({"dynamic_added": added[0], "float_added": added[1], "drop": round(drop, 6)})
         self.say("meeting the accuracy budget", len(self.tries), max(self.expected, len(self.tries)))
@@ -94,23 +102,25 @@ def meet_budget(
     reference_of: Callable[[dict], np.ndarray],
     held: list[dict],
     limit: float,
+    metric: str,
     build: Callable,
     input_names: list[str],
     dynamic_kinds: tuple[str, ...],
     say: Callable[[str, int, int], None],
 ):
     """``(calibration, budget)``: ``calibration`` (:class:`edgecompile.quant.plan.Calibration`) with
-    the fewest layers moved up the ladder for a drop within ``limit`` on ``held`` (module
-    docstring), and the manifest's ``budget`` entry; ``reference_of(sample)`` is the float model's
-    first output."""
+    the fewest layers moved up the ladder for a drop of ``metric`` (cosine | pearson) within
+    ``limit`` on ``held`` (module docstring), and the manifest's ``budget`` entry;
+    ``reference_of(sample)`` is the float model's first output."""
     reference = [reference_of(s) for s in held]
-    trials = _Trials(calibration, held, reference, build, input_names, say)
+    centred = metric == "pearson"
+    trials = _Trials(calibration, held, reference, centred, build, input_names, say)
     dynamic, keep = set(calibration.dynamic), list(calibration.keep_float)
     before = trials.drop(dynamic, keep)
-    budget = {"metric": METRIC, "max_drop": limit, "held_out": len(held), "drop_before": round(before, 6)}
+    budget = {"metric": FIDELITY[metric], "max_drop": limit, "held_out": len(held), "drop_before": round(before, 6)}
     if before <= limit:
         return calibration, {**budget, "drop": round(before, 6), "tries": trials.tries, "plan": []}
-    score = lambda out, _i, ref: cosine(out, ref)  # noqa: E731
+    score = lambda out, _i, ref: cosine(out, ref, centred)  # noqa: E731
     sens, _ = layer_sensitivity(
         calibration, held, input_names, reference, score, build, lambda d, t: say("ranking", d, t)
     )

@@ -16,6 +16,8 @@ OBSERVERS = ("minmax", "percentile", "mse", "entropy")
 # activation scales: one per tensor from calibration, per row at run time, or chosen per layer
 # (edgecompile.quant.act_choice)
 ACT_MODES = ("auto", "static", "dynamic")
+# the fidelity an accuracy budget (max_drop=) measures: edgecompile.quant.budget.FIDELITY
+BUDGET_METRICS = ("cosine", "pearson")
 
 # the nonlinears the integer-only recipe can run in integers (see edgecompile.quant.integer_only),
 # the implementations each accepts, and the flavors that choose them all at once (``ops=``)
@@ -49,7 +51,8 @@ class QuantOptions:
     keep_worst: int = 0  # also keep the k layers with the lowest SQNR in float
     act: str = "auto"  # activation scales: auto | static | dynamic (edgecompile.quant.act_choice)
     dynamic: tuple[str, ...] = ()  # layer names or fnmatch patterns given run-time scales whatever act says
-    max_drop: float | None = None  # accuracy budget, a drop of cosine to fp32 (edgecompile.quant.budget)
+    max_drop: float | None = None  # accuracy budget, a drop of fidelity to fp32 (edgecompile.quant.budget)
+    metric: str = "cosine"  # the budget's fidelity: cosine | pearson
 
     @property
     def integer_only(self) -> bool:
@@ -66,6 +69,8 @@ class QuantOptions:
             raise RecipeError(f"int8: act must be one of {', '.join(ACT_MODES)}, got '{self.act}'")
         if self.max_drop is not None and not 0.0 <= self.max_drop < 1.0:
             raise RecipeError(f"int8: max_drop must be in [0, 1) or a percentage below 100%, got {self.max_drop:g}")
+        if self.metric not in BUDGET_METRICS:
+            raise RecipeError(f"int8: metric must be one of {', '.join(BUDGET_METRICS)}, got '{self.metric}'")
         if self.samples is not None and self.samples < 1:
             raise RecipeError("int8: samples must be at least 1")
         chosen = dict(self.nonlinear)
@@ -89,7 +94,8 @@ class QuantOptions:
         keep, dynamic = (_patterns(options.get(k, "")) for k in ("keep_float", "dynamic"))
         act = options.get("act", cls.act)
         max_drop = _fraction(part, options["max_drop"]) if "max_drop" in options else None
-        parsed = cls(observer, percentile, samples, keep, (), smooth, keep_worst, act, dynamic, max_drop)
+        metric = options.get("metric", cls.metric)
+        parsed = cls(observer, percentile, samples, keep, (), smooth, keep_worst, act, dynamic, max_drop, metric)
         if not integer_only:
             return parsed
         return replace(parsed, nonlinear=tuple(sorted(nonlinear_choice(options).items())))

@@ -136,6 +136,7 @@ class QuantResult:
             "samples": self.samples,
             "kept_float": self.kept_float,
             "max_drop": options.max_drop,
+            "budget_metric": options.metric if options.max_drop is not None else None,
             "budget": self.budget,
             "layers": self.layers,
         }
@@ -196,7 +197,7 @@ def quantize_model(
     budget = None
     if options.max_drop is not None:
         calibration, budget = meet_budget(
-            calibration, frun.first_output, held, options.max_drop, build, input_names,
+            calibration, frun.first_output, held, options.max_drop, options.metric, build, input_names,
             dynamic_kinds(options.integer_only), say,
         )  # fmt: skip
         if budget["plan"]:

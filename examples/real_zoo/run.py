@@ -2,13 +2,15 @@
 ``quantize_dynamic`` on the models of ``models.py``, with real inputs, at 1 thread.
 
 For each model: ORT fp32 is the reference; fidelity on the held-out inputs (cosine of the sentence
-embedding, or top-1 agreement of the logits) of ORT ``quantize_dynamic`` (its defaults: int8
-weights, activations quantized per tensor at run time) and of edgecompile fp32, ``int8:act=static``,
+embedding, top-1 agreement of the logits, or Pearson correlation of a dense map) of ORT
+``quantize_dynamic`` (its defaults: int8 weights, activations quantized per tensor at run time)
+and of edgecompile fp32, ``int8:act=static``,
 ``int8`` (``act=auto``, the default: run-time row scales where calibration shows outlier rows) and
 ``int8-integer-only``, each calibrated on the model's calibration inputs; median latency of one
 held-out input over 3 rounds of ``--runs``; compile time. Progress to stderr, the table to stdout.
 
-    python examples/real_zoo/run.py [--models mpnet-base,efficientnet-lite0] [--runs 10]
+    python examples/real_zoo/run.py [--models mpnet-base,efficientnet-lite0,dinov2-s-focus] [--runs 10]
+                                    [--recipe int8 --recipe int8:max_drop=1%,metric=pearson ...]
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ def fidelity(metric: str, got: np.ndarray, ref: np.ndarray) -> float:
     a, b = got.ravel().astype(np.float64), ref.ravel().astype(np.float64)
     if metric == "top1":
         return float(a.argmax() == b.argmax())
+    if metric == "pearson":
+        return float(np.corrcoef(a, b)[0, 1])
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
@@ -60,7 +64,7 @@ def _latency(call, runs: int) -> float:
     return statistics.median(rounds)
 
 
-def evaluate(zm: ZooModel, runs: int, work: Path) -> list[dict]:
+def evaluate(zm: ZooModel, runs: int, work: Path, recipes=RECIPES) -> list[dict]:
     """One row per engine: name, fidelity min / mean over the held-out inputs, ms, compile s."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -79,7 +83,7 @@ def evaluate(zm: ZooModel, runs: int, work: Path) -> list[dict]:
     calib = work / f"{zm.name}-calib.npz"
     np.savez(calib, **{k: np.stack([c[k] for c in zm.calib]) for k in zm.calib[0]})
     shapes = {k: tuple(v.shape) for k, v in feed.items()}
-    for recipe in RECIPES:
+    for recipe in recipes:
         _say(f"{zm.name}: compiling {recipe}")
         t = time.perf_counter()
         art = edgecompile.compile(
@@ -90,26 +94,26 @@ def evaluate(zm: ZooModel, runs: int, work: Path) -> list[dict]:
         m = edgecompile.load(art)
         scores = [fidelity(zm.metric, m.run(f)[zm.output], r) for f, r in zip(zm.held_out, refs)]
         ms = statistics.median(m.benchmark(runs=runs, threads=1, feeds=feed).median_ms for _ in range(3))
-        dynamic = len((m.manifest.get("quantization") or {}).get("dynamic", []))
+        q = m.manifest.get("quantization") or {}
         rows.append({"engine": f"edgecompile {recipe}", "scores": scores, "ms": ms, "compile": secs,
-                     "dynamic": dynamic})  # fmt: skip
+                     "dynamic": len(q.get("dynamic", [])), "float": len(q.get("kept_float", []))})  # fmt: skip
     return rows
 
 
 def table(zm: ZooModel, rows: list[dict]) -> str:
-    metric = "top-1 agreement" if zm.metric == "top1" else "cosine"
+    metric = {"top1": "top-1 agreement", "pearson": "Pearson r"}.get(zm.metric, "cosine")
     lines = [
         f"### {zm.label}",
         f"{metric} with ORT fp32 on {len(zm.held_out)} held-out inputs ({len(zm.calib)} calibration inputs)",
         "",
-        f"| engine | {metric} min | mean | ms (1 thread) | compile s | dynamic layers |",
-        "|---|---|---|---|---|---|",
+        f"| engine | {metric} min | mean | ms (1 thread) | compile s | dynamic layers | float layers |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         comp = "-" if r["compile"] is None else f"{r['compile']:.0f}"
         lines.append(
             f"| {r['engine']} | {min(r['scores']):.4f} | {np.mean(r['scores']):.4f} | {r['ms']:.1f} | {comp} | "
-            f"{r.get('dynamic', '-')} |"
+            f"{r.get('dynamic', '-')} | {r.get('float', '-')} |"
         )
     return "\n".join(lines)
 
@@ -118,6 +122,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     ap.add_argument("--runs", type=int, default=10, help="timed runs per round (3 rounds)")
+    ap.add_argument(
+        "--recipe", action="append", help=f"an edgecompile recipe, repeatable (default: {' '.join(RECIPES)})"
+    )
     args = ap.parse_args(argv)
     from edgecompile.runtime.hostinfo import cpu_name
 
@@ -128,7 +135,8 @@ def main(argv=None) -> int:
                 ap.error(f"unknown model {key!r}; choose from {', '.join(MODELS)}")
             _say(f"{key}: loading and exporting")
             zm = MODELS[key]()
-            print(table(zm, evaluate(zm, args.runs, Path(tmp))) + "\n", flush=True)
+            rows = evaluate(zm, args.runs, Path(tmp), tuple(args.recipe or RECIPES))
+            print(table(zm, rows) + "\n", flush=True)
     return 0
 
 

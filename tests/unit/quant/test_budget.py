@@ -30,6 +30,15 @@ def _held_drop(mod, res, held) -> float:
     return 1 - float(np.mean([cosine(_run(res.mod, s["x"]), reference.run(mod["main"], s)) for s in held]))
 
 
+def test_pearson_is_the_cosine_of_centred_outputs():
+    rng = np.random.default_rng(3)
+    ref = rng.uniform(0.2, 0.9, (1, 1, 8, 8))
+    noisy = ref + rng.normal(0, 0.1, ref.shape)
+    assert cosine(noisy, ref, centred=True) == pytest.approx(np.corrcoef(noisy.ravel(), ref.ravel())[0, 1], abs=1e-12)
+    assert cosine(noisy, ref) > cosine(noisy, ref, centred=True) + 0.05  # the offset hides the noise from cosine
+    assert cosine(np.zeros(3), np.zeros(3)) == 1.0
+
+
 def test_held_out_is_the_last_quarter_and_never_all():
     samples = [{"i": i} for i in range(12)]
     calib, held = held_out(samples)

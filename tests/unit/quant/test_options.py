@@ -57,6 +57,7 @@ def test_from_options():
         ({"softmax": "fast", "tanh": "ibert"}, True, "int8-integer-only: softmax must be one of ivit, ibert, float"),
         ({"tanh": "ibert"}, True, "int8-integer-only: tanh must be one of ivit, float, got 'ibert'"),
         ({"max_drop": "1 point"}, True, "int8-integer-only: max_drop takes a number or a percentage (1%), got"),
+        ({"metric": "top1"}, False, "int8: metric must be one of cosine, pearson, got 'top1'"),
         ({"max_drop": "150%"}, False, "int8: max_drop must be in [0, 1) or a percentage below 100%, got 1.5"),
     ],
 )
