@@ -15,13 +15,15 @@ The ladder, cheapest first: a layer is static int8 (one scale from calibration),
 (run-time row scales, :mod:`edgecompile.quant.act_choice`: linear layers and matmuls, in the
 integer-only recipe linear layers), or float. When the recipe as calibrated misses the budget,
 the layers are ranked by sensitivity (:mod:`edgecompile.quant.sensitivity`: the drop with that
-layer alone quantized, on the held-out samples), then
+layer alone quantized, on as many held-out samples as one pass over the layers runs in
+:data:`RANK_BUDGET_S`, at least 4), then
 
 1. the ``k`` most sensitive static layers that can take run-time scales go dynamic, for the
    smallest ``k`` that meets the budget (doubling, then bisection: drops shrink as layers move up
    the ladder, though not strictly);
-2. if all of them dynamic still misses, they stay dynamic and the ``k`` most sensitive layers of any
-   kind (the integer-only nonlinears too) are kept in float, smallest ``k`` again.
+2. if all of them dynamic still misses, they stay dynamic (where that lowered the drop at all)
+   and the ``k`` most sensitive layers of any kind (the integer-only nonlinears too) are kept in
+   float, smallest ``k`` again.
 
 Each try is a rewrite, a build for this machine and a run of the held-out samples: about
 ``2 log2`` of the layers builds. int16 activations (a rung between dynamic and float) are not built
@@ -43,6 +45,7 @@ from edgecompile.quant.sensitivity import layer_sensitivity, smallest_fix
 
 MIN_HELD = 2
 HELD_FRACTION = 4  # one sample in this many is held out
+RANK_BUDGET_S = 60.0  # ranking uses the held-out samples one pass over the layers runs in this time (at least 4)
 FIDELITY = {
     "cosine": "cosine of the first output to the float model's, mean over held-out samples",
     "pearson": "Pearson r of the first output with the float model's, mean over held-out samples",
@@ -122,7 +125,7 @@ def meet_budget(
         return calibration, {**budget, "drop": round(before, 6), "tries": trials.tries, "plan": []}
     score = lambda out, _i, ref: cosine(out, ref, centred)  # noqa: E731
     sens, _ = layer_sensitivity(
-        calibration, held, input_names, reference, score, build, lambda d, t: say("ranking", d, t)
+        calibration, held, input_names, reference, score, build, lambda d, t: say("ranking", d, t), RANK_BUDGET_S
     )
     free = [r["layer"] for r in sens]  # the layers the recipe converts, most sensitive first
     ups = _can_go_dynamic(calibration, [r["layer"] for r in sens if r["kind"] in dynamic_kinds and r["drop"] > 0])
@@ -163,6 +166,6 @@ def _row(sens: list[dict], name: str, mode: str) -> dict:
     return {
         "layer": name,
         "mode": mode,
-        "why": f"sensitivity rank {rank + 1} of {len(sens)}: quantized alone it drops the cosine by {drop:.3g}",
+        "why": f"sensitivity rank {rank + 1} of {len(sens)}: quantized alone it costs {drop:.3g} of fidelity",
         "drop_alone": round(float(drop), 6),
     }

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import time
@@ -224,13 +225,17 @@ def table(rows: list[Row], n_test: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(data.SIZES), default="small")
-    ap.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="comma-separated edgecompile recipes")
+    ap.add_argument(
+        "--recipes",
+        default=",".join(DEFAULT_RECIPES),
+        help="comma-separated edgecompile recipes (a comma before key=value continues a recipe's options)",
+    )
     ap.add_argument("--runs", type=int, default=20, help="timed runs per engine (0: no latency)")
     ap.add_argument("--workdir", type=Path, default=Path("build/minilm_spam"))
     ap.add_argument("--no-own-lengths", action="store_true", help="skip the variable-length run")
     args = ap.parse_args(argv)
     try:
-        rows = evaluate(args.size, tuple(args.recipes.split(",")), args.workdir, args.runs)
+        rows = evaluate(args.size, tuple(re.split(r",(?![\w.-]+=)", args.recipes)), args.workdir, args.runs)
         lengths = None if args.no_own_lengths else own_lengths(args.size, args.workdir)
     except data.DataError as e:
         print(f"error: {e}", file=sys.stderr)
