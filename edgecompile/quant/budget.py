@@ -139,7 +139,7 @@ def meet_budget(
     else:  # dynamic where it helped at all, and the fewest most sensitive layers in float
         if all_up < before:
             dynamic |= set(ups)
-        k, tried = smallest_fix(lambda j: trials.drop(dynamic, keep + free[:j]), limit, len(free))
+        k, tried = smallest_fix(lambda j: trials.drop(dynamic - set(free[:j]), keep + free[:j]), limit, len(free))
         if k is None:
             raise RecipeError(
                 f"max_drop={limit:g}: even with every layer in float the drop on the held-out samples is "

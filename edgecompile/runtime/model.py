@@ -322,18 +322,37 @@ class CompiledModel:
 # library, so loading the same artifact again would map it again (~0.6 MB a load); the same bytes
 # are one module. A VM is still made per load, so models do not share state.
 _LIBRARIES: dict[str, object] = {}
+# The digest of the library dlopen mapped from each path. dlopen returns the library already mapped
+# under a name, not the file there now: an artifact compiled again into the same directory in one
+# process ran its new weights through the old kernels (a crash on the argument count at best).
+_MAPPED: dict[str, str] = {}
 
 
 def _load_library(lib_file: Path, digest: str):
     if digest and digest in _LIBRARIES:
         return _LIBRARIES[digest]
+    path = str(Path(lib_file).resolve())
+    stale = path in _MAPPED and (not digest or _MAPPED[path] != digest)
     try:
-        lib = rt.ffi().load_module(str(lib_file))
+        lib = _load_copy(lib_file) if stale else rt.ffi().load_module(path)
     except Exception as e:
         raise ArtifactError(f"cannot load {lib_file}: {str(e).strip().splitlines()[-1]}") from e
+    if not stale:
+        _MAPPED[path] = digest
     if digest:
         _LIBRARIES[digest] = lib
     return lib
+
+
+def _load_copy(lib_file: Path):
+    """``lib_file`` loaded from a copy under a name of its own (removed once mapped)."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgecompile-lib-") as tmp:
+        copy = Path(tmp) / lib_file.name
+        shutil.copyfile(lib_file, copy)
+        return rt.ffi().load_module(str(copy))
 
 
 def _check_finite(name: str, arr: np.ndarray) -> None:

@@ -231,3 +231,23 @@ def test_loading_the_same_artifact_again_does_not_grow_memory(example_artifact, 
     second = edgecompile.load(example_artifact)
     a, b = first.run(example_feeds), second.run(example_feeds)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_an_artifact_compiled_again_in_place_loads_its_new_kernels(example_feeds, tmp_path):
+    """Compile, load, compile another model into the same directory, load again in the same
+    process: the second load runs the new library (dlopen hands back the library already mapped
+    under a path, so it used to run the new weights through the old kernels and crash on the
+    argument count), and equals a fresh load of the same build elsewhere."""
+    out = tmp_path / "art"
+    first = edgecompile.load(edgecompile.compile(EXAMPLE_ONNX, output=out, input_shapes=EXAMPLE_SHAPES))
+    want_first = first.run(example_feeds)
+    short = {k: v[:, :16] for k, v in example_feeds.items()}
+    shapes16 = {k: "1x16" for k in EXAMPLE_SHAPES}
+    again = edgecompile.load(edgecompile.compile(EXAMPLE_ONNX, output=out, input_shapes=shapes16, force=True))
+    elsewhere = edgecompile.load(edgecompile.compile(EXAMPLE_ONNX, output=tmp_path / "b", input_shapes=shapes16))
+    got, want = again.run(short), elsewhere.run(short)
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+    for name, value in first.run(example_feeds).items():  # the first model still runs its own library
+        np.testing.assert_array_equal(value, want_first[name])
