@@ -77,12 +77,13 @@ def _rescaled(rw: Rewriter, x, s: float, s_new: float) -> relax.Expr:
 
 
 def add(rw: Rewriter, layer: Layer) -> bool:
-    """Of integer tensors, constants and the outputs of layers left in float (a float LayerNorm's
-    output is the next block's residual), all at a fine 16-bit scale; of an integer tensor and a
-    float one computed from the inputs (an additive mask), the float side at the integer side's scale."""
+    """Of integer tensors, constants and float tensors computed from layer outputs (a float
+    LayerNorm's output is the next block's residual; a float linear layer's output plus its bias is
+    a branch), all at a fine 16-bit scale; of an integer tensor and a float one computed from the
+    inputs alone (an additive mask), the float side at the integer side's scale."""
     args = layer.binding.value.args
     ints = [a for a in args if isinstance(a, relax.Var) and not rw.is_float(a)]
-    floats = [a for a in args if isinstance(a, relax.Var) and rw.is_float(a) and a not in rw.layers]
+    floats = [a for a in args if isinstance(a, relax.Var) and rw.is_float(a) and a not in rw.activations]
     if not ints:
         return False
     if floats:  # an additive mask computed from the inputs: added at the logits' own scale

@@ -109,6 +109,7 @@ class Rewriter:
         self.smooth: dict = smooth or {}  # linear input var -> (sigma, threshold of x / sigma)
         self.maxima: dict = maxima or {}  # var -> largest |x| seen in calibration
         self.nonneg: set = set()  # values in [0, 1]: edgecompile.ir.layers.nonnegative_vars
+        self.activations: set = set()  # layer outputs and what is computed from them (Rewriter.walk)
         self.nans: dict = {}  # isnan(x) of an integer x -> x
         self.env: dict = {}
         self.fcache: dict = {}
@@ -299,6 +300,7 @@ class Rewriter:
         """Rewrite the bindings of ``func``, whose parameters are ``params`` now; its result, in float."""
         self.env.update({p: Float(n) for p, n in zip(func.params, params)})
         self.nonneg = nonnegative_vars(func)
+        self.activations = _activations(func, self.layers)
         if not self.integer_only:  # integer-only dynamic layers read integers (as_row_shifted)
             self.float_feeds = _float_feeds(func, [la for la in self.layers.values() if self.is_dynamic(la)])
         for b in bindings(func):
@@ -414,6 +416,16 @@ class Rewriter:
             self.env[v] = Int8(self.bb.emit(new, name_hint=v.name), s)
             return True
         return False
+
+
+def _activations(func: relax.Function, outputs) -> set:
+    """The layers' ``outputs`` and every tensor computed from one: what a float operand of an
+    integer add is when it is not an additive mask computed from the model's inputs alone."""
+    out = set(outputs)
+    for b in bindings(func):
+        if any(v in out for v in relax.analysis.free_vars(b.value)):
+            out.add(b.var)
+    return out
 
 
 def _float_feeds(func: relax.Function, dynamic: list[Layer]) -> set:
