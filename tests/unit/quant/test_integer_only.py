@@ -202,29 +202,36 @@ def test_recipe_flavor_shorthand():
     assert str(rec) == "int8-integer-only:gelu=ivit,ops=ibert"
 
 
-def _post_norm_module(channels: int = 64):
-    """Two post-norm residual blocks, ``r = LN(r + r @ W)``, then a linear head: each block's
-    residual is the previous LayerNorm's output (BERT's and MPNet's form), its branch with one
-    outlier channel, so that 8 bits at one scale cannot hold the branch."""
+def _post_norm_blocks(seed: int, branch, embed_norm: bool = False, channels: int = 64):
+    """Two post-norm residual blocks, ``r = LN(r + branch(r))``, then a linear head: each block's
+    residual is the previous LayerNorm's output (BERT's and MPNet's form; ``embed_norm``: the first
+    is a LayerNorm of the input, BERT's embedding LN), its branch ``branch(bb, r, w, rng)`` with
+    one outlier channel in ``w``, so that 8 bits at one scale cannot hold the branch."""
     from tvm import relax
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     gamma, beta = np.ones(channels, np.float32), np.zeros(channels, np.float32)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, 24, channels), "float32"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            r = x
+            r = bb.emit(relax.op.nn.layer_norm(x, relax.const(gamma), relax.const(beta), [-1])) if embed_norm else x
             for _ in range(2):
                 w = rng.normal(0, 0.3, (channels, channels)).astype(np.float32)
                 w[:, 3] *= 30  # one channel of the branch 30x the others, as BERT's outlier dimensions
-                w = relax.const(w)
-                h = bb.emit(relax.op.add(r, bb.emit(relax.op.matmul(r, w))))
+                h = bb.emit(relax.op.add(r, branch(bb, r, w, rng)))
                 r = bb.emit(relax.op.nn.layer_norm(h, relax.const(gamma), relax.const(beta), [-1]))
             head = relax.const(rng.normal(0, 0.3, (channels, 8)).astype(np.float32))
             out = bb.emit_output(relax.op.matmul(r, head))
         bb.emit_func_output(out)
     return bb.get()
+
+
+def _post_norm_module():
+    """:func:`_post_norm_blocks` with the branch ``r @ W``."""
+    from tvm import relax
+
+    return _post_norm_blocks(0, lambda bb, r, w, _rng: bb.emit(relax.op.matmul(r, relax.const(w))))
 
 
 def test_float_layernorm_output_is_a_residual_not_a_mask():
@@ -254,31 +261,17 @@ def test_float_layernorm_output_is_a_residual_not_a_mask():
 
 
 def _reshaped_branch_module(channels: int = 64):
-    """Two post-norm blocks whose branch is a linear layer on the flattened tokens, then reshaped
-    back (``LN(r + reshape(r2d @ W + b))``, as exporters write nn.Linear on a 3-D input): the
+    """:func:`_post_norm_blocks` whose branch is a linear layer on the flattened tokens, then
+    reshaped back (``reshape(r2d @ W + b)``, as exporters write nn.Linear on a 3-D input): the
     residual add's float operand is computed from the layer's output, not that output itself."""
     from tvm import relax
 
-    rng = np.random.default_rng(2)
-    gamma, beta = np.ones(channels, np.float32), np.zeros(channels, np.float32)
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, 24, channels), "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            r = bb.emit(relax.op.nn.layer_norm(x, relax.const(gamma), relax.const(beta), [-1]))  # BERT's embedding LN
-            for _ in range(2):
-                w = rng.normal(0, 0.3, (channels, channels)).astype(np.float32)
-                w[:, 3] *= 30  # an outlier channel, as BERT's feed-forward output
-                flat = bb.emit(relax.op.reshape(r, (24, channels)))
-                y = bb.emit(relax.op.matmul(flat, relax.const(w)))
-                y = bb.emit(relax.op.add(y, relax.const(rng.normal(0, 0.5, channels).astype(np.float32))))
-                y = bb.emit(relax.op.reshape(y, (1, 24, channels)))
-                r = bb.emit(
-                    relax.op.nn.layer_norm(bb.emit(relax.op.add(r, y)), relax.const(gamma), relax.const(beta), [-1])
-                )
-            out = bb.emit_output(relax.op.matmul(r, relax.const(rng.normal(0, 0.3, (channels, 8)).astype(np.float32))))
-        bb.emit_func_output(out)
-    return bb.get()
+    def branch(bb, r, w, rng):
+        y = bb.emit(relax.op.matmul(bb.emit(relax.op.reshape(r, (24, channels))), relax.const(w)))
+        y = bb.emit(relax.op.add(y, relax.const(rng.normal(0, 0.5, channels).astype(np.float32))))
+        return bb.emit(relax.op.reshape(y, (1, 24, channels)))
+
+    return _post_norm_blocks(2, branch, embed_norm=True, channels=channels)
 
 
 def test_a_float_linear_branch_is_a_residual_not_a_mask():
