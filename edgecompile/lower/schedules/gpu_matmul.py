@@ -12,7 +12,8 @@ multiply-adds) unless :class:`Int8Dp4aMatmul` takes them first.
 ``C[S, I, J] += A[S, I, K] * B[S, J, K]`` (so both operands are K-contiguous), dlight's tiling
 (thread tiles of 4x4 outputs, K staged through shared memory in steps of 16), and the innermost
 4 of K tensorized with ``__dp4a`` (four int8 products summed into an int32 in one instruction,
-sm_61+), shared rows padded to a multiple of 4 bytes so the int8x4 loads are aligned. Schedules
+sm_61+; the intrinsic is registered here, :func:`dp4a_intrinsic`), shared rows padded to a multiple
+of 4 bytes so the int8x4 loads are aligned. Schedules
 preserve semantics and tensorization checks the intrinsic, so the result is exact by
 construction; its speed has not been measured (no GPU here).
 """
@@ -29,7 +30,47 @@ from tvm.s_tir.dlight.gpu.matmul import (
     get_reduction_blocks,
 )
 
-DP4A = "dp4a_s8s8s32"
+DP4A = "edgecompile_dp4a_s8s8s32"
+
+
+def dp4a_intrinsic() -> str:
+    """Register (once) and name the tensor intrinsic of one ``__dp4a``: ``C[0] += sum_i A[i] B[i]``
+    over 4 int8 from shared memory into a local int32. Ours rather than importing
+    ``tvm.s_tir.tensor_intrin``: that package parses ~500 TVMScript intrinsics for every ISA on
+    import, 54 s on a 2-core CPU (the CUDA build of a tiny model took 50-400 s for it)."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    if TensorIntrin.get(DP4A, allow_missing=True) is not None:
+        return DP4A
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1, align=4, scope="shared")
+        B = T.match_buffer(b, (4,), "int8", offset_factor=1, align=4, scope="shared")
+        C = T.match_buffer(c, (1,), "int32", offset_factor=1, align=4, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0], A[0:4], B[0:4])
+            T.writes(C[0])
+            for r in range(4):
+                with T.sblock("update"):
+                    vr = T.axis.remap("R", [r])
+                    C[0] = C[0] + T.Cast("int32", A[vr]) * T.Cast("int32", B[vr])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1, align=4, scope="shared")
+        B = T.match_buffer(b, (4,), "int8", offset_factor=1, align=4, scope="shared")
+        C = T.match_buffer(c, (1,), "int32", offset_factor=1, align=4, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0], A[0:4], B[0:4])
+            T.writes(C[0])
+            C[0] = C[0] + T.call_pure_extern(
+                "__dp4a", A.vload([0], "int8x4"), B.vload([0], "int8x4"), T.int32(0), dtype="int32"
+            )
+
+    TensorIntrin.register(DP4A, desc, impl)
+    return DP4A
 
 
 class Matmul(dl.gpu.Matmul):
@@ -75,7 +116,6 @@ class Int8Dp4aMatmul(dl.gpu.Matmul):
         if not isinstance(func, tvm.tirx.PrimFunc) or target.kind.name != "cuda":
             return None
         from tvm import s_tir
-        from tvm.s_tir.tensor_intrin import dot_product_common  # noqa: F401 - registers the dp4a intrinsics
 
         if not _int8_gemm(func):
             return None
@@ -131,5 +171,5 @@ class Int8Dp4aMatmul(dl.gpu.Matmul):
         auto_inline_consumer_chain(sch, l2g)
         init = sch.decompose_reduction(main, ko)
         del init
-        sch.tensorize(k4, DP4A)
+        sch.tensorize(k4, dp4a_intrinsic())
         return sch
