@@ -70,19 +70,22 @@ class Observer:
         i = int(np.searchsorted(cdf, self.percentile / 100.0))
         return (i + 1) * self.range / BINS
 
-    def _mse(self) -> float:
-        # expected error per element: rounding noise s^2/12 inside the range (uniform within a
-        # step, as ACIQ assumes), squared distance to the clip value outside
+    def expected_error(self, t: float) -> float:
+        """The mean squared error per element of int8 at clipping value ``t``: rounding noise
+        ``s^2/12`` inside the range (uniform within a step, as ACIQ assumes), the squared distance
+        to ``t`` outside, from the histogram (``minmax`` keeps none: rounding alone)."""
+        s = t / (LEVELS - 1)
+        total = float(self.hist.sum())
+        if total == 0:
+            return s * s / 12
         v, n = self._centers(), self.hist.astype(np.float64)
-        best, best_t = np.inf, self.max
-        for edge in range(8, BINS + 1, 8):
-            t = edge * self.range / BINS
-            s = t / (LEVELS - 1)
-            inside = v <= t
-            err = float(n[inside].sum()) * s * s / 12 + float(np.dot(n[~inside], (v[~inside] - t) ** 2))
-            if err < best:
-                best, best_t = err, t
-        return best_t
+        outside = v > t
+        return (float(n[~outside].sum()) * s * s / 12 + float(np.dot(n[outside], (v[outside] - t) ** 2))) / total
+
+    def _mse(self) -> float:
+        edges = [edge * self.range / BINS for edge in range(8, BINS + 1, 8)]
+        errors = [self.expected_error(t) for t in edges]
+        return edges[int(np.argmin(errors))] if errors else self.max
 
     def _entropy(self) -> float:
         hist = self.hist.astype(np.float64)

@@ -40,14 +40,12 @@ def _gemm(rw: Rewriter, layer: Layer, xq: relax.Expr, sigma) -> tuple[relax.Expr
     return acc, sw
 
 
-def _activation_matmul(rw: Rewriter, layer: Layer, aq, bq, unsigned: bool) -> relax.Expr:
-    """int8 x int8 -> int32 of two activations; an unsigned left operand (``u - 128``) gets
-    ``128 * sum_k B[k, :]`` added back."""
-    acc = relax.op.matmul(aq, bq, out_dtype="int32")
-    if unsigned:
-        zero = relax.op.sum(relax.op.astype(bq, "int32"), axis=[-2], keepdims=True)
-        acc = relax.op.add(acc, relax.op.multiply(zero, relax.const(np.int32(128))))
-    return rw.bb.emit(acc, name_hint=f"{layer.name}_acc")
+def _activation_matmul(rw: Rewriter, layer: Layer, aq, bq, wide: bool) -> relax.Expr:
+    """int8 x int8 -> int32 of two activations; with ``wide`` (an int16 probability left
+    operand, :meth:`Rewriter.as_probabilities`) int16 x int16 -> int32, ``bq`` widened."""
+    if wide:
+        bq = relax.op.astype(bq, "int16")
+    return rw.bb.emit(relax.op.matmul(aq, bq, out_dtype="int32"), name_hint=f"{layer.name}_acc")
 
 
 def _weight_info(sw: np.ndarray, sigma) -> dict:
@@ -120,14 +118,15 @@ def _row_shifted_linear(rw: Rewriter, layer: Layer) -> bool | None:
 
 
 def matmul(rw: Rewriter, layer: Layer) -> bool:
-    """Both activations int8 (a softmax output as unsigned ``u - 128``), int32 accumulation.
-    Dynamic: the left operand scaled per row, the right per column, at run time (a softmax output
-    keeps its static unsigned form: its range is [0, 1] on every row); the result dequantized."""
+    """Both activations int8 (softmax probabilities int16 at ``2^-15``:
+    :meth:`Rewriter.as_probabilities`), int32 accumulation. Dynamic: the left operand scaled per
+    row, the right per column, at run time (probabilities keep their fixed scale: their range is
+    [0, 1] on every row); the result dequantized."""
     if rw.is_dynamic(layer):
         return _dynamic_matmul(rw, layer)
-    unsigned = rw.as_unsigned(layer.inputs[0])
-    (aq, sa), (bq, sb) = unsigned or rw.as_quant(layer.inputs[0]), rw.as_quant(layer.inputs[1])
-    acc = _activation_matmul(rw, layer, aq, bq, unsigned is not None)
+    probs = rw.as_probabilities(layer.inputs[0])
+    (aq, sa), (bq, sb) = probs or rw.as_quant(layer.inputs[0]), rw.as_quant(layer.inputs[1])
+    acc = _activation_matmul(rw, layer, aq, bq, probs is not None)
     sy = rw.scale[layer.output]
     rw.env[layer.output] = Acc(acc, np.float64(sa) * sb, sy)
     layer.info = {"act": "static", "scale_in": [sa, sb], "scale_out": sy}
@@ -135,16 +134,16 @@ def matmul(rw: Rewriter, layer: Layer) -> bool:
 
 
 def _dynamic_matmul(rw: Rewriter, layer: Layer) -> bool:
-    unsigned = rw.as_unsigned(layer.inputs[0])
-    if unsigned is not None:
-        aq, sa = unsigned[0], relax.const(np.float32(unsigned[1]))
+    probs = rw.as_probabilities(layer.inputs[0])
+    if probs is not None:
+        aq, sa = probs[0], relax.const(np.float32(probs[1]))
     else:
         aq, sa, _ = rw.as_dynamic(layer.inputs[0], -1)
     bq, sb, _ = rw.as_dynamic(layer.inputs[1], -2)
-    acc = _activation_matmul(rw, layer, aq, bq, unsigned is not None)
+    acc = _activation_matmul(rw, layer, aq, bq, probs is not None)
     y = relax.op.multiply(relax.op.multiply(relax.op.astype(acc, "float32"), sa), sb)
     rw.env[layer.output] = Float(rw.bb.emit(y, name_hint=layer.name))
-    layer.info = {"act": "dynamic", **({"scale_in": [float(unsigned[1])]} if unsigned is not None else {})}
+    layer.info = {"act": "dynamic", **({"scale_in": [float(probs[1])]} if probs is not None else {})}
     return True
 
 

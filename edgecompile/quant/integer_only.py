@@ -13,7 +13,7 @@ finest form it can. What each op emits:
   I-BERT's i-exp softmax (``ibert``: int64 inside, logits at no finer scale than ``2^-13``); both
   normalize each row with a 64-bit reciprocal (I-ViT's 32-bit one keeps too few bits on long or
   flat rows: ``nonlinear.shiftmax``). Out:
-  ``[0, 255]`` at ``2^-8`` (int32), which the ``P V`` integer matmul reads as int8 ``u - 128``
+  ``[0, 2^15 - 1]`` at ``2^-15`` (int32), which the ``P V`` integer matmul reads as int16``
   and corrects with ``128 * sum_k V[k, :]`` (twice the resolution of ``[0, 127]``).
 - ``gelu`` (one op, or any erf/tanh decomposition :mod:`edgecompile.ir.gelu_match` recognises):
   ShiftGELU on the int8 input (``ivit``; as a 256-entry table built by the same integer
@@ -46,7 +46,7 @@ from edgecompile.intref import nonlinear as nl
 from edgecompile.ir.layers import Layer
 from edgecompile.ir.ops import const_array
 from edgecompile.quant import emit as iop
-from edgecompile.quant.rewriter import Acc, Rewriter, rescale
+from edgecompile.quant.rewriter import P_LEVELS, Acc, Rewriter, rescale
 
 op = relax.op
 FINE = 64  # residual-stream tensors: int16-range values at the calibrated scale / FINE (4x headroom)
@@ -56,6 +56,7 @@ RESIDUAL_HEADROOM = 1.25  # over the calibration maximum, for a 16-bit residual-
 MASK_MAX = 2**29  # a quantized additive mask is clipped here, so logit + mask stays in int32
 IBERT_MIN_SCALE = 2.0**-13  # i-exp's int64 widths hold for logits at no finer scale than this
 EMBED_BITS = 12
+P_BITS = 15  # softmax probabilities: [0, 2^15 - 1] at 2^-15 (P_LEVELS)
 
 
 def _lookup(table: np.ndarray, q: relax.Expr) -> relax.Expr:
@@ -110,7 +111,9 @@ def concat(rw: Rewriter, layer: Layer) -> bool:
 
 
 def softmax(rw: Rewriter, layer: Layer) -> bool:
-    """Shiftmax (``ivit``) or i-exp (``ibert``) on the integer logits; ``[0, 255]`` at ``2^-8`` out."""
+    """Shiftmax (``ivit``) or i-exp (``ibert``) on the integer logits; ``[0, 2^15 - 1]`` at ``2^-15``
+    out (both normalize in int64, so the extra bits are real: 8 bits rounded a probability of
+    1/257, the mean over a ViT-S row, to one step)."""
     x, s = rw.as_int(layer.inputs[0])
     row = layer.row_hint or int(layer.output.ty.shape.values[-1])
     impl = rw.impl["softmax"]
@@ -118,14 +121,14 @@ def softmax(rw: Rewriter, layer: Layer) -> bool:
         s_new = iop.shiftmax_input_scale(s, row)
         if s_new != s:  # logits too fine for a 31-bit row sum at n = 15
             x, s = _rescaled(rw, x, s, s_new), s_new
-        y = iop.emit_shiftmax(x, s, iop.shiftmax_n(row, s), 9, rounding=True, wide=True, bb=rw.bb)
+        y = iop.emit_shiftmax(x, s, iop.shiftmax_n(row, s), P_BITS + 1, rounding=True, wide=True, bb=rw.bb)
     else:
         if s < IBERT_MIN_SCALE:
             x, s = _rescaled(rw, x, s, IBERT_MIN_SCALE), IBERT_MIN_SCALE
-        y = iop.emit_ibert_softmax(x, s, k=8, bb=rw.bb)
-    # [0, 255] at 2^-8 in int32: the P V matmul reads it as int8 u - 128 (Rewriter.as_unsigned)
-    rw.set_acc(layer, y, 1.0 / 256, narrow=True)
-    layer.info = {"impl": impl, "scale_in": s, "scale_out": 1.0 / 256}
+        y = iop.emit_ibert_softmax(x, s, k=P_BITS, bb=rw.bb)
+    # the P V matmul reads it as int16 (Rewriter.as_probabilities)
+    rw.set_acc(layer, y, 1.0 / P_LEVELS, narrow=True)
+    layer.info = {"impl": impl, "scale_in": s, "scale_out": 1.0 / P_LEVELS}
     return True
 
 

@@ -82,7 +82,7 @@ class SwitchRewriter(Rewriter):
             return Int8(self.bb.emit(q, name_hint=f"{x.name}_held"), form.scale)
         bound = 2**15 - 1 if form.narrow else 2**31 - 128  # float32 rounds 2^31 - 1 up
         low = -bound
-        if x in self.nonneg:  # probabilities: the integer softmax gives [0, 255] at 2^-8, never 256
+        if x in self.nonneg:  # probabilities: the integer softmax never gives 1.0 (2^15 at 2^-15)
             low, bound = 0, min(bound, int(round(1.0 / float(form.scale))) - 1)
         inv = (1.0 / np.asarray(form.scale, np.float64)).astype(np.float32)
         q = relax.op.clip(relax.op.round(relax.op.multiply(f, relax.const(inv))), low, bound)

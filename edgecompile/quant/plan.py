@@ -178,7 +178,7 @@ def quantize_model(
     _check_zero_ranges(layers, stats.maxima, options.keep_float)
     dynamic = choose_dynamic(
         [la for la in layers if not la.matches(options.keep_float)], options.act, options.dynamic, stats.gains,
-        dynamic_kinds(options.integer_only),
+        options.integer_only,
     )  # fmt: skip
     keep = list(options.keep_float)
     nonlinear = dict(options.nonlinear)
@@ -243,9 +243,9 @@ def _calibrate(func, layers, frun: Runner, wanted, samples, options: QuantOption
     kinds = {la.name: la.kind for la in layers}
     for name, keys in operands.items():
         per = [
-            dynamic_gain_db(smooth[v][1], smoothed_rows[v, a].mean_square)
+            dynamic_gain_db((smooth[v][1] / 127) ** 2 / 12, smoothed_rows[v, a].mean_square)
             if kinds[name] == "linear" and v in smooth
-            else dynamic_gain_db(thresholds[v], rows[v, a].mean_square)
+            else dynamic_gain_db(observers[v].expected_error(thresholds[v]), rows[v, a].mean_square)
             for v, a in keys
         ]
         gains[name] = max(per, default=0.0)

@@ -22,6 +22,8 @@ from edgecompile.ir.walk import bindings, emit_binding, substitute
 from edgecompile.quant import emit as iop
 from edgecompile.quant.options import NONLINEAR_KINDS
 
+P_LEVELS = 2**15  # probabilities read by a matmul: int16 [0, 2^15 - 1] at 2^-15 (Rewriter.as_probabilities)
+
 
 @dataclass(frozen=True)
 class Float:
@@ -182,23 +184,23 @@ class Rewriter:
             self.qcache[key] = (q, s, sigma)
         return self.qcache[key]
 
-    def as_unsigned(self, v):
-        """``(u - 128 as int8, scale)`` for a tensor of probabilities in ``[0, 1]`` (softmax): all
-        256 levels on ``[0, max]``, twice the resolution of int8 at zero point 0; the matmul
-        reading it adds ``128 * sum_k B[k, :]`` back. None where ``v`` is int8 already."""
+    def as_probabilities(self, v):
+        """``(int16 expr, 2^-15)`` for a tensor of probabilities in ``[0, 1]`` (a softmax output):
+        ``[0, 32767]`` at ``2^-15``, so the ``P V`` matmul reading it keeps the small
+        probabilities an 8-bit P rounds away (a row over 257 tokens averages 1/257, one 8-bit
+        step). The accumulator cannot overflow: a row of P sums to about ``2^15``, so
+        ``|sum_k P_k V_k| <= 2^15 * 127``. None where ``v`` is not such a tensor or is int8 already."""
         e = self.env.get(v)
         if v not in self.nonneg or isinstance(e, Int8):
             return None
-        key = (v, "unsigned")
+        key = (v, "probabilities")
         if key not in self.qcache:
-            if isinstance(e, Acc):  # integer-only softmax: [0, 255] at 2^-8
-                q = relax.op.astype(relax.op.subtract(e.expr, relax.const(np.int32(128))), "int8")
-                self.qcache[key] = (self.bb.emit(q, name_hint=f"{v.name}_u"), float(e.scale))
+            if isinstance(e, Acc):  # integer-only softmax: [0, 2^15 - 1] at 2^-15 already
+                q = relax.op.astype(e.expr, "int16")
             else:
-                s = self.scale[v] * 127.0 / 255.0
-                x = relax.op.multiply(self.as_float(v), relax.const(np.float32(1.0 / np.float32(s))))
-                x = relax.op.subtract(relax.op.clip(relax.op.round(x), 0, 255), relax.const(np.float32(128)))
-                self.qcache[key] = (self.bb.emit(relax.op.astype(x, "int8"), name_hint=f"{v.name}_u"), s)
+                x = relax.op.multiply(self.as_float(v), relax.const(np.float32(P_LEVELS)))
+                q = relax.op.astype(relax.op.clip(relax.op.round(x), 0, P_LEVELS - 1), "int16")
+            self.qcache[key] = (self.bb.emit(q, name_hint=f"{v.name}_p"), 1.0 / P_LEVELS)
         return self.qcache[key]
 
     def is_dynamic(self, layer: Layer) -> bool:

@@ -142,11 +142,12 @@ def test_report_adds_the_keep_float_fix_when_a_recipe_misses_the_budget(digits, 
 
 
 def test_integer_only_layers_alone_see_their_real_inputs(digits):
-    """Integer-only: P V reads the integer softmax's [0, 255] at 2^-8; held from float, P = 1.0
-    must stay 255 (256 wrapped to -128 in int8 once and made one P V look 60x worse than the whole
-    recipe). Each attention op alone moves the logits by the order of the full recipe, not a multiple of it:
-    "less than the whole recipe" is no law (errors partly cancel; on an AVX-512 VNNI CPU softmax.0 alone
-    gave 0.227 against the whole recipe's 0.204), so the bound is 2x, far below the 60x of the wrap bug."""
+    """Integer-only: P V reads the integer softmax's [0, 2^15 - 1] at 2^-15; held from float, P = 1.0
+    must stay 2^15 - 1 (when P was 8-bit, 256 wrapped to -128 once and made one P V look 60x worse
+    than the whole recipe). Each attention op alone moves the logits by the order of the full
+    recipe, not a multiple of it: "less than the whole recipe" is no law (errors partly cancel; on an
+    AVX-512 VNNI CPU softmax.0 alone gave 0.227 against the whole recipe's 0.204), so the bound is
+    2x, far below the 60x of the wrap bug."""
     data, onnx_path, calib, tmp = digits
     got = []
     full = edgecompile.compile(onnx_path, "native", tmp / "sens-io", recipe="int8-integer-only", calib=calib,
