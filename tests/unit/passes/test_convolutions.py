@@ -129,6 +129,11 @@ CASES = {
         (1, 16, 6, 6),
         True,
     ),
+    # the DINOv2 focus head's upsampling: each output pixel takes 2x2 of the 16 taps
+    "transposed 4x4 stride 2 pads 1": ("ConvTranspose", {"strides": [2, 2], "pads": [1, 1, 1, 1]}, (16, 8, 4, 4),
+                                       (1, 16, 6, 6), True),  # fmt: skip
+    "transposed 3x2 strides 2x3 batch 2": ("ConvTranspose", {"strides": [2, 3], "pads": [1, 0, 0, 1]}, (16, 8, 3, 2),
+                                           (2, 16, 5, 4), True),  # fmt: skip
     "transposed 3x3 dilation 2": ("ConvTranspose", {"dilations": [2, 2]}, (16, 8, 3, 3), (1, 16, 5, 5), True),
     "transposed grouped": ("ConvTranspose", {"strides": [2, 2], "group": 2}, (16, 4, 2, 2), (1, 16, 4, 4), False),
     "transposed grouped 3x3": ("ConvTranspose", {"strides": [2, 2], "group": 2}, (16, 4, 3, 3), (1, 16, 4, 4), False),
