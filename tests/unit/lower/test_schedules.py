@@ -341,3 +341,35 @@ def test_kernels_without_blocks_build():
     xv = np.random.default_rng(1).integers(0, 3, (1, 128)).astype("int64")
     got = _native_run(lambda v: relax.op.cumsum(v, axis=1), xv)
     np.testing.assert_array_equal(got, np.cumsum(xv, axis=1))
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 257, 64), (2, 3, 49, 24)], ids=["dinov2-v", "ragged-columns"])
+def test_a_column_max_is_vectorized_across_columns(shape):
+    """A dynamic ``P V``'s scale per column of ``V``: max ``|V|`` over the keys (axis -2). dlight's
+    rules decline it; ours runs the keys outside the columns (each step one contiguous row, which
+    LLVM vectorizes) and computes what the unscheduled loop nest computes."""
+    from tvm import relax
+
+    from edgecompile.lower.schedules.cpu_column_reduction import ColumnReduction
+
+    target = tvm.target.Target(TARGETS["avx2"])
+    if "avx2" not in open("/proc/cpuinfo").read():
+        pytest.skip("this machine cannot run AVX2 code")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.max(relax.op.abs(x), axis=[-2], keepdims=True))
+        bb.emit_func_output(out)
+    mod = _legalized(bb.get(), target)
+    (func,) = [f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc)]
+    sch = ColumnReduction().apply(func, target, False)
+    assert sch is not None
+    out = sch.get_child_blocks(sch.get_sblock("root"))[-1]
+    assert int(sch.get(sch.get_loops(out)[-1]).extent) == shape[-1]  # columns innermost
+    args = [np.random.default_rng(1).uniform(-3, 3, shape).astype(np.float32),
+            np.zeros((*shape[:-2], 1, shape[-1]), np.float32)]  # fmt: skip
+    ref = _run(func, target, [a.copy() for a in args])
+    got = _run(sch.mod["main"], target, [a.copy() for a in args])
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(got[1][..., 0, :], np.abs(args[0]).max(axis=-2))

@@ -1,0 +1,88 @@
+"""CPU schedule for a reduction over an outer axis: the per-column max ``|V|`` of a dynamic
+``P V`` matmul's right operand (``act=dynamic``: a scale per column of ``V``, reduced over the
+keys, axis -2), and any other reduction whose innermost axis is spatial.
+
+dlight's rules decline these (their reduction is not innermost), so they ran on the fallback,
+one scalar accumulator per output reading a column at a stride of a whole row. Here the producer
+stages are inlined, the leading spatial loops fused and run in parallel, and the reduction loop
+moved outside the innermost spatial one: each step reads one contiguous row into the row of
+partial results (``decompose_reduction`` puts the init before the loop), which LLVM vectorizes.
+One column max over DINOv2's ``[6, 257, 64]``, Zen 4, 1 thread: 303 us on the fallback, 4 us
+here (12 per image: 3.6 ms of the default int8's ~120).
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target import Target
+from tvm.tirx.analysis import undefined_vars
+
+from edgecompile.lower.schedules.isa import vector_isa
+from edgecompile.lower.schedules.loops import extent, vectorize_innermost
+
+
+class ColumnReduction(CPUScheduleRule):
+    """One reduction block, the output, over one axis that is not its innermost."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        try:
+            return self._schedule(func, target)
+        except Exception:  # noqa: BLE001 - a shape this rule does not take: the next rule's
+            return None
+
+    def _schedule(self, func, target) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        *stages, out = sch.get_child_blocks(sch.get_sblock("root"))
+        for block in stages:
+            sch.compute_inline(block)  # raises for anything not injective: declined
+        block = sch.get(out)
+        kinds = [iv.iter_type for iv in block.iter_vars]
+        reduce = [i for i, k in enumerate(kinds) if k == tirx.IterVar.CommReduce]
+        loops = sch.get_loops(out)
+        if len(reduce) != 1 or len(loops) != len(kinds) or len(kinds) < 2 or not _across_columns(block, reduce[0]):
+            return None
+        vw = vector_isa(target).lanes(32)
+        spatial = [lp for i, lp in enumerate(loops) if i != reduce[0]]
+        inner = extent(sch, spatial[-1])
+        if inner is None or inner < vw:
+            return None
+        k = loops[reduce[0]]
+        sch.reorder(*spatial[:-1], k, spatial[-1])
+        if len(spatial) > 1:
+            outer = sch.fuse(*spatial[:-1])
+            if (extent(sch, outer) or 0) > 1:
+                sch.parallel(outer)
+        init = sch.decompose_reduction(out, k)
+        _vectorize(sch, init, vw)
+        # the update's column loop stays serial in TIR (vectorize refuses a reduction block's
+        # subtree); it is unit-stride and carries nothing across columns, so LLVM vectorizes it
+        return sch
+
+
+def _across_columns(block, r: int) -> bool:
+    """The block reads along its reduction axis ``r`` while its innermost spatial axis walks the
+    last (contiguous) index of what it reduces: a column reduction."""
+    k = block.iter_vars[r].var
+    last = [iv.var for i, iv in enumerate(block.iter_vars) if i != r][-1]
+    reads = [rd for rd in block.reads if not rd.source.same_as(block.writes[0].source)]
+    if len(reads) != 1:
+        return False
+    *outer, tail = reads[0].region
+    return _uses(tail.min, last) and not _uses(tail.min, k) and any(_uses(rg.min, k) for rg in outer)
+
+
+def _uses(expr, var) -> bool:
+    return any(v.same_as(var) for v in undefined_vars(expr))
+
+
+def _vectorize(sch, block, vw: int) -> None:
+    """The innermost loop in whole vectors plus, for a ragged one, a partial vector (guarded)."""
+    loop = sch.get_loops(block)[-1]
+    ext = extent(sch, loop)
+    if ext is not None and ext > vw and ext % vw:
+        sch.vectorize(sch.split(loop, [None, vw])[1])
+    else:
+        vectorize_innermost(sch, block, vw, unroll=False)
