@@ -23,6 +23,13 @@ LEVELS = 128  # int8 magnitudes 0..127
 OBSERVERS = ("minmax", "percentile", "mse", "entropy")
 
 
+def rounding_noise(t: float) -> float:
+    """The mean squared rounding error of int8 with clipping value ``t`` (step ``t / 127``,
+    uniform within a step): ``(t / 127)^2 / 12``."""
+    s = t / (LEVELS - 1)
+    return s * s / 12
+
+
 class Observer:
     """Streams batches of one tensor; :meth:`threshold` gives the clipping value."""
 
@@ -74,18 +81,16 @@ class Observer:
         """The mean squared error per element of int8 at clipping value ``t``: rounding noise
         ``s^2/12`` inside the range (uniform within a step, as ACIQ assumes), the squared distance
         to ``t`` outside, from the histogram (``minmax`` keeps none: rounding alone)."""
-        s = t / (LEVELS - 1)
         total = float(self.hist.sum())
         if total == 0:
-            return s * s / 12
+            return rounding_noise(t)
         v, n = self._centers(), self.hist.astype(np.float64)
         outside = v > t
-        return (float(n[~outside].sum()) * s * s / 12 + float(np.dot(n[outside], (v[outside] - t) ** 2))) / total
+        return (float(n[~outside].sum()) * rounding_noise(t) + float(np.dot(n[outside], (v[outside] - t) ** 2))) / total
 
     def _mse(self) -> float:
         edges = [edge * self.range / BINS for edge in range(8, BINS + 1, 8)]
-        errors = [self.expected_error(t) for t in edges]
-        return edges[int(np.argmin(errors))] if errors else self.max
+        return edges[int(np.argmin([self.expected_error(t) for t in edges]))]
 
     def _entropy(self) -> float:
         hist = self.hist.astype(np.float64)

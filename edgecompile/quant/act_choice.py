@@ -54,6 +54,7 @@ import math
 
 from tvm import relax
 
+from edgecompile.calibrate.observers import rounding_noise
 from edgecompile.ir.layers import Layer
 
 AUTO_GAIN_DB = {"int8": 0.0, "integer-only": 6.0}  # act=auto's threshold per recipe (module docstring)
@@ -88,7 +89,7 @@ def dynamic_gain_db(static_error: float, mean_square_peak: float) -> float:
     mean squared error per element of its static int8 (rounding and clipping:
     :meth:`edgecompile.calibrate.observers.Observer.expected_error`), against the rounding noise of
     a scale per row, ``mean(max_row^2) / (127^2 12)``."""
-    dynamic_error = mean_square_peak / (127.0**2 * 12)
+    dynamic_error = rounding_noise(1.0) * mean_square_peak
     if dynamic_error <= 0 or static_error <= 0:
         return 0.0
     return 10 * math.log10(static_error / dynamic_error)

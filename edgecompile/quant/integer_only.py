@@ -13,8 +13,7 @@ finest form it can. What each op emits:
   I-BERT's i-exp softmax (``ibert``: int64 inside, logits at no finer scale than ``2^-13``); both
   normalize each row with a 64-bit reciprocal (I-ViT's 32-bit one keeps too few bits on long or
   flat rows: ``nonlinear.shiftmax``). Out:
-  ``[0, 2^15 - 1]`` at ``2^-15`` (int32), which the ``P V`` integer matmul reads as int16``
-  and corrects with ``128 * sum_k V[k, :]`` (twice the resolution of ``[0, 127]``).
+  ``[0, 2^15 - 1]`` at ``2^-15`` (int32), which the ``P V`` integer matmul reads as int16.
 - ``gelu`` (one op, or any erf/tanh decomposition :mod:`edgecompile.ir.gelu_match` recognises):
   ShiftGELU on the int8 input (``ivit``; as a 256-entry table built by the same integer
   arithmetic: its per-element division would cost more than the float GELU; inputs past the int8
@@ -46,7 +45,7 @@ from edgecompile.intref import nonlinear as nl
 from edgecompile.ir.layers import Layer
 from edgecompile.ir.ops import const_array
 from edgecompile.quant import emit as iop
-from edgecompile.quant.rewriter import P_LEVELS, Acc, Rewriter, rescale
+from edgecompile.quant.rewriter import P_BITS, P_LEVELS, Acc, Rewriter, rescale
 
 op = relax.op
 FINE = 64  # residual-stream tensors: int16-range values at the calibrated scale / FINE (4x headroom)
@@ -56,7 +55,6 @@ RESIDUAL_HEADROOM = 1.25  # over the calibration maximum, for a 16-bit residual-
 MASK_MAX = 2**29  # a quantized additive mask is clipped here, so logit + mask stays in int32
 IBERT_MIN_SCALE = 2.0**-13  # i-exp's int64 widths hold for logits at no finer scale than this
 EMBED_BITS = 12
-P_BITS = 15  # softmax probabilities: [0, 2^15 - 1] at 2^-15 (P_LEVELS)
 
 
 def _lookup(table: np.ndarray, q: relax.Expr) -> relax.Expr:

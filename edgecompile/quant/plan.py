@@ -35,7 +35,7 @@ import tvm
 from tvm import relax
 
 from edgecompile.calibrate.capture import Runner, observe, with_outputs
-from edgecompile.calibrate.observers import Observer
+from edgecompile.calibrate.observers import Observer, rounding_noise
 from edgecompile.errors import CalibrationError, EdgeCompileWarning, RecipeError
 from edgecompile.ir.layers import find_layers, linear_inputs, nonnegative_vars, observed_vars
 from edgecompile.ir.ops import op_name
@@ -243,7 +243,7 @@ def _calibrate(func, layers, frun: Runner, wanted, samples, options: QuantOption
     kinds = {la.name: la.kind for la in layers}
     for name, keys in operands.items():
         per = [
-            dynamic_gain_db((smooth[v][1] / 127) ** 2 / 12, smoothed_rows[v, a].mean_square)
+            dynamic_gain_db(rounding_noise(smooth[v][1]), smoothed_rows[v, a].mean_square)
             if kinds[name] == "linear" and v in smooth
             else dynamic_gain_db(observers[v].expected_error(thresholds[v]), rows[v, a].mean_square)
             for v, a in keys

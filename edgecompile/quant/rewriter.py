@@ -22,7 +22,8 @@ from edgecompile.ir.walk import bindings, emit_binding, substitute
 from edgecompile.quant import emit as iop
 from edgecompile.quant.options import NONLINEAR_KINDS
 
-P_LEVELS = 2**15  # probabilities read by a matmul: int16 [0, 2^15 - 1] at 2^-15 (Rewriter.as_probabilities)
+P_BITS = 15  # probabilities read by a matmul: int16 [0, 2^15 - 1] at 2^-15 (Rewriter.as_probabilities)
+P_LEVELS = 1 << P_BITS
 
 
 @dataclass(frozen=True)

@@ -14,24 +14,13 @@ here (12 per image: 3.6 ms of the default int8's ~120).
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
-from tvm.target import Target
-from tvm.tirx.analysis import undefined_vars
 
 from edgecompile.lower.schedules.isa import vector_isa
-from edgecompile.lower.schedules.loops import extent, vectorize_innermost
+from edgecompile.lower.schedules.loops import GuardedRule, extent, uses, vectorize_ragged
 
 
-class ColumnReduction(CPUScheduleRule):
+class ColumnReduction(GuardedRule):
     """One reduction block, the output, over one axis that is not its innermost."""
-
-    def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        try:
-            return self._schedule(func, target)
-        except Exception:  # noqa: BLE001 - a shape this rule does not take: the next rule's
-            return None
 
     def _schedule(self, func, target) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
@@ -56,7 +45,7 @@ class ColumnReduction(CPUScheduleRule):
             if (extent(sch, outer) or 0) > 1:
                 sch.parallel(outer)
         init = sch.decompose_reduction(out, k)
-        _vectorize(sch, init, vw)
+        vectorize_ragged(sch, init, vw)
         # the update's column loop stays serial in TIR (vectorize refuses a reduction block's
         # subtree); it is unit-stride and carries nothing across columns, so LLVM vectorizes it
         return sch
@@ -71,18 +60,4 @@ def _across_columns(block, r: int) -> bool:
     if len(reads) != 1:
         return False
     *outer, tail = reads[0].region
-    return _uses(tail.min, last) and not _uses(tail.min, k) and any(_uses(rg.min, k) for rg in outer)
-
-
-def _uses(expr, var) -> bool:
-    return any(v.same_as(var) for v in undefined_vars(expr))
-
-
-def _vectorize(sch, block, vw: int) -> None:
-    """The innermost loop in whole vectors plus, for a ragged one, a partial vector (guarded)."""
-    loop = sch.get_loops(block)[-1]
-    ext = extent(sch, loop)
-    if ext is not None and ext > vw and ext % vw:
-        sch.vectorize(sch.split(loop, [None, vw])[1])
-    else:
-        vectorize_innermost(sch, block, vw, unroll=False)
+    return uses(tail.min, last) and not uses(tail.min, k) and any(uses(rg.min, k) for rg in outer)

@@ -23,12 +23,9 @@ dlight's Reduction before: 4 ms). Correctness never depends on the partitioning,
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
-from tvm.target import Target
-from tvm.tirx.analysis import undefined_vars
 
 from edgecompile.lower.schedules.isa import vector_isa
-from edgecompile.lower.schedules.loops import extent, vectorize_innermost
+from edgecompile.lower.schedules.loops import GuardedRule, extent, uses, vectorize_innermost, vectorize_ragged
 from edgecompile.lower.tir_walk import replace_realizes
 
 # TIR lowering options CPU builds run with: peel ``likely``-guarded tails off constant loops
@@ -39,16 +36,8 @@ def _is_reduction(sch, block) -> bool:
     return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
 
 
-class RowReduction(CPUScheduleRule):
+class RowReduction(GuardedRule):
     """Parallel rows, inlined stages, vectorized partial reductions."""
-
-    def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        try:
-            return self._schedule(func, target)
-        except Exception:  # a shape this rule does not handle: dlight's rules take it
-            return None
 
     def _schedule(self, func, target):
         sch = s_tir.Schedule(func)
@@ -81,7 +70,7 @@ class RowReduction(CPUScheduleRule):
         row = sch.fuse(*loops[:-1])
         sch.parallel(row)
         if not bare:
-            _vectorize_row(sch, out, vw)
+            vectorize_ragged(sch, out, vw)
         _stages_per_row(sch, out, row, partials, vw)
         if all(w % vw == 0 for w in widths.values()):
             return sch
@@ -103,15 +92,11 @@ def _one_inner_reduction_axis(sch, reductions) -> bool:
         if ivs[-1].iter_type != tirx.IterVar.CommReduce or len(ivs) < 2:
             return False
         k = ivs[-1].var
-        along = {r.source.name for r in block.reads if any(_uses(rg.min, k) for rg in r.region)}
+        along = {r.source.name for r in block.reads if any(uses(rg.min, k) for rg in r.region)}
         along.discard(block.writes[0].source.name)
         if len(along) > 1:
             return False
     return True
-
-
-def _uses(expr, var) -> bool:
-    return any(v.same_as(var) for v in undefined_vars(expr))
 
 
 def _row_widths(sch, reductions, vw: int) -> dict | None:
@@ -124,16 +109,6 @@ def _row_widths(sch, reductions, vw: int) -> dict | None:
             return None
         widths[sch.get(b).name_hint] = ext
     return widths
-
-
-def _vectorize_row(sch, out, vw: int) -> None:
-    """The output's row in vectors; a ragged row's last, partial vector is guarded by the split."""
-    loop = sch.get_loops(out)[-1]
-    ext = extent(sch, loop)
-    if ext and ext > vw and ext % vw:
-        sch.vectorize(sch.split(loop, [None, vw])[1])
-    else:
-        vectorize_innermost(sch, out, vw, unroll=False)
 
 
 def _guarded(realize, widths: dict, vw: int):
