@@ -88,11 +88,14 @@ def requantize_f32(acc: np.ndarray, m) -> np.ndarray:
     return np.clip(np.rint(y), QMIN, QMAX).astype(np.int8)
 
 
-def dynamic_quantize(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+def dynamic_quantize(x: np.ndarray, axis: int = -1, used: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(q, scale)``: ``x`` as int8 with a float32 scale per slice along ``axis`` (kept as a
-    size-1 axis), from that slice's own max ``|x|``; see the module docstring."""
+    size-1 axis), from that slice's own max ``|x|``; see the module docstring. ``used`` (boolean,
+    broadcast to ``x``): only those elements set the scale (the keys some query gives a nonzero
+    probability, for a ``P V``'s V); the others are quantized with it."""
     x = np.asarray(x, np.float32)
-    amax = np.maximum(np.abs(x).max(axis=axis, keepdims=True), TINY)
+    magnitude = np.abs(x) if used is None else np.where(used, np.abs(x), np.float32(0))
+    amax = np.maximum(magnitude.max(axis=axis, keepdims=True), TINY)
     inv = np.float32(127) / amax
     q = np.clip(np.rint(x * inv), -127, 127).astype(np.int8)
     return q, (amax / np.float32(127)).astype(np.float32)

@@ -139,7 +139,7 @@ def _dynamic_matmul(rw: Rewriter, layer: Layer) -> bool:
         aq, sa = probs[0], relax.const(np.float32(probs[1]))
     else:
         aq, sa, _ = rw.as_dynamic(layer.inputs[0], -1)
-    bq, sb, _ = rw.as_dynamic(layer.inputs[1], -2)
+    bq, sb, _ = rw.as_dynamic(layer.inputs[1], -2, weights=aq if probs is not None else None)
     acc = _activation_matmul(rw, layer, aq, bq, probs is not None)
     y = relax.op.multiply(relax.op.multiply(relax.op.astype(acc, "float32"), sa), sb)
     rw.env[layer.output] = Float(rw.bb.emit(y, name_hint=layer.name))

@@ -209,19 +209,27 @@ class Rewriter:
         layers and matmuls in int8, linear layers in the integer-only recipe."""
         return layer.name in self.dynamic and layer.kind in (("linear",) if self.integer_only else ("linear", "matmul"))
 
-    def as_dynamic(self, v, axis: int = -1, smoothed: bool = False):
+    def as_dynamic(self, v, axis: int = -1, smoothed: bool = False, weights=None):
         """``(int8 expr, float32 scale expr, sigma)``: ``v`` (divided by its smoothing factors where
         ``smoothed`` and calibration chose them; sigma None otherwise) quantized with a scale per
         slice along ``axis``, from that slice's own max ``|x|`` at run time
-        (:func:`edgecompile.intref.dynamic_quantize`)."""
+        (:func:`edgecompile.intref.dynamic_quantize`). ``weights``: the int16 probabilities a
+        ``P V`` reads ``v`` (its keys along ``axis = -2``) with; a key no query gives a nonzero
+        probability (masked, or padded by a ranged artifact) then does not widen its column's
+        scale, so padding leaves the answer unchanged and the scale covers the values that count."""
         sigma = self.smooth[v][0] if smoothed and v in self.smooth else None
-        key = (v, "dynamic", axis, sigma is not None)
+        key = (v, "dynamic", axis, sigma is not None, weights)
         if key not in self.qcache:
             x = self.as_float(v)
             if sigma is not None:
                 x = relax.op.multiply(x, relax.const((1.0 / sigma).astype(np.float32)))
             x = self.bb.emit(x, name_hint=f"{v.name}_x") if sigma is not None else x
-            peak = relax.op.max(relax.op.abs(x), axis=[axis], keepdims=True)
+            magnitude = relax.op.abs(x)
+            if weights is not None:
+                used = relax.op.greater(relax.op.max(weights, axis=[-2]), relax.const(0, "int16"))
+                used = self.bb.emit(relax.op.expand_dims(used, -1), name_hint=f"{v.name}_used")
+                magnitude = relax.op.where(used, magnitude, relax.const(np.float32(0)))
+            peak = relax.op.max(magnitude, axis=[axis], keepdims=True)
             amax = self.bb.emit(relax.op.maximum(peak, relax.const(intref.TINY)), name_hint=f"{v.name}_amax")
             inv = relax.op.divide(relax.const(np.float32(127)), amax)
             q = relax.op.astype(relax.op.clip(relax.op.round(relax.op.multiply(x, inv)), -127, 127), "int8")

@@ -59,6 +59,34 @@ def test_dynamic_quantize_compiled_equals_reference(axis):
     assert np.abs(ref_q).max(axis=axis).max() == 127 and not ref_q[1, 5].any() if axis == -1 else True
 
 
+def test_a_keys_scale_ignores_the_keys_no_query_reads():
+    """V of a ``P V`` per column (over the keys): keys whose probability is 0 in every row (masked
+    or padded) do not set the scale; compiled equals the reference bit for bit, and a huge
+    value in an unused key leaves the others' levels."""
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(2, 24, 16)).astype(np.float32)
+    v[:, 20:] *= 1000  # padded keys: large values no query reads
+    p = rng.integers(0, 3000, size=(2, 10, 24)).astype(np.int16)
+    p[:, :, 20:] = 0
+    p[0, :, 4] = 0  # a key masked in every row of one batch
+    bb = relax.BlockBuilder()
+    vv = relax.Var("v", relax.TensorType(v.shape, "float32"))
+    pv = relax.Var("p", relax.TensorType(p.shape, "int16"))
+    with bb.function("main", [vv, pv]):
+        with bb.dataflow():
+            rw = Rewriter(bb, {}, [], (), {})
+            rw.env[vv] = Float(vv)
+            q, s, _ = rw.as_dynamic(vv, -2, weights=pv)
+            out = bb.emit_output(relax.Tuple([q, s]))
+        bb.emit_func_output(out)
+    got_q, got_s = _run(bb.get(), v, p)
+    used = (p.max(axis=-2) > 0)[..., None]
+    ref_q, ref_s = intref.dynamic_quantize(v, -2, used)
+    np.testing.assert_array_equal(got_q, ref_q)
+    np.testing.assert_array_equal(got_s, ref_s)
+    np.testing.assert_array_equal(ref_s, intref.dynamic_quantize(v[:, :20] * used[:, :20], -2)[1])
+
+
 def _outlier_mlp(rng):
     """x -> linear -> ReLU -> linear: a float model whose input has outlier tokens."""
     w1, w2 = rng.normal(0, 0.2, (32, 64)).astype(np.float32), rng.normal(0, 0.2, (64, 16)).astype(np.float32)

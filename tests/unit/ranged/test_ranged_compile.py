@@ -89,6 +89,24 @@ def test_integer_only_padding_is_bit_exact(tmp_path):
     assert cos > 0.95, cos
 
 
+def test_int8_run_time_scales_leave_padding_bit_exact(tmp_path):
+    """int8 with every matmul on run-time scales: V's scale per column spans only the keys some
+    query reads, so the padded keys (mask 0) change nothing: the compile's padding check passes
+    and a padded input gives the unpadded answer bit for bit."""
+    data = np.load(CALIB)
+    samples = [{k: v[i][:, : 8 + 3 * (i % 9)] for k, v in data.items()} for i in range(16)]
+    art = edgecompile.compile(
+        EXAMPLE_ONNX, "native", tmp_path / "dyn", input_shapes=RANGE, recipe="int8:act=dynamic",
+        calib=samples, buckets={"seq": [8, 16, 32]},
+    )  # fmt: skip
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert any(name.startswith("matmul") for name in manifest["quantization"]["dynamic"])
+    m = edgecompile.load(art)
+    exact, padded = m.run(_feeds(8, seed=4)), m.run(_feeds(8, seed=4, pad_to=13))
+    np.testing.assert_array_equal(padded["last_hidden_state"][:, :8], exact["last_hidden_state"])
+    np.testing.assert_array_equal(padded["pooled"], exact["pooled"])
+
+
 def test_lowrank_and_int8_replay_on_every_build(tmp_path):
     """lowrank's factors and int8's scales, planned once on the largest build, are the same weight
     tensors in every build (stored once), and padding stays bit-exact on the integer-only build."""
