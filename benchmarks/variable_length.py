@@ -6,7 +6,8 @@ Per length: ORT fp32 and ORT ``quantize_dynamic`` int8; ours fp32 and int8, rang
 the ratios the variable-length issue asks for (ranged fp32 / ORT fp32, ranged int8 / ORT dynamic,
 ranged / static); the ranged fp32 output's distance to ORT fp32 (of its range); and, for the
 ranged integer-only build, whether a length-L input padded by the caller (mask 0) to a length
-that runs on the next build gives the unpadded answer bit for bit. Artifact sizes: the ranged one
+that runs on the next build gives the unpadded answer bit for bit; and whether a ranged and a
+static 64-token integer-only artifact calibrated on the same samples agree bit for bit. Artifact sizes: the ranged one
 against the static one at MAX. Texts: SpamAssassin emails (``examples/minilm_spam``), each
 truncated to the length; calibration on emails of many lengths for the ranged builds, the same
 emails at exactly L for each static one.
@@ -110,6 +111,14 @@ def main() -> int:
         exact = [{k: np.asarray(encoder.tokenize(tok, [t], n)[k]) for k in inputs} for t in calib_texts]
         build(f"static fp32 {n}", input_shapes={k: f"1x{n}" for k in inputs})
         build(f"static int8 {n}", input_shapes={k: f"1x{n}" for k in inputs}, recipe="int8", calib=exact)
+    # a ranged and a static integer-only artifact calibrated on the same samples (the emails at exactly
+    # SAME tokens): the same integers for every input of that length, bit for bit?
+    same_len = min(64, top)
+    exact = [{k: np.asarray(encoder.tokenize(tok, [t], same_len)[k]) for k in inputs} for t in calib_texts]
+    build("ranged int8-integer-only, same calibration", input_shapes=ranged_shape, recipe="int8-integer-only",
+          calib=exact)  # fmt: skip
+    build(f"static int8-integer-only {same_len}", input_shapes={k: f"1x{same_len}" for k in inputs},
+          recipe="int8-integer-only", calib=exact)  # fmt: skip
     _say("ORT quantize_dynamic")
     dyn = ort_dynamic_int8(onnx, work / "minilm.dyn.onnx")
     ort32, ortq = ort_session(onnx, 1), ort_session(dyn, 1)
@@ -161,6 +170,12 @@ def main() -> int:
     int8_ratio = sizes["ranged int8 MB"] / sizes[f"static int8 {top} MB"]
     print(f"  ranged / static: fp32 {fp32_ratio:.3f}x, int8 {int8_ratio:.3f}x")
     print("compile s: " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items() if k.startswith("ranged")))
+    same_ranged = models["ranged int8-integer-only, same calibration"]
+    same_static = models[f"static int8-integer-only {same_len}"]
+    tests = [_at(tok, [t], same_len, inputs) for t in test_texts if len(tok(t)["input_ids"]) >= same_len][:20]
+    equal = [np.array_equal(same_ranged.run(f)[output], same_static.run(f)[output]) for f in tests]
+    print(f"integer-only, ranged vs static {same_len}-token artifact on the same calibration: "
+          f"{sum(equal)}/{len(equal)} test emails bit for bit equal")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"host": host, "rows": rows, "sizes": sizes, "compile_s": secs}, indent=2))
     return 0

@@ -69,7 +69,7 @@ def compile(  # noqa: A001 - the product's verb
     profile = get_profile(target).resolved()
     rec = parse_recipe(recipe)
     stages = checked_stages(rec, profile, calib, keep_float)
-    ranges = _ranges(model, input_shapes, buckets, profile, stages, example_inputs)
+    ranges = _ranges(model, input_shapes, buckets, profile, example_inputs)
     out = Path(output) if output is not None else Path("build") / f"{_model_stem(model)}-{profile.name}"
     staging, seal = _prepare_output(out, force, sign)
     steps = dict(say=say, calib_progress=calib_progress, on_quantized=on_quantized, tune=tune, tuning_db=tuning_db,
@@ -355,7 +355,7 @@ def _shapes(input_shapes) -> dict:
     return {k: parse_shape(v) if isinstance(v, str) else tuple(v) for k, v in (input_shapes or {}).items()}
 
 
-def _ranges(model, input_shapes, buckets, profile, stages, example_inputs):
+def _ranges(model, input_shapes, buckets, profile, example_inputs):
     """The :class:`edgecompile.ranged.plan.RangePlan` of ``input_shapes`` when one has a range (checked
     against what a ranged compile supports), else None."""
     from edgecompile.frontend.spec import is_ranged, parse_shape_spec
@@ -372,7 +372,7 @@ def _ranges(model, input_shapes, buckets, profile, stages, example_inputs):
     from edgecompile.ranged.plan import onnx_dim_names, range_plan
 
     plan = range_plan(parsed, onnx_dim_names(model), buckets)
-    check_supported(profile, stages, example_inputs)
+    check_supported(profile, example_inputs)
     return plan
 
 

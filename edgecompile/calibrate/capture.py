@@ -15,6 +15,7 @@ import tvm
 from tvm import relax
 
 from edgecompile.calibrate.observers import Observer
+from edgecompile.calibrate.padding import cut
 from edgecompile.errors import CalibrationError
 from edgecompile.ir.host import HostFunction
 from edgecompile.ir.walk import rebuild
@@ -30,19 +31,47 @@ def with_outputs(func: relax.Function, wanted: list[relax.Var]) -> tvm.IRModule:
 
 class Runner:
     """A module built for this machine (:class:`edgecompile.ir.host.HostFunction`), called with
-    ``{name: array}`` samples; returns the tensors appended to the model's own outputs."""
+    ``{name: array}`` samples; returns the tensors appended to the model's own outputs. With a
+    ranged compile's ``padding`` (:class:`edgecompile.calibrate.padding.Padding`), ``axes`` (the
+    padded axes of the function's tensors) and ``appended`` (the vars those tensors are), each
+    tensor and the first output come back cut to the sample's own sizes
+    (:func:`edgecompile.calibrate.padding.cut`)."""
 
-    def __init__(self, mod: tvm.IRModule, input_names: list[str], build: Callable):
+    def __init__(
+        self, mod: tvm.IRModule, input_names: list[str], build: Callable, padding=None, axes: dict | None = None,
+        appended: list | None = None,
+    ):  # fmt: skip
         self.host = HostFunction(mod, build, input_names)
         self.names = input_names
         self.build = build
+        self.padding, self.axes = padding, axes or {}
+        self._cuts = [self.axes.get(v) for v in appended] if padding is not None and appended else None
+
+    def like(self, mod: tvm.IRModule, appended: list | None = None) -> Runner:
+        """Another module of the same model (same inputs, build and padding) appending ``appended``."""
+        return Runner(mod, self.names, self.build, self.padding, self.axes, appended)
 
     def __call__(self, sample: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return [t.numpy() for t in list(self.host.raw(sample))[1:]]  # the appended tensors
+        out = [t.numpy() for t in list(self.host.raw(sample))[1:]]  # the appended tensors
+        return [cut(t, c, sample) for t, c in zip(out, self._cuts)] if self._cuts else out
 
     def first_output(self, sample: dict[str, np.ndarray]) -> np.ndarray:
         """The model's own (first) output, which the appended tensors follow."""
-        return flatten_outputs(list(self.host.raw(sample))[0])[0]
+        return self.trim_first(flatten_outputs(list(self.host.raw(sample))[0])[0], sample)
+
+    def trim_first(self, value: np.ndarray, sample: dict[str, np.ndarray]) -> np.ndarray:
+        """A first output of this model (or of its rewrites) on ``sample``, without the padding."""
+        return cut(value, self.padding.first, sample) if self.padding is not None else value
+
+
+def padded_runner(
+    func: relax.Function, wanted: list[relax.Var], names: list[str], build: Callable, padding, prepare=None
+) -> Runner:
+    """``Runner(with_outputs(func, wanted), ...)``; with ``padding`` (a
+    :class:`edgecompile.calibrate.padding.Padding` or None) the tensors come back without the
+    padding, their axes found on ``func`` (the largest build's graph after ``prepare``)."""
+    axes = padding.axes(func, prepare) if padding is not None else None
+    return Runner(with_outputs(func, wanted), names, build, padding, axes, wanted)
 
 
 @dataclass(frozen=True)

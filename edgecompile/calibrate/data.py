@@ -100,7 +100,7 @@ def _check(sample: dict, specs: list[TensorSpec], index: int) -> dict[str, np.nd
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow to inf is reported next
             out[s.name] = np.ascontiguousarray(a.astype(s.dtype, copy=False))
         _check_finite(out[s.name], s, index)
-    return out
+    return PaddedSample(out, sample.sizes) if isinstance(sample, PaddedSample) else out
 
 
 def _check_range(a: np.ndarray, s: TensorSpec, index: int) -> None:
@@ -170,6 +170,15 @@ def warn_degenerate(samples: list[dict[str, np.ndarray]], specs: list[TensorSpec
 
 def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     return all(np.array_equal(a[k], b[k]) for k in a)
+
+
+class PaddedSample(dict):
+    """A calibration sample zero-padded to a ranged artifact's largest build; ``sizes``: each
+    group's own size (:mod:`edgecompile.calibrate.padding`)."""
+
+    def __init__(self, arrays: dict, sizes: dict[str, int]):
+        super().__init__(arrays)
+        self.sizes = sizes
 
 
 def load_samples(source, specs: list[TensorSpec], count: int | None = None) -> list[dict[str, np.ndarray]]:

@@ -31,13 +31,14 @@ The options are :class:`edgecompile.hashattn.options.HashOptions`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from edgecompile.calibrate.capture import Runner, with_outputs
+from edgecompile.calibrate.capture import Runner, padded_runner
 from edgecompile.calibrate.output_drop import output_drop
 from edgecompile.errors import RecipeError
 from edgecompile.hashattn.energy import block_energy
@@ -60,6 +61,27 @@ class HashResult:
     drop: dict | None = None  # the converted model's output drop on held-out calibration samples
     drop_all: dict | None = None  # with every eligible block converted (no gate)
     samples: int = 0
+    hashes: dict = field(default_factory=dict, repr=False)  # block name -> BlockHash, of the converted ones
+    options: HashOptions | None = field(default=None, repr=False)
+
+    def retarget(self, mod: tvm.IRModule) -> tvm.IRModule:
+        """This plan on ``mod``, the model imported at other static input shapes (a bucket of a
+        ranged artifact, :mod:`edgecompile.ranged`): the blocks converted on the largest build, by
+        name, with the same hashes and ``c``; exact query positions past this build's length are
+        dropped (there they would be padding rows)."""
+        names = [r["name"] for r in self.layers if r.get("converted")]
+        if not names:
+            return mod
+        func = mod["main"]
+        blocks = {b.name: b for b in find_attention(func)}
+        if any(n not in blocks or blocks[n].reason for n in names):
+            raise RecipeError(
+                "hash-attention: the model's attention blocks differ between the bucket sizes of its ranged "
+                "inputs, so one plan cannot serve them all; compile a fixed shape"
+            )
+        hashes = {n: _within(self.hashes[n], blocks[n].seq) for n in names}
+        out = rewrite_blocks(func, [blocks[n] for n in names], hashes, self.options, switch=False)
+        return carry_functions(relax.transform.DeadCodeElimination()(out), mod)
 
     def to_json(self, options: HashOptions) -> dict:
         return {
@@ -92,10 +114,12 @@ def hash_attention_model(mod: tvm.IRModule, ctx: StageContext, options: HashOpti
         return result
     held = max(1, len(samples) // 4) if len(samples) > 1 else 0
     fit_samples, test_samples = samples[: len(samples) - held] or samples, samples[len(samples) - held :] or samples
-    captured = _capture(func, eligible, ctx.input_names, build, samples, say)
+    wanted = list(dict.fromkeys(v for b in eligible for v in _captured_vars(b)))
+    run = padded_runner(func, wanted, ctx.input_names, build, ctx.padding)  # a ranged compile's padding cut
+    captured = _capture(run, wanted, eligible, samples, say)
     hashes = _fit_blocks(eligible, captured, len(fit_samples), options, rows, say)
     switched = carry_functions(rewrite_blocks(func, eligible, hashes, options, switch=True), mod)
-    outputs = SwitchedOutputs(HostFunction(switched, build), eligible, test_samples, ctx.input_names)
+    outputs = SwitchedOutputs(HostFunction(switched, build), eligible, test_samples, ctx.input_names, run.trim_first)
     on = _gate(eligible, hashes, outputs, options, rows, result, say)
     for b in eligible:
         rows[b.name]["converted"] = b.name in on
@@ -103,7 +127,13 @@ def hash_attention_model(mod: tvm.IRModule, ctx: StageContext, options: HashOpti
     out = rewrite_blocks(func, convert, hashes, options, switch=False) if convert else tvm.IRModule({"main": func})
     result.mod = carry_functions(relax.transform.DeadCodeElimination()(out), mod)
     result.layers = list(rows.values())
+    result.hashes, result.options = {b.name: hashes[b.name] for b in convert}, options
     return result
+
+
+def _within(bh: BlockHash, n: int) -> BlockHash:
+    """``bh`` for a build of ``n`` tokens: its exact query positions below ``n``."""
+    return bh if bh.queries is None else dataclasses.replace(bh, queries=tuple(q for q in bh.queries if q < n))
 
 
 def _chosen(blocks: list[AttentionBlock], options: HashOptions) -> list[str] | None:
@@ -146,12 +176,12 @@ class SwitchedOutputs:
     """The model's output on the held-out samples from one build whose blocks each compute both ways
     (:mod:`edgecompile.ir.switch`), called with the set of blocks hashed."""
 
-    def __init__(self, run: HostFunction, blocks: list[AttentionBlock], samples: list[dict], names: list[str]):
-        self.run, self.blocks, self.samples, self.names = run, blocks, samples, names
+    def __init__(self, run: HostFunction, blocks: list[AttentionBlock], samples: list[dict], names: list[str], trim):
+        self.run, self.blocks, self.samples, self.names, self.trim = run, blocks, samples, names, trim
 
     def __call__(self, on: set[str]) -> list[np.ndarray]:
         value = tvm.runtime.tensor(flags(len(self.blocks), [k for k, b in enumerate(self.blocks) if b.name in on]))
-        return [self.run.first(*[s[n] for n in self.names], value) for s in self.samples]
+        return [self.trim(self.run.first(*[s[n] for n in self.names], value), s) for s in self.samples]
 
 
 def _gate(eligible, hashes: dict, outputs: SwitchedOutputs, options: HashOptions, rows: dict, result, say) -> set[str]:
@@ -194,28 +224,28 @@ def _row(b: AttentionBlock, table: dict, options: HashOptions) -> dict:
     }
 
 
-def _capture(func, blocks, names, build, samples, say) -> dict[str, list[dict]]:
+def _captured_vars(b: AttentionBlock) -> list[relax.Var]:
+    return [b.q, b.kt, b.v, b.logits, b.output, *([b.mask] if isinstance(b.mask, relax.Var) else [])]
+
+
+def _capture(run: Runner, wanted: list, blocks, samples, say) -> dict[str, list[dict]]:
     """Per block and sample: q, k ([G, N, d]), v, the block output ([G, N, dv]), keep, and the
-    logits ([G, Nq, N]) of a query subsample ``rows`` (the hash's fitting target)."""
-    wanted = []
-    for b in blocks:
-        wanted += [b.q, b.kt, b.v, b.logits, b.output]
-        if isinstance(b.mask, relax.Var):
-            wanted.append(b.mask)
-    run = Runner(with_outputs(func, list(dict.fromkeys(wanted))), names, build)
-    pos = {v: i for i, v in enumerate(dict.fromkeys(wanted))}
+    logits ([G, Nq, N]) of a query subsample ``rows`` (the hash's fitting target); ``run`` returns
+    ``wanted``, N the sample's own length where a ranged compile padded it."""
+    pos = {v: i for i, v in enumerate(wanted)}
     rng = np.random.default_rng(0)
     out: dict[str, list[dict]] = {b.name: [] for b in blocks}
     for i, s in enumerate(samples):
         got = run(s)
         for b in blocks:
-            g, n, d, dv = b.dims
-            q = got[pos[b.q]].reshape(g, n, d)
+            g, _, d, dv = b.dims
+            q = got[pos[b.q]].reshape(g, -1, d)
+            n = q.shape[1]
             k = np.swapaxes(got[pos[b.kt]].reshape(g, d, n), -1, -2)
             lg = got[pos[b.logits]].reshape(g, n, n)
             keep = None
             if b.mask is not None:
-                mask = got[pos[b.mask]] if b.mask in pos else b.mask.data.numpy()
+                mask = got[pos[b.mask]] if b.mask in pos else b.mask.data.numpy()[..., :n]
                 keep = np.broadcast_to(mask, (*b.shape[:-2], 1, n)).reshape(g, n) > np.log(0.5)
             rows = np.sort(rng.choice(n, size=min(n, MAX_QUERIES), replace=False))
             out[b.name].append(
@@ -255,15 +285,16 @@ def _fit_block(b: AttentionBlock, caps: list[dict], n_fit: int, options: HashOpt
         )  # fmt: skip
 
     def errors(c_over_b: float, caps_: list[dict]) -> tuple[np.ndarray, float]:
-        """Squared error per query position of the hash rows, and the output's squared norm."""
-        per_row, den = 0.0, 0.0
+        """Squared error per query position of the hash rows (samples may differ in length), and
+        the output's squared norm."""
+        per_row, den = np.zeros(max(c["q"].shape[1] for c in caps_)), 0.0
         for cap in caps_:
             for h, hh in enumerate(heads):
                 keep = None if cap["keep"] is None else cap["keep"][h]
                 o = _hash_outputs(hh, cap["q"][h], cap["k"][h], cap["v"][h], keep, c_over_b * options.bits)
-                per_row = per_row + np.sum((o - cap["out"][h]) ** 2, axis=-1)
+                per_row[: o.shape[0]] += np.sum((o - cap["out"][h]) ** 2, axis=-1)
                 den += float(np.sum(cap["out"][h].astype(np.float64) ** 2))
-        return np.asarray(per_row), max(den, 1e-30)
+        return per_row, max(den, 1e-30)
 
     n_exact = min(options.global_queries, caps[0]["q"].shape[1])
 

@@ -58,7 +58,7 @@ def shift_exp(d, one: int, n: int, zero_below: bool = False) -> np.ndarray:
     return np.where(below, 0, e) if zero_below else e
 
 
-WIDE_P = 52  # the wide normalization's reciprocal: 2^52 // sum, at least 2^21 for sum < 2^31
+WIDE_P = 62  # the wide normalization's reciprocal: 2^62 // sum (sum in int64; e * F <= 2^62)
 
 
 def shiftmax(
@@ -76,18 +76,24 @@ def shiftmax(
 
     ``f`` keeps only ``31 - log2(sum)`` bits: a flat row of 512 logits at ``I0 = 3333`` has
     ``f = 1`` and every output is off by up to half its value. ``wide=True`` (what the recipe
-    uses) normalizes in int64 instead: ``F = 2^52 // sum`` (at least 21 bits),
-    ``out = (e * F [+ 2^(52-k)]) >> (53 - k)`` (``e * F <= 2^52``).
+    uses) sums and normalizes in int64 instead: ``F = 2^62 // sum``,
+    ``out = (e * F [+ 2^(62-k)]) >> (63 - k)`` (``e <= sum``, so ``e * F <= 2^62``; ``F``'s
+    floor costs each output at most ``e / 2^62``). Only the exp's intermediate ``2 I0 2^n`` must
+    fit 31 bits (the compiled exp is int32); no bound depends on the row length, so the constants, and the
+    integers, of a row are the same whatever the length of the tensor it sits in (a ranged
+    artifact's builds and a static artifact of that length compute alike).
     """
     q = _i64(q)
     one = one_at_scale(scale)
     e = shift_exp(q - q.max(axis=-1, keepdims=True), one, n, zero_below)
     total = e.sum(axis=-1, keepdims=True)
-    if np.any(total > INT31):
-        raise OverflowError(f"Shiftmax row sum exceeds 31 bits: lower n (now {n}) for rows of {q.shape[-1]}")
     if wide:
+        if (2 * one) << n > INT31:
+            raise OverflowError(f"Shiftmax exp exceeds 31 bits: I0 = {one} at n = {n}; coarsen the logits")
         f, shift = (np.int64(1) << WIDE_P) // total, WIDE_P + 1 - k
     else:
+        if np.any(total > INT31):
+            raise OverflowError(f"Shiftmax row sum exceeds 31 bits: lower n (now {n}) for rows of {q.shape[-1]}")
         f, shift = INT31 // total, 32 - k
     out = (e * f + ((1 << (shift - 1)) if rounding else 0)) >> shift
     return np.minimum(out, (1 << (k - 1)) - 1)

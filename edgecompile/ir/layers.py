@@ -44,9 +44,6 @@ class Layer:
     bias_binding: relax.VarBinding | None = None
     info: dict = field(default_factory=dict)  # scales etc., filled by the rewrite
     region: object = None  # a GELU's matched region (edgecompile.ir.gelu_match.GeluRegion)
-    # a softmax's longest row over the builds of a ranged artifact (its integer form's constants
-    # are chosen for it, so every build computes alike); None: this graph's own row length
-    row_hint: int | None = None
 
     def matches(self, patterns) -> bool:
         """Whether one of ``patterns`` (layer names or fnmatch patterns, as ``keep_float`` takes) names it."""

@@ -44,6 +44,7 @@ class StageContext:
     say: Callable[[str], None] = _quiet  # one line of progress ("calibrating on 32 samples")
     progress: Callable[[str, int, int], None] = _quiet  # (stage, done, total) of long loops
     results: dict[str, Any] = field(default_factory=dict)  # preset -> the stage's full result object
+    padding: Any = None  # a ranged compile's edgecompile.calibrate.padding.Padding: what of the samples is padding
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tvm
 
-from edgecompile.calibrate.capture import Runner, observe, with_outputs
+from edgecompile.calibrate.capture import Runner, observe, padded_runner
 from edgecompile.calibrate.output_drop import output_drop
 from edgecompile.errors import RecipeError
 from edgecompile.ir.host import HostFunction
@@ -108,7 +108,7 @@ def lowrank_model(mod: tvm.IRModule, ctx: StageContext, options: LowRankOptions)
     if options.budget == "max_drop" and not samples:
         raise RecipeError("lowrank: max_drop measures the model on calibration samples: pass --calib")
     xs = list(dict.fromkeys(s.x for s in sites))
-    frun, spectra, method = _spectra(func, sites, xs, samples, ctx.input_names, build, say)
+    frun, spectra, method = _spectra(func, sites, xs, samples, ctx.input_names, build, say, ctx.padding)
     if not options.multiple:
         options = dataclasses.replace(options, multiple=ctx.gemm_tile)
     table = LatencyTable(ctx.profile, ctx.target_build, measure={"measure": True, "estimate": False}.get(options.gate))
@@ -130,13 +130,14 @@ def lowrank_model(mod: tvm.IRModule, ctx: StageContext, options: LowRankOptions)
     return LowRankResult(out, rows, method, len(samples), model_error, by_name, options.layers)
 
 
-def _spectra(func, sites: list[Site], xs: list, samples: list[dict], names: list[str], build, say):
+def _spectra(func, sites: list[Site], xs: list, samples: list[dict], names: list[str], build, say, padding=None):
     """``(float run, spectra, method)``: each site's whitened spectrum from its inputs' second
-    moment on ``samples`` (the run returns every ``xs``), or without samples its plain SVD."""
+    moment on ``samples`` (the run returns every ``xs``; a ranged compile's ``padding`` left out),
+    or without samples its plain SVD."""
     if not samples:
         log.warning("lowrank without calibration data: plain SVD of the weights (whitened SVD needs --calib)")
         return None, {s.name: spectrum(s.weight) for s in sites}, "svd"
-    frun = Runner(with_outputs(func, xs), names, build)
+    frun = padded_runner(func, xs, names, build, padding, linear_form)
     moments = observe(frun, xs, samples, SecondMoment, lambda i, n: say("calibrating", i, n))
     return frun, {s.name: spectrum(s.weight, moments[s.x].c) for s in sites}, "whitened"
 
@@ -278,7 +279,7 @@ class RankSearch:
     # -- evaluation ----------------------------------------------------------------------------
     def _run(self, func) -> list[np.ndarray]:
         run = HostFunction(tvm.IRModule({"main": func}), self.build, self.names)
-        return [run.first(sample) for sample in self.samples]
+        return [self.float_run.trim_first(run.first(sample), sample) for sample in self.samples]
 
     def model_error(self, factors: dict) -> dict:
         """The budget's drop of the model with ``factors`` against float on the samples: top-1
@@ -294,7 +295,7 @@ class RankSearch:
         return its own inputs of the same sites in the same order."""
         sites = [s for s in self.sites if s.binding.var in factors]
         pos = {v: i for i, v in enumerate(self.xs)}
-        crun = Runner(tvm.IRModule({"main": factorize_function(self.func, factors, self.xs)}), self.names, self.build)
+        crun = self.float_run.like(tvm.IRModule({"main": factorize_function(self.func, factors, self.xs)}), self.xs)
         c_new = {s.name: 0.0 for s in sites}
         cross = {s.name: 0.0 for s in sites}
         for i, sample in enumerate(self.samples):

@@ -79,9 +79,9 @@ def cosine(out: np.ndarray, ref: np.ndarray, centred: bool = False) -> float:
 class _Trials:
     """Drops of ``calibration`` with other dynamic and float layers, each measured once."""
 
-    def __init__(self, calibration, held, reference, centred, build, names, say):
+    def __init__(self, calibration, held, reference, centred, build, names, say, trim):
         self.calibration, self.held, self.reference, self.centred = calibration, held, reference, centred
-        self.build, self.names, self.say = build, names, say
+        self.build, self.names, self.say, self.trim = build, names, say, trim
         self.tries: list[dict] = []
         self.done: dict = {}
         self.expected = 2
@@ -92,7 +92,8 @@ class _Trials:
             return self.done[key]
         cal = dataclasses.replace(self.calibration, dynamic=frozenset(dynamic), keep_float=tuple(keep), record={})
         fn = HostFunction(cal.rewrite(), self.build, self.names)
-        drop = 1.0 - float(np.mean([cosine(fn.first(s), r, self.centred) for s, r in zip(self.held, self.reference)]))
+        outs = [self.trim(fn.first(s), s) for s in self.held]
+        drop = 1.0 - float(np.mean([cosine(o, r, self.centred) for o, r in zip(outs, self.reference)]))
         added = len(set(dynamic) - self.calibration.dynamic), len(set(keep) - set(self.calibration.keep_float))
         self.tries.append({"dynamic_added": added[0], "float_added": added[1], "drop": round(drop, 6)})
         self.say("meeting the accuracy budget", len(self.tries), max(self.expected, len(self.tries)))
@@ -110,20 +111,22 @@ def meet_budget(
     input_names: list[str],
     dynamic_kinds: tuple[str, ...],
     say: Callable[[str, int, int], None],
+    trim: Callable[[np.ndarray, dict], np.ndarray] = lambda out, _sample: out,
 ):
     """``(calibration, budget)``: ``calibration`` (:class:`edgecompile.quant.plan.Calibration`) with
     the fewest layers moved up the ladder for a drop of ``metric`` (cosine | pearson) within
     ``limit`` on ``held`` (module docstring), and the manifest's ``budget`` entry;
-    ``reference_of(sample)`` is the float model's first output."""
+    ``reference_of(sample)`` is the float model's first output; ``trim(output, sample)`` cuts a
+    quantized model's first output alike (a ranged compile's padding)."""
     reference = [reference_of(s) for s in held]
     centred = metric == "pearson"
-    trials = _Trials(calibration, held, reference, centred, build, input_names, say)
+    trials = _Trials(calibration, held, reference, centred, build, input_names, say, trim)
     dynamic, keep = set(calibration.dynamic), list(calibration.keep_float)
     before = trials.drop(dynamic, keep)
     budget = {"metric": FIDELITY[metric], "max_drop": limit, "held_out": len(held), "drop_before": round(before, 6)}
     if before <= limit:
         return calibration, {**budget, "drop": round(before, 6), "tries": trials.tries, "plan": []}
-    score = lambda out, _i, ref: cosine(out, ref, centred)  # noqa: E731
+    score = lambda out, i, ref: cosine(trim(out, held[i]), ref, centred)  # noqa: E731
     sens, _ = layer_sensitivity(
         calibration, held, input_names, reference, score, build, lambda d, t: say("ranking", d, t), RANK_BUDGET_S
     )

@@ -5,7 +5,8 @@ need (per-row divisions, the integer square root, the quantize of a float input)
 
 Each emitter takes an integer tensor and the float scale it stands for, and returns an int32
 Relax expression with its own scale. Constants (``I0``, shift counts) are chosen here, once, from
-the scales; :func:`shiftmax_n` lowers ``n`` for long rows so the row sum stays in 31 bits.
+the scales; :func:`shiftmax_n` lowers ``n`` for long rows so I-ViT's 32-bit row sum stays in 31
+bits, and :func:`shiftmax_input_scale` keeps the recipe's (64-bit) form's exps in 31 bits.
 """
 
 from __future__ import annotations
@@ -39,13 +40,14 @@ def shiftmax_n(row: int, scale: float, n: int = 15) -> int:
 SHIFTMAX_N = 15  # I-ViT's: exps floor at 2^-15, so long rows do not pile up floored mass
 
 
-def shiftmax_input_scale(scale: float, row: int, n: int = SHIFTMAX_N) -> float:
-    """The logit scale Shiftmax should work at: ``scale`` itself, or a coarser one (``1 / I0``)
-    when ``row * I0 * 2^n`` would pass 2^31 (int32 logits straight from ``Q K^T`` have ``I0`` in
-    the thousands; at ``n = 10`` a flat row of 512 is off by 0.19, at 15 by 0.016)."""
-    if row * one_at_scale(scale) * 2**n < 2**31:
+def shiftmax_input_scale(scale: float, n: int = SHIFTMAX_N) -> float:
+    """The logit scale the recipe's (``wide``, 64-bit row sum) Shiftmax works at: ``scale``
+    itself, or a coarser one (``1 / I0``) when the exp's ``2 I0 2^n`` would pass 2^31 (``I0`` up to
+    32767 at ``n = 15``; int32 logits straight from ``Q K^T`` have ``I0`` in the thousands). The row
+    length plays no part (:func:`edgecompile.intref.nonlinear.shiftmax`)."""
+    if one_at_scale(scale) * 2 ** (n + 1) < 2**31:
         return scale
-    return 1.0 / (2**31 // (row * 2**n) - 1)
+    return 1.0 / (2**31 // 2 ** (n + 1) - 1)
 
 
 def _shift_exp(d: relax.Expr, one: int, n: int, zero_below: bool = False) -> relax.Expr:
@@ -82,9 +84,10 @@ def emit_shiftmax(
     one = one_at_scale(scale)
     q32 = op.astype(q, "int32")
     e = _shift_exp(op.subtract(q32, op.max(q32, axis=-1, keepdims=True)), one, n, zero_below=True)
-    if wide:  # int64 normalization: F = 2^52 // sum keeps 21+ bits
-        total = op.astype(op.sum(e, axis=-1, keepdims=True), "int64")
-        x = op.multiply(op.astype(e, "int64"), _reciprocal(bb, 1 << WIDE_P, total, "int64"))
+    if wide:  # int64 sum and normalization: F = 2^62 // sum, no bound on the row length
+        e64 = op.astype(e, "int64")
+        total = op.sum(e64, axis=-1, keepdims=True)
+        x = op.multiply(e64, _reciprocal(bb, 1 << WIDE_P, total, "int64"))
         shift = WIDE_P + 1 - k
         if rounding:
             x = op.add(x, _c64(1 << (shift - 1)))

@@ -8,8 +8,10 @@ Tensors are int8 at a scale (:class:`edgecompile.quant.rewriter.Int8`) or int32 
 finest form it can. What each op emits:
 
 - ``softmax`` over the last axis, on the int32 logits at their own scale (straight from the
-  ``Q K^T`` accumulator, mask added in integers): I-ViT's Shiftmax (``ivit``: rounded, ``n`` lowered
-  so the row sum fits 31 bits, logits rescaled first when ``I0 = 1/S`` is too large for that) or
+  ``Q K^T`` accumulator, mask added in integers): I-ViT's Shiftmax (``ivit``: rounded, ``n = 15``,
+  the row summed in int64, logits rescaled first when the exp's ``2 I0 2^15`` (``I0 = 1/S``)
+  would pass 31 bits; no constant depends on the row length, so a ranged artifact's builds and a static
+  artifact of any length compute a row alike) or
   I-BERT's i-exp softmax (``ibert``: int64 inside, logits at no finer scale than ``2^-13``); both
   normalize each row with a 64-bit reciprocal (I-ViT's 32-bit one keeps too few bits on long or
   flat rows: ``nonlinear.shiftmax``). Out:
@@ -113,13 +115,12 @@ def softmax(rw: Rewriter, layer: Layer) -> bool:
     out (both normalize in int64, so the extra bits are real: 8 bits rounded a probability of
     1/257, the mean over a ViT-S row, to one step)."""
     x, s = rw.as_int(layer.inputs[0])
-    row = layer.row_hint or int(layer.output.ty.shape.values[-1])
     impl = rw.impl["softmax"]
     if impl == "ivit":
-        s_new = iop.shiftmax_input_scale(s, row)
-        if s_new != s:  # logits too fine for a 31-bit row sum at n = 15
+        s_new = iop.shiftmax_input_scale(s)
+        if s_new != s:  # logits too fine for a 31-bit exp at n = 15
             x, s = _rescaled(rw, x, s, s_new), s_new
-        y = iop.emit_shiftmax(x, s, iop.shiftmax_n(row, s), P_BITS + 1, rounding=True, wide=True, bb=rw.bb)
+        y = iop.emit_shiftmax(x, s, iop.SHIFTMAX_N, P_BITS + 1, rounding=True, wide=True, bb=rw.bb)
     else:
         if s < IBERT_MIN_SCALE:
             x, s = _rescaled(rw, x, s, IBERT_MIN_SCALE), IBERT_MIN_SCALE

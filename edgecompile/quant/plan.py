@@ -34,7 +34,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from edgecompile.calibrate.capture import Runner, observe, with_outputs
+from edgecompile.calibrate.capture import Runner, observe, padded_runner
 from edgecompile.calibrate.observers import Observer, rounding_noise
 from edgecompile.errors import CalibrationError, EdgeCompileWarning, RecipeError
 from edgecompile.ir.layers import find_layers, linear_inputs, nonnegative_vars, observed_vars
@@ -80,9 +80,6 @@ class Calibration:
                 "int8: the model's graph differs between the bucket sizes of its ranged inputs, so one "
                 "calibration cannot serve them all; compile a fixed shape"
             )
-        for mine, theirs in zip(self.layers, layers):  # Shiftmax's constants from the longest row
-            if mine.kind == "softmax":
-                theirs.row_hint = mine.row_hint or int(mine.output.ty.shape.values[-1])
         moved = lambda d: {vmap[v]: x for v, x in d.items()}  # noqa: E731
         return Calibration(
             func, mod, layers, moved(self.thresholds), self.nonlinear, moved(self.smooth), moved(self.maxima),
@@ -155,9 +152,12 @@ def quantize_model(
     options: QuantOptions,
     build: Callable[[tvm.IRModule], object],
     progress: Callable[[str, int, int], None] | None = None,
+    padding=None,
 ) -> QuantResult:
     """The int8 module of ``mod`` calibrated on ``samples``; ``build`` compiles a module for this
-    machine (for calibration runs); ``progress(stage, done, total)`` reports each sample."""
+    machine (for calibration runs); ``progress(stage, done, total)`` reports each sample;
+    ``padding`` (a ranged compile's :class:`edgecompile.calibrate.padding.Padding`): what of the
+    samples is padding, left out of every statistic."""
     say = progress or (lambda *_: None)
     # Exporters write Linear weights as permute_dims(W): fold them to constants. Patch-embedding
     # convolutions become GEMMs first, so they are quantized as linear layers.
@@ -173,7 +173,8 @@ def quantize_model(
     if options.max_drop is not None:
         samples, held = held_out(samples)
     wanted = observed_vars(layers)
-    frun = Runner(with_outputs(func, wanted), input_names, build)  # built once: calibration and errors
+    # built once: calibration and errors
+    frun = padded_runner(func, wanted, input_names, build, padding, linear_form)
     stats = _calibrate(func, layers, frun, wanted, samples, options, say)
     _check_zero_ranges(layers, stats.maxima, options.keep_float)
     dynamic = choose_dynamic(
@@ -198,7 +199,7 @@ def quantize_model(
     if options.max_drop is not None:
         calibration, budget = meet_budget(
             calibration, frun.first_output, held, options.max_drop, options.metric, build, input_names,
-            dynamic_kinds(options.integer_only), say,
+            dynamic_kinds(options.integer_only), say, frun.trim_first,
         )  # fmt: skip
         if budget["plan"]:
             errors = _layer_errors(func, layers, stats, frun, wanted, samples[:ERROR_SAMPLES], say, nonlinear,
@@ -299,7 +300,7 @@ def _layer_errors(
         func, layers, stats.thresholds, keep, extra_outputs=outputs, nonlinear=nonlinear, smooth=stats.smooth,
         maxima=stats.maxima, dynamic=dynamic,
     )  # fmt: skip
-    qrun = Runner(qmod, frun.names, frun.build)
+    qrun = frun.like(qmod, outputs)
     pos = {v: i for i, v in enumerate(wanted)}
     signal, noise = np.zeros(len(layers)), np.zeros(len(layers))
     for i, sample in enumerate(samples):

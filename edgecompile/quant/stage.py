@@ -54,7 +54,7 @@ def _apply(mod, options, ctx: StageContext):
     from edgecompile.quant.plan import quantize_model
 
     ctx.say(f"calibrating on {len(ctx.samples)} samples ({options.observer})")
-    result = quantize_model(mod, ctx.samples, ctx.input_names, options, ctx.host_build, ctx.progress)
+    result = quantize_model(mod, ctx.samples, ctx.input_names, options, ctx.host_build, ctx.progress, ctx.padding)
     ctx.results["quant"] = result
     return result.mod, result.to_json(options)
 

@@ -20,10 +20,14 @@ input_ids=1x1..256``) builds a **ranged artifact**. Design, and why:
   must give the same outputs (within :data:`edgecompile.ranged.check.TOLERANCE`); otherwise the
   compile fails, naming the output and the difference.
 - **One calibration for every bucket.** A quantizing recipe calibrates once, on the largest
-  bucket (each sample, of any length in range, padded to it), and the same scales and smoothing
-  are re-applied to every other bucket's graph (:meth:`edgecompile.quant.plan.Calibration.retarget`),
+  bucket (each sample, of any length in range, padded to it, the padding cut out of every
+  statistic: :mod:`edgecompile.calibrate.padding`), and the same scales and smoothing are
+  re-applied to every other bucket's graph (:meth:`edgecompile.quant.plan.Calibration.retarget`),
   so the buckets' weights are identical bytes and a length runs the same integer arithmetic in
-  every bucket that can hold it.
+  every bucket that can hold it, and in a static artifact of that length calibrated on the same
+  samples (no integer-only constant depends on the row length). lowrank and hash-attention plan
+  once too and replay their factors and hashes (:meth:`edgecompile.lowrank.plan.LowRankResult.retarget`,
+  :meth:`edgecompile.hashattn.plan.HashResult.retarget`).
 - **Grouped dimensions.** Ranged dimensions with the same symbolic name in the ONNX file (``seq``
   of ``input_ids`` and ``attention_mask``) are one group: their sizes must agree at run time. Where
   the model names none (a torch module), dimensions on the same axis with the same range are one

@@ -6,19 +6,18 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgecompile.errors import CalibrationError, InputSpecError, RecipeError
+from edgecompile.errors import CalibrationError, EdgeCompileWarning, InputSpecError
 from edgecompile.ranged.plan import RangePlan
 
-REPLAYED = ("quantization", "lowrank")  # stages whose plan replays on every build
 
-
-def check_supported(profile, stages, example_inputs) -> None:
+def check_supported(profile, example_inputs) -> None:
     """Refuse what a ranged compile cannot do, before any work."""
     if profile.runtime == "coreml" or profile.tvm.get("kind") != "llvm":
         raise InputSpecError(
@@ -26,12 +25,6 @@ def check_supported(profile, stages, example_inputs) -> None:
         )
     if example_inputs is not None:
         raise InputSpecError("ranged input shapes are given with input_shapes, not example_inputs")
-    for stage, _ in stages:
-        if (stage.needs_calib or stage.uses_calib) and stage.manifest_key not in REPLAYED:
-            raise RecipeError(
-                f"{stage.preset} learns its plan at one input length; with ranged inputs use fp32, fp16, bf16, "
-                "lowrank, int8 or int8-integer-only, or compile a fixed shape"
-            )
 
 
 def build_tag(combo: dict[str, int]) -> str:
@@ -42,9 +35,10 @@ def build_tag(combo: dict[str, int]) -> str:
 
 def padded_samples(calib, plan: RangePlan, specs) -> Iterator[dict]:
     """The calibration samples of ``calib``, each of any shape in range, zero-padded to the largest
-    build's shapes (the one calibration runs on); a sample out of range or whose grouped dimensions
-    disagree is a :class:`CalibrationError` naming it."""
-    from edgecompile.calibrate.data import iter_samples
+    build's shapes (the one calibration runs on) as a :class:`edgecompile.calibrate.data.PaddedSample`
+    that knows its own sizes; a sample out of range or whose grouped dimensions disagree is a
+    :class:`CalibrationError` naming it."""
+    from edgecompile.calibrate.data import PaddedSample, iter_samples
     from edgecompile.runtime.buckets import input_sizes, pad_to
 
     top = plan.shapes(plan.combos()[-1])
@@ -55,10 +49,10 @@ def padded_samples(calib, plan: RangePlan, specs) -> Iterator[dict]:
         known = {s["name"] for s in json_specs}
         if known <= set(arrays):
             try:
-                input_sizes(section, json_specs, {k: arrays[k].shape for k in known})
+                sizes = input_sizes(section, json_specs, {k: arrays[k].shape for k in known})
             except Exception as e:  # InputMismatchError: said as a calibration error
                 raise CalibrationError(f"calibration sample {i}: {e}") from None
-            arrays = {k: (pad_to(a, top[k]) if k in known else a) for k, a in arrays.items()}
+            arrays = PaddedSample({k: (pad_to(a, top[k]) if k in known else a) for k, a in arrays.items()}, sizes)
         yield arrays  # missing or unknown inputs: load_samples names them
 
 
@@ -129,15 +123,53 @@ def move_library(built, staging: Path, tag: str) -> str:
 def replay_stages(mod, stages, ctx, apply_stages):
     """``mod`` (another build's import) through the stages already planned on the largest build:
     quantization re-applies that calibration, lowrank those factors (the ranks chosen at the largest
-    build's length); the other stages (fp16, bf16) are deterministic."""
+    build's length), hash-attention those hashes on the same blocks; the other stages (fp16, bf16)
+    are deterministic."""
     for stage, options in stages:
         if stage.manifest_key == "quantization":
             mod = ctx.results["quant"].calibration.retarget(mod).rewrite()
         elif stage.manifest_key == "lowrank":
             mod = ctx.results["lowrank"].retarget(mod)
+        elif stage.manifest_key == "hash_attention":
+            mod = ctx.results["hash-attention"].retarget(mod)
         else:
             mod = apply_stages(mod, [(stage, options)], ctx)[0]
     return mod
+
+
+def _plan_stages(job, ctx, top, probe, combos: list[dict], follows: dict):
+    """``(module, sections)``: the largest build through the recipe's stages, each calibrating one
+    leaving the samples' padding out of its statistics (:mod:`edgecompile.calibrate.padding`),
+    found against ``probe`` (the smallest build) carried through the stages before it."""
+    from edgecompile.calibrate.padding import Padding
+
+    first = {int(a): g for a, g in follows.get(top.outputs[0].name, {}).items()}
+    ctx.padding = Padding(probe.mod, combos[-1], combos[0], first) if probe is not top else None
+    warn_short_samples(ctx.samples, combos[-1])
+    mod, sections = top.mod, {}
+    for i, step in enumerate(job.stages):
+        mod, section = job.apply_stages(mod, [step], ctx)
+        sections.update(section)
+        if ctx.padding is not None and any(s.needs_calib or s.uses_calib for s, _ in job.stages[i + 1 :]):
+            ctx.padding.probe = replay_stages(ctx.padding.probe, [step], ctx, job.apply_stages)
+    return mod, sections
+
+
+def warn_short_samples(samples, top: dict[str, int]) -> None:
+    """An :class:`~edgecompile.errors.EdgeCompileWarning` when the longest calibration sample of a
+    group covers less than half its range: calibration sees no position past it (the padding is
+    not observed), so longer inputs meet activations no scale was fitted to."""
+    sizes = [s.sizes for s in samples or () if getattr(s, "sizes", None)]
+    for group, hi in top.items():
+        longest = max((s[group] for s in sizes if group in s), default=hi)
+        if 2 * longest < hi:
+            warnings.warn(
+                f"the calibration samples reach {longest} of '{group}' (the artifact takes up to {hi}): the "
+                f"scales describe positions up to {longest} only, so longer inputs may be clipped; calibrate with "
+                "samples as long as the inputs the model will run",
+                EdgeCompileWarning,
+                stacklevel=2,
+            )
 
 
 @dataclass
@@ -175,10 +207,10 @@ def compile_ranged(job, plan: RangePlan, staging: Path):
     top = imports[-1]
     calib = None if job.calib is None else padded_samples(job.calib, plan, top.inputs)
     ctx = job.stage_context(top, job.profile, job.stages, calib, job.say, job.calib_progress)
-    mod_top, sections = job.apply_stages(top.mod, job.stages, ctx)
+    follows = output_axes(plan, combos, [imp.outputs for imp in imports])
+    mod_top, sections = _plan_stages(job, ctx, top, imports[0], combos, follows)
     if job.on_quantized is not None and "quant" in ctx.results:
         job.on_quantized(ctx.results["quant"])
-    follows = output_axes(plan, combos, [imp.outputs for imp in imports])
     builds, libraries, lists, shared = [], [], [], SharedWeights()
     for combo, imp in zip(combos, imports):
         last = imp is top

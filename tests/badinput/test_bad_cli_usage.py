@@ -47,10 +47,6 @@ COMPILE_CASES = {
         "must lie in 1..32 and include 32",
     ),
     "range on Core ML": (["--input-shape", "attention_mask=1x1..32", "--target", "coreml-ios17"], "CPU targets"),
-    "range with hash attention": (
-        ["--input-shape", "attention_mask=1x1..32", "--recipe", "hash-attention", "--calib", "c.npz"],
-        "hash-attention learns its plan at one input length",
-    ),
 }
 
 

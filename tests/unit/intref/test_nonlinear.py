@@ -70,14 +70,15 @@ def test_shiftmax_error_bound(k, n, bound, tokens, scale):
 @pytest.mark.parametrize("tokens", [128, 197, 512])
 @pytest.mark.parametrize("scale", [3e-4, 5e-3])  # int32 Q K^T logits straight from the accumulator
 def test_shiftmax_on_int32_logits_as_the_recipe_runs_it(tokens, scale):
-    """The recipe's Shiftmax: logits coarsened to keep n = 15, 64-bit normalization, rounded.
-    Measured max error 0.016-0.018; I-ViT's 32-bit normalization at n = 10 (what fits without
+    """The recipe's Shiftmax: n = 15, 64-bit row sum and normalization, rounded, at the logits'
+    own scale (both I0 below 2^16). I-ViT's 32-bit normalization at n = 10 (what fits without
     coarsening) is off by 0.19 on rows of 512."""
     from edgecompile.quant.emit import SHIFTMAX_N, shiftmax_input_scale
 
     rng = np.random.default_rng(tokens)
     x = rng.normal(0, 2.5, (64, tokens))
-    s = shiftmax_input_scale(scale, tokens)
+    s = shiftmax_input_scale(scale)
+    assert s == scale
     q = np.rint(x / s).astype(np.int64)
     out = nl.shiftmax(q, s, n=SHIFTMAX_N, k=8, rounding=True, wide=True)
     assert np.abs(out / 128 - _softmax(q * s)).max() <= 0.025
@@ -115,6 +116,18 @@ def test_shiftmax_8bit_rows_of_197_fall_short_unless_rounded():
 def test_shiftmax_refuses_a_row_sum_beyond_31_bits():
     with pytest.raises(OverflowError, match="lower n"):
         nl.shiftmax(np.zeros((1, 512), np.int64), 0.005, n=16, k=8)  # 512 * 200 * 2^16 > 2^31
+
+
+def test_wide_shiftmax_takes_any_row_length_and_refuses_a_31_bit_exp():
+    """The recipe's form sums in int64: a flat row of 2^20 logits at I0 = 2^14 (a 32-bit sum would
+    need 2^49) gives each key its 2^-20 share to the output's step; only an exp past 31 bits is refused."""
+    from edgecompile.quant.emit import shiftmax_input_scale
+
+    out = nl.shiftmax(np.zeros((1, 2**20), np.int64), 2**-14, n=15, k=31, rounding=True, wide=True)
+    assert np.all(out == 2**30 // 2**20)
+    with pytest.raises(OverflowError, match="exp exceeds 31 bits"):
+        nl.shiftmax(np.zeros((1, 4), np.int64), 2**-15, n=15, k=8, wide=True)
+    assert nl.one_at_scale(shiftmax_input_scale(2**-15)) << 16 < 2**31
 
 
 @pytest.mark.parametrize("scale, bound", [(0.1, 0.05), (0.05, 0.05), (0.03, 0.05), (0.02, 0.05)])  # measured <= 0.038

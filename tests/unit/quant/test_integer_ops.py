@@ -80,6 +80,21 @@ def test_shiftmax_of_int32_logits_with_an_attention_mask_equals_reference():
     assert ref[0, 1, :, 100:].max() == 0 and ref[0, 1].sum(-1).min() >= 120
 
 
+def test_wide_shiftmax_compiled_equals_reference_at_the_finest_scale_it_takes():
+    """The recipe's form at the finest logit scale shiftmax_input_scale keeps (I0 = 32767: the
+    exp's int32 intermediate at its bound) on a row of 300 with masked keys: bit for bit."""
+    from edgecompile.quant.emit import SHIFTMAX_N, shiftmax_input_scale
+
+    scale = shiftmax_input_scale(1e-7)
+    assert scale > 1e-7 and shiftmax_input_scale(scale) == scale
+    rng = np.random.default_rng(9)
+    q = np.rint(rng.normal(0, 3 / scale, (2, 3, 5, 300))).astype(np.int32)
+    q[..., 250:] -= np.int32(2**29)
+    q[0, 0, 0] = 0  # a flat row: every exp at its largest
+    got = _run(q.shape, "int32", lambda bb, v: emit_shiftmax(v, scale, SHIFTMAX_N, 16, True, True), q)
+    np.testing.assert_array_equal(got, nl.shiftmax(q, scale, n=SHIFTMAX_N, k=16, rounding=True, wide=True))
+
+
 @pytest.mark.parametrize("scale", [2e-3, 2**-13])
 def test_ibert_softmax_compiled_equals_reference(scale):
     from edgecompile.quant.emit import emit_ibert_softmax

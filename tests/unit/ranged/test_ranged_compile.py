@@ -12,7 +12,7 @@ import pytest
 from helpers import EXAMPLE_ONNX, assert_close, ort_run
 
 import edgecompile
-from edgecompile.errors import CalibrationError, InputMismatchError, InputSpecError
+from edgecompile.errors import CalibrationError, EdgeCompileWarning, InputMismatchError, InputSpecError
 
 RANGE = {"input_ids": "1x1..32", "attention_mask": "1x1..32"}
 CALIB = EXAMPLE_ONNX.parent / "tiny_bert_calib.npz"
@@ -107,6 +107,56 @@ def test_int8_run_time_scales_leave_padding_bit_exact(tmp_path):
     np.testing.assert_array_equal(padded["pooled"], exact["pooled"])
 
 
+def test_calibration_leaves_the_padding_out(tmp_path):
+    """Samples of 8 tokens padded into a 1..32 artifact: the thresholds equal a static 8-token
+    artifact's calibrated on the same samples (the padded rows are cut from every statistic), not
+    those of the same samples with padding rows observed; the compile warns that no sample reaches
+    past 8 tokens."""
+    data = np.load(CALIB)
+    samples = [{k: v[i][:, :8] for k, v in data.items()} for i in range(12)]
+    common = dict(recipe="int8:act=static,smooth=0", calib=samples)
+    with pytest.warns(EdgeCompileWarning, match="calibration samples reach 8 of 'seq' .*up to 32"):
+        ranged = edgecompile.compile(EXAMPLE_ONNX, "native", tmp_path / "r", input_shapes=RANGE,
+                                     buckets={"seq": [8, 32]}, **common)  # fmt: skip
+    static = edgecompile.compile(EXAMPLE_ONNX, "native", tmp_path / "s", input_shapes={k: "1x8" for k in RANGE},
+                                 **common)  # fmt: skip
+    padded_samples = [{k: _pad(v, 32) for k, v in x.items()} for x in samples]
+    padded = edgecompile.compile(EXAMPLE_ONNX, "native", tmp_path / "p", input_shapes={k: "1x32" for k in RANGE},
+                                 recipe=common["recipe"], calib=padded_samples)  # fmt: skip
+
+    def scales(art):
+        layers = json.loads((art / "manifest.json").read_text())["quantization"]["layers"]
+        return np.array([la["scale_out"] for la in layers if "scale_out" in la])
+
+    np.testing.assert_allclose(scales(ranged), scales(static), rtol=1e-5)
+    assert np.abs(scales(padded) / scales(static) - 1).max() > 0.01  # what observing the padding gives
+
+
+def test_integer_only_equals_a_static_artifact_of_that_length(tmp_path):
+    """The issue's bit-exactness: a ranged integer-only artifact and a static one of length 8, both
+    calibrated on the same 8-token samples, give the same integers' answer bit for bit, on the
+    8-token build and padded into the 32-token one (calibration leaves the padding out, and no
+    Shiftmax constant depends on the row length)."""
+    data = np.load(CALIB)
+    samples = [{k: v[i][:, :8] for k, v in data.items()} for i in range(12)]
+    ranged = edgecompile.compile(EXAMPLE_ONNX, "native", tmp_path / "r", input_shapes=RANGE, recipe="int8-integer-only",
+                                 calib=samples, buckets={"seq": [8, 32]})  # fmt: skip
+    static = edgecompile.compile(EXAMPLE_ONNX, "native", tmp_path / "s", input_shapes={k: "1x8" for k in RANGE},
+                                 recipe="int8-integer-only", calib=samples)  # fmt: skip
+    r, s = edgecompile.load(ranged), edgecompile.load(static)
+    for seed in range(3):
+        want = s.run(_feeds(8, seed=seed))
+        for got in (r.run(_feeds(8, seed=seed)), r.run(_feeds(8, seed=seed, pad_to=20))):
+            np.testing.assert_array_equal(got["last_hidden_state"][:, :8], want["last_hidden_state"])
+            np.testing.assert_array_equal(got["pooled"], want["pooled"])
+
+
+def _pad(a: np.ndarray, to: int) -> np.ndarray:
+    out = np.zeros((a.shape[0], to), a.dtype)
+    out[:, : a.shape[1]] = a
+    return out
+
+
 def test_lowrank_and_int8_replay_on_every_build(tmp_path):
     """lowrank's factors and int8's scales, planned once on the largest build, are the same weight
     tensors in every build (stored once), and padding stays bit-exact on the integer-only build."""
@@ -124,6 +174,27 @@ def test_lowrank_and_int8_replay_on_every_build(tmp_path):
     m = edgecompile.load(art)
     exact, padded = m.run(_feeds(16, seed=7)), m.run(_feeds(16, seed=7, pad_to=20))
     np.testing.assert_array_equal(padded["last_hidden_state"][:, :16], exact["last_hidden_state"])
+
+
+def test_hash_attention_replays_on_every_build(tmp_path):
+    """hash-attention learned once (on the largest build, the samples' padding cut away) converts
+    the same blocks with the same hashes in every build: a length on a small build and padded
+    into a large one gives the same answer, and both differ from softmax attention (hashed)."""
+    data = np.load(CALIB)
+    samples = [{k: v[i][:, : 8 + 3 * (i % 9)] for k, v in data.items()} for i in range(16)]
+    art = edgecompile.compile(
+        EXAMPLE_ONNX, "native", tmp_path / "h", input_shapes=RANGE, calib=samples, buckets={"seq": [8, 32]},
+        recipe="hash-attention:layers=all,min_seq=1,bits=8,iters=20",
+    )  # fmt: skip
+    layers = json.loads((art / "manifest.json").read_text())["hash_attention"]["layers"]
+    assert layers and all(row["converted"] for row in layers)
+    m = edgecompile.load(art)
+    exact, padded = m.run(_feeds(8, seed=2)), m.run(_feeds(8, seed=2, pad_to=20))
+    assert_close(exact["last_hidden_state"], padded["last_hidden_state"][:, :8], rel=1e-5)
+    for feeds, got in ((_feeds(8, seed=2), exact), (_feeds(20, seed=3), m.run(_feeds(20, seed=3)))):
+        ref = ort_run(EXAMPLE_ONNX, feeds)["last_hidden_state"]
+        moved = np.abs(got["last_hidden_state"] - ref).max() / (ref.max() - ref.min())
+        assert 1e-4 < moved < 0.5, moved  # hashed on the 8 and the 32 build, still the model
 
 
 def test_calibration_samples_out_of_range_are_refused(tmp_path):
