@@ -81,10 +81,15 @@ class ChannelStats:
     max: np.ndarray  # max |x|
     sumsq: np.ndarray  # sum of x^2
     count: int  # rows summed
+    sum: np.ndarray | None = None  # sum of x
 
     @property
     def mean_square(self) -> np.ndarray:
         return self.sumsq / max(self.count, 1)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sum / max(self.count, 1)
 
 
 @dataclass(frozen=True)
@@ -130,10 +135,11 @@ def observe(
         for v, value in zip(wanted, run(sample)):
             if channels is not None and v in channels:
                 flat = np.asarray(value, np.float64).reshape(-1, value.shape[-1])
-                stats = channels[v] or ChannelStats(np.zeros(flat.shape[1]), np.zeros(flat.shape[1]), 0)
+                zeros = np.zeros(flat.shape[1])
+                stats = channels[v] or ChannelStats(zeros, zeros, 0, zeros)
                 channels[v] = ChannelStats(
                     np.maximum(stats.max, np.abs(flat).max(axis=0)), stats.sumsq + (flat**2).sum(axis=0),
-                    stats.count + flat.shape[0],
+                    stats.count + flat.shape[0], stats.sum + flat.sum(axis=0),
                 )  # fmt: skip
             if v in observers:
                 seen = value / divide[v] if divide is not None else value

@@ -33,11 +33,30 @@ def _weights(layer: Layer, sigma) -> tuple[np.ndarray, np.ndarray]:
     return _weight_quant(w if sigma is None else (w * sigma[:, None]).astype(np.float32))
 
 
-def _gemm(rw: Rewriter, layer: Layer, xq: relax.Expr, sigma) -> tuple[relax.Expr, np.ndarray]:
-    """The int32 accumulator of int8 ``xq`` times ``layer``'s int8 weights, and the weight scales."""
+def _gemm(rw: Rewriter, layer: Layer, xq: relax.Expr, sigma) -> tuple[relax.Expr, np.ndarray, np.ndarray | None]:
+    """The int32 accumulator of int8 ``xq`` times ``layer``'s int8 weights, the weight scales, and
+    the bias to add (:func:`_corrected_bias`)."""
     wq, sw = _weights(layer, sigma)
     acc = rw.bb.emit(relax.op.matmul(xq, relax.const(wq, "int8"), out_dtype="int32"), name_hint=f"{layer.name}_acc")
-    return acc, sw
+    return acc, sw, _corrected_bias(rw, layer, wq, sw, sigma)
+
+
+def _corrected_bias(rw: Rewriter, layer: Layer, wq: np.ndarray, sw: np.ndarray, sigma) -> np.ndarray | None:
+    """``layer``'s bias; with bias correction (``int8:bias_correction=on``, the input's per-channel
+    mean ``E[x]`` from calibration) less the mean shift of its output that rounding the weights
+    causes, ``E[x] (W_q S_w / sigma - W)`` (Nagel et al., data-free quantization; NNCF's bias
+    correction): the output's mean over calibration then matches the float layer's for the
+    weights' part of the error. A layer without a bias gets one."""
+    bias = _bias(layer)
+    mean = rw.means.get(layer.inputs[0])
+    if mean is None:
+        return bias
+    w = const_array(layer.binding.value.args[1]).astype(np.float64)
+    effective = wq.astype(np.float64) * sw[None, :]
+    if sigma is not None:
+        effective = effective / sigma[:, None]
+    shift = np.asarray(mean, np.float64) @ (effective - w)
+    return -shift if bias is None else bias - shift
 
 
 def _activation_matmul(rw: Rewriter, layer: Layer, aq, bq, wide: bool) -> relax.Expr:
@@ -64,8 +83,8 @@ def linear(rw: Rewriter, layer: Layer) -> bool:
         if done is not None:
             return done
     xq, sx, sigma = rw.as_quant_smoothed(layer.inputs[0])
-    acc, sw = _gemm(rw, layer, xq, sigma)
-    if (bias := _bias(layer)) is not None:
+    acc, sw, bias = _gemm(rw, layer, xq, sigma)
+    if bias is not None:
         bq = np.clip(np.rint(bias / (sx * sw)), -(2**31), 2**31 - 1).astype(np.int32)
         acc = rw.bb.emit(relax.op.add(acc, relax.const(bq, "int32")), name_hint=f"{layer.name}_bias")
     sy = rw.scale[layer.output]
@@ -79,9 +98,9 @@ def _dynamic_linear(rw: Rewriter, layer: Layer) -> bool:
     (:func:`edgecompile.intref.dynamic_quantize`, after smoothing where calibration chose it): the
     int32 accumulator is dequantized, ``float32(acc) * S_row * S_w[c]``, and the bias added in float."""
     xq, sx, sigma = rw.as_dynamic(layer.inputs[0], -1, smoothed=True)
-    acc, sw = _gemm(rw, layer, xq, sigma)
+    acc, sw, bias = _gemm(rw, layer, xq, sigma)
     y = relax.op.multiply(relax.op.multiply(relax.op.astype(acc, "float32"), sx), relax.const(sw.astype(np.float32)))
-    if (bias := _bias(layer)) is not None:
+    if bias is not None:
         y = relax.op.add(y, relax.const(bias.astype(np.float32)))
     rw.env[layer.output] = Float(rw.bb.emit(y, name_hint=layer.name))
     layer.info = {"act": "dynamic", **_weight_info(sw, sigma)}
@@ -101,7 +120,7 @@ def _row_shifted_linear(rw: Rewriter, layer: Layer) -> bool | None:
     if held is None:
         return None
     q, shift, sz, sigma = held
-    acc, sw = _gemm(rw, layer, q, sigma)
+    acc, sw, bias = _gemm(rw, layer, q, sigma)
     s_fine = rw.scale[layer.output] / FINE
     ratio = np.float64(sz) * sw / s_fine  # negative after I-BERT's GELU (its scale carries erf's a < 0)
     b, c = intref.dyadic_shifted(np.abs(ratio))
@@ -110,7 +129,7 @@ def _row_shifted_linear(rw: Rewriter, layer: Layer) -> bool | None:
     d = relax.op.clip(relax.op.subtract(i64(c), shift), 1, 63)
     one = relax.op.left_shift(i64(1), relax.op.subtract(d, i64(1)))
     y = relax.op.right_shift(relax.op.add(relax.op.multiply(relax.op.astype(acc, "int64"), i64(b)), one), d)
-    if (bias := _bias(layer)) is not None:
+    if bias is not None:
         y = relax.op.add(y, i64(np.clip(np.rint(bias / s_fine), -(2**40), 2**40)))
     rw.set_acc(layer, relax.op.astype(relax.op.clip(y, -(2**31 - 1), 2**31 - 1), "int32"), s_fine)
     layer.info = {"act": "dynamic", "scale_out": s_fine, **_weight_info(sw, sigma)}

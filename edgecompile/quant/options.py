@@ -53,6 +53,7 @@ class QuantOptions:
     dynamic: tuple[str, ...] = ()  # layer names or fnmatch patterns given run-time scales whatever act says
     max_drop: float | None = None  # accuracy budget, a drop of fidelity to fp32 (edgecompile.quant.budget)
     metric: str = "cosine"  # the budget's fidelity: cosine | pearson
+    bias_correction: bool = False  # subtract the mean output shift of the rounded weights (edgecompile.quant.int8)
 
     @property
     def integer_only(self) -> bool:
@@ -95,7 +96,11 @@ class QuantOptions:
         act = options.get("act", cls.act)
         max_drop = _fraction(part, options["max_drop"]) if "max_drop" in options else None
         metric = options.get("metric", cls.metric)
-        parsed = cls(observer, percentile, samples, keep, (), smooth, keep_worst, act, dynamic, max_drop, metric)
+        correct = options.get("bias_correction", "off")
+        if correct not in ("on", "off"):
+            raise RecipeError(f"{part}: bias_correction must be on or off, got '{correct}'")
+        parsed = cls(observer, percentile, samples, keep, (), smooth, keep_worst, act, dynamic, max_drop, metric,
+                     correct == "on")  # fmt: skip
         if not integer_only:
             return parsed
         return replace(parsed, nonlinear=tuple(sorted(nonlinear_choice(options).items())))

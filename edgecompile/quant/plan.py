@@ -66,6 +66,7 @@ class Calibration:
     record: dict = field(default_factory=dict)  # of the recipe's rewrite: forms, requantized
     integer_only: bool = False
     dynamic: frozenset = frozenset()  # layers with run-time activation scales (edgecompile.quant.act_choice)
+    means: dict = field(default_factory=dict)  # linear input -> per-channel mean (int8:bias_correction=on)
 
     def retarget(self, mod: tvm.IRModule) -> Calibration:
         """This calibration for ``mod``: the same model imported at other static input shapes (a
@@ -83,7 +84,7 @@ class Calibration:
         moved = lambda d: {vmap[v]: x for v, x in d.items()}  # noqa: E731
         return Calibration(
             func, mod, layers, moved(self.thresholds), self.nonlinear, moved(self.smooth), moved(self.maxima),
-            self.keep_float, integer_only=self.integer_only, dynamic=self.dynamic,
+            self.keep_float, integer_only=self.integer_only, dynamic=self.dynamic, means=moved(self.means),
         )  # fmt: skip
 
     def rewrite(self, keep_float=None) -> tvm.IRModule:
@@ -92,7 +93,7 @@ class Calibration:
         record: dict = {}
         mod = quantize_function(
             self.func, self.layers, self.thresholds, keep, nonlinear=self.nonlinear, smooth=self.smooth,
-            maxima=self.maxima, record=record, dynamic=self.dynamic,
+            maxima=self.maxima, record=record, dynamic=self.dynamic, means=self.means,
         )  # fmt: skip
         if keep_float is None:
             self.record = record
@@ -105,7 +106,7 @@ class Calibration:
             self.rewrite()
         mod, alone = switched_module(
             self.func, self.layers, self.thresholds, self.record, self.nonlinear, self.smooth, self.maxima,
-            self.dynamic,
+            self.dynamic, self.means,
         )  # fmt: skip
         return carry_functions(mod, self.src), [{"name": layer.name, "kind": layer.kind} for layer in alone]
 
@@ -127,6 +128,7 @@ class QuantResult:
             "percentile": options.percentile if options.observer == "percentile" else None,
             "smooth": "auto" if options.smooth is None else options.smooth,
             "act": options.act,
+            "bias_correction": options.bias_correction,
             # the layers rewritten with run-time scales (a chosen one whose input has no single
             # scale, e.g. read per channel, keeps the static path)
             "dynamic": sorted(r["name"] for r in self.layers if r.get("act") == "dynamic"),
@@ -193,7 +195,7 @@ def quantize_model(
         errors = measure(keep)
     calibration = Calibration(
         func, mod, layers, stats.thresholds, nonlinear, stats.smooth, stats.maxima, tuple(keep),
-        integer_only=options.integer_only, dynamic=frozenset(dynamic),
+        integer_only=options.integer_only, dynamic=frozenset(dynamic), means=stats.means,
     )  # fmt: skip
     budget = None
     if options.max_drop is not None:
@@ -216,13 +218,14 @@ class _Stats:
     smooth: dict
     maxima: dict
     gains: dict
+    means: dict  # linear input -> per-channel mean, with bias_correction=on
 
 
 def _calibrate(func, layers, frun: Runner, wanted, samples, options: QuantOptions, say) -> _Stats:
     """Observe ``wanted`` on ``samples`` (twice where SmoothQuant moves ranges into the weights)."""
     make_observer = lambda: Observer(options.observer, options.percentile)  # noqa: E731
     readers = linear_inputs(layers) if options.smooth != 0 else {}
-    channels = dict.fromkeys(readers)
+    channels = dict.fromkeys(linear_inputs(layers) if options.bias_correction else readers)
     nonneg = nonnegative_vars(func)
     kinds = dynamic_kinds(options.integer_only) if options.act != "static" else ()
     operands = {la.name: ops for la in layers if la.kind in kinds and (ops := dynamic_operands(la, nonneg))}
@@ -250,7 +253,8 @@ def _calibrate(func, layers, frun: Runner, wanted, samples, options: QuantOption
             for v, a in keys
         ]
         gains[name] = max(per, default=0.0)
-    return _Stats(thresholds, smooth, {v: o.max for v, o in observers.items()}, gains)
+    means = {v: channels[v].mean for v in linear_inputs(layers)} if options.bias_correction else {}
+    return _Stats(thresholds, smooth, {v: o.max for v, o in observers.items()}, gains, means)
 
 
 def _check_patterns(option: str, patterns: tuple[str, ...], layers) -> None:
@@ -298,7 +302,7 @@ def _layer_errors(
     outputs = [layer.output for layer in layers]
     qmod = quantize_function(
         func, layers, stats.thresholds, keep, extra_outputs=outputs, nonlinear=nonlinear, smooth=stats.smooth,
-        maxima=stats.maxima, dynamic=dynamic,
+        maxima=stats.maxima, dynamic=dynamic, means=stats.means,
     )  # fmt: skip
     qrun = frun.like(qmod, outputs)
     pos = {v: i for i, v in enumerate(wanted)}
