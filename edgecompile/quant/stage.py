@@ -23,7 +23,7 @@ INT8_OPTIONS = {
     "metric": "what max_drop measures: cosine (default) or pearson (cosine of the mean-centred outputs: for "
     "outputs far from zero, e.g. a sigmoid map, where cosine stays near 1 whatever the error)",
     "bias_correction": "on: each linear layer's bias absorbs the mean output shift its rounded int8 weights cause, "
-    "from the input's per-channel means in calibration (default off)",
+    "from the input's per-channel means in calibration (default on in int8, off in int8-integer-only)",
     "smooth": "SmoothQuant strength alpha for linear inputs, per-channel ranges moved into the weights: "
     "auto (default: chosen per tensor from calibration statistics), a number in [0, 1], or 0 (off)",
 }

@@ -38,7 +38,9 @@ def test_from_options():
     assert QuantOptions.from_options({"max_drop": "0.5%"}, False).max_drop == 0.005
     assert QuantOptions.from_options({"max_drop": "0.02"}, True).max_drop == 0.02
     io = QuantOptions.from_options({"ops": "ibert", "gelu": "ivit", "tanh": "float"}, integer_only=True)
-    assert io.integer_only
+    assert io.integer_only and not io.bias_correction  # on by default in int8 only (options.BIAS_CORRECTION)
+    assert QuantOptions.from_options({"bias_correction": "on"}, True).bias_correction
+    assert not QuantOptions.from_options({"bias_correction": "off"}, False).bias_correction
     assert io.nonlinear == (("gelu", "ivit"), ("layernorm", "ibert"), ("softmax", "ibert"), ("tanh", "float"))
 
 
