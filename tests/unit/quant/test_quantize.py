@@ -430,14 +430,15 @@ def test_attention_probabilities_are_int16_at_2_to_the_minus_15(integer_only):
 def _matches_reference(mod, samples, integer_only: bool) -> None:
     """The compiled ``mod`` against the numpy reference: bit for bit in the integer-only recipe; in
     int8 P comes from a float softmax whose compiled exp may differ from numpy's by an ulp, which
-    moves a probability one 2^-15 step (an output by ~1e-5 here), so within 1e-4."""
+    moves a probability one 2^-15 step and an output by ``2^-15 |V|`` (1.1e-4 seen here, |V| ~ 3.5),
+    so within 5e-4 (a wrong scale or rounding would be off by far more)."""
     vm = relax.VirtualMachine(_build(mod), tvm.cpu())
     for s in samples:
         got, want = vm["main"](*(tvm.runtime.tensor(v) for v in s.values())).numpy(), reference.run(mod, s)
         if integer_only:
             np.testing.assert_array_equal(got, want)
         else:
-            np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+            np.testing.assert_allclose(got, want, rtol=0, atol=5e-4)
 
 
 def _sink_attention_module(rng, tokens: int):
