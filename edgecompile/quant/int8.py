@@ -27,21 +27,21 @@ def _bias(layer: Layer) -> np.ndarray | None:
     return bias.reshape(-1)
 
 
-def _weights(layer: Layer, sigma) -> tuple[np.ndarray, np.ndarray]:
-    """``layer``'s int8 weights and their scales per output channel, times the smoothing ``sigma``."""
-    w = const_array(layer.binding.value.args[1])
+def _weights(w: np.ndarray, sigma) -> tuple[np.ndarray, np.ndarray]:
+    """A layer's int8 weights ``w`` and their scales per output channel, times the smoothing ``sigma``."""
     return _weight_quant(w if sigma is None else (w * sigma[:, None]).astype(np.float32))
 
 
 def _gemm(rw: Rewriter, layer: Layer, xq: relax.Expr, sigma) -> tuple[relax.Expr, np.ndarray, np.ndarray | None]:
     """The int32 accumulator of int8 ``xq`` times ``layer``'s int8 weights, the weight scales, and
     the bias to add (:func:`_corrected_bias`)."""
-    wq, sw = _weights(layer, sigma)
+    w = const_array(layer.binding.value.args[1])
+    wq, sw = _weights(w, sigma)
     acc = rw.bb.emit(relax.op.matmul(xq, relax.const(wq, "int8"), out_dtype="int32"), name_hint=f"{layer.name}_acc")
-    return acc, sw, _corrected_bias(rw, layer, wq, sw, sigma)
+    return acc, sw, _corrected_bias(rw, layer, w, wq, sw, sigma)
 
 
-def _corrected_bias(rw: Rewriter, layer: Layer, wq: np.ndarray, sw: np.ndarray, sigma) -> np.ndarray | None:
+def _corrected_bias(rw: Rewriter, layer: Layer, w, wq: np.ndarray, sw: np.ndarray, sigma) -> np.ndarray | None:
     """``layer``'s bias; with bias correction (``int8:bias_correction=on``, the input's per-channel
     mean ``E[x]`` from calibration) less the mean shift of its output that rounding the weights
     causes, ``E[x] (W_q S_w / sigma - W)`` (Nagel et al., data-free quantization; NNCF's bias
@@ -51,11 +51,10 @@ def _corrected_bias(rw: Rewriter, layer: Layer, wq: np.ndarray, sw: np.ndarray, 
     mean = rw.means.get(layer.inputs[0])
     if mean is None:
         return bias
-    w = const_array(layer.binding.value.args[1]).astype(np.float64)
     effective = wq.astype(np.float64) * sw[None, :]
     if sigma is not None:
         effective = effective / sigma[:, None]
-    shift = np.asarray(mean, np.float64) @ (effective - w)
+    shift = np.asarray(mean, np.float64) @ (effective - w.astype(np.float64))
     return -shift if bias is None else bias - shift
 
 

@@ -61,7 +61,7 @@ class QuantOptions:
     dynamic: tuple[str, ...] = ()  # layer names or fnmatch patterns given run-time scales whatever act says
     max_drop: float | None = None  # accuracy budget, a drop of fidelity to fp32 (edgecompile.quant.budget)
     metric: str = "cosine"  # the budget's fidelity: cosine | pearson
-    bias_correction: bool = True  # subtract the mean output shift of the rounded weights (BIAS_CORRECTION)
+    bias_correction: bool = BIAS_CORRECTION["int8"]  # subtract the rounded weights' mean output shift
 
     @property
     def integer_only(self) -> bool:

@@ -13,6 +13,7 @@ from helpers import EXAMPLE_ONNX, assert_close, ort_run
 
 import edgecompile
 from edgecompile.errors import CalibrationError, EdgeCompileWarning, InputMismatchError, InputSpecError
+from edgecompile.runtime import buckets
 
 RANGE = {"input_ids": "1x1..32", "attention_mask": "1x1..32"}
 CALIB = EXAMPLE_ONNX.parent / "tiny_bert_calib.npz"
@@ -26,6 +27,12 @@ def _feeds(length: int, seed: int = 0, pad_to: int | None = None) -> dict:
     mask = np.zeros((1, total), np.int64)
     mask[0, :length] = 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def _varied_samples(n: int) -> list[dict]:
+    """``n`` calibration samples of 8 to 32 tokens."""
+    data = np.load(CALIB)
+    return [{k: v[i][:, : 8 + 3 * (i % 9)] for k, v in data.items()} for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +80,7 @@ def test_out_of_range_and_disagreeing_lengths_are_refused(fp32_ranged):
 def test_integer_only_padding_is_bit_exact(tmp_path):
     """Calibrated on samples of several lengths; a length-8 input and the same input padded (mask
     zero) to 11 run on different builds (8 and 16) and give the same integers' answer bit for bit."""
-    data = np.load(CALIB)
-    samples = [{k: v[i][:, : 8 + 3 * (i % 9)] for k, v in data.items()} for i in range(24)]
+    samples = _varied_samples(24)
     art = edgecompile.compile(
         EXAMPLE_ONNX, "native", tmp_path / "io", input_shapes=RANGE, recipe="int8-integer-only",
         calib=samples, buckets={"seq": [8, 16, 32]},
@@ -93,8 +99,7 @@ def test_int8_run_time_scales_leave_padding_bit_exact(tmp_path):
     """int8 with every matmul on run-time scales: V's scale per column spans only the keys some
     query reads, so the padded keys (mask 0) change nothing: the compile's padding check passes
     and a padded input gives the unpadded answer bit for bit."""
-    data = np.load(CALIB)
-    samples = [{k: v[i][:, : 8 + 3 * (i % 9)] for k, v in data.items()} for i in range(16)]
+    samples = _varied_samples(16)
     art = edgecompile.compile(
         EXAMPLE_ONNX, "native", tmp_path / "dyn", input_shapes=RANGE, recipe="int8:act=dynamic",
         calib=samples, buckets={"seq": [8, 16, 32]},
@@ -120,7 +125,7 @@ def test_calibration_leaves_the_padding_out(tmp_path):
                                      buckets={"seq": [8, 32]}, **common)  # fmt: skip
     static = edgecompile.compile(EXAMPLE_ONNX, "native", tmp_path / "s", input_shapes={k: "1x8" for k in RANGE},
                                  **common)  # fmt: skip
-    padded_samples = [{k: _pad(v, 32) for k, v in x.items()} for x in samples]
+    padded_samples = [{k: buckets.pad_to(v, (1, 32)) for k, v in x.items()} for x in samples]
     padded = edgecompile.compile(EXAMPLE_ONNX, "native", tmp_path / "p", input_shapes={k: "1x32" for k in RANGE},
                                  recipe=common["recipe"], calib=padded_samples)  # fmt: skip
 
@@ -151,17 +156,10 @@ def test_integer_only_equals_a_static_artifact_of_that_length(tmp_path):
             np.testing.assert_array_equal(got["pooled"], want["pooled"])
 
 
-def _pad(a: np.ndarray, to: int) -> np.ndarray:
-    out = np.zeros((a.shape[0], to), a.dtype)
-    out[:, : a.shape[1]] = a
-    return out
-
-
 def test_lowrank_and_int8_replay_on_every_build(tmp_path):
     """lowrank's factors and int8's scales, planned once on the largest build, are the same weight
     tensors in every build (stored once), and padding stays bit-exact on the integer-only build."""
-    data = np.load(CALIB)
-    samples = [{k: v[i][:, : 8 + 3 * (i % 9)] for k, v in data.items()} for i in range(24)]
+    samples = _varied_samples(24)
     art = edgecompile.compile(
         EXAMPLE_ONNX, "native", tmp_path / "lr", input_shapes=RANGE, calib=samples, buckets={"seq": [8, 16, 32]},
         recipe="lowrank:ratio=0.5,gate=off,multiple=8+int8-integer-only",
@@ -180,8 +178,7 @@ def test_hash_attention_replays_on_every_build(tmp_path):
     """hash-attention learned once (on the largest build, the samples' padding cut away) converts
     the same blocks with the same hashes in every build: a length on a small build and padded
     into a large one gives the same answer, and both differ from softmax attention (hashed)."""
-    data = np.load(CALIB)
-    samples = [{k: v[i][:, : 8 + 3 * (i % 9)] for k, v in data.items()} for i in range(16)]
+    samples = _varied_samples(16)
     art = edgecompile.compile(
         EXAMPLE_ONNX, "native", tmp_path / "h", input_shapes=RANGE, calib=samples, buckets={"seq": [8, 32]},
         recipe="hash-attention:layers=all,min_seq=1,bits=8,iters=20",
