@@ -1,6 +1,8 @@
 """CPU schedule for a reduction over an outer axis: the per-column max ``|V|`` of a dynamic
 ``P V`` matmul's right operand (``act=dynamic``: a scale per column of ``V``, reduced over the
-keys, axis -2), and any other reduction whose innermost axis is spatial.
+keys, axis -2, only over the keys some query reads), the "some query reads this key" flag itself
+(a max over the queries of the probabilities), and any other reduction whose innermost axis is
+spatial.
 
 dlight's rules decline these (their reduction is not innermost), so they ran on the fallback,
 one scalar accumulator per output reading a column at a stride of a whole row. Here the producer
@@ -56,8 +58,14 @@ def _across_columns(block, r: int) -> bool:
     last (contiguous) index of what it reduces: a column reduction."""
     k = block.iter_vars[r].var
     last = [iv.var for i, iv in enumerate(block.iter_vars) if i != r][-1]
-    reads = [rd for rd in block.reads if not rd.source.same_as(block.writes[0].source)]
-    if len(reads) != 1:
-        return False
-    *outer, tail = reads[0].region
-    return uses(tail.min, last) and not uses(tail.min, k) and any(uses(rg.min, k) for rg in outer)
+    reads = [rd for rd in block.reads if rd.region and not rd.source.same_as(block.writes[0].source)]
+
+    def column(rd) -> bool:
+        *outer, tail = rd.region
+        return uses(tail.min, last) and not uses(tail.min, k) and any(uses(rg.min, k) for rg in outer)
+
+    def along_keys_only(rd) -> bool:  # a per-key flag ([.., S], broadcast along the row)
+        return not any(uses(rg.min, last) for rg in rd.region)
+
+    cols = [rd for rd in reads if column(rd)]
+    return bool(cols) and all(column(rd) or along_keys_only(rd) for rd in reads)

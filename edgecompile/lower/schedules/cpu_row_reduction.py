@@ -92,9 +92,13 @@ def _one_inner_reduction_axis(sch, reductions) -> bool:
         if ivs[-1].iter_type != tirx.IterVar.CommReduce or len(ivs) < 2:
             return False
         k = ivs[-1].var
-        along = {r.source.name for r in block.reads if any(uses(rg.min, k) for rg in r.region)}
-        along.discard(block.writes[0].source.name)
-        if len(along) > 1:
+        reads = [r for r in block.reads if any(uses(rg.min, k) for rg in r.region)]
+        reads = [r for r in reads if not r.source.same_as(block.writes[0].source)]
+        if len({r.source.name for r in reads}) > 1:
+            return False
+        # along the row's contiguous last index: a reduction over an outer axis (max over the
+        # queries of [H, S, S] probabilities) is ColumnReduction's (here: 512 us vs ~40 us)
+        if any(not uses(r.region[-1].min, k) for r in reads):
             return False
     return True
 

@@ -373,3 +373,66 @@ def test_a_column_max_is_vectorized_across_columns(shape):
     got = _run(sch.mod["main"], target, [a.copy() for a in args])
     np.testing.assert_array_equal(got[1], ref[1])
     np.testing.assert_array_equal(got[1][..., 0, :], np.abs(args[0]).max(axis=-2))
+
+
+def _one_kernel(build, args: list[tuple]) -> tirx.PrimFunc:
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"x{i}", relax.TensorType(shape, dtype)) for i, (shape, dtype) in enumerate(args)]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(build(*params))
+        bb.emit_func_output(out)
+    mod = relax.transform.FuseTIR()(relax.transform.FuseOps()(relax.transform.AnnotateTIROpPattern()(
+        relax.transform.LegalizeOps()(bb.get()))))  # fmt: skip
+    (func,) = [f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc)]
+    return func
+
+
+def test_the_keys_a_query_reads_are_column_reductions():
+    """A dynamic ``P V`` reads V's scale over the keys some query reads: the flag is a max of the int16
+    probabilities over the queries (axis -2 of ``[H, S, S]``), the scale a max of ``|V|`` over the
+    flagged keys. Both reduce over an outer axis: the row rule took the first (512 us per call at 256
+    tokens, reading a column at a stride of a row), the fallback the second. Now the column rule takes
+    both, and both equal numpy."""
+    from tvm import relax
+
+    from edgecompile.lower.schedules.cpu_column_reduction import ColumnReduction
+    from edgecompile.lower.schedules.cpu_row_reduction import RowReduction
+
+    target = tvm.target.Target(TARGETS["avx2"])
+    if "avx2" not in open("/proc/cpuinfo").read():
+        pytest.skip("this machine cannot run AVX2 code")
+    h, s, d = 3, 40, 32
+    rng = np.random.default_rng(2)
+    p = rng.integers(0, 2**15, (1, h, s, s)).astype(np.int16)
+    p[..., 33:] = 0  # keys no query reads
+    v = rng.uniform(-3, 3, (1, h, s, d)).astype(np.float32)
+    v[:, :, 33:] = 100.0  # ... with values that would widen the scale
+
+    def flag(x):
+        return relax.op.max(x, axis=[-2])
+
+    def scale(flags, x):
+        used = relax.op.expand_dims(relax.op.greater(flags, relax.const(0, "int16")), -1)
+        magnitude = relax.op.where(used, relax.op.abs(x), relax.const(0.0, "float32"))
+        return relax.op.max(magnitude, axis=[-2], keepdims=True)
+
+    flags = p.max(axis=-2)
+    cases = [
+        (flag, [((1, h, s, s), "int16")], [p, np.zeros((1, h, s), np.int16)], flags),
+        (scale, [((1, h, s), "int16"), ((1, h, s, d), "float32")], [flags, v, np.zeros((1, h, 1, d), np.float32)],
+         np.where(flags[..., None] > 0, np.abs(v), 0).max(axis=-2, keepdims=True)),
+    ]  # fmt: skip
+    for build, sig, args, want in cases:
+        func = _one_kernel(build, sig)
+        assert RowReduction().apply(func, target, False) is None
+        sch = ColumnReduction().apply(func, target, False)
+        assert sch is not None
+        # fusion may pass the 0.0 of the where as a scalar parameter: zeros for those
+        if len(func.params) > len(args):
+            args = [*args[:-1], np.zeros((), np.float32), args[-1]]
+        got = _run(sch.mod["main"], target, [a.copy() for a in args])
+        np.testing.assert_array_equal(got[-1], want)
+    assert want.max() < 3  # the unread keys' 100s stayed out
