@@ -16,6 +16,9 @@ reduction (annotated for :class:`~edgecompile.lower.schedules.cpu_int8_matmul.In
 the unpadded output, which subtracts ``128 * colsum(W)`` when A was shifted. Without such an
 instruction, int8 GEMMs take the fp32 packing with int32 accumulation.
 
+An int32 matmul of two integer activations (attention's ``Q K^T``, ``P V``) is packed at run time
+instead: :mod:`edgecompile.lower.activation_gemm`.
+
 bf16 (a module marked by the ``bf16`` recipe, on a CPU with AVX-512 BF16): fp32 ``x @ W`` over
 ``Wp[N / NR, K / 2, NR, 2]`` holding W rounded to bf16, through the same three stages with fp32
 accumulators (:func:`edgecompile.lower.schedules.int8_dot.bf16_kernel`).
@@ -30,7 +33,15 @@ import tvm
 from tvm import relax, te, tirx
 
 from edgecompile.ir.attrs import MATMUL_PRECISION_ATTR
-from edgecompile.lower.schedules.int8_dot import INT8_GEMM_ATTR, INT8_MR_ATTR, Int8Kernel, bf16_kernel, int8_kernel
+from edgecompile.lower.activation_gemm import pack_activation_matmul
+from edgecompile.lower.schedules.int8_dot import (
+    A_PREP,
+    INT8_GEMM_ATTR,
+    INT8_MR_ATTR,
+    Int8Kernel,
+    bf16_kernel,
+    int8_kernel,
+)
 from edgecompile.lower.schedules.isa import VectorISA, vector_isa
 from edgecompile.lower.schedules.tiles import gemm_mr, gemm_nr
 from edgecompile.passes.rewrite import rewrite_functions
@@ -90,7 +101,7 @@ def _int8_gemm(x, wp, *comp, kernel: Int8Kernel, mr: int):
         inside = tirx.all(i < m, k < k_dim)
         return tirx.if_then_else(inside, v.astype(kernel.a_dtype), tirx.const(0, kernel.a_dtype))
 
-    a = te.compute((*batch, mp, kb * kr), prep, name="A_prep")
+    a = te.compute((*batch, mp, kb * kr), prep, name=A_PREP)
     ko = te.reduce_axis((0, kb), name="ko")
     kk = te.reduce_axis((0, kr), name="kk")
 
@@ -137,8 +148,13 @@ class _Packer(relax.PyExprMutator):
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        if getattr(call.op, "name", "") != "relax.matmul" or not isinstance(call.args[1], tvm.ir.expr.Constant):
+        if getattr(call.op, "name", "") != "relax.matmul":
             return call
+        if not isinstance(call.args[1], tvm.ir.expr.Constant):
+            if str(call.attrs.out_dtype) != "int32":
+                return call
+            packed = pack_activation_matmul(self.builder_, *call.args, self.isa)
+            return call if packed is None else packed
         x, w = call.args
         wv = w.value.numpy() if hasattr(w.value, "numpy") else None
         if wv is None or wv.ndim != 2 or len(x.ty.shape.values) < 2:

@@ -2,7 +2,9 @@
 int32, and the bf16 recipe's bf16 x bf16 -> fp32 (``vdpbf16ps``, same blocking, its own intrinsic).
 
 Takes the GEMMs :mod:`edgecompile.lower.pack_weights` emits for a target with an int8 dot-product
-instruction (their reduction block carries the tensor intrinsic's name). Same register blocking
+instruction (their reduction block carries the tensor intrinsic's name), and the activation GEMMs
+of :mod:`edgecompile.lower.activation_gemm`, whose right operand is packed by a stage of their own
+(run in parallel over its panels, before the GEMM). Same register blocking
 as the fp32 rule — ``MR x NR`` int32 accumulators per tile, N tiles outer and parallel — with the
 innermost ``LANES x KR`` step tensorized to one ``vpdpbusd`` / ``vpmaddwd`` / ``sdot``. The
 A-conversion stage runs once before the GEMM (parallel over rows); the output stage and every
@@ -16,7 +18,15 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
 from edgecompile.lower.schedules.cpu_matmul import inline_epilogue, inline_side_inputs
-from edgecompile.lower.schedules.int8_dot import INT8_GEMM_ATTR, INT8_MR_ATTR, bf16_kernel, int8_kernel
+from edgecompile.lower.schedules.int8_dot import (
+    A_PREP,
+    B_PACK,
+    INT8_GEMM_ATTR,
+    INT8_MR_ATTR,
+    bf16_kernel,
+    int8_kernel,
+    int16_kernel,
+)
 from edgecompile.lower.schedules.isa import vector_isa
 from edgecompile.lower.schedules.loops import vectorize_innermost
 
@@ -41,7 +51,12 @@ class Int8Matmul(CPUScheduleRule):
         ann = sch.get(main).annotations
         isa = vector_isa(target)
         kernel = next(
-            (k for k in (int8_kernel(isa), bf16_kernel(isa)) if k and k.intrin == str(ann[INT8_GEMM_ATTR])), None
+            (
+                k
+                for k in (int8_kernel(isa), int16_kernel(isa), bf16_kernel(isa))
+                if k and k.intrin == str(ann[INT8_GEMM_ATTR])
+            ),
+            None,
         )
         if kernel is None:
             return None  # packed for another ISA: leave it to the generic rules
@@ -51,9 +66,13 @@ class Int8Matmul(CPUScheduleRule):
             return None
         if not inline_side_inputs(sch, epilogue, main):
             return None
-        (prep,) = sch.get_producers(main)
-        for block in sch.get_producers(prep):  # e.g. a fused quantize: computed inside the prep pass
-            sch.compute_inline(block)
+        stages = {sch.get(b).name_hint: b for b in sch.get_producers(main)}
+        prep, pack = stages.pop(A_PREP, None), stages.pop(B_PACK, None)
+        if prep is None or stages:
+            return None
+        for stage in (prep, pack) if pack is not None else (prep,):
+            for block in sch.get_producers(stage):  # e.g. a fused quantize: computed inside the pass
+                sch.compute_inline(block)
 
         *spatial, ko, _kk = sch.get_loops(main)
         *batch, i, j = spatial
@@ -80,4 +99,8 @@ class Int8Matmul(CPUScheduleRule):
         *rows, k = sch.get_loops(prep)
         sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
         vectorize_innermost(sch, prep, 32 if kernel.a_dtype == "int16" else 64)
+        if pack is not None:  # a run-time packed operand (activation_gemm): panels in parallel
+            *panels, ko, ji, ki = sch.get_loops(pack)
+            sch.parallel(sch.fuse(*panels) if len(panels) > 1 else panels[0])
+            sch.unroll(ki)
         return sch

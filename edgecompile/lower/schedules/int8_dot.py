@@ -23,6 +23,7 @@ from edgecompile.lower.schedules.isa import VectorISA
 
 INT8_GEMM_ATTR = "edgecompile.int8_gemm"  # GEMM block annotation: the tensor intrinsic to use
 INT8_MR_ATTR = "edgecompile.int8_gemm_mr"  # GEMM block annotation: rows per register tile
+A_PREP, B_PACK = "A_prep", "B_pack"  # the stages the GEMM rule schedules before the reduction
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,27 @@ def int8_kernel(isa: VectorISA) -> Int8Kernel | None:
         k = Int8Kernel(f"edgecompile_pmaddwd_{lanes}x2", "int16", "int8", 2, lanes, False, 0)
     elif isa.int8_dot == "sdot" and isa.bits == 128:
         k = Int8Kernel("edgecompile_sdot_4x4", "int8", "int8", 4, 4, True, 0)
+    else:
+        return None
+    _register(k, isa.bits)
+    return k
+
+
+def int16_kernel(isa: VectorISA) -> Int8Kernel | None:
+    """The int16 x int16 -> int32 step of the activation GEMMs (attention's ``Q K^T`` and ``P V``:
+    :func:`edgecompile.lower.pack_weights.activation_gemm`), or None (ARM: no such instruction):
+
+    - ``vnni``    ``vpdpwssd``: pairs of s16 products added into int32 lanes, in place.
+    - ``pmaddwd`` ``vpmaddwd`` on both operands int16, its products added after.
+
+    Exact: neither saturates, and int8 operands widened to int16 (or int16 probabilities in
+    ``[0, 2^15)`` against int8 values) keep every pair sum far inside int32. Half the ``vpdpbusd``
+    rate, but no ``+128`` shift and hence no run-time column sums of the right operand."""
+    lanes = isa.lanes(32)
+    if isa.int8_dot == "vnni" and isa.bits in (256, 512):
+        k = Int8Kernel(f"edgecompile_vpdpwssd_{lanes}x2", "int16", "int16", 2, lanes, True, 0)
+    elif isa.int8_dot == "pmaddwd" and isa.bits in (256, 512):
+        k = Int8Kernel(f"edgecompile_pmaddwd16_{lanes}x2", "int16", "int16", 2, lanes, False, 0)
     else:
         return None
     _register(k, isa.bits)
@@ -122,6 +144,8 @@ _REGISTERED: set[str] = set()
 
 
 def _llvm_intrinsic(k: Int8Kernel, bits: int) -> str:
+    if "vpdpwssd" in k.intrin:
+        return f"llvm.x86.avx512.vpdpwssd.{bits}"
     if k.a_dtype == "uint8":
         return f"llvm.x86.avx512.vpdpbusd.{bits}"
     if k.a_dtype == "int16":

@@ -1,0 +1,107 @@
+"""Integer matmuls of two activations on the CPU's dot-product instruction.
+
+Attention's ``Q K^T`` (int8 x int8) and ``P V`` (int16 probabilities x int8 values widened to
+int16) have no constant operand for :mod:`edgecompile.lower.pack_weights` to pack at compile
+time, so they ran on the generic int32 matmul path: one multiply-add per element, about 60 GOP/s
+on a Zen 4 core against the 300+ of the weight GEMMs. Here the right operand is packed at run
+time instead, in the same function as the GEMM: ``B[*batch, K, N]`` becomes
+``Bp[*batch, N / NR, K / 2, NR, 2]`` in int16 (zero-padded to whole panels and pairs), ``A`` is
+widened to int16 with its rows padded to whole register tiles, and the reduction is the
+:class:`~edgecompile.lower.schedules.cpu_int8_matmul.Int8Matmul` rule's tensorized kernel with
+the int16 step of :func:`~edgecompile.lower.schedules.int8_dot.int16_kernel` (``vpdpwssd`` with
+AVX-512 VNNI or AVX-VNNI, ``vpmaddwd`` otherwise). Exact: the same int32 sums as the generic path.
+
+Why int16 for ``Q K^T`` too, not ``vpdpbusd``: its unsigned left operand needs ``A + 128`` and
+``128 * colsum(B)`` subtracted after, a column sum of a run-time ``B`` per call; with a head size
+of 32 the reduction is short and the packing and epilogue weigh as much as the products. ARM has
+no int16 dot product (``sdot`` is int8): there these matmuls keep the generic path.
+"""
+
+from __future__ import annotations
+
+from tvm import relax, te, tirx
+
+from edgecompile.lower.schedules.int8_dot import (
+    A_PREP,
+    B_PACK,
+    INT8_GEMM_ATTR,
+    INT8_MR_ATTR,
+    Int8Kernel,
+    int16_kernel,
+)
+from edgecompile.lower.schedules.isa import VectorISA
+from edgecompile.lower.schedules.tiles import ONE_VECTOR_EFFICIENCY, gemm_mr
+
+
+def _tile_width(kernel: Int8Kernel, isa: VectorISA, n: int) -> int:
+    """Columns per register tile: the least padded work over whole vectors (a one-vector tile counted
+    slower), as for the fp32 GEMMs; ``vpmaddwd`` needs a scratch register per product, so with 16
+    registers at most 2 vectors."""
+    widest = (2 if not kernel.in_place else 3) if isa.registers <= 16 else 4
+    options = [v * kernel.lanes for v in range(widest, 0, -1)]
+    return min(options, key=lambda w: -(-n // w) * w / (ONE_VECTOR_EFFICIENCY if w == kernel.lanes else 1.0))
+
+
+def activation_gemm(x, y, *, kernel: Int8Kernel, mr: int, nr: int):
+    """TE: ``x[*batch, M, K] @ y[*batch, K, N]`` -> int32, ``y`` packed at run time (module doc)."""
+    *batch, m, k_dim = (int(d) for d in x.shape)
+    n = int(y.shape[-1])
+    kr = kernel.kr
+    kb, nb = -(-k_dim // kr), -(-n // nr)
+    mp = -(-m // mr) * mr
+
+    def prep(*idx):
+        *b, i, k = idx
+        inside = tirx.all(i < m, k < k_dim)
+        v = x[(*b, tirx.min(i, m - 1), tirx.min(k, k_dim - 1))].astype(kernel.a_dtype)
+        return tirx.if_then_else(inside, v, tirx.const(0, kernel.a_dtype))
+
+    def pack(*idx):
+        *b, jo, ko, ji, ki = idx
+        j, k = jo * nr + ji, ko * kr + ki
+        v = y[(*b, tirx.min(k, k_dim - 1), tirx.min(j, n - 1))].astype(kernel.b_dtype)
+        return tirx.if_then_else(tirx.all(j < n, k < k_dim), v, tirx.const(0, kernel.b_dtype))
+
+    a = te.compute((*batch, mp, kb * kr), prep, name=A_PREP)
+    bp = te.compute((*batch, nb, kb, nr, kr), pack, name=B_PACK)
+    ko = te.reduce_axis((0, kb), name="ko")
+    kk = te.reduce_axis((0, kr), name="kk")
+
+    def dot(*idx):
+        *b, i, j = idx
+        lhs = a[(*b, i, ko * kr + kk)].astype("int32")
+        return te.sum(lhs * bp[(*b, j // nr, ko, j % nr, kk)].astype("int32"), axis=[ko, kk])
+
+    attrs = {INT8_GEMM_ATTR: kernel.intrin, INT8_MR_ATTR: mr}
+    acc = te.compute((*batch, mp, nb * nr), dot, name="int8_gemm", attrs=attrs)
+    return te.compute((*batch, m, n), lambda *idx: acc[idx], name="int8_gemm_out")
+
+
+def _static(shape) -> list[int] | None:
+    dims = getattr(shape, "values", None)
+    if dims is None or not all(isinstance(d, tirx.IntImm) for d in dims):
+        return None
+    return [int(d) for d in dims]
+
+
+def pack_activation_matmul(bb: relax.BlockBuilder, x: relax.Expr, y: relax.Expr, isa: VectorISA):
+    """``matmul(x, y, out_dtype="int32")`` of two int8/int16 activations of static shapes with the
+    same batch as a call of :func:`activation_gemm`, or None where it does not apply (another
+    dtype, a symbolic or broadcast shape, a CPU without an int16 dot-product step)."""
+    kinds = (str(x.ty.dtype), str(y.ty.dtype))
+    if not all(k in ("int8", "int16") for k in kinds):
+        return None
+    xs, ys = _static(x.ty.shape), _static(y.ty.shape)
+    if xs is None or ys is None or len(xs) != len(ys) or len(xs) < 2 or xs[:-2] != ys[:-2] or xs[-1] != ys[-2]:
+        return None
+    kernel = int16_kernel(isa)
+    n = ys[-1]
+    if kernel is None or n < kernel.lanes:
+        return None
+    nr = _tile_width(kernel, isa, n)
+    mr = gemm_mr(isa, None, nr, 32)
+
+    def gemm(a, b):
+        return activation_gemm(a, b, kernel=kernel, mr=mr, nr=nr)
+
+    return bb.call_te(gemm, x, y, primfunc_name_hint="int16_gemm")
