@@ -30,7 +30,7 @@ from edgecompile.lower.schedules.int8_dot import (
     int16_kernel,
 )
 from edgecompile.lower.schedules.isa import VectorISA
-from edgecompile.lower.schedules.tiles import ONE_VECTOR_EFFICIENCY, gemm_mr
+from edgecompile.lower.schedules.tiles import ONE_VECTOR_EFFICIENCY, dot_gemm_mr
 
 
 def _tile_width(kernel: Int8Kernel, isa: VectorISA, n: int) -> int:
@@ -99,7 +99,7 @@ def pack_activation_matmul(bb: relax.BlockBuilder, x: relax.Expr, y: relax.Expr,
     if kernel is None or n < kernel.lanes:
         return None
     nr = _tile_width(kernel, isa, n)
-    mr = gemm_mr(isa, None, nr, 32)
+    mr = dot_gemm_mr(isa, xs[-2], nr)
 
     def gemm(a, b):
         return activation_gemm(a, b, kernel=kernel, mr=mr, nr=nr)

@@ -43,7 +43,7 @@ from edgecompile.lower.schedules.int8_dot import (
     int8_kernel,
 )
 from edgecompile.lower.schedules.isa import VectorISA, vector_isa
-from edgecompile.lower.schedules.tiles import gemm_mr, gemm_nr
+from edgecompile.lower.schedules.tiles import dot_gemm_mr, gemm_mr, gemm_nr
 from edgecompile.passes.rewrite import rewrite_functions
 
 
@@ -139,6 +139,12 @@ def _rows_axis(lead) -> int | None:
     return longer[0] if len(longer) == 1 and longer[0] != len(lead) - 1 else None
 
 
+def _static_rows(x) -> int | None:
+    """The row count of ``x``'s GEMM (its second last dimension) where static."""
+    m = x.ty.shape.values[-2]
+    return int(m) if isinstance(m, tirx.IntImm) else None
+
+
 @relax.expr_functor.mutator
 class _Packer(relax.PyExprMutator):
     def __init__(self, mod, isa, bf16: bool = False):
@@ -205,7 +211,7 @@ class _Packer(relax.PyExprMutator):
         wpad = np.zeros((kp, n), np.float32)
         wpad[:k] = bf16_round(wv)
         packed = wpad.reshape(kp // 2, 2, n // nr, nr).transpose(2, 0, 3, 1)
-        gemm = functools.partial(_int8_gemm, kernel=kernel, mr=gemm_mr(self.isa, None, nr, 32))
+        gemm = functools.partial(_int8_gemm, kernel=kernel, mr=dot_gemm_mr(self.isa, _static_rows(x), nr))
         return self.builder_.call_te(gemm, x, relax.const(np.ascontiguousarray(packed)), primfunc_name_hint="bf16_gemm")
 
     def _pack_int8(self, x, wv):
@@ -219,9 +225,9 @@ class _Packer(relax.PyExprMutator):
         wpad = np.zeros((kp, n), np.int8)
         wpad[:k] = wv
         packed = wpad.astype(kernel.b_dtype).reshape(kp // kr, kr, n // nr, nr).transpose(2, 0, 3, 1)
-        # The tallest tile that fits the registers, M padded up to it: 16x6 measured 142 GOP/s
-        # against 135 for the unpadded 16x4 on MiniLM's 128x384x1536 (AVX2, 1 thread).
-        mr = gemm_mr(self.isa, None, nr, 32)
+        # M padded up to whole tiles: the tallest that fits the registers unless a shorter one pads
+        # less for this M (tiles.dot_gemm_mr)
+        mr = dot_gemm_mr(self.isa, _static_rows(x), nr)
         args = [x, relax.const(np.ascontiguousarray(packed))]
         if kernel.a_offset:
             args.append(relax.const((kernel.a_offset * wv.astype(np.int32).sum(axis=0)).astype(np.int32)))

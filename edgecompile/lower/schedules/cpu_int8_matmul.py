@@ -96,11 +96,17 @@ class Int8Matmul(CPUScheduleRule):
         sch.tensorize(jl, kernel.intrin)
         vectorize_innermost(sch, epilogue, kernel.lanes)
 
-        *rows, k = sch.get_loops(prep)
-        sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
-        vectorize_innermost(sch, prep, 32 if kernel.a_dtype == "int16" else 64)
-        if pack is not None:  # a run-time packed operand (activation_gemm): panels in parallel
-            *panels, ko, ji, ki = sch.get_loops(pack)
-            sch.parallel(sch.fuse(*panels) if len(panels) > 1 else panels[0])
-            sch.unroll(ki)
+        _operand_stages(sch, kernel, prep, pack)
         return sch
+
+
+def _operand_stages(sch: s_tir.Schedule, kernel, prep, pack) -> None:
+    """A's conversion: rows in parallel, vectorized; a run-time packed B (activation_gemm): its
+    panels in parallel."""
+    *rows, _k = sch.get_loops(prep)
+    sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
+    vectorize_innermost(sch, prep, 32 if kernel.a_dtype == "int16" else 64)
+    if pack is not None:
+        *panels, _ko, _ji, ki = sch.get_loops(pack)
+        sch.parallel(sch.fuse(*panels) if len(panels) > 1 else panels[0])
+        sch.unroll(ki)
