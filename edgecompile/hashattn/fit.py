@@ -37,12 +37,15 @@ class HeadHash:
     w_k: np.ndarray  # [b, m]
     key_bias: np.ndarray | None = None  # [d]: key j's weight is exp(k_j . key_bias) (None: 1)
 
-    def key_weights(self, k: np.ndarray) -> np.ndarray:
-        """``exp(k_j . key_bias - max)`` per key ``[..., N]`` (ones without a key bias)."""
+    def key_weights(self, k: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+        """``exp(k_j . key_bias - max)`` per key ``[..., N]`` (ones without a key bias), the max over
+        the kept keys (``keep`` nonzero) and 0 for the others, as the compiled rewrite computes it."""
         if self.key_bias is None:
             return np.ones(k.shape[:-1])
         s = k.astype(np.float64) @ self.key_bias
-        return np.exp(s - s.max(-1, keepdims=True))
+        kept = np.ones(s.shape, bool) if keep is None else np.asarray(keep) != 0
+        peak = np.where(kept, s, -np.inf).max(-1, keepdims=True)
+        return np.where(kept, np.exp(np.where(kept, s - peak, 0.0)), 0.0)
 
     def codes(self, x: np.ndarray, side: str) -> np.ndarray:
         """Sign bits ``[..., b]`` (True: +1) of queries (``side="q"``) or keys."""

@@ -260,7 +260,7 @@ def _hash_outputs(h: HeadHash, q, k, v, keep, c: float) -> np.ndarray:
     """The rewritten block's output for one head in numpy (float64): rows of ``q``."""
     hq = h.codes(q, "q").astype(np.float64) * 2 - 1
     hk = h.codes(k, "k").astype(np.float64) * 2 - 1
-    w = (hq @ hk.T + c) * h.key_weights(k)[None, :]
+    w = (hq @ hk.T + c) * h.key_weights(k, keep)[None, :]
     if keep is not None:
         w = w * keep[None, :]
     return (w @ v) / w.sum(-1, keepdims=True)

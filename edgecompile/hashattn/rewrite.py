@@ -73,7 +73,7 @@ def emit_block(bb, b: AttentionBlock, bh: BlockHash, options: HashOptions, m: di
     keep = bb.emit(_keep(b, m))
     weighted = bh.heads[0].key_bias is not None
     if weighted:  # values [e_j v_j, e_j], e_j = exp(k_j . g - max): the output is their ratio
-        v = _key_weighted(bb, k, v, bh)
+        v = _key_weighted(bb, k, v, bh, keep)
     width = dv + 1 if weighted else dv
     out = _linear_attention(bb, codes_q, codes_k, keep, v, bh.c, (g, n, bits, width))
     if weighted:
@@ -96,11 +96,16 @@ def _keep(b: AttentionBlock, m: dict) -> relax.Expr:
     return op.reshape(op.broadcast_to(flag, [*lead, 1, n]), [g, n])
 
 
-def _key_weighted(bb, k: relax.Expr, v: relax.Expr, bh: BlockHash) -> relax.Expr:
-    """``[e_j v_j, e_j]`` ``[G, N, dv + 1]`` with the key bias's weights ``e_j = exp(k_j . g - max)``."""
+def _key_weighted(bb, k: relax.Expr, v: relax.Expr, bh: BlockHash, keep: relax.Expr) -> relax.Expr:
+    """``[e_j v_j, e_j]`` ``[G, N, dv + 1]`` with the key bias's weights ``e_j = exp(k_j . g - max)``,
+    the max over the kept keys only: a masked (or ranged-padding) key with a far larger logit would
+    otherwise scale every kept key's weight towards 0 (to 0 / 0 past exp's range) and make a padded
+    input's answer differ from the unpadded one's."""
     g_vec = np.stack([h.key_bias for h in bh.heads]).astype(np.float32)[:, :, None]  # [G, d, 1]
     logit = bb.emit(op.matmul(k, relax.const(g_vec)))  # [G, N, 1]
-    e = bb.emit(op.exp(op.subtract(logit, op.max(logit, axis=[1], keepdims=True))))
+    kept = op.greater(op.expand_dims(keep, -1), relax.const(0, "int32"))
+    peak = op.max(op.where(kept, logit, relax.const(np.float32(-3.0e38))), axis=[1], keepdims=True)
+    e = bb.emit(op.where(kept, op.exp(op.subtract(logit, peak)), relax.const(np.float32(0))))  # no inf left
     return op.concat([op.multiply(v, e), e], axis=-1)
 
 

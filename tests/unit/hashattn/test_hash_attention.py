@@ -303,3 +303,21 @@ def test_option_errors():
                              ({"global_queries": "-1"}, "global_queries")):  # fmt: skip
         with pytest.raises(RecipeError, match=message):
             HashOptions.from_options(options)
+
+
+def test_key_weights_ignore_the_keys_left_out():
+    """The key bias's weights ``exp(k_j . g - max)`` take the max over the kept keys: a masked (or
+    ranged-padding) key whose logit is 1000 above the rest once sent every kept weight to 0, and
+    the weighted output to 0 / 0. The rewrite emits the same max (``hashattn.rewrite``)."""
+    from edgecompile.hashattn.fit import HeadHash
+
+    rng = np.random.default_rng(0)
+    d = 4
+    h = HeadHash(np.eye(d), 1.0, np.zeros(d), np.zeros(d), np.eye(d), np.eye(d), key_bias=np.ones(d) / d)
+    k = rng.normal(size=(6, d))
+    keep = np.array([1, 1, 1, 1, 0, 0])
+    k[4] = 4000.0  # a left-out key with a huge logit
+    w = h.key_weights(k, keep)
+    s = k[:4] @ h.key_bias
+    np.testing.assert_allclose(w[:4], np.exp(s - s.max()))
+    assert w[4] == w[5] == 0 and w[:4].max() == 1.0
