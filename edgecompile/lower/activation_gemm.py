@@ -14,7 +14,7 @@ AVX-512 VNNI or AVX-VNNI, ``vpmaddwd`` otherwise). Exact: the same int32 sums as
 Decision: int16 steps for ``Q K^T`` too. ``vpdpbusd`` would halve its dot-product steps, but its
 unsigned left operand needs ``A + 128`` and ``128 * colsum(B)`` subtracted after: a column sum of
 the run-time ``B`` on every call, a reduction stage the GEMM rule does not schedule yet. Not built
-or measured: at 128 tokens ``Q K^T`` runs at ~130 GOP/s (57% of the int16 step's peak on Zen 4),
+or measured: at 128 tokens ``Q K^T`` runs at ~130 GOP/s on a Zen 4 core,
 about 5% of the int8 run. ARM has no int16 dot product (``sdot`` is int8): there these matmuls
 keep the generic path.
 """
