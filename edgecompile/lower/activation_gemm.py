@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from tvm import relax, te, tirx
 
+from edgecompile.ir.ops import static_shape
+from edgecompile.lower.dot_operands import converted_a
 from edgecompile.lower.schedules.int8_dot import (
-    A_PREP,
     B_PACK,
     INT8_GEMM_ATTR,
     INT8_MR_ATTR,
@@ -35,7 +36,7 @@ from edgecompile.lower.schedules.int8_dot import (
     int16_kernel,
 )
 from edgecompile.lower.schedules.isa import VectorISA
-from edgecompile.lower.schedules.tiles import ONE_VECTOR_EFFICIENCY, dot_gemm_mr
+from edgecompile.lower.schedules.tiles import dot_gemm_mr, least_padded
 
 
 def _tile_width(kernel: Int8Kernel, isa: VectorISA, n: int) -> int:
@@ -43,8 +44,7 @@ def _tile_width(kernel: Int8Kernel, isa: VectorISA, n: int) -> int:
     slower), as for the fp32 GEMMs; ``vpmaddwd`` needs a scratch register per product, so with 16
     registers at most 2 vectors."""
     widest = (2 if not kernel.in_place else 3) if isa.registers <= 16 else 4
-    options = [v * kernel.lanes for v in range(widest, 0, -1)]
-    return min(options, key=lambda w: -(-n // w) * w / (ONE_VECTOR_EFFICIENCY if w == kernel.lanes else 1.0))
+    return least_padded([v * kernel.lanes for v in range(widest, 0, -1)], n, kernel.lanes)
 
 
 def activation_gemm(x, y, *comp, kernel: Int8Kernel, mr: int, nr: int):
@@ -54,15 +54,7 @@ def activation_gemm(x, y, *comp, kernel: Int8Kernel, mr: int, nr: int):
     n = int(y.shape[-1])
     kr = kernel.kr
     kb, nb = -(-k_dim // kr), -(-n // nr)
-    mp = -(-m // mr) * mr
-
-    def prep(*idx):
-        *b, i, k = idx
-        inside = tirx.all(i < m, k < k_dim)
-        v = x[(*b, tirx.min(i, m - 1), tirx.min(k, k_dim - 1))]
-        if kernel.a_offset:  # vpdpbusd: unsigned A, A + 128 (compensated below)
-            v = v.astype("int16") + kernel.a_offset
-        return tirx.if_then_else(inside, v.astype(kernel.a_dtype), tirx.const(0, kernel.a_dtype))
+    a = converted_a(x, kernel, mr, kb * kr)  # vpdpbusd: A + 128, compensated by comp below
 
     def pack(*idx):
         *b, jo, ko, ji, ki = idx
@@ -70,7 +62,6 @@ def activation_gemm(x, y, *comp, kernel: Int8Kernel, mr: int, nr: int):
         v = y[(*b, tirx.min(k, k_dim - 1), tirx.min(j, n - 1))].astype(kernel.b_dtype)
         return tirx.if_then_else(tirx.all(j < n, k < k_dim), v, tirx.const(0, kernel.b_dtype))
 
-    a = te.compute((*batch, mp, kb * kr), prep, name=A_PREP)
     bp = te.compute((*batch, nb, kb, nr, kr), pack, name=B_PACK)
     ko = te.reduce_axis((0, kb), name="ko")
     kk = te.reduce_axis((0, kr), name="kk")
@@ -81,7 +72,7 @@ def activation_gemm(x, y, *comp, kernel: Int8Kernel, mr: int, nr: int):
         return te.sum(lhs * bp[(*b, j // nr, ko, j % nr, kk)].astype("int32"), axis=[ko, kk])
 
     attrs = {INT8_GEMM_ATTR: kernel.intrin, INT8_MR_ATTR: mr}
-    acc = te.compute((*batch, mp, nb * nr), dot, name="int8_gemm", attrs=attrs)
+    acc = te.compute((*batch, a.shape[-2], nb * nr), dot, name="int8_gemm", attrs=attrs)
     if not comp:
         return te.compute((*batch, m, n), lambda *idx: acc[idx], name="int8_gemm_out")
     (cs,) = comp
@@ -97,13 +88,6 @@ def _offset_colsum(y, offset: int):
     return te.compute((*batch, 1, n), lambda *i: total[i] * offset, name="colsum_offset")
 
 
-def _static(shape) -> list[int] | None:
-    dims = getattr(shape, "values", None)
-    if dims is None or not all(isinstance(d, tirx.IntImm) for d in dims):
-        return None
-    return [int(d) for d in dims]
-
-
 def pack_activation_matmul(bb: relax.BlockBuilder, x: relax.Expr, y: relax.Expr, isa: VectorISA):
     """``matmul(x, y, out_dtype="int32")`` of two int8/int16 activations of static shapes with the
     same batch as a call of :func:`activation_gemm`, or None where it does not apply (another
@@ -111,7 +95,7 @@ def pack_activation_matmul(bb: relax.BlockBuilder, x: relax.Expr, y: relax.Expr,
     kinds = (str(x.ty.dtype), str(y.ty.dtype))
     if not all(k in ("int8", "int16") for k in kinds):
         return None
-    xs, ys = _static(x.ty.shape), _static(y.ty.shape)
+    xs, ys = static_shape(x), static_shape(y)
     if xs is None or ys is None or len(xs) != len(ys) or len(xs) < 2 or xs[:-2] != ys[:-2] or xs[-1] != ys[-2]:
         return None
     # int8 x int8 on VNNI: vpdpbusd, 4 products a step (with the run-time column sum); else int16 steps

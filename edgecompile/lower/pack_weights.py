@@ -34,8 +34,8 @@ from tvm import relax, te, tirx
 
 from edgecompile.ir.attrs import MATMUL_PRECISION_ATTR
 from edgecompile.lower.activation_gemm import pack_activation_matmul
+from edgecompile.lower.dot_operands import converted_a
 from edgecompile.lower.schedules.int8_dot import (
-    A_PREP,
     INT8_GEMM_ATTR,
     INT8_MR_ATTR,
     Int8Kernel,
@@ -89,19 +89,10 @@ def _packed_matmul(x, wp, out_dtype, row_tile: int = 1, rows_axis: int | None = 
 
 
 def _int8_gemm(x, wp, *comp, kernel: Int8Kernel, mr: int):
-    *batch, m, k_dim = x.shape
+    *batch, m, _ = x.shape
     nb, kb, nr, kr = wp.shape
-    mp = tirx.indexdiv(m + mr - 1, mr) * mr
-
-    def prep(*idx):
-        *b, i, k = idx
-        v = x[(*b, tirx.min(i, m - 1), tirx.min(k, k_dim - 1))]
-        if kernel.a_offset:
-            v = v.astype("int16") + kernel.a_offset
-        inside = tirx.all(i < m, k < k_dim)
-        return tirx.if_then_else(inside, v.astype(kernel.a_dtype), tirx.const(0, kernel.a_dtype))
-
-    a = te.compute((*batch, mp, kb * kr), prep, name=A_PREP)
+    a = converted_a(x, kernel, mr, kb * kr)
+    mp = a.shape[-2]
     ko = te.reduce_axis((0, kb), name="ko")
     kk = te.reduce_axis((0, kr), name="kk")
 

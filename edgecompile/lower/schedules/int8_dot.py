@@ -54,15 +54,15 @@ def int8_kernel(isa: VectorISA) -> Int8Kernel | None:
 
 
 def int16_kernel(isa: VectorISA) -> Int8Kernel | None:
-    """The int16 x int16 -> int32 step of the activation GEMMs (attention's ``Q K^T`` and ``P V``:
-    :func:`edgecompile.lower.pack_weights.activation_gemm`), or None (ARM: no such instruction):
+    """The int16 x int16 -> int32 step of the activation GEMMs (:mod:`edgecompile.lower.activation_gemm`:
+    attention's ``P V``, and ``Q K^T`` where ``vpdpbusd`` is missing), or None (ARM: no such instruction):
 
     - ``vnni``    ``vpdpwssd``: pairs of s16 products added into int32 lanes, in place.
     - ``pmaddwd`` ``vpmaddwd`` on both operands int16, its products added after.
 
     Exact: neither saturates, and int8 operands widened to int16 (or int16 probabilities in
     ``[0, 2^15)`` against int8 values) keep every pair sum far inside int32. Half the ``vpdpbusd``
-    rate, but no ``+128`` shift and hence no run-time column sums of the right operand."""
+    rate, but no ``+128`` shift and hence no column sums of the right operand."""
     lanes = isa.lanes(32)
     if isa.int8_dot == "vnni" and isa.bits in (256, 512):
         k = Int8Kernel(f"edgecompile_vpdpwssd_{lanes}x2", "int16", "int16", 2, lanes, True, 0)

@@ -25,7 +25,13 @@ def gemm_nr(isa: VectorISA, n: int | None, dtype_bits: int) -> int:
         if n % opt == 0:
             return opt
     # the matmul rule pads N up to a multiple: the least padded work, a 1-vector tile counted slower
-    return min(options, key=lambda opt: -(-n // opt) * opt / (ONE_VECTOR_EFFICIENCY if opt == vw else 1.0))
+    return least_padded(options, n, vw)
+
+
+def least_padded(widths, n: int, lanes: int) -> int:
+    """The tile width of ``widths`` with the least work for ``n`` columns padded up to whole tiles,
+    a one-vector (``lanes``) tile counted at :data:`ONE_VECTOR_EFFICIENCY`; ties: the first."""
+    return min(widths, key=lambda w: -(-n // w) * w / (ONE_VECTOR_EFFICIENCY if w == lanes else 1.0))
 
 
 def gemm_mr(isa: VectorISA, m: int | None, nr: int, dtype_bits: int, allow_tail: bool = False) -> int:
