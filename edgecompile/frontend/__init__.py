@@ -69,9 +69,13 @@ def import_model(
 
 def _from_onnx(proto, shapes, dtypes, source) -> ImportedModel:
     from edgecompile.frontend import onnx_import
-    from edgecompile.frontend.onnx_checks import check_opset
+    from edgecompile.frontend.onnx_checks import check_opset, upgraded_opset
 
+    shipped = onnx_import.model_opset(proto)
+    proto = upgraded_opset(proto)
     check_opset(onnx_import.model_opset(proto))
+    if shipped != onnx_import.model_opset(proto):
+        source["opset_shipped"] = shipped
     specs = onnx_import.resolve_input_specs(proto, shapes, dtypes)
     mod = onnx_import.onnx_to_relax(proto, specs)
     source["opset"] = onnx_import.model_opset(proto)

@@ -4,6 +4,10 @@ the node, op or input instead of the importer's traceback text.
 - :func:`check_opset`: the default-domain opset must be one this frontend supports: 13 (the
   README's floor) up to the newest the installed ``onnx`` package defines (shape inference and
   constant folding use its schemas; TVM's converters pick the newest version at or below it).
+  :func:`upgraded_opset` first converts an older model to opset 13 with onnx's version converter
+  (decision: real exports still ship at opsets 11-12, e.g. Paddle2ONNX's PP-OCR models, and the
+  converter's rewrites from 11 and 12 to 13 are mechanical: ``Squeeze``/``Unsqueeze``/``ReduceSum``
+  axes become inputs, ``Split`` sizes too); where it cannot, the model is refused with the fix.
 - :func:`topological_nodes`: every node input is produced by a graph input, an initializer or an
   earlier node; a cycle (a node reading its own output, two nodes reading each other's) or an
   input nothing produces is a :class:`~edgecompile.errors.ModelLoadError`. A graph that is merely
@@ -60,9 +64,24 @@ def check_opset(opset: int) -> None:
         )
     if opset < MIN_OPSET:
         raise ModelLoadError(
-            f"the model uses ONNX opset {opset}; edgecompile supports opset {MIN_OPSET} and up: re-export "
-            f"it, or convert it with onnx.version_converter.convert_version(model, 17)"
+            f"the model uses ONNX opset {opset}, and onnx's version converter could not bring it to "
+            f"opset {MIN_OPSET}, the oldest edgecompile supports: re-export it with opset {MIN_OPSET} or newer"
         )
+
+
+def upgraded_opset(model):
+    """``model`` converted to opset :data:`MIN_OPSET` by ``onnx.version_converter`` where its
+    default-domain opset is older; as it is otherwise, or where the converter fails (then
+    :func:`check_opset` refuses it)."""
+    from onnx import version_converter
+
+    opsets = [o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS]
+    if not opsets or opsets[0] >= MIN_OPSET:
+        return model
+    try:
+        return version_converter.convert_version(model, MIN_OPSET)
+    except (RuntimeError, ValueError, version_converter.ConvertError):
+        return model
 
 
 def _node_label(node, i: int) -> str:

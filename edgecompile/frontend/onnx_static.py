@@ -5,8 +5,9 @@ shape arithmetic — ``Shape → Gather → Unsqueeze → Concat → Reshape`` �
 cannot always follow (it fails on a ``Gather`` over a ``Shape``). Since edgecompile compiles for
 static shapes, we pin the input dimensions, infer shapes, and fold every small computation whose
 inputs are all known (``Shape`` of a statically shaped tensor, then ops over constants) into an
-initializer. Only outputs up to :data:`MAX_FOLD_ELEMENTS` elements are folded, so weights are
-never duplicated; the fold uses onnx's reference evaluator, so its semantics are the standard's.
+initializer, and again on the result until nothing more folds. Only outputs up to
+:data:`MAX_FOLD_ELEMENTS` elements are folded, so weights are never duplicated; the fold uses
+onnx's reference evaluator, so its semantics are the standard's.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from edgecompile.frontend.spec import TensorSpec
 log = logging.getLogger(__name__)
 
 MAX_FOLD_ELEMENTS = 4096
+# Inference and folding repeat until nothing more folds (a shape folded into a Reshape lets
+# inference see through it to the next Shape: Paddle2ONNX's PP-OCR needs two rounds), at most this often.
+MAX_ROUNDS = 8
 # Ops we never fold: random, or with subgraphs.
 _NO_FOLD = {
     "RandomNormal",
@@ -43,17 +47,18 @@ def specialize(model, specs: list[TensorSpec]):
     m = onnx.ModelProto()
     m.CopyFrom(model)
     _pin_inputs(m, specs)
-    try:
-        m = shape_inference.infer_shapes(m, data_prop=True)
-    except Exception as e:  # inference is best effort; the importer infers too
-        log.info("onnx shape inference failed (%s); folding only constants", e)
-    keep, new_inits = _fold(m, static_shapes(m))
-    if not new_inits:
-        return m
-    del m.graph.node[:]
-    m.graph.node.extend(keep)
-    m.graph.initializer.extend(new_inits)
-    _drop_unused_initializers(m)
+    for _ in range(MAX_ROUNDS):
+        try:
+            m = shape_inference.infer_shapes(m, data_prop=True)
+        except Exception as e:  # inference is best effort; the importer infers too
+            log.info("onnx shape inference failed (%s); folding only constants", e)
+        keep, new_inits = _fold(m, static_shapes(m))
+        if not new_inits:
+            return m
+        del m.graph.node[:]
+        m.graph.node.extend(keep)
+        m.graph.initializer.extend(new_inits)
+        _drop_unused_initializers(m)
     return m
 
 

@@ -92,15 +92,14 @@ def test_nonzero_of_constants_is_folded_not_refused():
     import_model(_model(nodes, inits=inits))
 
 
-@pytest.mark.parametrize("opset", [99, max_opset() + 1, MIN_OPSET - 1, 9])
-def test_opset_outside_the_supported_range(opset):
+@pytest.mark.parametrize("opset", [99, max_opset() + 1])
+def test_opset_newer_than_the_frontend_knows(opset):
     err = _error(_model([helper.make_node("Relu", ["x"], ["y"])], opset=opset))
     assert isinstance(err, ModelLoadError)
-    assert f"opset {opset}" in str(err)
-    assert ("newer than any" in str(err)) == (opset > max_opset())
+    assert f"opset {opset}, newer than any" in str(err)
 
 
-@pytest.mark.parametrize("opset", [MIN_OPSET, max_opset()])
+@pytest.mark.parametrize("opset", [9, MIN_OPSET - 1, MIN_OPSET, max_opset()])
 def test_opset_at_the_bounds_imports(opset):
     import_model(_model([helper.make_node("Relu", ["x"], ["y"])], opset=opset))
 
