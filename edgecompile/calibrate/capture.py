@@ -82,6 +82,7 @@ class ChannelStats:
     sumsq: np.ndarray  # sum of x^2
     count: int  # rows summed
     sum: np.ndarray | None = None  # sum of x
+    gram: np.ndarray | None = None  # sum of x x^T over the rows, where asked for (observe's ``grams``)
 
     @property
     def mean_square(self) -> np.ndarray:
@@ -90,6 +91,11 @@ class ChannelStats:
     @property
     def mean(self) -> np.ndarray:
         return self.sum / max(self.count, 1)
+
+    @property
+    def second_moment(self) -> np.ndarray | None:
+        """``E[x x^T]`` over the rows seen, where the Gram matrix was summed."""
+        return None if self.gram is None else self.gram / max(self.count, 1)
 
 
 @dataclass(frozen=True)
@@ -120,12 +126,14 @@ def observe(
     channels: dict[relax.Var, np.ndarray | None] | None = None,
     divide: dict[relax.Var, np.ndarray] | None = None,
     rows: dict[tuple[relax.Var, int], RowStats | None] | None = None,
+    grams: frozenset = frozenset(),
 ) -> dict[relax.Var, Observer]:
     """One observer per wanted tensor, fed by every sample; ``run`` is the float function built
     by ``Runner(with_outputs(func, wanted), ...)``. ``channels`` (var -> None) is filled in place
     with each var's per-channel (last axis) :class:`ChannelStats`; with ``divide`` (var -> per-channel
     divisor) only those vars are observed, as ``x / divisor``. ``rows`` ((var, axis) -> None) is
-    filled likewise with the :class:`RowStats` of each observed var along that axis."""
+    filled likewise with the :class:`RowStats` of each observed var along that axis. The vars of
+    ``channels`` also in ``grams`` sum their Gram matrix ``x^T x`` over the rows too."""
     observed = list(divide) if divide is not None else wanted
     observers = {v: make_observer() for v in observed}
     axes: dict = {}
@@ -137,9 +145,13 @@ def observe(
                 flat = np.asarray(value, np.float64).reshape(-1, value.shape[-1])
                 zeros = np.zeros(flat.shape[1])
                 stats = channels[v] or ChannelStats(zeros, zeros, 0, zeros)
+                gram = None
+                if v in grams:  # in float32 (twice the speed of float64), summed over samples in float64
+                    rows32 = np.asarray(value, np.float32).reshape(flat.shape)
+                    gram = (rows32.T @ rows32).astype(np.float64) + (stats.gram if stats.gram is not None else 0.0)
                 channels[v] = ChannelStats(
                     np.maximum(stats.max, np.abs(flat).max(axis=0)), stats.sumsq + (flat**2).sum(axis=0),
-                    stats.count + flat.shape[0], stats.sum + flat.sum(axis=0),
+                    stats.count + flat.shape[0], stats.sum + flat.sum(axis=0), gram,
                 )  # fmt: skip
             if v in observers:
                 seen = value / divide[v] if divide is not None else value

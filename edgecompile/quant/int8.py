@@ -10,13 +10,7 @@ from edgecompile import intref
 from edgecompile.ir.layers import Layer
 from edgecompile.ir.ops import const_array
 from edgecompile.quant.rewriter import Acc, Float, Int8, Rewriter, rescale
-
-
-def _weight_quant(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    s = np.abs(w).max(axis=0) / 127.0
-    s = np.where(s > 0, s, 1.0).astype(np.float64)
-    q = np.clip(np.rint(w / s), -127, 127).astype(np.int8)
-    return q, s
+from edgecompile.quant.rounding import InputMoments, round_nearest
 
 
 def _bias(layer: Layer) -> np.ndarray | None:
@@ -27,16 +21,19 @@ def _bias(layer: Layer) -> np.ndarray | None:
     return bias.reshape(-1)
 
 
-def _weights(w: np.ndarray, sigma) -> tuple[np.ndarray, np.ndarray]:
-    """A layer's int8 weights ``w`` and their scales per output channel, times the smoothing ``sigma``."""
-    return _weight_quant(w if sigma is None else (w * sigma[:, None]).astype(np.float32))
+def _weights(w: np.ndarray, sigma, moments: InputMoments | None) -> tuple[np.ndarray, np.ndarray]:
+    """A layer's int8 weights ``w`` and their scales per output channel, times the smoothing
+    ``sigma``: rounded by GPTQ where ``moments`` hold the input's second moment over enough rows
+    (that of ``x / sigma`` where smoothed), else to nearest (:mod:`edgecompile.quant.rounding`)."""
+    w = w if sigma is None else (w * sigma[:, None]).astype(np.float32)
+    return round_nearest(w) if moments is None else moments.rounded(w, sigma)
 
 
 def _gemm(rw: Rewriter, layer: Layer, xq: relax.Expr, sigma) -> tuple[relax.Expr, np.ndarray, np.ndarray | None]:
     """The int32 accumulator of int8 ``xq`` times ``layer``'s int8 weights, the weight scales, and
     the bias to add (:func:`_corrected_bias`)."""
     w = const_array(layer.binding.value.args[1])
-    wq, sw = _weights(w, sigma)
+    wq, sw = _weights(w, sigma, rw.moments.get(layer.inputs[0]))
     acc = rw.bb.emit(relax.op.matmul(xq, relax.const(wq, "int8"), out_dtype="int32"), name_hint=f"{layer.name}_acc")
     return acc, sw, _corrected_bias(rw, layer, w, wq, sw, sigma)
 
@@ -48,13 +45,13 @@ def _corrected_bias(rw: Rewriter, layer: Layer, w, wq: np.ndarray, sw: np.ndarra
     correction): the output's mean over calibration then matches the float layer's for the
     weights' part of the error. A layer without a bias gets one."""
     bias = _bias(layer)
-    mean = rw.means.get(layer.inputs[0])
-    if mean is None:
+    moments = rw.moments.get(layer.inputs[0])
+    if moments is None or moments.mean is None:
         return bias
     effective = wq.astype(np.float64) * sw[None, :]
     if sigma is not None:
         effective = effective / sigma[:, None]
-    shift = np.asarray(mean, np.float64) @ (effective - w.astype(np.float64))
+    shift = np.asarray(moments.mean, np.float64) @ (effective - w.astype(np.float64))
     return -shift if bias is None else bias - shift
 
 

@@ -46,6 +46,7 @@ from edgecompile.quant.budget import held_out, meet_budget
 from edgecompile.quant.layer_switch import switched_module
 from edgecompile.quant.options import QuantOptions
 from edgecompile.quant.rewrite import quantize_function
+from edgecompile.quant.rounding import InputMoments
 from edgecompile.quant.smooth import smoothing_factors
 
 ERROR_SAMPLES = 16
@@ -66,7 +67,8 @@ class Calibration:
     record: dict = field(default_factory=dict)  # of the recipe's rewrite: forms, requantized
     integer_only: bool = False
     dynamic: frozenset = frozenset()  # layers with run-time activation scales (edgecompile.quant.act_choice)
-    means: dict = field(default_factory=dict)  # linear input -> per-channel mean (int8:bias_correction=on)
+    # linear input -> its InputMoments (edgecompile.quant.rounding: bias correction, GPTQ)
+    moments: dict = field(default_factory=dict)
 
     def retarget(self, mod: tvm.IRModule) -> Calibration:
         """This calibration for ``mod``: the same model imported at other static input shapes (a
@@ -84,7 +86,7 @@ class Calibration:
         moved = lambda d: {vmap[v]: x for v, x in d.items()}  # noqa: E731
         return Calibration(
             func, mod, layers, moved(self.thresholds), self.nonlinear, moved(self.smooth), moved(self.maxima),
-            self.keep_float, integer_only=self.integer_only, dynamic=self.dynamic, means=moved(self.means),
+            self.keep_float, integer_only=self.integer_only, dynamic=self.dynamic, moments=moved(self.moments),
         )  # fmt: skip
 
     def rewrite(self, keep_float=None) -> tvm.IRModule:
@@ -93,7 +95,7 @@ class Calibration:
         record: dict = {}
         mod = quantize_function(
             self.func, self.layers, self.thresholds, keep, nonlinear=self.nonlinear, smooth=self.smooth,
-            maxima=self.maxima, record=record, dynamic=self.dynamic, means=self.means,
+            maxima=self.maxima, record=record, dynamic=self.dynamic, moments=self.moments,
         )  # fmt: skip
         if keep_float is None:
             self.record = record
@@ -106,7 +108,7 @@ class Calibration:
             self.rewrite()
         mod, alone = switched_module(
             self.func, self.layers, self.thresholds, self.record, self.nonlinear, self.smooth, self.maxima,
-            self.dynamic, self.means,
+            self.dynamic, self.moments,
         )  # fmt: skip
         return carry_functions(mod, self.src), [{"name": layer.name, "kind": layer.kind} for layer in alone]
 
@@ -129,6 +131,7 @@ class QuantResult:
             "smooth": "auto" if options.smooth is None else options.smooth,
             "act": options.act,
             "bias_correction": options.bias_correction,
+            "rounding": options.rounding,
             # the layers rewritten with run-time scales (a chosen one whose input has no single
             # scale, e.g. read per channel, keeps the static path)
             "dynamic": sorted(r["name"] for r in self.layers if r.get("act") == "dynamic"),
@@ -195,7 +198,7 @@ def quantize_model(
         errors = measure(keep)
     calibration = Calibration(
         func, mod, layers, stats.thresholds, nonlinear, stats.smooth, stats.maxima, tuple(keep),
-        integer_only=options.integer_only, dynamic=frozenset(dynamic), means=stats.means,
+        integer_only=options.integer_only, dynamic=frozenset(dynamic), moments=stats.moments,
     )  # fmt: skip
     budget = None
     if options.max_drop is not None:
@@ -218,20 +221,22 @@ class _Stats:
     smooth: dict
     maxima: dict
     gains: dict
-    means: dict  # linear input -> per-channel mean, with bias_correction=on
+    moments: dict  # linear input -> InputMoments, with bias_correction=on or rounding=gptq
 
 
 def _calibrate(func, layers, frun: Runner, wanted, samples, options: QuantOptions, say) -> _Stats:
     """Observe ``wanted`` on ``samples`` (twice where SmoothQuant moves ranges into the weights)."""
     make_observer = lambda: Observer(options.observer, options.percentile)  # noqa: E731
     readers = linear_inputs(layers) if options.smooth != 0 else {}
-    channels = dict.fromkeys(linear_inputs(layers) if options.bias_correction else readers)
+    weighed = options.bias_correction or options.rounding == "gptq"
+    channels = dict.fromkeys(linear_inputs(layers) if weighed else readers)
     nonneg = nonnegative_vars(func)
     kinds = dynamic_kinds(options.integer_only) if options.act != "static" else ()
     operands = {la.name: ops for la in layers if la.kind in kinds and (ops := dynamic_operands(la, nonneg))}
     rows = dict.fromkeys(key for keys in operands.values() for key in keys)
+    grams = frozenset(linear_inputs(layers)) if options.rounding == "gptq" else frozenset()
     observers = observe(frun, wanted, samples, make_observer, lambda i, n: say("calibrating", i, n), channels,
-                        rows=rows)  # fmt: skip
+                        rows=rows, grams=grams)  # fmt: skip
     sigmas = {v: s for v in readers if (s := smoothing_factors(channels[v], readers[v], options.smooth)) is not None}
     smooth, smoothed_rows = {}, {key: None for key in rows if key[0] in sigmas}
     if sigmas:  # a second pass observes x / sigma
@@ -253,8 +258,14 @@ def _calibrate(func, layers, frun: Runner, wanted, samples, options: QuantOption
             for v, a in keys
         ]
         gains[name] = max(per, default=0.0)
-    means = {v: channels[v].mean for v in linear_inputs(layers)} if options.bias_correction else {}
-    return _Stats(thresholds, smooth, {v: o.max for v, o in observers.items()}, gains, means)
+    moments = {
+        v: InputMoments(
+            channels[v].mean if options.bias_correction else None, channels[v].second_moment, channels[v].count
+        )
+        for v in linear_inputs(layers)
+        if weighed
+    }
+    return _Stats(thresholds, smooth, {v: o.max for v, o in observers.items()}, gains, moments)
 
 
 def _check_patterns(option: str, patterns: tuple[str, ...], layers) -> None:
@@ -302,7 +313,7 @@ def _layer_errors(
     outputs = [layer.output for layer in layers]
     qmod = quantize_function(
         func, layers, stats.thresholds, keep, extra_outputs=outputs, nonlinear=nonlinear, smooth=stats.smooth,
-        maxima=stats.maxima, dynamic=dynamic, means=stats.means,
+        maxima=stats.maxima, dynamic=dynamic, moments=stats.moments,
     )  # fmt: skip
     qrun = frun.like(qmod, outputs)
     pos = {v: i for i, v in enumerate(wanted)}

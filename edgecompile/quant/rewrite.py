@@ -52,7 +52,7 @@ def quantize_function(
     maxima: dict | None = None,
     record: dict | None = None,
     dynamic=(),
-    means: dict | None = None,
+    moments: dict | None = None,
 ) -> tvm.IRModule:
     """The int8 rewrite of ``func`` (see the module docstring): a module of ``main`` and the TIR
     kernels it calls. ``thresholds`` maps each var of
@@ -65,13 +65,14 @@ def quantize_function(
     ``record``, if given, receives ``forms`` (:attr:`Rewriter.forms`: which layers were rewritten,
     reading which integer inputs) and ``requantized`` (the layers whose int32 output was
     requantized to int8 for a reader). ``dynamic`` names the linear layers and matmuls whose
-    activations are quantized with run-time scales per row (``int8:act=``). ``means`` (linear input
-    -> per-channel mean) turns on bias correction for the layers reading those inputs."""
+    activations are quantized with run-time scales per row (``int8:act=``). ``moments`` (linear input
+    -> :class:`edgecompile.quant.rounding.InputMoments`) turns on bias correction (a mean) and GPTQ
+    rounding (a second moment) for the layers reading those inputs."""
     for layer in layers:
         layer.info = {}
     bb = relax.BlockBuilder()
     params = [relax.Var(p.name, p.ty) for p in func.params]
-    rw = Rewriter(bb, thresholds, layers, keep_float, handlers(nonlinear), nonlinear, smooth, maxima, dynamic, means)
+    rw = Rewriter(bb, thresholds, layers, keep_float, handlers(nonlinear), nonlinear, smooth, maxima, dynamic, moments)
     with bb.function("main", params, attrs=dict(func.attrs) if func.attrs else None):
         with bb.dataflow():
             out = rw.walk(func, params)

@@ -103,7 +103,7 @@ class Rewriter:
         smooth: dict | None = None,
         maxima: dict | None = None,
         dynamic=(),
-        means: dict | None = None,
+        moments: dict | None = None,
     ):
         self.bb = bb
         self.scale = {v: t / 127.0 for v, t in thresholds.items()}
@@ -112,7 +112,8 @@ class Rewriter:
         self.integer_only = bool(nonlinear)
         self.smooth: dict = smooth or {}  # linear input var -> (sigma, threshold of x / sigma)
         self.maxima: dict = maxima or {}  # var -> largest |x| seen in calibration
-        self.means: dict = means or {}  # linear input var -> its per-channel mean (int8:bias_correction=on)
+        # linear input var -> its InputMoments (edgecompile.quant.rounding): bias correction, GPTQ
+        self.moments: dict = moments or {}
         self.nonneg: set = set()  # values in [0, 1]: edgecompile.ir.layers.nonnegative_vars
         self.activations: set = set()  # layer outputs and what is computed from them (Rewriter.walk)
         self.nans: dict = {}  # isnan(x) of an integer x -> x

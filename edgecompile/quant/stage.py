@@ -24,6 +24,9 @@ INT8_OPTIONS = {
     "outputs far from zero, e.g. a sigmoid map, where cosine stays near 1 whatever the error)",
     "bias_correction": "on: each linear layer's bias absorbs the mean output shift its rounded int8 weights cause, "
     "from the input's per-channel means in calibration (default on in int8, off in int8-integer-only)",
+    "rounding": "how weights are rounded to int8: gptq (default: each layer's output error on the calibration "
+    "inputs minimised, Frantar et al.; where calibration saw fewer rows than the layer has inputs, nearest) or "
+    "nearest",
     "smooth": "SmoothQuant strength alpha for linear inputs, per-channel ranges moved into the weights: "
     "auto (default: chosen per tensor from calibration statistics), a number in [0, 1], or 0 (off)",
 }
