@@ -33,4 +33,5 @@ bash scripts/aarch64_sysroot.sh .cache/aarch64-sysroot
 export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1
 # two workers (CI has two cores; one compile rarely keeps both busy): 28 -> 20 minutes on such a
 # machine. --dist loadscope keeps each module on one worker, so its module fixtures build once.
-exec .venv/bin/pytest -n 2 --dist loadscope "$@"
+# --durations: the slowest tests in the log, to keep the suite well under 30 minutes
+exec .venv/bin/pytest -n 2 --dist loadscope --durations=15 "$@"

@@ -21,9 +21,14 @@ layer alone quantized, on as many held-out samples as one pass over the layers r
 1. the ``k`` most sensitive static layers that can take run-time scales go dynamic, for the
    smallest ``k`` that meets the budget (doubling, then bisection: drops shrink as layers move up
    the ladder, though not strictly);
-2. if all of them dynamic still misses, they stay dynamic (where that lowered the drop at all)
-   and the ``k`` most sensitive layers of any kind (the integer-only nonlinears too) are kept in
-   float, smallest ``k`` again.
+2. if all of them dynamic still misses, they stay dynamic (where that lowered the drop at all);
+   in the integer-only recipes, the softmax and GELU layers whose other integer form (I-BERT's
+   for I-ViT's, and back) costs less fidelity quantized alone (one more sensitivity pass, on the
+   same samples, with every such layer swapped) take it, the ``k`` that save the most first,
+   smallest ``k`` (integers kept, where float would cost latency);
+3. if every helpful swap still misses, the swaps stay (where they lowered the drop) and the
+   ``k`` most sensitive layers of any kind (the integer-only nonlinears too) are kept in float,
+   smallest ``k`` again.
 
 Each try is a rewrite, a build for this machine and a run of the held-out samples: about
 ``2 log2`` of the layers builds. int16 activations (a rung between dynamic and float) are not built
@@ -34,6 +39,7 @@ and per changed layer its mode, why, and its sensitivity.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
@@ -45,6 +51,10 @@ from edgecompile.quant.sensitivity import layer_sensitivity, smallest_fix
 
 MIN_HELD = 2
 HELD_FRACTION = 4  # one sample in this many is held out
+# the integer-only nonlinears with two integer forms (LayerNorm's ivit and ibert are one integer
+# LayerNorm; tanh has one), and the other of each form
+SWAPPABLE = ("softmax", "gelu")
+OTHER_IMPL = {"ivit": "ibert", "ibert": "ivit"}
 RANK_BUDGET_S = 60.0  # ranking uses the held-out samples one pass over the layers runs in this time (at least 4)
 FIDELITY = {
     "cosine": "cosine of the first output to the float model's, mean over held-out samples",
@@ -86,16 +96,22 @@ class _Trials:
         self.done: dict = {}
         self.expected = 2
 
-    def drop(self, dynamic, keep) -> float:
-        key = (frozenset(dynamic), frozenset(keep))
+    def drop(self, dynamic, keep, nonlinear: dict | None = None) -> float:
+        nonlinear = self.calibration.nonlinear if nonlinear is None else nonlinear
+        key = (frozenset(dynamic), frozenset(keep), frozenset(nonlinear.items()))
         if key in self.done:
             return self.done[key]
-        cal = dataclasses.replace(self.calibration, dynamic=frozenset(dynamic), keep_float=tuple(keep), record={})
+        cal = dataclasses.replace(
+            self.calibration, dynamic=frozenset(dynamic), keep_float=tuple(keep), nonlinear=nonlinear, record={}
+        )
         fn = HostFunction(cal.rewrite(), self.build, self.names)
         outs = [self.trim(fn.first(s), s) for s in self.held]
         drop = 1.0 - float(np.mean([cosine(o, r, self.centred) for o, r in zip(outs, self.reference)]))
         added = len(set(dynamic) - self.calibration.dynamic), len(set(keep) - set(self.calibration.keep_float))
-        self.tries.append({"dynamic_added": added[0], "float_added": added[1], "drop": round(drop, 6)})
+        swapped = sum(1 for k, v in nonlinear.items() if self.calibration.nonlinear.get(k) != v)
+        self.tries.append(
+            {"dynamic_added": added[0], "swapped": swapped, "float_added": added[1], "drop": round(drop, 6)}
+        )
         self.say("meeting the accuracy budget", len(self.tries), max(self.expected, len(self.tries)))
         self.done[key] = drop
         return drop
@@ -127,9 +143,9 @@ def meet_budget(
     if before <= limit:
         return calibration, {**budget, "drop": round(before, 6), "tries": trials.tries, "plan": []}
     score = lambda out, i, ref: cosine(trim(out, held[i]), ref, centred)  # noqa: E731
-    sens, _ = layer_sensitivity(
-        calibration, held, input_names, reference, score, build, lambda d, t: say("ranking", d, t), RANK_BUDGET_S
-    )
+    rank = functools.partial(layer_sensitivity, input_names=input_names, score=score, build=build,
+                             progress=lambda d, t: say("ranking", d, t))  # fmt: skip
+    sens, used = rank(calibration, samples=held, reference=reference, budget_s=RANK_BUDGET_S)
     free = [r["layer"] for r in sens]  # the layers the recipe converts, most sensitive first
     ups = _can_go_dynamic(calibration, [r["layer"] for r in sens if r["kind"] in dynamic_kinds and r["drop"] > 0])
     n_up = len(ups)
@@ -139,10 +155,21 @@ def meet_budget(
         k, tried = smallest_fix(lambda j: trials.drop(dynamic | set(ups[:j]), keep), limit, n_up)
         dynamic |= set(ups[:k])
         plan = [_row(sens, n, "dynamic") for n in ups[:k]]
-    else:  # dynamic where it helped at all, and the fewest most sensitive layers in float
+    else:  # dynamic where it helped at all, the other integer nonlinears where they help, and float
         if all_up < before:
             dynamic |= set(ups)
-        k, tried = smallest_fix(lambda j: trials.drop(dynamic - set(free[:j]), keep + free[:j]), limit, len(free))
+        swaps = _other_impls(calibration, sens, lambda c: rank(c, samples=held[:used], reference=reference[:used]))
+        swapped = lambda j: {**calibration.nonlinear, **{s["layer"]: s["mode"] for s in swaps[:j]}}  # noqa: E731
+        trials.expected += 2 * math.ceil(math.log2(len(swaps) + 1))
+        if swaps and (all_swapped := trials.drop(dynamic, keep, swapped(len(swaps)))) <= limit:
+            k, tried = smallest_fix(lambda j: trials.drop(dynamic, keep, swapped(j)), limit, len(swaps))
+            plan = [_row(sens, n, "dynamic") for n in ups if n in dynamic] + swaps[:k]
+            chosen = dataclasses.replace(calibration, dynamic=frozenset(dynamic), nonlinear=swapped(k), record={})
+            return chosen, {**budget, "drop": round(dict(tried)[k], 6), "tries": trials.tries, "plan": plan}
+        n_swaps = len(swaps) if swaps and all_swapped < min(all_up, before) else 0
+        nonlinear = swapped(n_swaps)
+        k, tried = smallest_fix(lambda j: trials.drop(dynamic - set(free[:j]), keep + free[:j], nonlinear), limit,
+                                len(free))  # fmt: skip
         if k is None:
             raise RecipeError(
                 f"max_drop={limit:g}: even with every layer in float the drop on the held-out samples is "
@@ -150,9 +177,33 @@ def meet_budget(
             )
         keep += free[:k]
         dynamic -= set(free[:k])
-        plan = [_row(sens, n, "dynamic") for n in ups if n in dynamic] + [_row(sens, n, "float") for n in free[:k]]
+        plan = [_row(sens, n, "dynamic") for n in ups if n in dynamic]
+        plan += [s for s in swaps[:n_swaps] if s["layer"] not in free[:k]] + [_row(sens, n, "float") for n in free[:k]]
+        calibration = dataclasses.replace(calibration, nonlinear=nonlinear)
     chosen = dataclasses.replace(calibration, dynamic=frozenset(dynamic), keep_float=tuple(keep), record={})
     return chosen, {**budget, "drop": round(dict(tried)[k], 6), "tries": trials.tries, "plan": plan}
+
+
+def _other_impls(calibration, sens: list[dict], rank: Callable) -> list[dict]:
+    """The integer-only recipe's softmax and GELU layers whose other integer implementation (I-BERT
+    for I-ViT and back) costs less fidelity quantized alone than theirs, as plan rows (mode: the
+    other implementation), most fidelity saved first; ``rank(calibration)`` measures each layer
+    alone as ``sens`` was (:func:`edgecompile.quant.sensitivity.layer_sensitivity`, the same
+    samples). Empty for int8 and where nothing is saved."""
+    other = {k: OTHER_IMPL[v] for k, v in calibration.nonlinear.items() if k in SWAPPABLE and v in OTHER_IMPL}
+    names = {la.name: other[la.kind] for la in calibration.layers if la.kind in other}
+    if not names:
+        return []
+    alone = {r["layer"]: r["drop"] for r in sens}
+    swapped, _ = rank(dataclasses.replace(calibration, nonlinear={**calibration.nonlinear, **names}, record={}))
+    rows = [
+        {"layer": r["layer"], "mode": names[r["layer"]], "drop_alone": round(float(r["drop"]), 6),
+         "why": f"quantized alone it costs {r['drop']:.3g} of fidelity with {names[r['layer']]}, "
+                f"{alone[r['layer']]:.3g} with {calibration.nonlinear[r['kind']]}"}
+        for r in swapped
+        if r["layer"] in names and r["layer"] in alone and r["drop"] < alone[r["layer"]]
+    ]  # fmt: skip
+    return sorted(rows, key=lambda row: row["drop_alone"] - alone[row["layer"]])
 
 
 def _can_go_dynamic(calibration, names: list[str]) -> list[str]:

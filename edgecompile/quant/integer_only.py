@@ -115,7 +115,7 @@ def softmax(rw: Rewriter, layer: Layer) -> bool:
     out (both normalize in int64, so the extra bits are real: 8 bits rounded a probability of
     1/257, the mean over a ViT-S row, to one step)."""
     x, s = rw.as_int(layer.inputs[0])
-    impl = rw.impl["softmax"]
+    impl = rw.impl_of(layer)
     if impl == "ivit":
         s_new = iop.shiftmax_input_scale(s)
         if s_new != s:  # logits too fine for a 31-bit exp at n = 15
@@ -133,7 +133,7 @@ def softmax(rw: Rewriter, layer: Layer) -> bool:
 
 def gelu(rw: Rewriter, layer: Layer) -> bool:
     """ShiftGELU as a table of the int8 input (``ivit``) or i-GELU of a 16-bit input (``ibert``)."""
-    impl = rw.impl["gelu"]
+    impl = rw.impl_of(layer)
     if impl == "ivit":
         _shift_gelu(rw, layer)
     else:
@@ -189,7 +189,7 @@ def layernorm(rw: Rewriter, layer: Layer) -> bool:
     scale = s * g
     bq = np.clip(np.floor(beta / scale + 0.5), -(2**30 - 1), 2**30 - 1).astype(np.int32)
     rw.set_acc(layer, op.add(y, relax.const(bq, "int32")), scale)
-    layer.info = {"impl": rw.impl["layernorm"], "scale_out": rw.scale[layer.output]}
+    layer.info = {"impl": rw.impl_of(layer), "scale_out": rw.scale[layer.output]}
     return True
 
 
@@ -197,7 +197,7 @@ def tanh(rw: Rewriter, layer: Layer) -> bool:
     """``2 sigmoid(2x) - 1`` from ShiftExp, as a table of the int8 input; 16-bit output."""
     q, s = rw.as_quant(layer.inputs[0])
     rw.set_acc(layer, _lookup(nl.shift_tanh(np.arange(-128, 128), s), q), 2.0**-15, narrow=True)
-    layer.info = {"impl": rw.impl["tanh"], "scale_out": rw.scale[layer.output]}
+    layer.info = {"impl": rw.impl_of(layer), "scale_out": rw.scale[layer.output]}
     return True
 
 

@@ -60,6 +60,7 @@ class Calibration:
     src: tvm.IRModule  # its module (the importer's TIR kernels)
     layers: list
     thresholds: dict
+    # integer-only: op kind -> implementation, and a layer name -> its own (the budget's swaps)
     nonlinear: dict
     smooth: dict
     maxima: dict
@@ -207,8 +208,10 @@ def quantize_model(
             dynamic_kinds(options.integer_only), say, frun.trim_first,
         )  # fmt: skip
         if budget["plan"]:
-            errors = _layer_errors(func, layers, stats, frun, wanted, samples[:ERROR_SAMPLES], say, nonlinear,
-                                   calibration.dynamic, list(calibration.keep_float))  # fmt: skip
+            errors = _layer_errors(
+                func, layers, stats, frun, wanted, samples[:ERROR_SAMPLES], say, calibration.nonlinear,
+                calibration.dynamic, list(calibration.keep_float),
+            )  # fmt: skip
     return QuantResult(calibration.rewrite(), errors, list(calibration.keep_float), len(samples), calibration, budget)
 
 
@@ -260,7 +263,7 @@ def _calibrate(func, layers, frun: Runner, wanted, samples, options: QuantOption
         gains[name] = max(per, default=0.0)
     moments = {
         v: InputMoments(
-            channels[v].mean if options.bias_correction else None, channels[v].second_moment, channels[v].count
+            channels[v].mean if options.bias_correction else None, channels[v].second_moment, channels[v].gram_rows
         )
         for v in linear_inputs(layers)
         if weighed

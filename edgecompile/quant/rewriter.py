@@ -108,7 +108,7 @@ class Rewriter:
         self.bb = bb
         self.scale = {v: t / 127.0 for v, t in thresholds.items()}
         self.handlers = handlers
-        self.impl = dict(nonlinear or {})
+        self.impl = dict(nonlinear or {})  # op kind -> implementation; a layer name -> its own (impl_of)
         self.integer_only = bool(nonlinear)
         self.smooth: dict = smooth or {}  # linear input var -> (sigma, threshold of x / sigma)
         self.maxima: dict = maxima or {}  # var -> largest |x| seen in calibration
@@ -206,6 +206,12 @@ class Rewriter:
                 q = relax.op.astype(relax.op.clip(relax.op.round(x), 0, P_LEVELS - 1), "int16")
             self.qcache[key] = (self.bb.emit(q, name_hint=f"{v.name}_p"), 1.0 / P_LEVELS)
         return self.qcache[key]
+
+    def impl_of(self, layer: Layer) -> str:
+        """The integer implementation of a nonlinear ``layer`` (ivit | ibert): its own where the
+        ``nonlinear`` map names the layer (the accuracy budget's per-layer choice,
+        :mod:`edgecompile.quant.budget`), else its kind's."""
+        return self.impl.get(layer.name, self.impl[layer.kind])
 
     def is_dynamic(self, layer: Layer) -> bool:
         """``layer`` quantizes its activations with run-time scales (``int8:act=dynamic``): linear

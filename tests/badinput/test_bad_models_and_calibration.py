@@ -47,7 +47,8 @@ BAD_GRAPHS = {
     "NonMaxSuppression": (_nms, "NonMaxSuppression"),
     "unknown op": (lambda t: _save(t, [helper.make_node("FrobnicateX", ["x"], ["y"], name="frob")]), "FrobnicateX"),
     "opset 99": (lambda t: _save(t, [helper.make_node("Relu", ["x"], ["y"])], opset=99), "opset"),
-    "opset 7": (lambda t: _save(t, [helper.make_node("Relu", ["x"], ["y"])], opset=7), "opset"),
+    # an op that left the standard with no conversion: onnx's version converter cannot bring it to 13
+    "opset 7": (lambda t: _save(t, [helper.make_node("ImageScaler", ["x"], ["y"], scale=2.0)], opset=7), "opset 7"),
     "no outputs": (lambda t: _save(t, [helper.make_node("Relu", ["x"], ["y"])], outputs=()), "ONNX"),
 }
 

@@ -57,13 +57,14 @@ def test_the_fp32_build_reads_what_onnx_runtime_reads(ocr):
         assert ctc_text(got) == ctc_text(ref) and len(ctc_text(ref)) >= 5
 
 
-@pytest.mark.parametrize("recipe", ["int8", "int8-integer-only"])
-def test_int8_reads_the_same_text(ocr, recipe):
-    """Calibrated on 12 crops, the int8 builds decode every held-out crop to ORT fp32's text.
-    Measured (Zen 4 EPYC, the full zoo: 75 calibration crops, 57 held out): every int8 recipe 100%
-    of characters; ORT's quantize_dynamic 0.3%."""
+def test_int8_reads_the_same_text(ocr):
+    """Calibrated on 12 crops, the default int8 build decodes every held-out crop to ORT fp32's
+    text. Measured (Zen 4 EPYC, the full zoo: 75 calibration crops, 57 held out): every int8 recipe,
+    integer-only too, 100% of characters; ORT's quantize_dynamic 0.3%. (The integer-only build is
+    left to the zoo run: a minute of CI for what the DINOv2 and MiniLM tests already cover.)"""
     zm, held, refs, calib, tmp = ocr
-    m = edgecompile.load(edgecompile.compile(zm.onnx, output=tmp / recipe, input_shapes=SHAPES, recipe=recipe,
-                                             calib=calib))  # fmt: skip
+    m = edgecompile.load(
+        edgecompile.compile(zm.onnx, output=tmp / "int8", input_shapes=SHAPES, recipe="int8", calib=calib)
+    )
     for feed, ref in zip(held, refs):
         assert ctc_text(m.run(feed)[zm.output]) == ctc_text(ref)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_dynamic import _build, _outlier_mlp, _outlier_samples, _run
+from tvm import relax
 
 from edgecompile.errors import CalibrationError
 from edgecompile.ir import interpret as reference
@@ -84,3 +85,45 @@ def test_a_budget_dynamic_scales_cannot_meet_keeps_layers_in_float(outliers):
     assert b["drop"] <= 1e-7 and _held_drop(mod, res, samples[9:]) <= 1e-6
     rows = {r["name"]: r["quantized"] for r in res.layers}
     assert all(rows[n] is False for n in floats)  # the layer errors are of the chosen plan
+
+
+def _wide_gelu_mlp(rng):
+    """x -> linear -> GELU -> linear, one GELU input channel always near -40: I-ViT's ShiftGELU reads
+    an int8 input whose step that channel sets (0.3: coarse for the rest), I-BERT's i-GELU a 16-bit one;
+    GELU(-40) = 0, so the output's range, and its step, is the other channels'."""
+    w1, w2 = rng.normal(0, 0.3, (32, 64)).astype(np.float32), rng.normal(0, 0.2, (64, 16)).astype(np.float32)
+    b1 = np.zeros(64, np.float32)
+    b1[0] = -40
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 24, 32), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            h = bb.emit(relax.op.add(relax.op.matmul(x, relax.const(w1)), relax.const(b1)))
+            g = bb.emit(relax.op.nn.gelu(h))
+            out = bb.emit_output(relax.op.matmul(g, relax.const(w2)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_integer_only_swaps_a_gelu_to_the_other_integer_form_before_float():
+    """A budget I-ViT's GELU misses and I-BERT's meets: the GELU takes I-BERT's form, in integers,
+    instead of going to float; the rewrite, the plan and the compiled module's drop agree."""
+    rng = np.random.default_rng(2)
+    mod = _wide_gelu_mlp(rng)
+    samples = [{"x": rng.normal(size=(1, 24, 32)).astype(np.float32)} for _ in range(12)]
+    budget = lambda drop, **kw: quantize_model(  # noqa: E731
+        mod, samples, ["x"],
+        QuantOptions.from_options({"observer": "minmax", "smooth": "0", "act": "static", "max_drop": drop, **kw}, True),
+        _build,
+    )  # fmt: skip
+    ivit, ibert = budget("50%").budget["drop"], budget("50%", gelu="ibert").budget["drop"]
+    assert ibert < ivit / 4  # the premise: I-BERT's GELU is much closer here
+    limit = (ivit * ibert) ** 0.5
+    res = budget(f"{limit!r}")
+    b = res.budget
+    assert {"layer": "gelu.0", "mode": "ibert"}.items() <= next(r for r in b["plan"] if r["layer"] == "gelu.0").items()
+    assert res.kept_float == [] and b["drop"] <= limit < b["drop_before"]
+    assert {r["name"]: r.get("impl") for r in res.layers}["gelu.0"] == "ibert"
+    held = samples[9:]  # the float reference compiled: the numpy interpreter has no GELU
+    got = 1 - float(np.mean([cosine(_run(res.mod, s["x"]), _run(mod, s["x"])) for s in held]))
+    assert got == pytest.approx(b["drop"], abs=2e-6)
