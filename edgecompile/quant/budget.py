@@ -168,13 +168,7 @@ def meet_budget(
             return chosen, {**budget, "drop": round(dict(tried)[k], 6), "tries": trials.tries, "plan": plan}
         n_swaps = len(swaps) if swaps and all_swapped < min(all_up, before) else 0
         nonlinear = swapped(n_swaps)
-        k, tried = smallest_fix(lambda j: trials.drop(dynamic - set(free[:j]), keep + free[:j], nonlinear), limit,
-                                len(free))  # fmt: skip
-        if k is None:
-            raise RecipeError(
-                f"max_drop={limit:g}: even with every layer in float the drop on the held-out samples is "
-                f"{tried[-1][1]:.4g}; the float model itself misses it (held-out samples unlike the rest?)"
-            )
+        k, tried = _fewest_float(trials, dynamic, keep, nonlinear, free, limit)
         keep += free[:k]
         dynamic -= set(free[:k])
         plan = [_row(sens, n, "dynamic") for n in ups if n in dynamic]
@@ -182,6 +176,19 @@ def meet_budget(
         calibration = dataclasses.replace(calibration, nonlinear=nonlinear)
     chosen = dataclasses.replace(calibration, dynamic=frozenset(dynamic), keep_float=tuple(keep), record={})
     return chosen, {**budget, "drop": round(dict(tried)[k], 6), "tries": trials.tries, "plan": plan}
+
+
+def _fewest_float(trials: _Trials, dynamic: set, keep: list, nonlinear: dict, free: list, limit: float):
+    """``(k, tries)``: the fewest of the most sensitive layers ``free`` kept in float for a drop
+    within ``limit``; a RecipeError where even all of them miss."""
+    drop_with = lambda j: trials.drop(dynamic - set(free[:j]), keep + free[:j], nonlinear)  # noqa: E731
+    k, tried = smallest_fix(drop_with, limit, len(free))
+    if k is None:
+        raise RecipeError(
+            f"max_drop={limit:g}: even with every layer in float the drop on the held-out samples is "
+            f"{tried[-1][1]:.4g}; the float model itself misses it (held-out samples unlike the rest?)"
+        )
+    return k, tried
 
 
 def _other_impls(calibration, sens: list[dict], rank: Callable) -> list[dict]:

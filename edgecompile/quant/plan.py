@@ -189,14 +189,12 @@ def quantize_model(
     )  # fmt: skip
     keep = list(options.keep_float)
     nonlinear = dict(options.nonlinear)
-    measure = functools.partial(
-        _layer_errors, func, layers, stats, frun, wanted, samples[:ERROR_SAMPLES], say, nonlinear, dynamic
-    )
-    errors = measure(keep)
+    measure = functools.partial(_layer_errors, func, layers, stats, frun, wanted, samples[:ERROR_SAMPLES], say)
+    errors = measure(nonlinear, dynamic, keep)
     if options.keep_worst:
         worst = sorted((e for e in errors if e["quantized"]), key=lambda e: e["sqnr_db"])[: options.keep_worst]
         keep += [e["name"] for e in worst]
-        errors = measure(keep)
+        errors = measure(nonlinear, dynamic, keep)
     calibration = Calibration(
         func, mod, layers, stats.thresholds, nonlinear, stats.smooth, stats.maxima, tuple(keep),
         integer_only=options.integer_only, dynamic=frozenset(dynamic), moments=stats.moments,
@@ -208,10 +206,7 @@ def quantize_model(
             dynamic_kinds(options.integer_only), say, frun.trim_first,
         )  # fmt: skip
         if budget["plan"]:
-            errors = _layer_errors(
-                func, layers, stats, frun, wanted, samples[:ERROR_SAMPLES], say, calibration.nonlinear,
-                calibration.dynamic, list(calibration.keep_float),
-            )  # fmt: skip
+            errors = measure(calibration.nonlinear, calibration.dynamic, list(calibration.keep_float))
     return QuantResult(calibration.rewrite(), errors, list(calibration.keep_float), len(samples), calibration, budget)
 
 
