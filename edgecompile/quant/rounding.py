@@ -10,9 +10,9 @@ spread over the rows not yet rounded through the inverse of the input's second m
 ``H = E[x x^T]`` (its Cholesky factor, updated a block of rows at a time). With ``H`` diagonal
 (uncorrelated inputs) nothing is spread and it is rounding to nearest. ``H`` is damped by 1% of its
 mean diagonal, and an input channel that was zero throughout calibration keeps its weights rounded
-to nearest. Decision: a layer whose calibration saw fewer input rows than it has input channels
-(``H`` then cannot have full rank: the weights would be fitted to the few rows seen) is rounded to
-nearest; :meth:`InputMoments.rounded` checks it.
+to nearest. Decision: a layer whose calibration saw fewer than :data:`ROWS_PER_INPUT` input rows per input
+channel is rounded to nearest (with fewer rows than channels ``H`` cannot even have full rank: the
+weights would be fitted to the few rows seen); :meth:`InputMoments.rounded` checks it.
 
 Decision: AdaRound (learned rounding by gradient descent on the same objective) is not built: it
 takes thousands of gradient steps per layer over the calibration activations (minutes per layer
@@ -29,6 +29,7 @@ import numpy as np
 
 DAMPING = 0.01  # of H's mean diagonal, added to its diagonal
 BLOCK = 128  # input rows rounded between two updates of the rows after them
+ROWS_PER_INPUT = 2  # calibration rows per input channel GPTQ needs (module docstring)
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,8 @@ class InputMoments:
     def rounded(self, w: np.ndarray, sigma: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``w`` (already multiplied by the smoothing ``sigma``, the input then being ``x / sigma``)
         rounded by :func:`round_gptq`, computed once per weights and smoothing; by
-        :func:`round_nearest` without a second moment or with fewer rows than input channels."""
-        if self.second is None or self.rows < w.shape[0]:
+        :func:`round_nearest` without a second moment or with too few rows (:data:`ROWS_PER_INPUT`)."""
+        if self.second is None or self.rows < ROWS_PER_INPUT * w.shape[0]:
             return round_nearest(w)
         digest = hashlib.blake2b(np.ascontiguousarray(w).tobytes(), digest_size=16)
         if sigma is not None:

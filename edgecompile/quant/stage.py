@@ -25,7 +25,7 @@ INT8_OPTIONS = {
     "bias_correction": "on: each linear layer's bias absorbs the mean output shift its rounded int8 weights cause, "
     "from the input's per-channel means in calibration (default on in int8, off in int8-integer-only)",
     "rounding": "how weights are rounded to int8: gptq (default: each layer's output error on the calibration "
-    "inputs minimised, Frantar et al.; where calibration saw fewer rows than the layer has inputs, nearest) or "
+    "inputs minimised, Frantar et al.; where calibration saw fewer than two rows per layer input, nearest) or "
     "nearest",
     "smooth": "SmoothQuant strength alpha for linear inputs, per-channel ranges moved into the weights: "
     "auto (default: chosen per tensor from calibration statistics), a number in [0, 1], or 0 (off)",

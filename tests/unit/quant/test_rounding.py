@@ -112,12 +112,13 @@ def test_rounding_option_is_checked(value, message):
 
 
 def test_too_few_calibration_rows_round_to_nearest():
-    """A second moment summed over fewer rows than the layer has inputs cannot have full rank: the
-    weights would be fitted to those rows, so they are rounded to nearest instead."""
+    """A second moment summed over fewer rows than twice the layer's inputs (with fewer than its
+    inputs it cannot have full rank) would fit the weights to those rows: they are rounded to
+    nearest instead."""
     rng = np.random.default_rng(6)
     w = rng.normal(0, 0.1, (64, 16))
-    x = _correlated(rng, rng.normal(size=(8, 64)), 40)
+    x = _correlated(rng, rng.normal(size=(8, 64)), 127)
     few = InputMoments(second=x.T @ x / len(x), rows=len(x))
     np.testing.assert_array_equal(few.rounded(w)[0], round_nearest(w)[0])
-    enough = InputMoments(second=x.T @ x / len(x), rows=64)
+    enough = InputMoments(second=x.T @ x / len(x), rows=128)
     np.testing.assert_array_equal(enough.rounded(w)[0], round_gptq(w, x.T @ x / len(x))[0])
