@@ -24,7 +24,7 @@ BUDGET_METRICS = ("cosine", "pearson")
 # demo's 400 test emails, embedding cosine int8 0.99298 / 0.99752 -> 0.99716 / 0.99888,
 # int8-integer-only 0.97740 / 0.99165 -> 0.98465 / 0.99261; DINOv2 ViT-S/14 of the zoo, Pearson
 # over 12 crops, int8 0.9995 / 0.9998 -> 0.9996 / 0.9999, integer-only 0.9836 / 0.9947 -> 0.9861 /
-# 0.9954 (compile 48 -> 56 s); PP-OCRv4 of the zoo: every text read as fp32 reads it with both.
+# 0.9954 (compile 43 -> 61 s); PP-OCRv4 of the zoo: every text read as fp32 reads it with both.
 ROUNDINGS = ("nearest", "gptq")
 
 # Bias correction (edgecompile.quant.int8._corrected_bias) is on by default in int8 and off in the
