@@ -26,6 +26,18 @@ def ort_run(path: Path, feeds: dict) -> dict:
     return dict(zip(names, sess.run(None, feeds)))
 
 
+def zoo_case(zm, held: list[dict], calib: list[dict], tmp: Path) -> tuple[list[np.ndarray], Path]:
+    """For a real-zoo model ``zm`` (``examples/real_zoo/models.py``) at reduced size: ORT fp32's
+    outputs on the ``held`` feeds and the ``calib`` feeds stacked into ``tmp/calib.npz``."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(zm.onnx), providers=["CPUExecutionProvider"])
+    refs = [sess.run([zm.output], f)[0] for f in held]
+    path = tmp / "calib.npz"
+    np.savez(path, **{k: np.stack([c[k] for c in calib]) for k in calib[0]})
+    return refs, path
+
+
 def assert_close(ref: np.ndarray, got: np.ndarray, rel: float = REL_TOL) -> float:
     """Assert max |ref - got| <= rel * range(ref); returns the relative error."""
     assert ref.shape == got.shape, (ref.shape, got.shape)

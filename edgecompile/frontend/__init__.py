@@ -72,13 +72,14 @@ def _from_onnx(proto, shapes, dtypes, source) -> ImportedModel:
     from edgecompile.frontend.onnx_checks import check_opset, upgraded_opset
 
     shipped = onnx_import.model_opset(proto)
-    proto = upgraded_opset(proto)
-    check_opset(onnx_import.model_opset(proto))
-    if shipped != onnx_import.model_opset(proto):
+    proto = upgraded_opset(proto, shipped)
+    opset = onnx_import.model_opset(proto)
+    check_opset(opset)
+    if shipped != opset:
         source["opset_shipped"] = shipped
     specs = onnx_import.resolve_input_specs(proto, shapes, dtypes)
     mod = onnx_import.onnx_to_relax(proto, specs)
-    source["opset"] = onnx_import.model_opset(proto)
+    source["opset"] = opset
     return ImportedModel(mod, specs, output_specs(mod, onnx_import.output_names(proto)), source)
 
 

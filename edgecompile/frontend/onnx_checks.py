@@ -69,14 +69,13 @@ def check_opset(opset: int) -> None:
         )
 
 
-def upgraded_opset(model):
+def upgraded_opset(model, opset: int):
     """``model`` converted to opset :data:`MIN_OPSET` by ``onnx.version_converter`` where its
-    default-domain opset is older; as it is otherwise, or where the converter fails (then
+    default-domain ``opset`` is older; as it is otherwise, or where the converter fails (then
     :func:`check_opset` refuses it)."""
     from onnx import version_converter
 
-    opsets = [o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS]
-    if not opsets or opsets[0] >= MIN_OPSET:
+    if opset >= MIN_OPSET:
         return model
     try:
         return version_converter.convert_version(model, MIN_OPSET)

@@ -158,7 +158,8 @@ def meet_budget(
     else:  # dynamic where it helped at all, the other integer nonlinears where they help, and float
         if all_up < before:
             dynamic |= set(ups)
-        swaps = _other_impls(calibration, sens, lambda c: rank(c, samples=held[:used], reference=reference[:used]))
+        on_ranked = functools.partial(rank, samples=held[:used], reference=reference[:used])  # sens's samples
+        swaps = _other_impls(calibration, sens, on_ranked)
         swapped = lambda j: {**calibration.nonlinear, **{s["layer"]: s["mode"] for s in swaps[:j]}}  # noqa: E731
         trials.expected += 2 * math.ceil(math.log2(len(swaps) + 1))
         if swaps and (all_swapped := trials.drop(dynamic, keep, swapped(len(swaps)))) <= limit:
@@ -194,15 +195,17 @@ def _fewest_float(trials: _Trials, dynamic: set, keep: list, nonlinear: dict, fr
 def _other_impls(calibration, sens: list[dict], rank: Callable) -> list[dict]:
     """The integer-only recipe's softmax and GELU layers whose other integer implementation (I-BERT
     for I-ViT and back) costs less fidelity quantized alone than theirs, as plan rows (mode: the
-    other implementation), most fidelity saved first; ``rank(calibration)`` measures each layer
-    alone as ``sens`` was (:func:`edgecompile.quant.sensitivity.layer_sensitivity`, the same
-    samples). Empty for int8 and where nothing is saved."""
+    other implementation), most fidelity saved first; ``rank(calibration, only=names)`` measures
+    those layers alone as ``sens`` was (:func:`edgecompile.quant.sensitivity.layer_sensitivity`,
+    the same samples). Empty for int8 and where nothing is saved."""
     other = {k: OTHER_IMPL[v] for k, v in calibration.nonlinear.items() if k in SWAPPABLE and v in OTHER_IMPL}
     names = {la.name: other[la.kind] for la in calibration.layers if la.kind in other}
     if not names:
         return []
     alone = {r["layer"]: r["drop"] for r in sens}
-    swapped, _ = rank(dataclasses.replace(calibration, nonlinear={**calibration.nonlinear, **names}, record={}))
+    swapped, _ = rank(
+        dataclasses.replace(calibration, nonlinear={**calibration.nonlinear, **names}, record={}), only=frozenset(names)
+    )
     rows = [
         {"layer": r["layer"], "mode": names[r["layer"]], "drop_alone": round(float(r["drop"]), 6),
          "why": f"quantized alone it costs {r['drop']:.3g} of fidelity with {names[r['layer']]}, "

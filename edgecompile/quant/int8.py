@@ -21,19 +21,19 @@ def _bias(layer: Layer) -> np.ndarray | None:
     return bias.reshape(-1)
 
 
-def _weights(w: np.ndarray, sigma, moments: InputMoments | None) -> tuple[np.ndarray, np.ndarray]:
-    """A layer's int8 weights ``w`` and their scales per output channel, times the smoothing
+def _weights(layer: Layer, w: np.ndarray, sigma, moments: InputMoments | None) -> tuple[np.ndarray, np.ndarray]:
+    """``layer``'s int8 weights ``w`` and their scales per output channel, times the smoothing
     ``sigma``: rounded by GPTQ where ``moments`` hold the input's second moment over enough rows
     (that of ``x / sigma`` where smoothed), else to nearest (:mod:`edgecompile.quant.rounding`)."""
     w = w if sigma is None else (w * sigma[:, None]).astype(np.float32)
-    return round_nearest(w) if moments is None else moments.rounded(w, sigma)
+    return round_nearest(w) if moments is None else moments.rounded(layer.name, w, sigma)
 
 
 def _gemm(rw: Rewriter, layer: Layer, xq: relax.Expr, sigma) -> tuple[relax.Expr, np.ndarray, np.ndarray | None]:
     """The int32 accumulator of int8 ``xq`` times ``layer``'s int8 weights, the weight scales, and
     the bias to add (:func:`_corrected_bias`)."""
     w = const_array(layer.binding.value.args[1])
-    wq, sw = _weights(w, sigma, rw.moments.get(layer.inputs[0]))
+    wq, sw = _weights(layer, w, sigma, rw.moments.get(layer.inputs[0]))
     acc = rw.bb.emit(relax.op.matmul(xq, relax.const(wq, "int8"), out_dtype="int32"), name_hint=f"{layer.name}_acc")
     return acc, sw, _corrected_bias(rw, layer, w, wq, sw, sigma)
 

@@ -261,8 +261,7 @@ def _calibrate(func, layers, frun: Runner, wanted, samples, options: QuantOption
             channels[v].mean if options.bias_correction else None, channels[v].second_moment, channels[v].gram_rows
         )
         for v in linear_inputs(layers)
-        if weighed
-    }
+    } if weighed else {}  # fmt: skip
     return _Stats(thresholds, smooth, {v: o.max for v, o in observers.items()}, gains, moments)
 
 

@@ -22,7 +22,6 @@ second; both target the same error.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,20 +40,19 @@ class InputMoments:
     mean: np.ndarray | None = None
     second: np.ndarray | None = None
     rows: int = 0  # calibration rows (tokens, pixels) the second moment sums
-    # GPTQ's rounding per (weights, smoothing): a calibration rewrites its model several times
-    # (errors, sensitivity, budget), each with the same weights
+    # GPTQ's rounding per (layer reading this input, smoothed or not): a calibration rewrites its
+    # model several times (errors, sensitivity, budget, ranged buckets) with the same weights; a
+    # layer's input is divided by the calibration's one smoothing or, read already int8, by none
     _rounded: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def rounded(self, w: np.ndarray, sigma: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``w`` (already multiplied by the smoothing ``sigma``, the input then being ``x / sigma``)
-        rounded by :func:`round_gptq`, computed once per weights and smoothing; by
-        :func:`round_nearest` without a second moment or with too few rows (:data:`ROWS_PER_INPUT`)."""
+    def rounded(self, layer: str, w: np.ndarray, sigma: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``layer``'s weights ``w`` (already multiplied by the smoothing ``sigma``, the input then
+        being ``x / sigma``) rounded by :func:`round_gptq`, once per layer and smoothing (the
+        weights and ``sigma`` are the calibration's); by :func:`round_nearest` without a second
+        moment or with too few rows (:data:`ROWS_PER_INPUT`)."""
         if self.second is None or self.rows < ROWS_PER_INPUT * w.shape[0]:
             return round_nearest(w)
-        digest = hashlib.blake2b(np.ascontiguousarray(w).tobytes(), digest_size=16)
-        if sigma is not None:
-            digest.update(np.ascontiguousarray(sigma).tobytes())
-        key = digest.digest()
+        key = (layer, sigma is not None)
         if key not in self._rounded:
             second = self.second if sigma is None else self.second / np.outer(sigma, sigma)
             self._rounded[key] = round_gptq(w, second)

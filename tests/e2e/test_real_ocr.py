@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 
-import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, zoo_case
 
 if importlib.util.find_spec("rapidocr_onnxruntime") is None:
     pytest.skip(
@@ -33,15 +32,9 @@ SHAPES = {"x": (1, 3, OCR_HEIGHT, OCR_WIDTH)}
 @pytest.fixture(scope="module")
 def ocr(tmp_path_factory):
     """The model, 12 calibration crops (4 lines in 3 fonts), 6 held-out crops and ORT fp32's outputs."""
-    import onnxruntime as ort
-
     zm = ppocr_rec()
-    held = zm.held_out[::9]
-    sess = ort.InferenceSession(str(zm.onnx), providers=["CPUExecutionProvider"])
-    refs = [sess.run([zm.output], f)[0] for f in held]
-    tmp = tmp_path_factory.mktemp("ocr")
-    calib = tmp / "calib.npz"
-    np.savez(calib, x=np.stack([c["x"] for c in zm.calib[::6]]))
+    held, tmp = zm.held_out[::9], tmp_path_factory.mktemp("ocr")
+    refs, calib = zoo_case(zm, held, zm.calib[::6], tmp)
     return zm, held, refs, calib, tmp
 
 

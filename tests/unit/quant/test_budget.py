@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_dynamic import _build, _outlier_mlp, _outlier_samples, _run
+from test_dynamic import _build, _mlp, _outlier_mlp, _outlier_samples, _run
 from tvm import relax
 
 from edgecompile.errors import CalibrationError
@@ -94,15 +94,7 @@ def _wide_gelu_mlp(rng):
     w1, w2 = rng.normal(0, 0.3, (32, 64)).astype(np.float32), rng.normal(0, 0.2, (64, 16)).astype(np.float32)
     b1 = np.zeros(64, np.float32)
     b1[0] = -40
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, 24, 32), "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            h = bb.emit(relax.op.add(relax.op.matmul(x, relax.const(w1)), relax.const(b1)))
-            g = bb.emit(relax.op.nn.gelu(h))
-            out = bb.emit_output(relax.op.matmul(g, relax.const(w2)))
-        bb.emit_func_output(out)
-    return bb.get()
+    return _mlp(w1, b1, relax.op.nn.gelu, w2)
 
 
 def test_integer_only_swaps_a_gelu_to_the_other_integer_form_before_float():

@@ -87,19 +87,24 @@ def test_a_keys_scale_ignores_the_keys_no_query_reads():
     np.testing.assert_array_equal(ref_s, intref.dynamic_quantize(v[:, :20] * used[:, :20], -2)[1])
 
 
+def _mlp(w1: np.ndarray, b1: np.ndarray, act, w2: np.ndarray):
+    """x[1, 24, IN] -> linear (w1, b1) -> ``act`` -> linear (w2)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 24, w1.shape[0]), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            h = bb.emit(relax.op.add(relax.op.matmul(x, relax.const(w1)), relax.const(b1)))
+            g = bb.emit(act(h))
+            out = bb.emit_output(relax.op.matmul(g, relax.const(w2)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
 def _outlier_mlp(rng):
     """x -> linear -> ReLU -> linear: a float model whose input has outlier tokens."""
     w1, w2 = rng.normal(0, 0.2, (32, 64)).astype(np.float32), rng.normal(0, 0.2, (64, 16)).astype(np.float32)
     b1 = rng.normal(0, 0.1, 64).astype(np.float32)
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, 24, 32), "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            h = bb.emit(relax.op.add(relax.op.matmul(x, relax.const(w1)), relax.const(b1)))
-            g = bb.emit(relax.op.nn.relu(h))
-            out = bb.emit_output(relax.op.matmul(g, relax.const(w2)))
-        bb.emit_func_output(out)
-    return bb.get()
+    return _mlp(w1, b1, relax.op.nn.relu, w2)
 
 
 def _outlier_samples(rng, n):

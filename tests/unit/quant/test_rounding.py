@@ -119,6 +119,6 @@ def test_too_few_calibration_rows_round_to_nearest():
     w = rng.normal(0, 0.1, (64, 16))
     x = _correlated(rng, rng.normal(size=(8, 64)), 127)
     few = InputMoments(second=x.T @ x / len(x), rows=len(x))
-    np.testing.assert_array_equal(few.rounded(w)[0], round_nearest(w)[0])
+    np.testing.assert_array_equal(few.rounded("linear.0", w)[0], round_nearest(w)[0])
     enough = InputMoments(second=x.T @ x / len(x), rows=128)
-    np.testing.assert_array_equal(enough.rounded(w)[0], round_gptq(w, x.T @ x / len(x))[0])
+    np.testing.assert_array_equal(enough.rounded("linear.0", w)[0], round_gptq(w, x.T @ x / len(x))[0])
