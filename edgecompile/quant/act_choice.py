@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from tvm import relax
 
 from edgecompile.calibrate.observers import rounding_noise
@@ -109,3 +110,43 @@ def choose_dynamic(
         if act == "dynamic" or layer.matches(patterns) or (act == "auto" and gains.get(layer.name, 0.0) > threshold):
             chosen.add(layer.name)
     return chosen
+
+
+A16_FLOOR_DB = 20.0  # a16=auto: a linear layer whose int8 input is estimated below this goes int16
+
+
+def input_sqnr_db(power, static_noise, dynamic_noise, reach) -> tuple[float, float | None]:
+    """``(static, dynamic)`` estimated SQNR in dB of a linear layer's output from its input held
+    in int8 (dynamic None where ``dynamic_noise`` is): each input channel's mean square ``power``
+    and the error per element of a static scale (``static_noise``, rounding and clipping; per
+    channel where smoothed) or of a run-time row scale, weighed by how far the channel reaches the
+    output, the squared norm of its row of weights (``reach``), errors taken as independent. By
+    the input's own power an outlier channel 80x the rest hides that the others keep a few levels."""
+    power, reach = np.asarray(power, np.float64), np.asarray(reach, np.float64)
+    signal = float(np.sum(power * reach))
+
+    def db(noise) -> float:
+        total = float(np.sum(np.broadcast_to(np.asarray(noise, np.float64), reach.shape) * reach))
+        return math.inf if total <= 0 else 10 * math.log10(max(signal, 1e-30) / total)
+
+    return db(static_noise), None if dynamic_noise is None else db(dynamic_noise)
+
+
+def choose_wide(layers: list[Layer], options, int8_sqnr: dict, dynamic: set) -> set[str]:
+    """The linear layers to read int16 activations (``int8:a16=``): those ``options.a16`` names,
+    and with ``a16=auto`` those whose input in int8, as ``act`` holds it (``dynamic``: run-time
+    scales), is estimated below :data:`A16_FLOOR_DB` (``int8_sqnr``: :func:`input_sqnr_db`)."""
+    chosen = set()
+    for layer in layers:
+        if layer.kind != "linear":
+            continue
+        held = held_sqnr(int8_sqnr.get(layer.name, (math.inf, None)), layer.name in dynamic)
+        if layer.matches(options.a16) or (options.a16_auto and held < A16_FLOOR_DB):
+            chosen.add(layer.name)
+    return chosen
+
+
+def held_sqnr(estimates: tuple[float, float | None], dynamic: bool) -> float:
+    """Of :func:`input_sqnr_db`'s ``(static, dynamic)``, the one for how the layer holds its input."""
+    static, dyn = estimates
+    return dyn if dynamic and dyn is not None else static

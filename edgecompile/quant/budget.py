@@ -13,7 +13,7 @@ calibration then does not see, so the budget is checked on data the scales were 
 
 The ladder, cheapest first: a layer is static int8 (one scale from calibration), dynamic int8
 (run-time row scales, :mod:`edgecompile.quant.act_choice`: linear layers and matmuls, in the
-integer-only recipe linear layers), or float. When the recipe as calibrated misses the budget,
+integer-only recipe linear layers), int16 (linear layers), or float. When the recipe as calibrated misses the budget,
 the layers are ranked by sensitivity (:mod:`edgecompile.quant.sensitivity`: the drop with that
 layer alone quantized, on as many held-out samples as one pass over the layers runs in
 :data:`RANK_BUDGET_S`, at least 4), then
@@ -26,14 +26,17 @@ layer alone quantized, on as many held-out samples as one pass over the layers r
    for I-ViT's, and back) costs less fidelity quantized alone (one more sensitivity pass, on the
    same samples, with every such layer swapped) take it, the ``k`` that save the most first,
    smallest ``k`` (integers kept, where float would cost latency);
-3. if every helpful swap still misses, the swaps stay (where they lowered the drop) and the
-   ``k`` most sensitive layers of any kind (the integer-only nonlinears too) are kept in float,
-   smallest ``k`` again.
+3. if every helpful swap still misses, the swaps stay (where they lowered the drop) and the ``k``
+   most sensitive linear layers read int16 activations (``a16``, :mod:`edgecompile.intref.wide`:
+   integers kept, twice the layer's GEMM), smallest ``k``;
+4. if all of those still miss, they stay int16 (where that lowered the drop) and the ``k`` most
+   sensitive layers of any kind (the integer-only nonlinears too) are kept in float, smallest
+   ``k`` again (a layer kept in float leaves the earlier rungs).
 
 Each try is a rewrite, a build for this machine and a run of the held-out samples: about
-``2 log2`` of the layers builds. int16 activations (a rung between dynamic and float) are not built
-yet. The manifest's ``quantization.budget`` records the limit, the drop before and after, each try,
-and per changed layer its mode, why, and its sensitivity.
+``2 log2`` of the candidates builds per rung reached (:meth:`_Ladder.climb`). The manifest's
+``quantization.budget`` records the limit, the drop before and after, each try, and per changed
+layer its mode, why, and its sensitivity.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ def cosine(out: np.ndarray, ref: np.ndarray, centred: bool = False) -> float:
 
 
 class _Trials:
-    """Drops of ``calibration`` with other dynamic and float layers, each measured once."""
+    """Drops of ``calibration`` with other dynamic, int16, float and swapped layers, each measured once."""
 
     def __init__(self, calibration, held, reference, centred, build, names, say, trim):
         self.calibration, self.held, self.reference, self.centred = calibration, held, reference, centred
@@ -96,25 +99,67 @@ class _Trials:
         self.done: dict = {}
         self.expected = 2
 
-    def drop(self, dynamic, keep, nonlinear: dict | None = None) -> float:
-        nonlinear = self.calibration.nonlinear if nonlinear is None else nonlinear
-        key = (frozenset(dynamic), frozenset(keep), frozenset(nonlinear.items()))
+    def drop(self, dynamic, keep, nonlinear: dict | None = None, wide=None) -> float:
+        base = self.calibration
+        nonlinear = base.nonlinear if nonlinear is None else nonlinear
+        wide = base.wide if wide is None else frozenset(wide)
+        key = (frozenset(dynamic), frozenset(keep), frozenset(nonlinear.items()), wide)
         if key in self.done:
             return self.done[key]
         cal = dataclasses.replace(
-            self.calibration, dynamic=frozenset(dynamic), keep_float=tuple(keep), nonlinear=nonlinear, record={}
+            base, dynamic=frozenset(dynamic), keep_float=tuple(keep), nonlinear=nonlinear, wide=wide, record={}
         )
         fn = HostFunction(cal.rewrite(), self.build, self.names)
         outs = [self.trim(fn.first(s), s) for s in self.held]
         drop = 1.0 - float(np.mean([cosine(o, r, self.centred) for o, r in zip(outs, self.reference)]))
-        added = len(set(dynamic) - self.calibration.dynamic), len(set(keep) - set(self.calibration.keep_float))
-        swapped = sum(1 for k, v in nonlinear.items() if self.calibration.nonlinear.get(k) != v)
         self.tries.append(
-            {"dynamic_added": added[0], "swapped": swapped, "float_added": added[1], "drop": round(drop, 6)}
+            {
+                "dynamic_added": len(set(dynamic) - base.dynamic),
+                "swapped": sum(1 for k, v in nonlinear.items() if base.nonlinear.get(k) != v),
+                "a16_added": len(wide - base.wide),
+                "float_added": len(set(keep) - set(base.keep_float)),
+                "drop": round(drop, 6),
+            }
         )
         self.say("meeting the accuracy budget", len(self.tries), max(self.expected, len(self.tries)))
         self.done[key] = drop
         return drop
+
+
+@dataclasses.dataclass
+class _Ladder:
+    """Where the budget's search stands: the layers moved so far and the plan rows saying why."""
+
+    trials: _Trials
+    limit: float
+    drop: float  # of the state as it stands
+    dynamic: set
+    keep: list
+    nonlinear: dict
+    wide: set
+    plan: list = dataclasses.field(default_factory=list)
+
+    def state(self, **changes) -> dict:
+        now = {"dynamic": self.dynamic, "keep": self.keep, "nonlinear": self.nonlinear, "wide": self.wide}
+        return {**now, **changes}
+
+    def climb(self, n: int, moved: Callable[[int], dict], rows: Callable[[int], list]) -> bool:
+        """One rung: ``moved(j)`` is the state with its first ``j`` candidates moved up (of ``n``),
+        ``rows(j)`` their plan rows. True with the fewest that meet the limit; else every candidate
+        stays moved where that lowered the drop, and False."""
+        if n == 0:
+            return False
+        self.trials.expected += 2 * math.ceil(math.log2(n + 1))
+        every = self.trials.drop(**moved(n))
+        if every <= self.limit:
+            k, tried = smallest_fix(lambda j: self.trials.drop(**moved(j)), self.limit, n)
+            n, every = k, dict(tried)[k]
+        elif every >= self.drop:
+            return False
+        self.__dict__.update(moved(n))
+        self.plan += rows(n)
+        self.drop = every
+        return every <= self.limit
 
 
 def meet_budget(
@@ -137,59 +182,55 @@ def meet_budget(
     reference = [reference_of(s) for s in held]
     centred = metric == "pearson"
     trials = _Trials(calibration, held, reference, centred, build, input_names, say, trim)
-    dynamic, keep = set(calibration.dynamic), list(calibration.keep_float)
-    before = trials.drop(dynamic, keep)
+    cal = calibration
+    at = _Ladder(trials, limit, 0.0, set(cal.dynamic), list(cal.keep_float), dict(cal.nonlinear), set(cal.wide))
+    before = at.drop = trials.drop(at.dynamic, at.keep)
     budget = {"metric": FIDELITY[metric], "max_drop": limit, "held_out": len(held), "drop_before": round(before, 6)}
-    if before <= limit:
-        return calibration, {**budget, "drop": round(before, 6), "tries": trials.tries, "plan": []}
-    score = lambda out, i, ref: cosine(trim(out, held[i]), ref, centred)  # noqa: E731
-    rank = functools.partial(layer_sensitivity, input_names=input_names, score=score, build=build,
-                             progress=lambda d, t: say("ranking", d, t))  # fmt: skip
-    sens, used = rank(calibration, samples=held, reference=reference, budget_s=RANK_BUDGET_S)
-    free = [r["layer"] for r in sens]  # the layers the recipe converts, most sensitive first
-    ups = _can_go_dynamic(calibration, [r["layer"] for r in sens if r["kind"] in dynamic_kinds and r["drop"] > 0])
-    n_up = len(ups)
-    trials.expected = 3 + 2 * math.ceil(math.log2(n_up + 1)) + 2 * math.ceil(math.log2(len(free) + 1))
-    all_up = trials.drop(dynamic | set(ups), keep) if ups else before
-    if all_up <= limit:  # the fewest most sensitive layers dynamic
-        k, tried = smallest_fix(lambda j: trials.drop(dynamic | set(ups[:j]), keep), limit, n_up)
-        dynamic |= set(ups[:k])
-        plan = [_row(sens, n, "dynamic") for n in ups[:k]]
-    else:  # dynamic where it helped at all, the other integer nonlinears where they help, and float
-        if all_up < before:
-            dynamic |= set(ups)
+    if before > limit:
+        score = lambda out, i, ref: cosine(trim(out, held[i]), ref, centred)  # noqa: E731
+        rank = functools.partial(layer_sensitivity, input_names=input_names, score=score, build=build,
+                                 progress=lambda d, t: say("ranking", d, t))  # fmt: skip
+        sens, used = rank(cal, samples=held, reference=reference, budget_s=RANK_BUDGET_S)
         on_ranked = functools.partial(rank, samples=held[:used], reference=reference[:used])  # sens's samples
-        swaps = _other_impls(calibration, sens, on_ranked)
-        swapped = lambda j: {**calibration.nonlinear, **{s["layer"]: s["mode"] for s in swaps[:j]}}  # noqa: E731
-        trials.expected += 2 * math.ceil(math.log2(len(swaps) + 1))
-        if swaps and (all_swapped := trials.drop(dynamic, keep, swapped(len(swaps)))) <= limit:
-            k, tried = smallest_fix(lambda j: trials.drop(dynamic, keep, swapped(j)), limit, len(swaps))
-            plan = [_row(sens, n, "dynamic") for n in ups if n in dynamic] + swaps[:k]
-            chosen = dataclasses.replace(calibration, dynamic=frozenset(dynamic), nonlinear=swapped(k), record={})
-            return chosen, {**budget, "drop": round(dict(tried)[k], 6), "tries": trials.tries, "plan": plan}
-        n_swaps = len(swaps) if swaps and all_swapped < min(all_up, before) else 0
-        nonlinear = swapped(n_swaps)
-        k, tried = _fewest_float(trials, dynamic, keep, nonlinear, free, limit)
-        keep += free[:k]
-        dynamic -= set(free[:k])
-        plan = [_row(sens, n, "dynamic") for n in ups if n in dynamic]
-        plan += [s for s in swaps[:n_swaps] if s["layer"] not in free[:k]] + [_row(sens, n, "float") for n in free[:k]]
-        calibration = dataclasses.replace(calibration, nonlinear=nonlinear)
-    chosen = dataclasses.replace(calibration, dynamic=frozenset(dynamic), keep_float=tuple(keep), record={})
-    return chosen, {**budget, "drop": round(dict(tried)[k], 6), "tries": trials.tries, "plan": plan}
+        _climb_ladder(at, cal, sens, dynamic_kinds, on_ranked)
+    chosen = dataclasses.replace(
+        cal, dynamic=frozenset(at.dynamic), keep_float=tuple(at.keep), nonlinear=at.nonlinear,
+        wide=frozenset(at.wide), record={},
+    )  # fmt: skip
+    return chosen, {**budget, "drop": round(at.drop, 6), "tries": trials.tries, "plan": at.plan}
 
 
-def _fewest_float(trials: _Trials, dynamic: set, keep: list, nonlinear: dict, free: list, limit: float):
-    """``(k, tries)``: the fewest of the most sensitive layers ``free`` kept in float for a drop
-    within ``limit``; a RecipeError where even all of them miss."""
-    drop_with = lambda j: trials.drop(dynamic - set(free[:j]), keep + free[:j], nonlinear)  # noqa: E731
-    k, tried = smallest_fix(drop_with, limit, len(free))
-    if k is None:
+def _climb_ladder(at: _Ladder, cal, sens: list[dict], dynamic_kinds, on_ranked: Callable) -> None:
+    """The rungs in turn (module docstring) until one meets the limit; a RecipeError where even
+    every layer in float misses it."""
+    row = functools.partial(_row, sens)
+    hurt = [r["layer"] for r in sens if r["drop"] > 0]
+    kinds = {r["layer"]: r["kind"] for r in sens}
+    ups = _taken(cal, [n for n in hurt if kinds[n] in dynamic_kinds], "dynamic", "dynamic")
+    wides = _taken(cal, [n for n in hurt if kinds[n] == "linear"], "wide", "a16")
+    free = [r["layer"] for r in sens]  # the layers the recipe converts, most sensitive first
+    at.trials.expected = 3  # and each rung's doubling and bisection (_Ladder.climb)
+    if at.climb(len(ups), lambda j: at.state(dynamic=at.dynamic | set(ups[:j])),
+                lambda j: [row(n, "dynamic") for n in ups[:j]]):  # fmt: skip
+        return
+    swaps = _other_impls(cal, sens, on_ranked)
+    swapped = lambda j: {**at.nonlinear, **{s["layer"]: s["mode"] for s in swaps[:j]}}  # noqa: E731
+    if at.climb(len(swaps), lambda j: at.state(nonlinear=swapped(j)), lambda j: swaps[:j]):
+        return
+    if at.climb(len(wides), lambda j: at.state(wide=at.wide | set(wides[:j])),
+                lambda j: [row(n, "a16") for n in wides[:j]]):  # fmt: skip
+        return
+    moved = lambda j: at.state(dynamic=at.dynamic - set(free[:j]), wide=at.wide - set(free[:j]),  # noqa: E731
+                               keep=at.keep + free[:j])  # fmt: skip
+    before_float = list(at.plan)
+    if not at.climb(len(free), moved, lambda j: [row(n, "float") for n in free[:j]]):
         raise RecipeError(
-            f"max_drop={limit:g}: even with every layer in float the drop on the held-out samples is "
-            f"{tried[-1][1]:.4g}; the float model itself misses it (held-out samples unlike the rest?)"
+            f"max_drop={at.limit:g}: even with every layer in float the drop on the held-out samples is "
+            f"{at.trials.drop(**moved(len(free))):.4g}; the float model itself misses it (held-out samples unlike "
+            "the rest?)"
         )
-    return k, tried
+    floated = {r["layer"] for r in at.plan[len(before_float):]}
+    at.plan = [r for r in before_float if r["layer"] not in floated] + at.plan[len(before_float):]
 
 
 def _other_impls(calibration, sens: list[dict], rank: Callable) -> list[dict]:
@@ -216,12 +257,13 @@ def _other_impls(calibration, sens: list[dict], rank: Callable) -> list[dict]:
     return sorted(rows, key=lambda row: row["drop_alone"] - alone[row["layer"]])
 
 
-def _can_go_dynamic(calibration, names: list[str]) -> list[str]:
-    """Those of ``names`` a rewrite really gives run-time scales (one whose input has no single
-    scale, e.g. read per channel, keeps the static path), in order; a rewrite, no build."""
-    dataclasses.replace(calibration, dynamic=calibration.dynamic | set(names), record={}).rewrite()
+def _taken(calibration, names: list[str], field: str, act: str) -> list[str]:
+    """Those of ``names`` a rewrite with them added to ``calibration``'s ``field`` (dynamic, wide)
+    really emits as ``act`` (one whose input has no single scale, e.g. read per channel, keeps the
+    static path), in order, less those already so; a rewrite, no build."""
+    dataclasses.replace(calibration, **{field: getattr(calibration, field) | set(names)}, record={}).rewrite()
     acts = {la.name: la.info.get("act") for la in calibration.layers}
-    return [n for n in names if acts.get(n) == "dynamic" and n not in calibration.dynamic]
+    return [n for n in names if acts.get(n) == act and n not in getattr(calibration, field)]
 
 
 def _row(sens: list[dict], name: str, mode: str) -> dict:

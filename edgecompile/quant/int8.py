@@ -74,6 +74,8 @@ def _weight_info(sw: np.ndarray, sigma) -> dict:
 def linear(rw: Rewriter, layer: Layer) -> bool:
     """int8 ``x`` (smoothed where calibration chose it), int8 ``W`` per output channel, int32
     accumulation plus the int32 bias: an :class:`Acc` at ``S_x * S_w[c]``."""
+    if rw.is_wide(layer) and (done := _wide_linear(rw, layer)) is not None:
+        return done
     if rw.is_dynamic(layer):
         done = _row_shifted_linear(rw, layer) if rw.integer_only else _dynamic_linear(rw, layer)
         if done is not None:
@@ -100,6 +102,42 @@ def _dynamic_linear(rw: Rewriter, layer: Layer) -> bool:
         y = relax.op.add(y, relax.const(bias.astype(np.float32)))
     rw.env[layer.output] = Float(rw.bb.emit(y, name_hint=layer.name))
     layer.info = {"act": "dynamic", **_weight_info(sw, sigma)}
+    return True
+
+
+def _wide_linear(rw: Rewriter, layer: Layer) -> bool | None:
+    """:func:`linear` on an int16 input (``int8:a16=``, :mod:`edgecompile.intref.wide`): the input's
+    two int8 bytes stacked on a new leading axis through one int8 GEMM, the halves combined as
+    ``256 hi + lo``: dequantized in float in ``int8``; in the integer-only recipe in int64, by a
+    23-bit dyadic multiplier to ``1/FINE`` of the output's calibrated int8 step, plus the bias there.
+    None where the input is held per channel (the int8 path serves it)."""
+    held = rw.as_wide(layer.inputs[0])
+    if held is None:
+        return None
+    z, sx = held
+    hi = relax.op.right_shift(relax.op.add(z, relax.const(128, "int32")), relax.const(8, "int32"))
+    lo = relax.op.subtract(z, relax.op.left_shift(hi, relax.const(8, "int32")))
+    pair = relax.op.concat([relax.op.expand_dims(relax.op.astype(t, "int8"), 0) for t in (hi, lo)], axis=0)
+    acc, sw, bias = _gemm(rw, layer, rw.bb.emit(pair, name_hint=f"{layer.name}_bytes"), None)
+    # 256 hi + lo as a sum over the stacked axis (no slicing: one fused reduction)
+    weights = np.array([256, 1]).reshape([2] + [1] * (acc.ty.ndim - 1))
+    if not rw.integer_only:
+        t = relax.op.sum(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(weights, "float32")), [0])
+        y = relax.op.multiply(t, relax.const((sx * sw).astype(np.float32)))
+        if bias is not None:
+            y = relax.op.add(y, relax.const(bias.astype(np.float32)))
+        rw.env[layer.output] = Float(rw.bb.emit(y, name_hint=layer.name))
+        layer.info = {"act": "a16", "scale_in": sx, **_weight_info(sw, None)}
+        return True
+    s_fine = rw.scale[layer.output] / FINE
+    b, c = intref.dyadic_wide(np.float64(sx) * sw / s_fine)
+    i64 = lambda a: relax.const(np.asarray(a, np.int64), "int64")  # noqa: E731
+    t = relax.op.sum(relax.op.multiply(relax.op.astype(acc, "int64"), i64(weights)), [0])
+    y = relax.op.right_shift(relax.op.add(relax.op.multiply(t, i64(b)), i64(np.int64(1) << (c - 1))), i64(c))
+    if bias is not None:
+        y = relax.op.add(y, i64(np.clip(np.rint(bias / s_fine), -(2**40), 2**40)))
+    rw.set_acc(layer, relax.op.astype(relax.op.clip(y, -(2**31 - 1), 2**31 - 1), "int32"), s_fine)
+    layer.info = {"act": "a16", "scale_in": sx, "scale_out": s_fine, **_weight_info(sw, None)}
     return True
 
 

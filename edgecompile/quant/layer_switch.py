@@ -100,6 +100,7 @@ def switched_module(
     maxima: dict | None = None,
     dynamic=(),
     moments: dict | None = None,
+    wide=(),
 ) -> tuple[tvm.IRModule, list[Layer]]:
     """``func`` with the switch (module docstring) and the layers it can switch, in switch order:
     those in ``record["forms"]`` (:func:`edgecompile.quant.rewrite.quantize_function`'s record
@@ -110,7 +111,8 @@ def switched_module(
     bb = relax.BlockBuilder()
     params = [relax.Var(p.name, p.ty) for p in func.params]
     switch = switch_var(max(len(record["forms"]), 1))  # every layer the full rewrite converted
-    rw = SwitchRewriter(bb, thresholds, layers, (), handlers(nonlinear), nonlinear, smooth, maxima, dynamic, moments)
+    rw = SwitchRewriter(bb, thresholds, layers, (), handlers(nonlinear), nonlinear, smooth, maxima, dynamic, moments,
+                        wide)  # fmt: skip
     with bb.function("main", [*params, switch], attrs=dict(func.attrs) if func.attrs else None):
         with bb.dataflow():
             rw.start(switch, record)

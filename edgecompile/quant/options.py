@@ -71,6 +71,8 @@ class QuantOptions:
     metric: str = "cosine"  # the budget's fidelity: cosine | pearson
     bias_correction: bool = BIAS_CORRECTION["int8"]  # subtract the rounded weights' mean output shift
     rounding: str = "gptq"  # the weights': nearest | gptq (edgecompile.quant.rounding)
+    a16: tuple[str, ...] = ()  # linear layers (names or fnmatch patterns) reading int16 activations
+    a16_auto: bool = False  # a16=auto: those calibration finds int8 too coarse for (edgecompile.quant.act_choice)
 
     @property
     def integer_only(self) -> bool:
@@ -121,8 +123,10 @@ class QuantOptions:
         if correct not in ("on", "off"):
             raise RecipeError(f"{part}: bias_correction must be on or off, got '{correct}'")
         rounding = options.get("rounding", cls.rounding)
+        a16 = options.get("a16", "off")
+        wide = () if a16 in ("off", "auto") else _patterns(a16)
         parsed = cls(observer, percentile, samples, keep, (), smooth, keep_worst, act, dynamic, max_drop, metric,
-                     correct == "on", rounding)  # fmt: skip
+                     correct == "on", rounding, wide, a16 == "auto")  # fmt: skip
         if not integer_only:
             return parsed
         return replace(parsed, nonlinear=tuple(sorted(nonlinear_choice(options).items())))

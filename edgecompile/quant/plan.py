@@ -38,10 +38,18 @@ from edgecompile.calibrate.capture import Runner, observe, padded_runner
 from edgecompile.calibrate.observers import Observer, rounding_noise
 from edgecompile.errors import CalibrationError, EdgeCompileWarning, RecipeError
 from edgecompile.ir.layers import find_layers, linear_inputs, nonnegative_vars, observed_vars
-from edgecompile.ir.ops import op_name
+from edgecompile.ir.ops import const_array, op_name
 from edgecompile.ir.walk import bindings, building_with, carry_functions, matched_vars
 from edgecompile.passes.patchify import linear_form
-from edgecompile.quant.act_choice import choose_dynamic, dynamic_gain_db, dynamic_kinds, dynamic_operands
+from edgecompile.quant.act_choice import (
+    choose_dynamic,
+    choose_wide,
+    dynamic_gain_db,
+    dynamic_kinds,
+    dynamic_operands,
+    held_sqnr,
+    input_sqnr_db,
+)
 from edgecompile.quant.budget import held_out, meet_budget
 from edgecompile.quant.layer_switch import switched_module
 from edgecompile.quant.options import QuantOptions
@@ -70,6 +78,7 @@ class Calibration:
     dynamic: frozenset = frozenset()  # layers with run-time activation scales (edgecompile.quant.act_choice)
     # linear input -> its InputMoments (edgecompile.quant.rounding: bias correction, GPTQ)
     moments: dict = field(default_factory=dict)
+    wide: frozenset = frozenset()  # linear layers reading int16 activations (int8:a16=)
 
     def retarget(self, mod: tvm.IRModule) -> Calibration:
         """This calibration for ``mod``: the same model imported at other static input shapes (a
@@ -88,6 +97,7 @@ class Calibration:
         return Calibration(
             func, mod, layers, moved(self.thresholds), self.nonlinear, moved(self.smooth), moved(self.maxima),
             self.keep_float, integer_only=self.integer_only, dynamic=self.dynamic, moments=moved(self.moments),
+            wide=self.wide,
         )  # fmt: skip
 
     def rewrite(self, keep_float=None) -> tvm.IRModule:
@@ -96,7 +106,7 @@ class Calibration:
         record: dict = {}
         mod = quantize_function(
             self.func, self.layers, self.thresholds, keep, nonlinear=self.nonlinear, smooth=self.smooth,
-            maxima=self.maxima, record=record, dynamic=self.dynamic, moments=self.moments,
+            maxima=self.maxima, record=record, dynamic=self.dynamic, moments=self.moments, wide=self.wide,
         )  # fmt: skip
         if keep_float is None:
             self.record = record
@@ -109,7 +119,7 @@ class Calibration:
             self.rewrite()
         mod, alone = switched_module(
             self.func, self.layers, self.thresholds, self.record, self.nonlinear, self.smooth, self.maxima,
-            self.dynamic, self.moments,
+            self.dynamic, self.moments, self.wide,
         )  # fmt: skip
         return carry_functions(mod, self.src), [{"name": layer.name, "kind": layer.kind} for layer in alone]
 
@@ -136,6 +146,7 @@ class QuantResult:
             # the layers rewritten with run-time scales (a chosen one whose input has no single
             # scale, e.g. read per channel, keeps the static path)
             "dynamic": sorted(r["name"] for r in self.layers if r.get("act") == "dynamic"),
+            "a16": sorted(r["name"] for r in self.layers if r.get("act") == "a16"),
             "samples": self.samples,
             "kept_float": self.kept_float,
             "max_drop": options.max_drop,
@@ -175,6 +186,7 @@ def quantize_model(
         raise RecipeError("int8: the model has no matmul, linear or add to quantize")
     _check_patterns("keep_float", options.keep_float, layers)
     _check_patterns("dynamic", options.dynamic, layers)
+    _check_patterns("a16", options.a16, layers)
     held: list[dict] = []
     if options.max_drop is not None:
         samples, held = held_out(samples)
@@ -187,17 +199,18 @@ def quantize_model(
         [la for la in layers if not la.matches(options.keep_float)], options.act, options.dynamic, stats.gains,
         options.integer_only,
     )  # fmt: skip
+    wide = choose_wide([la for la in layers if not la.matches(options.keep_float)], options, stats.int8_sqnr, dynamic)
     keep = list(options.keep_float)
     nonlinear = dict(options.nonlinear)
     measure = functools.partial(_layer_errors, func, layers, stats, frun, wanted, samples[:ERROR_SAMPLES], say)
-    errors = measure(nonlinear, dynamic, keep)
+    errors = measure(nonlinear, dynamic, keep, wide)
     if options.keep_worst:
         worst = sorted((e for e in errors if e["quantized"]), key=lambda e: e["sqnr_db"])[: options.keep_worst]
         keep += [e["name"] for e in worst]
-        errors = measure(nonlinear, dynamic, keep)
+        errors = measure(nonlinear, dynamic, keep, wide)
     calibration = Calibration(
         func, mod, layers, stats.thresholds, nonlinear, stats.smooth, stats.maxima, tuple(keep),
-        integer_only=options.integer_only, dynamic=frozenset(dynamic), moments=stats.moments,
+        integer_only=options.integer_only, dynamic=frozenset(dynamic), moments=stats.moments, wide=frozenset(wide),
     )  # fmt: skip
     budget = None
     if options.max_drop is not None:
@@ -206,7 +219,8 @@ def quantize_model(
             dynamic_kinds(options.integer_only), say, frun.trim_first,
         )  # fmt: skip
         if budget["plan"]:
-            errors = measure(calibration.nonlinear, calibration.dynamic, list(calibration.keep_float))
+            errors = measure(calibration.nonlinear, calibration.dynamic, list(calibration.keep_float),
+                             calibration.wide)  # fmt: skip
     return QuantResult(calibration.rewrite(), errors, list(calibration.keep_float), len(samples), calibration, budget)
 
 
@@ -220,6 +234,8 @@ class _Stats:
     maxima: dict
     gains: dict
     moments: dict  # linear input -> InputMoments, with bias_correction=on or rounding=gptq
+    # linear layer -> estimated SQNR of its input in int8, (static, run-time row scales), with a16=auto
+    int8_sqnr: dict
 
 
 def _calibrate(func, layers, frun: Runner, wanted, samples, options: QuantOptions, say) -> _Stats:
@@ -227,7 +243,7 @@ def _calibrate(func, layers, frun: Runner, wanted, samples, options: QuantOption
     make_observer = lambda: Observer(options.observer, options.percentile)  # noqa: E731
     readers = linear_inputs(layers) if options.smooth != 0 else {}
     weighed = options.bias_correction or options.rounding == "gptq"
-    channels = dict.fromkeys(linear_inputs(layers) if weighed else readers)
+    channels = dict.fromkeys(linear_inputs(layers) if weighed or options.a16_auto else readers)
     nonneg = nonnegative_vars(func)
     kinds = dynamic_kinds(options.integer_only) if options.act != "static" else ()
     operands = {la.name: ops for la in layers if la.kind in kinds and (ops := dynamic_operands(la, nonneg))}
@@ -262,7 +278,17 @@ def _calibrate(func, layers, frun: Runner, wanted, samples, options: QuantOption
         )
         for v in linear_inputs(layers)
     } if weighed else {}  # fmt: skip
-    return _Stats(thresholds, smooth, {v: o.max for v, o in observers.items()}, gains, moments)
+    int8_sqnr = {}
+    for la in layers if options.a16_auto else ():
+        v = la.inputs[0] if la.kind == "linear" else None
+        if v in channels and channels[v] is not None:
+            reach = np.sum(np.square(const_array(la.binding.value.args[1]), dtype=np.float64), axis=1)
+            static = (rounding_noise(smooth[v][1]) * smooth[v][0] ** 2 if v in smooth
+                      else observers[v].expected_error(thresholds[v]))  # fmt: skip
+            row = rows.get((v, -1))
+            dyn = None if row is None else rounding_noise(1.0) * row.mean_square
+            int8_sqnr[la.name] = input_sqnr_db(channels[v].mean_square, static, dyn, reach)
+    return _Stats(thresholds, smooth, {v: o.max for v, o in observers.items()}, gains, moments, int8_sqnr)
 
 
 def _check_patterns(option: str, patterns: tuple[str, ...], layers) -> None:
@@ -303,14 +329,14 @@ def _check_zero_ranges(layers, maxima: dict, keep_float: tuple[str, ...]) -> Non
 
 
 def _layer_errors(
-    func, layers, stats: _Stats, frun: Runner, wanted, samples, say, nonlinear, dynamic, keep
+    func, layers, stats: _Stats, frun: Runner, wanted, samples, say, nonlinear, dynamic, keep, wide
 ) -> list[dict]:
     """SQNR of each layer's output: the float values from ``frun`` (which returns ``wanted``, the
     layer outputs among them) against the quantized model's, dequantized."""
     outputs = [layer.output for layer in layers]
     qmod = quantize_function(
         func, layers, stats.thresholds, keep, extra_outputs=outputs, nonlinear=nonlinear, smooth=stats.smooth,
-        maxima=stats.maxima, dynamic=dynamic, moments=stats.moments,
+        maxima=stats.maxima, dynamic=dynamic, moments=stats.moments, wide=wide,
     )  # fmt: skip
     qrun = frun.like(qmod, outputs)
     pos = {v: i for i, v in enumerate(wanted)}
@@ -331,6 +357,8 @@ def _layer_errors(
                 "quantized": bool(layer.info),  # only rewritten layers carry scales
                 "sqnr_db": round(_sqnr(signal[j], noise[j]), 2),
                 **({"dynamic_gain_db": round(stats.gains[layer.name], 1)} if layer.name in stats.gains else {}),
+                **({"int8_input_sqnr_db": round(held_sqnr(stats.int8_sqnr[layer.name], layer.name in dynamic), 1)}
+                   if layer.name in stats.int8_sqnr else {}),  # fmt: skip
                 **{k: _jsonable(v) for k, v in layer.info.items()},
             }
         )

@@ -53,6 +53,7 @@ def quantize_function(
     record: dict | None = None,
     dynamic=(),
     moments: dict | None = None,
+    wide=(),
 ) -> tvm.IRModule:
     """The int8 rewrite of ``func`` (see the module docstring): a module of ``main`` and the TIR
     kernels it calls. ``thresholds`` maps each var of
@@ -67,12 +68,15 @@ def quantize_function(
     requantized to int8 for a reader). ``dynamic`` names the linear layers and matmuls whose
     activations are quantized with run-time scales per row (``int8:act=``). ``moments`` (linear input
     -> :class:`edgecompile.quant.rounding.InputMoments`) turns on bias correction (a mean) and GPTQ
-    rounding (a second moment) for the layers reading those inputs."""
+    rounding (a second moment) for the layers reading those inputs. ``wide`` names the linear layers
+    reading int16 activations (``int8:a16=``, :mod:`edgecompile.intref.wide`)."""
     for layer in layers:
         layer.info = {}
     bb = relax.BlockBuilder()
     params = [relax.Var(p.name, p.ty) for p in func.params]
-    rw = Rewriter(bb, thresholds, layers, keep_float, handlers(nonlinear), nonlinear, smooth, maxima, dynamic, moments)
+    rw = Rewriter(
+        bb, thresholds, layers, keep_float, handlers(nonlinear), nonlinear, smooth, maxima, dynamic, moments, wide
+    )
     with bb.function("main", params, attrs=dict(func.attrs) if func.attrs else None):
         with bb.dataflow():
             out = rw.walk(func, params)

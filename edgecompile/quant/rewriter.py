@@ -104,6 +104,7 @@ class Rewriter:
         maxima: dict | None = None,
         dynamic=(),
         moments: dict | None = None,
+        wide=(),
     ):
         self.bb = bb
         self.scale = {v: t / 127.0 for v, t in thresholds.items()}
@@ -125,6 +126,7 @@ class Rewriter:
         self.gelu_of = {v: layer for layer in layers if layer.kind == "gelu" for v in layer.region.interior}
         self.keep = tuple(keep_float)
         self.dynamic = frozenset(dynamic)  # names of the layers whose activations get run-time scales
+        self.wide = frozenset(wide)  # names of the linear layers reading int16 activations (int8:a16=)
         self.float_feeds: set = set()  # vars the dynamic layers read, through layout ops (walk fills it)
         # per rewritten layer, the form (Rewriter.form) of each integer input it read; per-layer
         # sensitivity rebuilds these from float values (edgecompile.quant.layer_switch)
@@ -217,6 +219,32 @@ class Rewriter:
         """``layer`` quantizes its activations with run-time scales (``int8:act=dynamic``): linear
         layers and matmuls in int8, linear layers in the integer-only recipe."""
         return layer.name in self.dynamic and layer.kind in (("linear",) if self.integer_only else ("linear", "matmul"))
+
+    def is_wide(self, layer: Layer) -> bool:
+        """``layer`` reads its input as int16 (``int8:a16=``): linear layers, in both recipes."""
+        return layer.name in self.wide and layer.kind == "linear"
+
+    def as_wide(self, v):
+        """``(int32 expr, scale)``: ``v`` as integers in ``[-WIDE_MAX, WIDE_MAX]`` at ``max|x| /
+        WIDE_MAX`` from calibration (:mod:`edgecompile.intref.wide`), from its integers by a dyadic
+        rescale (integer-only stays integer) or quantized from float. None where ``v`` is held per
+        channel or was not calibrated: the int8 path serves it."""
+        e = self.env.get(v)
+        floating = e is None or isinstance(e, Float)
+        if v not in self.maxima or (not floating and np.ndim(e.scale) != 0):
+            return None
+        key = (v, "wide")
+        if key not in self.qcache:
+            s = max(float(self.maxima[v]), 1e-30) / intref.WIDE_MAX
+            if not floating:
+                z = relax.op.clip(rescale(e.expr, np.float64(e.scale) / s), -intref.WIDE_MAX, intref.WIDE_MAX)
+            elif self.integer_only:
+                z = iop.emit_input_quantize(self.bb, self.as_float(v), 1.0 / np.float32(s), intref.WIDE_MAX)
+            else:
+                x = relax.op.multiply(self.as_float(v), relax.const(np.float32(1.0 / np.float32(s))))
+                z = relax.op.clip(relax.op.round(x), -intref.WIDE_MAX, intref.WIDE_MAX)
+            self.qcache[key] = (self.bb.emit(relax.op.astype(z, "int32"), name_hint=f"{v.name}_w"), s)
+        return self.qcache[key]
 
     def as_dynamic(self, v, axis: int = -1, smoothed: bool = False, weights=None):
         """``(int8 expr, float32 scale expr, sigma)``: ``v`` (divided by its smoothing factors where
@@ -322,7 +350,8 @@ class Rewriter:
         self.nonneg = nonnegative_vars(func)
         self.activations = _activations(func, self.layers)
         if not self.integer_only:  # integer-only dynamic layers read integers (as_row_shifted)
-            self.float_feeds = _float_feeds(func, [la for la in self.layers.values() if self.is_dynamic(la)])
+            wider = [la for la in self.layers.values() if self.is_dynamic(la) or self.is_wide(la)]
+            self.float_feeds = _float_feeds(func, wider)
         for b in bindings(func):
             self.binding(b)
         ret = func.body.body

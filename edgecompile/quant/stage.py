@@ -27,6 +27,9 @@ INT8_OPTIONS = {
     "rounding": "how weights are rounded to int8: gptq (default: each layer's output error on the calibration "
     "inputs minimised, Frantar et al.; where calibration saw fewer than two rows per layer input, nearest) or "
     "nearest",
+    "a16": "int16 activations for linear layers (an int16 x int8 GEMM run as two int8 GEMMs: twice that layer's "
+    "GEMM time): off (default), auto (the layers whose int8 input calibration estimates too coarse) or names or "
+    "patterns separated by ';'",
     "smooth": "SmoothQuant strength alpha for linear inputs, per-channel ranges moved into the weights: "
     "auto (default: chosen per tensor from calibration statistics), a number in [0, 1], or 0 (off)",
 }
