@@ -67,6 +67,7 @@ def test_keep_float_leaves_named_layers_in_float(digits):
         (["--calib", "{tmp}/wrong.npz"], "has shape"),
         (["--calib", "{calib}", "--recipe", "int8:samples=1000"], "asks for 1000 calibration samples"),
         (["--calib", "{calib}", "--recipe", "int8:observer=median"], "unknown observer"),
+        (["--calib", "{calib}", "--recipe", "int8:a16=linear.99"], "names no layer"),
         (["--calib", "{calib}", "--recipe", "fp32"], "does not quantize"),
     ],
 )
