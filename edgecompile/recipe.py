@@ -28,7 +28,7 @@ from edgecompile.quant.stage import INT8, INT8_INTEGER_ONLY
 STAGES: dict[str, Stage] = {s.preset: s for s in (FP32, FP16, BF16, INT8, INT8_INTEGER_ONLY, LOWRANK, HASH_ATTENTION)}
 
 # A bare word after a preset's colon is shorthand for one of its options: ``int8-integer-only:ibert``.
-FLAVORS: dict[str, tuple[str, tuple[str, ...]]] = {"int8-integer-only": ("ops", ("ivit", "ibert"))}
+FLAVORS: dict[str, tuple[str, tuple[str, ...]]] = {"int8-integer-only": ("ops", ("mixed", "ivit", "ibert"))}
 
 
 @dataclass

@@ -34,8 +34,9 @@ INT8_OPTIONS = {
     "auto (default: chosen per tensor from calibration statistics), a number in [0, 1], or 0 (off)",
 }
 NONLINEAR_OPTIONS = {
-    "ops": "the integer nonlinears: ivit (Shiftmax, ShiftGELU, I-LayerNorm; default) or ibert (i-exp softmax, "
-    "i-GELU, integer-sqrt LayerNorm); also written as a bare word, int8-integer-only:ibert",
+    "ops": "the integer nonlinears: mixed (default: I-ViT's Shiftmax and I-LayerNorm, I-BERT's i-GELU), ivit "
+    "(Shiftmax, ShiftGELU, I-LayerNorm) or ibert (i-exp softmax, i-GELU, integer-sqrt LayerNorm); also written "
+    "as a bare word, int8-integer-only:ibert",
     "softmax": "per-op override: ivit, ibert or float",
     "gelu": "per-op override: ivit, ibert or float (erf and tanh forms)",
     "layernorm": "per-op override: ivit, ibert or float",

@@ -5,6 +5,9 @@ with the int8 and integer-only recipes, against ONNX Runtime fp32 and ORT's dyna
 Thresholds were set from one run at this size (2026-11-23): fp32 93.75%; int8 93.75% and mean
 embedding cosine 0.9950 (min 0.982); int8-integer-only 94.00% and 0.9904 (min 0.964);
 int8-integer-only:ibert 94.00% and 0.9932 (min 0.981); ORT quantize_dynamic 93.25% and 0.9500.
+Since (2026-12-04, GPTQ rounding, 15-bit probabilities, Zen 4): int8 0.99888 (min 0.99699);
+int8-integer-only, whose default ops became I-ViT's with I-BERT's i-GELU, 93.75% and 0.99681
+(min 0.99325); int8-integer-only:ivit (I-ViT's ShiftGELU) 94.00% and 0.99265 (min 0.98315).
 Accuracy may move by a few emails of 400 either way, so its gate is a drop of at most one point
 (gains are noise too; agreement with fp32 bounds both ways); the cosine gates sit just under the
 measured values, and int8 must beat ORT's dynamic int8 by a clear margin, as it does on the full
@@ -36,7 +39,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rows(workdir):
-    recipes = ("int8", "int8-integer-only", "int8-integer-only:ibert")
+    recipes = ("int8", "int8-integer-only", "int8-integer-only:ivit")
     out = run.evaluate("small", recipes, workdir, runs=0, say=print)
     return {r.engine: r for r in out}
 
@@ -51,7 +54,7 @@ def test_int8_keeps_spam_accuracy_and_embeddings(rows):
 
 
 @pytest.mark.parametrize(
-    "recipe, cosine", [("int8-integer-only", 0.988), ("int8-integer-only:ibert", 0.99)], ids=["ivit", "ibert"]
+    "recipe, cosine", [("int8-integer-only", 0.995), ("int8-integer-only:ivit", 0.988)], ids=["mixed", "ivit"]
 )
 def test_integer_only_keeps_spam_accuracy(rows, recipe, cosine):
     fp32, io = rows["ORT fp32"], rows[f"edgecompile {recipe}"]

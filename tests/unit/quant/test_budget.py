@@ -105,7 +105,9 @@ def test_integer_only_swaps_a_gelu_to_the_other_integer_form_before_float():
     samples = [{"x": rng.normal(size=(1, 24, 32)).astype(np.float32)} for _ in range(12)]
     budget = lambda drop, **kw: quantize_model(  # noqa: E731
         mod, samples, ["x"],
-        QuantOptions.from_options({"observer": "minmax", "smooth": "0", "act": "static", "max_drop": drop, **kw}, True),
+        QuantOptions.from_options(
+            {"observer": "minmax", "smooth": "0", "act": "static", "max_drop": drop, "ops": "ivit", **kw}, True
+        ),
         _build,
     )  # fmt: skip
     ivit, ibert = budget("50%").budget["drop"], budget("50%", gelu="ibert").budget["drop"]

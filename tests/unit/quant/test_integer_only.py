@@ -177,7 +177,7 @@ def test_a_region_that_is_not_gelu_is_left_alone():
     "spec, message",
     [
         ("int8-integer-only:softmax=fast", "softmax must be one of ivit, ibert, float"),
-        ("int8-integer-only:ops=tflite", "ops must be one of ivit, ibert"),
+        ("int8-integer-only:ops=tflite", "ops must be one of mixed, ivit, ibert"),
         ("int8-integer-only:tanh=ibert", "tanh must be one of ivit, float"),
         ("int8-integer-only:bert", "malformed recipe option 'bert'"),
     ],

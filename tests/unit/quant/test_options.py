@@ -42,6 +42,10 @@ def test_from_options():
     assert QuantOptions.from_options({"bias_correction": "on"}, True).bias_correction
     assert not QuantOptions.from_options({"bias_correction": "off"}, False).bias_correction
     assert io.nonlinear == (("gelu", "ivit"), ("layernorm", "ibert"), ("softmax", "ibert"), ("tanh", "float"))
+    # the default: I-ViT's ops with I-BERT's GELU (options.DEFAULT_FLAVOR's decision)
+    default = dict(QuantOptions.from_options({}, True).nonlinear)
+    assert default == {"softmax": "ivit", "gelu": "ibert", "layernorm": "ivit", "tanh": "ivit"}
+    assert dict(QuantOptions.from_options({"ops": "ivit"}, True).nonlinear)["gelu"] == "ivit"
 
 
 @pytest.mark.parametrize(
@@ -54,7 +58,7 @@ def test_from_options():
         ({"percentile": "20"}, False, "int8: percentile must be in (50, 100], got 20.0"),
         ({"smooth": "2"}, False, "int8: smooth must be auto or in [0, 1] (0: off), got 2.0"),
         ({"samples": "0"}, False, "int8: samples must be at least 1"),
-        ({"ops": "tflite"}, True, "int8-integer-only: ops must be one of ivit, ibert, got 'tflite'"),
+        ({"ops": "tflite"}, True, "int8-integer-only: ops must be one of mixed, ivit, ibert, got 'tflite'"),
         ({"ops": "tflite", "percentile": "20"}, True, "percentile must be"),  # int8 options first
         ({"softmax": "fast", "tanh": "ibert"}, True, "int8-integer-only: softmax must be one of ivit, ibert, float"),
         ({"tanh": "ibert"}, True, "int8-integer-only: tanh must be one of ivit, float, got 'ibert'"),
