@@ -73,3 +73,20 @@ def digits_accuracy(artifact, data) -> float:
     m = edgecompile.load(artifact)
     logits = np.concatenate([m.run({"pixel_values": x[None]})["logits"] for x in data["x_test"]])
     return accuracy(logits, data["y_test"])
+
+
+# the only roles of float kernels in an integer-only artifact (inspect --float-ops)
+BOUNDARY_ROLES = {"input quantize", "output dequantize"}
+
+
+def float_ops(artifact) -> list[dict]:
+    """``edgecompile inspect ARTIFACT --float-ops --json``: the kernels doing float arithmetic."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgecompile.cli import app
+
+    r = CliRunner().invoke(app, ["inspect", str(artifact), "--float-ops", "--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output)

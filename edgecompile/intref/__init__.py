@@ -31,7 +31,6 @@ from edgecompile.intref.wide import (
     WIDE_MAX,
     dyadic_wide,
     split_wide,
-    wide_dequantize,
     wide_quantize,
     wide_rescale,
 )
@@ -40,7 +39,6 @@ __all__ = [
     "WIDE_MAX",
     "dyadic_wide",
     "split_wide",
-    "wide_dequantize",
     "wide_quantize",
     "wide_rescale",
     "QMAX",

@@ -18,7 +18,8 @@ Combining the halves:
   ``K <= 8192``), times a dyadic multiplier of 23 bits (:func:`dyadic_wide`, so ``t b < 2^58``
   cannot overflow int64 where the 31-bit one of :func:`edgecompile.intref.dyadic` could), rounded
   half up: exact integer arithmetic, bit for bit in compiled code.
-- int8 (:func:`wide_dequantize`): ``(float32(acc_hi) 256 + float32(acc_lo)) S_x S_w[c]`` in float32.
+- int8: ``(float32(acc_hi) 256 + float32(acc_lo)) S_x S_w[c]`` in float32 (a float output, like
+  run-time scales': checked against ONNX Runtime with a tolerance, not bit for bit).
 """
 
 from __future__ import annotations
@@ -68,9 +69,3 @@ def wide_rescale(acc_hi: np.ndarray, acc_lo: np.ndarray, b, c) -> np.ndarray:
     t = (np.asarray(acc_hi, np.int64) << LOW_BITS) + np.asarray(acc_lo, np.int64)
     c = np.asarray(c, np.int64)
     return (t * np.asarray(b, np.int64) + (np.int64(1) << (c - 1))) >> c
-
-
-def wide_dequantize(acc_hi: np.ndarray, acc_lo: np.ndarray, scale) -> np.ndarray:
-    """``(float32(acc_hi) * 256 + float32(acc_lo)) * float32(scale)`` (float32; ``scale`` per channel)."""
-    t = np.asarray(acc_hi).astype(np.float32) * np.float32(1 << LOW_BITS) + np.asarray(acc_lo).astype(np.float32)
-    return t * np.asarray(scale, np.float32)

@@ -7,6 +7,7 @@ import numpy as np
 from tvm import relax
 
 from edgecompile import intref
+from edgecompile.intref.wide import LOW_BITS
 from edgecompile.ir.layers import Layer
 from edgecompile.ir.ops import const_array
 from edgecompile.quant.rewriter import Acc, Float, Int8, Rewriter, rescale
@@ -98,11 +99,24 @@ def _dynamic_linear(rw: Rewriter, layer: Layer) -> bool:
     xq, sx, sigma = rw.as_dynamic(layer.inputs[0], -1, smoothed=True)
     acc, sw, bias = _gemm(rw, layer, xq, sigma)
     y = relax.op.multiply(relax.op.multiply(relax.op.astype(acc, "float32"), sx), relax.const(sw.astype(np.float32)))
+    _float_output(rw, layer, y, bias)
+    layer.info = {"act": "dynamic", **_weight_info(sw, sigma)}
+    return True
+
+
+def _float_output(rw: Rewriter, layer: Layer, y: relax.Expr, bias: np.ndarray | None) -> None:
+    """The layer's output is the dequantized float32 ``y`` plus the bias, in float."""
     if bias is not None:
         y = relax.op.add(y, relax.const(bias.astype(np.float32)))
     rw.env[layer.output] = Float(rw.bb.emit(y, name_hint=layer.name))
-    layer.info = {"act": "dynamic", **_weight_info(sw, sigma)}
-    return True
+
+
+def _fine_output(rw: Rewriter, layer: Layer, y: relax.Expr, bias: np.ndarray | None, s_fine: float) -> None:
+    """Integer-only: the layer's output is the int64 ``y`` at ``s_fine`` plus the bias rounded to
+    that scale, saturated to int32."""
+    if bias is not None:
+        y = relax.op.add(y, relax.const(np.clip(np.rint(bias / s_fine), -(2**40), 2**40).astype(np.int64), "int64"))
+    rw.set_acc(layer, relax.op.astype(relax.op.clip(y, -(2**31 - 1), 2**31 - 1), "int32"), s_fine)
 
 
 def _wide_linear(rw: Rewriter, layer: Layer) -> bool | None:
@@ -115,18 +129,16 @@ def _wide_linear(rw: Rewriter, layer: Layer) -> bool | None:
     if held is None:
         return None
     z, sx = held
-    hi = relax.op.right_shift(relax.op.add(z, relax.const(128, "int32")), relax.const(8, "int32"))
-    lo = relax.op.subtract(z, relax.op.left_shift(hi, relax.const(8, "int32")))
+    low = relax.const(LOW_BITS, "int32")
+    hi = relax.op.right_shift(relax.op.add(z, relax.const(1 << (LOW_BITS - 1), "int32")), low)
+    lo = relax.op.subtract(z, relax.op.left_shift(hi, low))
     pair = relax.op.concat([relax.op.expand_dims(relax.op.astype(t, "int8"), 0) for t in (hi, lo)], axis=0)
     acc, sw, bias = _gemm(rw, layer, rw.bb.emit(pair, name_hint=f"{layer.name}_bytes"), None)
     # 256 hi + lo as a sum over the stacked axis (no slicing: one fused reduction)
-    weights = np.array([256, 1]).reshape([2] + [1] * (acc.ty.ndim - 1))
+    weights = np.array([1 << LOW_BITS, 1]).reshape([2] + [1] * (acc.ty.ndim - 1))
     if not rw.integer_only:
         t = relax.op.sum(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(weights, "float32")), [0])
-        y = relax.op.multiply(t, relax.const((sx * sw).astype(np.float32)))
-        if bias is not None:
-            y = relax.op.add(y, relax.const(bias.astype(np.float32)))
-        rw.env[layer.output] = Float(rw.bb.emit(y, name_hint=layer.name))
+        _float_output(rw, layer, relax.op.multiply(t, relax.const((sx * sw).astype(np.float32))), bias)
         layer.info = {"act": "a16", "scale_in": sx, **_weight_info(sw, None)}
         return True
     s_fine = rw.scale[layer.output] / FINE
@@ -134,9 +146,7 @@ def _wide_linear(rw: Rewriter, layer: Layer) -> bool | None:
     i64 = lambda a: relax.const(np.asarray(a, np.int64), "int64")  # noqa: E731
     t = relax.op.sum(relax.op.multiply(relax.op.astype(acc, "int64"), i64(weights)), [0])
     y = relax.op.right_shift(relax.op.add(relax.op.multiply(t, i64(b)), i64(np.int64(1) << (c - 1))), i64(c))
-    if bias is not None:
-        y = relax.op.add(y, i64(np.clip(np.rint(bias / s_fine), -(2**40), 2**40)))
-    rw.set_acc(layer, relax.op.astype(relax.op.clip(y, -(2**31 - 1), 2**31 - 1), "int32"), s_fine)
+    _fine_output(rw, layer, y, bias, s_fine)
     layer.info = {"act": "a16", "scale_in": sx, "scale_out": s_fine, **_weight_info(sw, None)}
     return True
 
@@ -163,9 +173,7 @@ def _row_shifted_linear(rw: Rewriter, layer: Layer) -> bool | None:
     d = relax.op.clip(relax.op.subtract(i64(c), shift), 1, 63)
     one = relax.op.left_shift(i64(1), relax.op.subtract(d, i64(1)))
     y = relax.op.right_shift(relax.op.add(relax.op.multiply(relax.op.astype(acc, "int64"), i64(b)), one), d)
-    if bias is not None:
-        y = relax.op.add(y, i64(np.clip(np.rint(bias / s_fine), -(2**40), 2**40)))
-    rw.set_acc(layer, relax.op.astype(relax.op.clip(y, -(2**31 - 1), 2**31 - 1), "int32"), s_fine)
+    _fine_output(rw, layer, y, bias, s_fine)
     layer.info = {"act": "dynamic", "scale_out": s_fine, **_weight_info(sw, sigma)}
     return True
 

@@ -308,17 +308,12 @@ def test_integer_only_dynamic_keeps_digits_accuracy_with_no_float_inside(digits,
     (erf's polynomial ``a < 0``): the FC2 after it rescales with a negated multiplier."""
     import json
 
-    from helpers import digits_accuracy
-    from typer.testing import CliRunner
-
-    from edgecompile.cli import app
+    from helpers import BOUNDARY_ROLES, digits_accuracy, float_ops
 
     data, onnx_path, calib, tmp = digits
     out = tmp / f"io-dynamic-{flavor.strip(',') or 'ivit'}"
     art = edgecompile_compile(onnx_path, out, f"int8-integer-only:{flavor}act=dynamic", calib)
-    r = CliRunner().invoke(app, ["inspect", str(art), "--float-ops", "--json"])
-    assert r.exit_code == 0, r.output
-    assert {row["role"] for row in json.loads(r.output)} == {"input quantize", "output dequantize"}
+    assert {row["role"] for row in float_ops(art)} == BOUNDARY_ROLES
     q = json.loads((art / "manifest.json").read_text())["quantization"]
     dyn = [row["name"] for row in q["layers"] if row.get("act") == "dynamic"]
     assert len(dyn) >= 8 and all(n.startswith("linear.") for n in dyn) and sorted(dyn) == q["dynamic"]

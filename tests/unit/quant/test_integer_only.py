@@ -8,21 +8,14 @@ import json
 
 import numpy as np
 import pytest
-from helpers import EXAMPLE_ONNX, digits_accuracy
+from helpers import BOUNDARY_ROLES, EXAMPLE_ONNX, digits_accuracy, float_ops
 from typer.testing import CliRunner
 
 import edgecompile
 from edgecompile.cli import app
 
 runner = CliRunner()
-BOUNDARY_ROLES = {"input quantize", "output dequantize"}
 TINY_BERT_SHAPES = {"input_ids": (1, 32), "attention_mask": (1, 32)}
-
-
-def _float_ops(artifact) -> list[dict]:
-    r = runner.invoke(app, ["inspect", str(artifact), "--float-ops", "--json"])
-    assert r.exit_code == 0, r.output
-    return json.loads(r.output)
 
 
 @pytest.mark.parametrize("recipe", ["int8-integer-only", "int8-integer-only:ibert"])
@@ -38,7 +31,7 @@ def test_integer_only_keeps_digits_accuracy_with_no_float_inside(digits, recipe)
     # measured: fp32 96.17, int8-integer-only 96.17, :ibert 96.33 (600 held-out digits)
     assert acc >= acc_fp32 - 0.5, (acc_fp32, acc)
 
-    rows = _float_ops(out)
+    rows = float_ops(out)
     assert {r["role"] for r in rows} == BOUNDARY_ROLES, rows  # the image quantize and the logits dequantize
     q = json.loads((out / "manifest.json").read_text())["quantization"]
     kinds = {row["kind"] for row in q["layers"] if row["quantized"]}
@@ -47,7 +40,7 @@ def test_integer_only_keeps_digits_accuracy_with_no_float_inside(digits, recipe)
     assert {row["impl"] for row in q["layers"] if row["kind"] == "softmax"} == {impl}
     assert {row["form"] for row in q["layers"] if row["kind"] == "gelu"} == {"erf"}
 
-    fp32_rows = _float_ops(fp32)  # the float model, for contrast: everything is a float op
+    fp32_rows = float_ops(fp32)  # the float model, for contrast: everything is a float op
     assert sum(r["role"] == "float op" for r in fp32_rows) >= 5
 
 
@@ -56,7 +49,7 @@ def test_per_op_choice_keeps_layernorm_in_float(digits):
     out = edgecompile.compile(
         onnx_path, output=tmp / "ln-float", recipe="int8-integer-only:layernorm=float,samples=32", calib=calib
     )
-    rows = _float_ops(out)
+    rows = float_ops(out)
     inside = [r for r in rows if r["role"] == "float op"]
     # the LayerNorms, with the explicit dequantize before and quantize after them; nothing else
     assert any("layer_norm" in r["kernel"] for r in inside), inside
@@ -120,7 +113,7 @@ def test_tiny_bert_integer_only_artifact_has_float_only_at_the_boundary(tmp_path
         calib=EXAMPLE_ONNX.parent / "tiny_bert_calib.npz",
         input_shapes={k: "x".join(map(str, v)) for k, v in TINY_BERT_SHAPES.items()},
     )
-    rows = _float_ops(out)
+    rows = float_ops(out)
     assert {r["role"] for r in rows} == BOUNDARY_ROLES, rows
     # the mask is the only input quantized (ids are integers); both outputs are dequantized
     assert sum(r["role"] == "input quantize" for r in rows) >= 1

@@ -158,7 +158,7 @@ def test_integer_only_a16_keeps_digits_accuracy_with_no_float_inside(digits, fla
     GELU the input scale is negative), the manifest lists the layers, and accuracy holds."""
     import json
 
-    from helpers import digits_accuracy
+    from helpers import BOUNDARY_ROLES, digits_accuracy, float_ops
     from test_dynamic import edgecompile_compile
     from typer.testing import CliRunner
 
@@ -167,9 +167,7 @@ def test_integer_only_a16_keeps_digits_accuracy_with_no_float_inside(digits, fla
     data, onnx_path, calib, tmp = digits
     art = edgecompile_compile(onnx_path, tmp / f"io-a16-{flavor.strip(',') or 'ivit'}",
                               f"int8-integer-only:{flavor}a16=linear.*", calib)  # fmt: skip
-    r = CliRunner().invoke(app, ["inspect", str(art), "--float-ops", "--json"])
-    assert r.exit_code == 0, r.output
-    assert {row["role"] for row in json.loads(r.output)} == {"input quantize", "output dequantize"}
+    assert {row["role"] for row in float_ops(art)} == BOUNDARY_ROLES
     q = json.loads((art / "manifest.json").read_text())["quantization"]
     wide = [row["name"] for row in q["layers"] if row.get("act") == "a16"]
     assert len(wide) >= 8 and all(n.startswith("linear.") for n in wide) and sorted(wide) == q["a16"]
