@@ -207,7 +207,6 @@ def _climb_ladder(at: _Ladder, cal, sens: list[dict], dynamic_kinds, on_ranked: 
     hurt = [r["layer"] for r in sens if r["drop"] > 0]
     kinds = {r["layer"]: r["kind"] for r in sens}
     ups = _taken(cal, [n for n in hurt if kinds[n] in dynamic_kinds], "dynamic", "dynamic")
-    wides = _taken(cal, [n for n in hurt if kinds[n] == "linear"], "wide", "a16")
     free = [r["layer"] for r in sens]  # the layers the recipe converts, most sensitive first
     at.trials.expected = 3  # and each rung's doubling and bisection (_Ladder.climb)
     if at.climb(len(ups), lambda j: at.state(dynamic=at.dynamic | set(ups[:j])),
@@ -217,6 +216,7 @@ def _climb_ladder(at: _Ladder, cal, sens: list[dict], dynamic_kinds, on_ranked: 
     swapped = lambda j: {**at.nonlinear, **{s["layer"]: s["mode"] for s in swaps[:j]}}  # noqa: E731
     if at.climb(len(swaps), lambda j: at.state(nonlinear=swapped(j)), lambda j: swaps[:j]):
         return
+    wides = _taken(cal, [n for n in hurt if kinds[n] == "linear"], "wide", "a16")  # a rewrite: only when reached
     if at.climb(len(wides), lambda j: at.state(wide=at.wide | set(wides[:j])),
                 lambda j: [row(n, "a16") for n in wides[:j]]):  # fmt: skip
         return
