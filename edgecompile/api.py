@@ -339,7 +339,9 @@ def _ranged(model, ranges, profile, rec, stages, staging, input_dtypes, calib, *
             tune, tuning_db, tune_progress):  # fmt: skip
     """The manifest of a ranged compile (:mod:`edgecompile.ranged.compile`), run with this module's steps."""
     from edgecompile.ranged.compile import Job, compile_ranged
+    from edgecompile.targets import get_profile
 
+    host = get_profile("native").resolved()  # where the padding check runs for a target this machine cannot run
     job = Job(
         model, profile, rec, stages, input_dtypes, calib, say, calib_progress, on_quantized,
         import_model=lambda m, shapes, dtypes: _import(m, shapes, dtypes, None, lambda _msg: None),
@@ -347,6 +349,8 @@ def _ranged(model, ranges, profile, rec, stages, staging, input_dtypes, calib, *
         apply_stages=apply_stages,
         build=lambda mod, out_dir: _build(mod, profile, out_dir, tune, tuning_db, tune_progress, say, rec, write=False),
         manifest=lambda imp, mod, built, sections: _tvm_manifest(imp, mod, rec, profile, built, tune, sections),
+        build_host=lambda mod, out_dir: _build(mod, host, out_dir, None, None, None, lambda _m: None,
+                                               "fp32", write=False),
     )  # fmt: skip
     return compile_ranged(job, ranges, staging)
 

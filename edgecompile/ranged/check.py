@@ -73,6 +73,32 @@ def check_padding(staging: Path, ranged: dict, weights: dict | None, imported, s
     return errors
 
 
+def check_padding_on_host(imports, combos: list[dict], ranged: dict, sample: dict | None, build_host) -> list[float]:
+    """:func:`check_padding` for an artifact this machine cannot run (a GPU, another CPU): on the
+    imported float graphs of each group's two smallest buckets, built for this machine's CPU by
+    ``build_host(mod, out_dir) -> built`` (its ``arrays``: the weights). Whether a model masks its
+    padding is a property of its graph, not of the target, so one pair per group settles it."""
+    import tempfile
+
+    from edgecompile.artifact.weights_blob import write_weights
+    from edgecompile.ranged.shared_weights import SharedWeights
+
+    first = {g: e["buckets"][:2] for g, e in ranged["groups"].items()}
+    keep = [i for i, c in enumerate(combos) if all(c[g] in sizes for g, sizes in first.items())]
+    shared, builds = SharedWeights(), []
+    with tempfile.TemporaryDirectory(prefix="edgecompile-padding-") as tmp:
+        for i in keep:
+            scratch = Path(tmp) / f"build{i}"
+            scratch.mkdir()
+            built = build_host(imports[i].mod, scratch)
+            builds.append({"sizes": combos[i], "library": f"build{i}/{built.library.file.name}",
+                           "weights": shared.add(built.arrays)})  # fmt: skip
+        section = write_weights(shared.arrays, Path(tmp))
+        groups = {g: {**e, "buckets": first[g]} for g, e in ranged["groups"].items()}
+        sub = {**ranged, "groups": groups, "builds": builds}
+        return check_padding(Path(tmp), sub, section, imports[keep[-1]], sample)
+
+
 def _synthetic(specs) -> dict[str, np.ndarray]:
     """Check inputs where no calibration sample is given: normal floats, table indices spread over
     their valid range, ones for other integers (an attention mask that keeps every token)."""

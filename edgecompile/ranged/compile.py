@@ -3,7 +3,6 @@ once on the largest, weights stored once (design: :mod:`edgecompile.ranged`)."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import warnings
@@ -15,13 +14,17 @@ import numpy as np
 
 from edgecompile.errors import CalibrationError, EdgeCompileWarning, InputSpecError
 from edgecompile.ranged.plan import RangePlan
+from edgecompile.ranged.shared_weights import SharedWeights
 
 
 def check_supported(profile, example_inputs) -> None:
     """Refuse what a ranged compile cannot do, before any work."""
-    if profile.runtime == "coreml" or profile.tvm.get("kind") != "llvm":
+    kind = profile.tvm.get("kind")
+    if profile.runtime == "coreml" or kind not in ("llvm", "cuda"):
+        why = " (its builds keep the weights inside each library, which would store them once per bucket)"
         raise InputSpecError(
-            f"ranged input shapes (LO..HI) are supported on CPU targets; {profile.name} needs fixed shapes"
+            f"ranged input shapes (LO..HI) are supported on CPU and CUDA targets; {profile.name} needs fixed "
+            f"shapes{why if kind == 'opencl' else ''}"
         )
     if example_inputs is not None:
         raise InputSpecError("ranged input shapes are given with input_shapes, not example_inputs")
@@ -54,27 +57,6 @@ def padded_samples(calib, plan: RangePlan, specs) -> Iterator[dict]:
                 raise CalibrationError(f"calibration sample {i}: {e}") from None
             arrays = PaddedSample({k: (pad_to(a, top[k]) if k in known else a) for k, a in arrays.items()}, sizes)
         yield arrays  # missing or unknown inputs: load_samples names them
-
-
-class SharedWeights:
-    """The distinct weight arrays of all builds (by dtype, shape and bytes), gathered build by build
-    so that only one copy of each stays in memory while the next build compiles."""
-
-    def __init__(self):
-        self.arrays: list[np.ndarray] = []
-        self._index: dict[tuple, int] = {}
-
-    def add(self, arrays: list[np.ndarray]) -> list[int]:
-        """The indices of ``arrays`` (a build's weights, in its order) among the distinct ones."""
-        ids = []
-        for a in arrays:
-            a = np.ascontiguousarray(a)
-            key = (str(a.dtype), a.shape, hashlib.sha256(a.view(np.uint8).reshape(-1)).digest())
-            if key not in self._index:
-                self._index[key] = len(self.arrays)
-                self.arrays.append(a)
-            ids.append(self._index[key])
-        return ids
 
 
 def output_axes(plan: RangePlan, combos: list[dict], outputs: list[list]) -> dict[str, dict[str, str]]:
@@ -112,10 +94,15 @@ def strip_debug(path: Path, profile) -> bool:
 
 
 def move_library(built, staging: Path, tag: str) -> str:
-    """Move a build's library out of its scratch directory into ``staging`` as ``model.TAG.so``."""
+    """Move a build's library (and a CUDA build's fatbins, renamed ``kernels-TAG-<i>.<arch>.fatbin`` in
+    its ``device_code`` entries) out of its scratch directory into ``staging`` as ``model.TAG.so``."""
     src = Path(built.library.file)
     name = f"model.{tag}{src.suffix}"
     shutil.move(str(src), staging / name)
+    for entry in built.library.device_code or []:
+        moved = f"kernels-{tag}-{entry['file'].removeprefix('kernels-')}"
+        shutil.move(str(src.parent / entry["file"]), staging / moved)
+        entry["file"] = moved
     shutil.rmtree(src.parent, ignore_errors=True)
     return name
 
@@ -191,12 +178,13 @@ class Job:
     apply_stages: Callable  # (mod, stages, ctx) -> (mod, sections)
     build: Callable  # (mod, out_dir) -> api._Built, weights not written
     manifest: Callable  # (imported, mod, built, sections) -> Manifest
+    build_host: Callable | None = None  # (mod, out_dir) -> a float build for this machine's CPU
 
 
 def compile_ranged(job, plan: RangePlan, staging: Path):
     """The manifest of a ranged artifact whose files are written into ``staging``."""
     from edgecompile.artifact.weights_blob import write_weights
-    from edgecompile.ranged.check import check_padding
+    from edgecompile.ranged.check import check_padding, check_padding_on_host
 
     combos = plan.combos()
     imports = []
@@ -230,11 +218,17 @@ def compile_ranged(job, plan: RangePlan, staging: Path):
         "outputs": follows,
         "builds": [{"sizes": c, "library": lib, "weights": ids} for c, lib, ids in zip(combos, libraries, lists)],
     }
+    sample = ctx.samples[0] if ctx.samples else None
     if runs_here(job.profile):
         job.say("checking that padding leaves the outputs unchanged")
-        check_padding(staging, ranged, section, top, ctx.samples[0] if ctx.samples else None)
+        check_padding(staging, ranged, section, top, sample)
+    elif job.build_host is not None:
+        job.say("checking on this machine's CPU (float) that padding leaves the outputs unchanged")
+        check_padding_on_host(imports, combos, ranged, sample, job.build_host)
     final = builds[-1]
     final.weights = section
+    if any(b.library.device_code for b in builds):  # every build's kernels, matched by source hash at load
+        final.library.device_code = [e for b in builds for e in b.library.device_code or []]
     final.memory = {**final.memory, "weights_bytes": section["bytes"] if section else 0,
                     "library_bytes": sum((staging / lib).stat().st_size for lib in libraries)}  # fmt: skip
     manifest = job.manifest(top, mod_top, final, sections)
@@ -247,7 +241,7 @@ def runs_here(profile) -> bool:
     """Whether this machine can run ``profile``'s builds (its architecture and CPU features)."""
     from edgecompile.runtime.hostinfo import cpu_flags
 
-    return profile.is_host_arch and set(profile.cpu_features) <= cpu_flags()
+    return profile.device == "cpu" and profile.is_host_arch and set(profile.cpu_features) <= cpu_flags()
 
 
 def _ranged_spec(spec: dict, plan: RangePlan) -> dict:

@@ -56,16 +56,16 @@ def sentence_encoder():
     return SentenceEncoder(AutoModel.from_pretrained(model_dir()).eval()).eval()
 
 
-def export(path: Path, tok=None, module=None) -> Path:
-    """Export the encoder (or ``module``, same inputs and output) to ``path`` (weights in an external
-    data file beside it); reused if present."""
+def export(path: Path, tok=None, module=None, feeds: dict | None = None) -> Path:
+    """Export the encoder (or ``module``, same inputs and output; traced on ``feeds`` when given) to
+    ``path`` (weights in an external data file beside it); reused if present."""
     import torch
 
     path = Path(path)
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    feeds = tokenize(tok or tokenizer(), ["A man is playing a guitar."])
+    feeds = feeds or tokenize(tok or tokenizer(), ["A man is playing a guitar."])
     b, s = torch.export.Dim("batch", max=64), torch.export.Dim("seq", max=512)
     torch.onnx.export(
         module if module is not None else sentence_encoder(),

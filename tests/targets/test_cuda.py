@@ -255,3 +255,22 @@ def test_cuda_bundle_needs_the_python_runtime(cuda_artifact, tmp_path):
     files = {p.relative_to(bundle.root).as_posix() for p in bundle.root.rglob("*") if p.is_file()}
     assert {"python/tvm/lib/libtvm_runtime_cuda.so", "model/kernels-0.sm_80.fatbin", "run.py"} <= files
     assert "run_model" not in files
+
+
+def test_ranged_cuda_artifact_carries_every_builds_kernels(tmp_path, driver_stub):
+    """One ranged CUDA artifact: each bucket's library with its own fatbins (renamed per build, all
+    checksummed, all in ``device_code``), weights stored once; loading it in runtime-only mode
+    serves the largest build's kernels from those files."""
+    art = edgecompile.compile(EXAMPLE_ONNX, target="cuda-sm80", recipe="fp16", output=tmp_path / "r",
+                              input_shapes={"input_ids": "1x1..32", "attention_mask": "1x1..32"},
+                              buckets={"seq": [8, 32]})  # fmt: skip
+    manifest = json.loads((art / "manifest.json").read_text())
+    builds = manifest["ranged"]["builds"]
+    assert [b["library"] for b in builds] == ["model.seq8.so", "model.so"]
+    files = [e["file"] for e in manifest["device_code"]]
+    assert any(f.startswith("kernels-seq8-") for f in files) and any(f.startswith("kernels-0.") for f in files)
+    assert set(files) <= set(manifest["files"]) and set(files) == {p.name for p in art.glob("*.fatbin")}
+    assert all((art / f).read_bytes()[:4] == FATBIN_MAGIC for f in files)
+    info = _load_in_runtime_only(art, {"LD_LIBRARY_PATH": str(driver_stub)})
+    assert len(info["served"]) >= 1 and all(s[2] == FATBIN_MAGIC.hex() for s in info["served"])
+    assert info["error"] == ["ArtifactError", "artifact needs a cuda device and none is available here"]

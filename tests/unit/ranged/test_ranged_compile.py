@@ -232,6 +232,10 @@ def test_a_model_that_attends_to_its_padding_is_refused(tmp_path):
     assert not (tmp_path / "u").exists()
     fixed = edgecompile.compile(model, "native", tmp_path / "f", input_shapes={"x": "1x16x8"})  # fixed still fine
     assert fixed.exists()
+    # a target this machine cannot run (a GPU) is checked on this CPU's float build of its graph
+    with pytest.raises(InputSpecError, match="zero padding changes output 'y'"):
+        edgecompile.compile(model, "cuda-sm80", tmp_path / "g", input_shapes={"x": "1x1..16x8"}, recipe="fp16")
+    assert not (tmp_path / "g").exists()
 
 
 def test_half_precision_recipes_build_every_length(tmp_path):
