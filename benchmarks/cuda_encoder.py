@@ -4,16 +4,20 @@ artifacts against PyTorch eager (fp16 and fp32) and ONNX Runtime's CUDA provider
 Two steps, because the GPU machine has neither network nor the compiler:
 
     # here (the compiler): export, compile for the GPU's architecture, bundle our runtime once
-    python benchmarks/cuda_encoder.py build --target cuda-sm90 -o build/cuda-bench
+    python benchmarks/cuda_encoder.py build --target cuda-sm90 --with-graphs int8-integer-only -o build/cuda-bench
     # on the GPU machine (python3 with numpy; torch / onnxruntime-gpu used when importable)
     PYTHONPATH=build/cuda-bench/runtime/python python3 benchmarks/cuda_encoder.py run build/cuda-bench
 
 ``build`` writes ``minilm.onnx``, per length L the input ``inputs-L.npz`` (real English text, L
 tokens, no padding) and ONNX Runtime's CPU fp32 answer for it (``refs.npz``), one **ranged** artifact
 per recipe (``artifact-RECIPE``: ``1x1..256``, buckets 16..256 sharing one weights file; at a bucket
-size a ranged run *is* the static build of that size) and ``runtime/``, one device bundle
+size a ranged run *is* the static build of that size; ``--with-graphs RECIPE`` adds the recipe with
+CUDA graphs at 128 and 256 tokens) and ``runtime/``, one device bundle
 (``edgecompile package --python``: TVM's runtime with its CUDA sidecar and our Python runtime) that
-loads them all.
+loads them all. Its ``tvm_ffi`` extension is the compiling Python's; for another python3 there, put
+that version's ``tvm_ffi/core.cpython-3XX-*.so`` (from the apache-tvm-ffi wheel) beside it in
+``runtime/python/tvm_ffi/`` (the H200 run: Python 3.12), and ``libcudart.so.13``'s folder on
+``LD_LIBRARY_PATH``.
 
 The word-embedding table is cut to the token ids the inputs use (ids remapped; the outputs for these
 inputs are the full model's, value for value): a GPU machine is reached through a 64 MiB copy, and
@@ -41,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 RECIPES = ("fp16", "int8", "int8-integer-only")
-LENGTHS = (16, 32, 64, 128, 256)
+LENGTHS = (16, 32, 64, 100, 128, 200, 256)  # 100 then 128 (200, 256): one build, new inputs each call
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # MiniLM-L6's shape (all-MiniLM-L6-v2's config.json)
 MINILM = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536}
@@ -128,6 +132,16 @@ def build(args) -> None:
         )
         size = sum(p.stat().st_size for p in Path(art).rglob("*") if p.is_file())
         print(f"{recipe}: compiled in {time.perf_counter() - t0:.0f} s, artifact {size / 1e6:.1f} MB")
+    for recipe in args.with_graphs:  # the same recipe launched as CUDA graphs (opt-in), 128 and 256 only
+        profile = out / "graphs.toml"
+        shipped = Path(edgecompile.__file__).parent / "targets" / "profiles" / f"{args.target}.toml"
+        profile.write_text("cuda_graphs = true\n" + shipped.read_text())
+        dest = out / f"artifact-{recipe}-graphs"
+        if not (dest / "manifest.json").exists():
+            calib = out / "calib.npz" if "int8" in recipe else None
+            edgecompile.compile(onnx_path, target=str(profile), recipe=recipe, output=dest, input_shapes=shapes,
+                                calib=calib, buckets={"seq": [128, 256]})  # fmt: skip
+    args.recipes = [*args.recipes, *(f"{r}-graphs" for r in args.with_graphs)]
     if "int8-integer-only" in args.recipes:
         cpu_refs(out, args.lengths)
     runtime = make_bundle(out / f"artifact-{args.recipes[0]}", out / "runtime", python=True)
@@ -252,7 +266,7 @@ def run(args) -> None:
     print("| tokens | " + " | ".join(head) + " |\n" + "|---" * (len(head) + 1) + "|")
     for n in lengths:
         feeds = dict(np.load(root / f"inputs-{n}.npz"))
-        exact = {"int8-integer-only": cpu[f"L{n}"] if f"L{n}" in cpu else None}
+        exact = {r: cpu[f"L{n}"] for r in recipes if r.startswith("int8-integer-only") and f"L{n}" in cpu}
         timed = [_ours(models[r], feeds, refs[f"L{n}"], args.runs, exact.get(r)) for r in recipes]
         ours, cos = zip(*timed) if timed else ((), ())
         pt = [None if torch_ms is None else torch_ms(feeds, dt, args.runs) for dt in (torch.float16, torch.float32)]
@@ -285,6 +299,7 @@ def main() -> None:
     b.add_argument("--target", default="cuda-sm90")
     b.add_argument("--recipes", nargs="+", default=list(RECIPES))
     b.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
+    b.add_argument("--with-graphs", nargs="*", default=[], help="recipes also built with CUDA graphs (128, 256)")
     b.add_argument("-o", "--output", default="build/cuda-bench")
     c = sub.add_parser("cpu-refs", help="the integer-only CPU answers (build does this)")
     c.add_argument("build_dir")

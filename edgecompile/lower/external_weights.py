@@ -72,6 +72,9 @@ class LiftWeights:
             self.sink.arrays = []
             return mod
         new = relax.Function(list(func.params) + lifter.params, body, func.ret_ty, func.is_pure, func.attrs)
+        # the inputs come first; the rest are the same tensors every call (what lets a CUDA graph
+        # capture the kernels that read them: relax.transform.RewriteCUDAGraph)
+        new = new.with_attr("num_input", len(func.params))
         self.sink.arrays = lifter.arrays
         out = mod.clone()  # not in place: a tap before this pass keeps the module it saw
         out["main"] = new

@@ -199,8 +199,26 @@ def pipeline_for(target, tuning_db=None, on_fused=None, weights=None, on_planned
         return cpu_pipeline(target, tuning_db, on_fused, weights, on_planned)
     if target.kind.name == "cuda":
         return cuda_pipeline(target, weights, on_planned)
-    # OpenCL: TVM's whole default pipeline, which has no seam for the lift: weights stay in the library
-    return tvm.transform.Sequential([BindParallelLoops(), relax.get_default_pipeline(target)], name="edgecompile_gpu")
+    return opencl_pipeline(target, weights, on_planned)
+
+
+def opencl_pipeline(target, weights=None, on_planned=None) -> tvm.transform.Pass:
+    """TVM's default OpenCL pipeline (Adreno's phases where the target is an Adreno, else the generic
+    GPU ones: dlight's rules) taken apart at its phases, after :class:`BindParallelLoops`, so that the
+    weights are lifted out of the library like on CPU and CUDA (a ranged artifact stores them once)."""
+    from tvm.relax.backend.adreno import pipeline as adreno
+    from tvm.relax.backend.gpu_generic import pipeline as generic
+
+    phases = adreno if "adreno" in target.keys else generic
+    passes = (
+        [BindParallelLoops()]
+        + phases.library_dispatch_passes(target)
+        + phases.legalize_passes(target)
+        + _lift(weights)
+        + phases.dataflow_lower_passes(target)
+        + _after_planning(phases.finalize_passes(target), on_planned)
+    )
+    return tvm.transform.Sequential(passes, name="edgecompile_opencl")
 
 
 def gpu_fusion_passes() -> list:
@@ -221,12 +239,10 @@ def cuda_pipeline(target, weights=None, on_planned=None) -> tvm.transform.Pass:
     from tvm.s_tir import dlight as dl
 
     from edgecompile.lower.schedules.gpu_matmul import Int8Dp4aMatmul, Matmul
+    from edgecompile.lower.schedules.gpu_reduction import WholeReduction
 
-    legalize = gpu_fusion_passes() + [
-        dl.ApplyDefaultSchedule(
-            Int8Dp4aMatmul(), Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
-        ),
-    ]
+    rules = [Int8Dp4aMatmul(), Matmul(), dl.gpu.GEMV(), WholeReduction(), dl.gpu.Reduction(), dl.gpu.GeneralReduction()]
+    legalize = gpu_fusion_passes() + [dl.ApplyDefaultSchedule(*rules, dl.gpu.Fallback())]
     passes = (
         [BindParallelLoops()]
         + cuda.library_dispatch_passes(target)

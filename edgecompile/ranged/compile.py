@@ -19,12 +19,10 @@ from edgecompile.ranged.shared_weights import SharedWeights
 
 def check_supported(profile, example_inputs) -> None:
     """Refuse what a ranged compile cannot do, before any work."""
-    kind = profile.tvm.get("kind")
-    if profile.runtime == "coreml" or kind not in ("llvm", "cuda"):
-        why = " (its builds keep the weights inside each library, which would store them once per bucket)"
+    if profile.runtime == "coreml" or profile.tvm.get("kind") not in ("llvm", "cuda", "opencl"):
         raise InputSpecError(
-            f"ranged input shapes (LO..HI) are supported on CPU and CUDA targets; {profile.name} needs fixed "
-            f"shapes{why if kind == 'opencl' else ''}"
+            f"ranged input shapes (LO..HI) are supported on CPU, CUDA and OpenCL targets; {profile.name} needs "
+            "fixed shapes"
         )
     if example_inputs is not None:
         raise InputSpecError("ranged input shapes are given with input_shapes, not example_inputs")

@@ -127,7 +127,7 @@ class CompiledModel:
         """The weights file as tensors ``main`` takes after the inputs: views of the mapping on the
         CPU (no copy; :mod:`edgecompile.runtime.weights`), one upload to a GPU."""
         section = self.manifest.get("weights")
-        if section is None:  # OpenCL builds (and older artifacts) keep them in the library
+        if section is None:  # artifacts that keep them in the library (OpenCL before session 40)
             return []
         views = map_weights(self.path, section)
         if self._on_cpu:

@@ -52,6 +52,7 @@ class TargetProfile:
     cross_cc: list[str] = field(default_factory=list)
     energy: dict = field(default_factory=lambda: dict(DEFAULT_ENERGY_PJ))
     minimum_deployment_target: str = ""  # runtime "coreml": a coremltools.target name (iOS17, macOS14)
+    cuda_graphs: bool = False  # CUDA: launch the kernels as captured CUDA graphs (not yet measured on a GPU)
     source: str = ""
 
     @property
@@ -90,6 +91,8 @@ class TargetProfile:
 
     def to_json(self) -> dict:
         extra = {"minimum_deployment_target": self.minimum_deployment_target} if self.minimum_deployment_target else {}
+        if self.device == "cuda":
+            extra["cuda_graphs"] = self.cuda_graphs
         return {
             "name": self.name,
             "description": self.description,

@@ -274,3 +274,41 @@ def test_ranged_cuda_artifact_carries_every_builds_kernels(tmp_path, driver_stub
     info = _load_in_runtime_only(art, {"LD_LIBRARY_PATH": str(driver_stub)})
     assert len(info["served"]) >= 1 and all(s[2] == FATBIN_MAGIC.hex() for s in info["served"])
     assert info["error"] == ["ArtifactError", "artifact needs a cuda device and none is available here"]
+
+
+def test_whole_tensor_reductions_use_a_block_of_threads():
+    """``max |x|`` over a whole activation (int8 run-time scales) has no output rows to spread over
+    threads; dlight ran it in one thread. Ours: 1024 threads, each a strided slice, combined by warp
+    shuffles; nvcc compiles it."""
+    import tvm
+    from tvm import relax
+
+    from edgecompile.lower.build import make_target
+    from edgecompile.lower.cuda_binary import device_sources, nvcc_fatbin
+    from edgecompile.lower.pipeline import pipeline_for
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 128, 1536), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.op.max(relax.op.abs(x), axis=None, keepdims=True)))
+        bb.emit_func_output(out)
+    target = make_target(get_profile("cuda-sm90").resolved())
+    with target:
+        source = device_sources(tvm.compile(bb.get(), target=target, relax_pipeline=pipeline_for(target)), "cuda")[0]
+    assert "__shfl_down_sync" in source and "x_ptr[((ax1_ax2_fused_0 * 1024) + ((int)threadIdx.x))]" in source
+    assert "if (((int)threadIdx.x) < 1)" not in source  # not the single-thread fallback
+    assert nvcc_fatbin(source, "sm_90")[:4] == FATBIN_MAGIC
+
+
+def test_a_profile_with_cuda_graphs_launches_captured_graphs(cuda_artifact, tmp_path):
+    """``cuda_graphs = true`` in a profile: the kernels that read only weights and planned buffers run
+    as a CUDA graph the VM captures on the first call; the shipped profiles launch each on its own."""
+    assert b"cuda_graph" not in (cuda_artifact / "model.so").read_bytes()
+    profile = tmp_path / "graphs.toml"
+    shipped = Path(edgecompile.__file__).parent / "targets" / "profiles" / "cuda-sm80.toml"
+    profile.write_text("cuda_graphs = true\n" + shipped.read_text())
+    art = edgecompile.compile(EXAMPLE_ONNX, target=str(profile), recipe="fp16", output=tmp_path / "a",
+                              input_shapes=EXAMPLE_SHAPES)  # fmt: skip
+    assert b"vm.builtin.cuda_graph.run_or_capture" in (art / "model.so").read_bytes()
+    assert json.loads((art / "manifest.json").read_text())["target"]["cuda_graphs"] is True

@@ -55,7 +55,26 @@ def test_opencl_artifact_carries_the_source_and_host_code(name, tmp_path):
     manifest = json.loads((art / "manifest.json").read_text())
     lib = art / manifest["library"]
     assert b"__kernel void " in lib.read_bytes()  # the OpenCL source travels in the library
+    # the weights do not: lifted into weights.bin like on CPU and CUDA, uploaded to the GPU at load
+    assert manifest["weights"]["file"] == "weights.bin" and len(manifest["weights"]["tensors"]) > 10
     if lib.suffix == ".so":  # mali: linked with the aarch64 cross compiler
         assert elf_machine(lib) == (2, ELF_MACHINE["aarch64"])
     else:  # adreno: the Android NDK is not here, objects and the link command
         assert manifest["link_command"] and "aarch64-linux-android" in json.dumps(manifest["target"])
+
+
+def test_ranged_opencl_artifact_stores_its_weights_once(tmp_path):
+    """One ranged OpenCL artifact (Mali, aarch64 host): a library per bucket, each with its OpenCL
+    source, all taking the same weights.bin."""
+    art = edgecompile.compile(EXAMPLE_ONNX, target="opencl-mali", output=tmp_path / "r", recipe="int8-integer-only",
+                              calib=CALIB, input_shapes={"input_ids": "1x1..32", "attention_mask": "1x1..32"},
+                              buckets={"seq": [8, 32]})  # fmt: skip
+    manifest = json.loads((art / "manifest.json").read_text())
+    builds = manifest["ranged"]["builds"]
+    assert [b["sizes"] for b in builds] == [{"seq": 8}, {"seq": 32}]
+    # calibration replayed: the same bytes, stored once; only a table cut to the length differs
+    assert len(set(builds[1]["weights"]) - set(builds[0]["weights"])) <= 1
+    for b in builds:
+        lib = (art / b["library"]).read_bytes()
+        assert b"__kernel void " in lib and elf_machine(art / b["library"]) == (2, ELF_MACHINE["aarch64"])
+    assert sorted(p.name for p in art.glob("*.bin")) == ["weights.bin"]
