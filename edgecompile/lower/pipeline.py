@@ -208,12 +208,18 @@ def opencl_pipeline(target, weights=None, on_planned=None) -> tvm.transform.Pass
     weights are lifted out of the library like on CPU and CUDA (a ranged artifact stores them once)."""
     from tvm.relax.backend.adreno import pipeline as adreno
     from tvm.relax.backend.gpu_generic import pipeline as generic
+    from tvm.s_tir import dlight as dl
+
+    from edgecompile.lower.schedules.gpu_reduction import WholeReduction
 
     phases = adreno if "adreno" in target.keys else generic
+    legalize = phases.legalize_passes(target)
+    if phases is generic:  # whole-tensor reductions ours, before dlight's rules (its last pass) run one thread
+        legalize.insert(len(legalize) - 1, dl.ApplyDefaultSchedule(WholeReduction()))
     passes = (
         [BindParallelLoops()]
         + phases.library_dispatch_passes(target)
-        + phases.legalize_passes(target)
+        + legalize
         + _lift(weights)
         + phases.dataflow_lower_passes(target)
         + _after_planning(phases.finalize_passes(target), on_planned)

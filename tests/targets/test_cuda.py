@@ -276,10 +276,11 @@ def test_ranged_cuda_artifact_carries_every_builds_kernels(tmp_path, driver_stub
     assert info["error"] == ["ArtifactError", "artifact needs a cuda device and none is available here"]
 
 
-def test_whole_tensor_reductions_use_a_block_of_threads():
+@pytest.mark.parametrize(("profile", "kind", "threads"), [("cuda-sm90", "cuda", 1024), ("opencl-mali", "opencl", 256)])
+def test_whole_tensor_reductions_use_a_block_of_threads(profile, kind, threads):
     """``max |x|`` over a whole activation (int8 run-time scales) has no output rows to spread over
-    threads; dlight ran it in one thread. Ours: 1024 threads, each a strided slice, combined by warp
-    shuffles; nvcc compiles it."""
+    threads; dlight ran it in one thread. Ours: a block of threads (1024 on CUDA, 256 on OpenCL), each
+    a strided slice, then combined in the block; nvcc compiles the CUDA one."""
     import tvm
     from tvm import relax
 
@@ -293,12 +294,17 @@ def test_whole_tensor_reductions_use_a_block_of_threads():
         with bb.dataflow():
             out = bb.emit_output(bb.emit(relax.op.max(relax.op.abs(x), axis=None, keepdims=True)))
         bb.emit_func_output(out)
-    target = make_target(get_profile("cuda-sm90").resolved())
+    target = make_target(get_profile(profile).resolved())
     with target:
-        source = device_sources(tvm.compile(bb.get(), target=target, relax_pipeline=pipeline_for(target)), "cuda")[0]
-    assert "__shfl_down_sync" in source and "x_ptr[((ax1_ax2_fused_0 * 1024) + ((int)threadIdx.x))]" in source
-    assert "if (((int)threadIdx.x) < 1)" not in source  # not the single-thread fallback
-    assert nvcc_fatbin(source, "sm_90")[:4] == FATBIN_MAGIC
+        source = device_sources(tvm.compile(bb.get(), target=target, relax_pipeline=pipeline_for(target)), kind)[0]
+    lane = "((int)threadIdx.x)" if kind == "cuda" else "(convert_int(get_local_id(0)))"
+    assert f"x_ptr[((ax1_ax2_fused_0 * {threads}) + {lane})]" in source  # consecutive lanes, coalesced
+    assert f"ax1_ax2_fused_0 < {128 * 1536 // threads};" in source
+    if kind == "cuda":
+        assert "__shfl_down_sync" in source and "if (((int)threadIdx.x) < 1)" not in source  # not one thread
+        assert nvcc_fatbin(source, "sm_90")[:4] == FATBIN_MAGIC
+    else:
+        assert "barrier(CLK_LOCAL_MEM_FENCE)" in source
 
 
 def test_a_profile_with_cuda_graphs_launches_captured_graphs(cuda_artifact, tmp_path):

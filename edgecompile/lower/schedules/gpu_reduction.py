@@ -4,7 +4,8 @@ dlight's reduction rules parallelise over the output's rows; a reduction whose o
 (or a handful) has none, and falls to dlight's ``Fallback``, which runs it in a **single thread**:
 on an H200 the ``max |x|`` of MiniLM's 128 x 1536 FFN activation took 80-117 us of a 2.0 ms
 integer-only run, six to ten of them per inference (measured with ``benchmarks/cuda_encoder.py``).
-This rule gives each output value one block of :data:`THREADS` threads: each thread reduces a
+This rule gives each output value one block of threads (1024 on CUDA, 256 on OpenCL, whose
+devices often cap a work-group there): each thread reduces a
 strided slice (consecutive threads read consecutive elements, so the loads coalesce), then the
 block combines the threads' partial results (TVM's cross-thread reduction: warp shuffles and
 shared memory). Same reduction, other order: exact for max/min and integer sums; a float sum may
@@ -20,13 +21,14 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 
-THREADS = 1024
+THREADS = {"cuda": 1024, "opencl": 256}
 MAX_OUTPUTS = 64  # outputs (blocks) up to which a reduction counts as "to a few values"
 MIN_REDUCED = 2048  # elements per output below which one block gains little over the fallback
 
 
 class WholeReduction(GPUScheduleRule):
-    """One block of :data:`THREADS` threads per output value of a reduction with few outputs."""
+    """One block of threads (:data:`THREADS` per target kind) per output value of a reduction with
+    few outputs."""
 
     def apply(self, func, target, _tunable):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
@@ -52,7 +54,7 @@ class WholeReduction(GPUScheduleRule):
         if not s_loops:
             s_loops = [sch.add_unit_loop(r_loops[0])]
         sch.fuse(*s_loops)
-        _, tx = sch.split(sch.fuse(*r_loops), factors=[None, THREADS])
+        _, tx = sch.split(sch.fuse(*r_loops), factors=[None, THREADS.get(target.kind.name, 256)])
         partial = sch.rfactor(tx, 0)  # each thread's running result over its strided slice
         bx, r, tx = sch.get_loops(partial)
         sch.reorder(bx, tx, r)
