@@ -11,7 +11,10 @@ int8-integer-only, whose default ops became I-ViT's with I-BERT's i-GELU, 93.75%
 Accuracy may move by a few emails of 400 either way, so its gate is a drop of at most one point
 (gains are noise too; agreement with fp32 bounds both ways); the cosine gates sit just under the
 measured values, and int8 must beat ORT's dynamic int8 by a clear margin, as it does on the full
-split."""
+split. The pure I-ViT flavour (``:ivit``, ShiftGELU) is checked bit for bit against the reference
+on the unit models (tests/unit/quant/test_integer_only.py), not gated here: one more MiniLM compile
+would push the suite toward its 30 minutes; ``python examples/minilm_spam/run.py --recipes
+int8-integer-only:ivit`` measures it (0.99265 / 0.98315 above)."""
 
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rows(workdir):
-    recipes = ("int8", "int8-integer-only", "int8-integer-only:ivit")
+    recipes = ("int8", "int8-integer-only")
     out = run.evaluate("small", recipes, workdir, runs=0, say=print)
     return {r.engine: r for r in out}
 
@@ -53,13 +56,10 @@ def test_int8_keeps_spam_accuracy_and_embeddings(rows):
     assert q.agreement >= 97.0
 
 
-@pytest.mark.parametrize(
-    "recipe, cosine", [("int8-integer-only", 0.995), ("int8-integer-only:ivit", 0.988)], ids=["mixed", "ivit"]
-)
-def test_integer_only_keeps_spam_accuracy(rows, recipe, cosine):
-    fp32, io = rows["ORT fp32"], rows[f"edgecompile {recipe}"]
+def test_integer_only_keeps_spam_accuracy(rows):
+    fp32, io = rows["ORT fp32"], rows["edgecompile int8-integer-only"]
     assert io.accuracy >= fp32.accuracy - 1.0, (fp32.accuracy, io.accuracy)
-    assert io.cosine_mean >= cosine and io.cosine_min >= 0.94, (io.cosine_mean, io.cosine_min)
+    assert io.cosine_mean >= 0.995 and io.cosine_min >= 0.94, (io.cosine_mean, io.cosine_min)
     assert io.agreement >= 97.0
 
 
