@@ -6,7 +6,7 @@ Two steps, because the GPU machine has neither network nor the compiler:
     # here (the compiler): export, compile for the GPU's architecture, bundle our runtime once
     python benchmarks/cuda_encoder.py build --target cuda-sm90 --with-graphs int8-integer-only -o build/cuda-bench
     # on the GPU machine (python3 with numpy; torch / onnxruntime-gpu used when importable)
-    PYTHONPATH=build/cuda-bench/runtime/python python3 benchmarks/cuda_encoder.py run build/cuda-bench
+    bash benchmarks/cuda_device.sh build/cuda-bench --runs 200 --profile 128
 
 ``build`` writes ``minilm.onnx``, per length L the input ``inputs-L.npz`` (real English text, L
 tokens, no padding) and ONNX Runtime's CPU fp32 answer for it (``refs.npz``), one **ranged** artifact
@@ -14,10 +14,10 @@ per recipe (``artifact-RECIPE``: ``1x1..256``, buckets 16..256 sharing one weigh
 size a ranged run *is* the static build of that size; ``--with-graphs RECIPE`` adds the recipe with
 CUDA graphs at 128 and 256 tokens) and ``runtime/``, one device bundle
 (``edgecompile package --python``: TVM's runtime with its CUDA sidecar and our Python runtime) that
-loads them all. Its ``tvm_ffi`` extension is the compiling Python's; for another python3 there, put
-that version's ``tvm_ffi/core.cpython-3XX-*.so`` (from the apache-tvm-ffi wheel) beside it in
-``runtime/python/tvm_ffi/`` (the H200 run: Python 3.12), and ``libcudart.so.13``'s folder on
-``LD_LIBRARY_PATH``.
+loads them all. Its ``tvm_ffi`` extension is the compiling Python's; ``cuda_device.sh`` takes the
+GPU machine's python3's from an apache-tvm-ffi wheel in ``.whl/`` where they differ (the H200 run:
+Python 3.12; ``pip download --only-binary=:all: --python-version 3.12 ... apache-tvm-ffi``), puts
+``libcudart.so.13``'s folder on ``LD_LIBRARY_PATH`` and runs ``run`` with the bundled runtime.
 
 The word-embedding table is cut to the token ids the inputs use (ids remapped; the outputs for these
 inputs are the full model's, value for value): a GPU machine is reached through a 64 MiB copy, and
@@ -198,8 +198,8 @@ def _torch_timer(vocab: int):
         print(f"PyTorch baseline unavailable: {e}")
         return None
 
-    def time_it(feeds: dict, dtype, runs: int) -> float:
-        model = bert.to(dtype)
+    def time_it(feeds: dict, dtype: str, runs: int) -> float:
+        model = bert.to(getattr(torch, dtype))
         args = {k: torch.from_numpy(v).cuda() for k, v in feeds.items()}
 
         def call():  # BERT, mean pooling, normalisation; synchronised so each call starts idle
@@ -242,8 +242,6 @@ def _ours(model, feeds: dict, ref: np.ndarray, runs: int, exact: np.ndarray | No
 
 
 def run(args) -> None:
-    import torch
-
     from edgecompile.runtime import load
 
     root = Path(args.build_dir)
@@ -269,7 +267,7 @@ def run(args) -> None:
         exact = {r: cpu[f"L{n}"] for r in recipes if r.startswith("int8-integer-only") and f"L{n}" in cpu}
         timed = [_ours(models[r], feeds, refs[f"L{n}"], args.runs, exact.get(r)) for r in recipes]
         ours, cos = zip(*timed) if timed else ((), ())
-        pt = [None if torch_ms is None else torch_ms(feeds, dt, args.runs) for dt in (torch.float16, torch.float32)]
+        pt = [None if torch_ms is None else torch_ms(feeds, dt, args.runs) for dt in ("float16", "float32")]
         ort_ms = None if ort_sess is None else _median_ms(lambda f=feeds: ort_sess.run(None, f), args.runs)
         fmt = lambda v, p=3: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
         cells = [fmt(v) for v in (*ours, *pt, ort_ms)] + [fmt(c, 5) for c in cos]
