@@ -2,7 +2,8 @@
 the example models they time.
 
 - Timing: :func:`time_ms` (each call's milliseconds after untimed warm-up calls) and
-  :func:`median_ms`; :func:`thread_counts` (1 and every CPU this process may use);
+  :func:`median_ms`; :func:`cosine` (of two outputs, flattened, in float64);
+  :func:`thread_counts` (1 and every CPU this process may use);
   :func:`sampler` and :func:`time_engines` (several engines timed in alternating rounds);
   :func:`cpu_header` (the CPU's name and vector flags).
 - ONNX Runtime: :func:`ort_session` (CPU provider, ``threads`` intra-op and 1 inter-op thread),
@@ -71,6 +72,12 @@ time_ms = time_calls
 def median_ms(fn, runs: int, warmup: int = 3) -> float:
     """The median of :func:`time_ms`."""
     return statistics.median(time_ms(fn, runs, warmup))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The cosine of two outputs, flattened, in float64."""
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
 def thread_counts() -> list[int]:

@@ -37,12 +37,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import time
 import traceback
 from pathlib import Path
 
 import numpy as np
+from _common import artifact_mb, cosine, median_ms, ort_session
 
 RECIPES = ("fp16", "int8", "int8-integer-only")
 LENGTHS = (16, 32, 64, 100, 128, 200, 256)  # 100 then 128 (200, 256): one build, new inputs each call
@@ -91,7 +91,6 @@ def _inputs(tok, length: int) -> dict[str, np.ndarray]:
 
 def build(args) -> None:
     import onnxruntime as ort
-    from _common import ort_session
     from minilm_spam import encoder
 
     import edgecompile
@@ -130,8 +129,7 @@ def build(args) -> None:
             output=out / f"artifact-{recipe}",
             input_shapes=shapes,
         )
-        size = sum(p.stat().st_size for p in Path(art).rglob("*") if p.is_file())
-        print(f"{recipe}: compiled in {time.perf_counter() - t0:.0f} s, artifact {size / 1e6:.1f} MB")
+        print(f"{recipe}: compiled in {time.perf_counter() - t0:.0f} s, artifact {artifact_mb(art):.1f} MB")
     for recipe in args.with_graphs:  # the same recipe launched as CUDA graphs (opt-in), 128 and 256 only
         profile = out / "graphs.toml"
         shipped = Path(edgecompile.__file__).parent / "targets" / "profiles" / f"{args.target}.toml"
@@ -173,17 +171,6 @@ def cpu_refs(out: Path, lengths) -> None:
     shutil.rmtree(art)
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-def _median_ms(call, runs: int, warmup: int = 10) -> float:
-    from edgecompile.runtime.model import time_calls  # the bundled runtime's, on the GPU machine
-
-    return statistics.median(time_calls(call, runs, warmup))
-
-
 def _torch_timer(vocab: int):
     """``time(feeds, dtype, runs) -> ms`` of PyTorch eager on MiniLM's shape, or None without CUDA."""
     try:
@@ -209,7 +196,7 @@ def _torch_timer(vocab: int):
             torch.cuda.synchronize()
 
         with torch.inference_mode():
-            return _median_ms(call, runs)
+            return median_ms(call, runs, warmup=10)
 
     return time_it
 
@@ -235,7 +222,7 @@ def _ours(model, feeds: dict, ref: np.ndarray, runs: int, exact: np.ndarray | No
         if exact is not None:
             same, diff = bool(np.array_equal(out, exact)), float(np.abs(out - exact).max())
             print(f"  {feeds['input_ids'].shape[1]} tokens: integer-only GPU == CPU bit for bit: {same} ({diff:.3g})")
-        return model.benchmark(runs=runs, warmup=10, feeds=feeds).median_ms, _cosine(out, ref)
+        return model.benchmark(runs=runs, warmup=10, feeds=feeds).median_ms, cosine(out, ref)
     except Exception:  # noqa: BLE001 - the table goes on; the error is printed
         traceback.print_exc()
         return None, None
@@ -268,7 +255,7 @@ def run(args) -> None:
         timed = [_ours(models[r], feeds, refs[f"L{n}"], args.runs, exact.get(r)) for r in recipes]
         ours, cos = zip(*timed) if timed else ((), ())
         pt = [None if torch_ms is None else torch_ms(feeds, dt, args.runs) for dt in ("float16", "float32")]
-        ort_ms = None if ort_sess is None else _median_ms(lambda f=feeds: ort_sess.run(None, f), args.runs)
+        ort_ms = None if ort_sess is None else median_ms(lambda f=feeds: ort_sess.run(None, f), args.runs, warmup=10)
         fmt = lambda v, p=3: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
         cells = [fmt(v) for v in (*ours, *pt, ort_ms)] + [fmt(c, 5) for c in cos]
         cells += [fmt(None if pt[0] is None or o is None else o / pt[0], 2) for o in ours]

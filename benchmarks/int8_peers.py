@@ -49,6 +49,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 from _common import (  # noqa: E402
     SEQ,
+    cosine,
     cpu_header,
     minilm_onnx,
     openvino_request,
@@ -123,11 +124,6 @@ def real_case(workdir: Path, n_calib: int) -> Case:
 
 
 CASES = {"minilm-sized": sized_case, "minilm-real": real_case}
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
 # --- the engines ----------------------------------------------------------------------------

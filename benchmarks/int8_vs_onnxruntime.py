@@ -29,6 +29,7 @@ import numpy as np
 from _common import (
     SEQ,
     artifact_mb,
+    cosine,
     minilm_onnx,
     ort_int8,
     ort_ms,
@@ -38,11 +39,6 @@ from _common import (
     thread_counts,
     timed_compile,
 )
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
 def digits_table(tmp: Path, recipes: list[str]) -> None:
