@@ -341,7 +341,6 @@ def _ranged(model, ranges, profile, rec, stages, staging, input_dtypes, calib, *
     from edgecompile.ranged.compile import Job, compile_ranged
     from edgecompile.targets import get_profile
 
-    host = get_profile("native").resolved()  # where the padding check runs for a target this machine cannot run
     job = Job(
         model, profile, rec, stages, input_dtypes, calib, say, calib_progress, on_quantized,
         import_model=lambda m, shapes, dtypes: _import(m, shapes, dtypes, None, lambda _msg: None),
@@ -349,8 +348,9 @@ def _ranged(model, ranges, profile, rec, stages, staging, input_dtypes, calib, *
         apply_stages=apply_stages,
         build=lambda mod, out_dir: _build(mod, profile, out_dir, tune, tuning_db, tune_progress, say, rec, write=False),
         manifest=lambda imp, mod, built, sections: _tvm_manifest(imp, mod, rec, profile, built, tune, sections),
-        build_host=lambda mod, out_dir: _build(mod, host, out_dir, None, None, None, lambda _m: None,
-                                               "fp32", write=False),
+        # where the padding check runs for a target this machine cannot run (resolved only then)
+        build_host=lambda mod, out_dir: _build(mod, get_profile("native").resolved(), out_dir, None, None, None,
+                                               lambda _m: None, "fp32", write=False),
     )  # fmt: skip
     return compile_ranged(job, ranges, staging)
 

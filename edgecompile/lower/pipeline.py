@@ -216,6 +216,13 @@ def opencl_pipeline(target, weights=None, on_planned=None) -> tvm.transform.Pass
     legalize = phases.legalize_passes(target)
     if phases is generic:  # whole-tensor reductions ours, before dlight's rules (its last pass) run one thread
         legalize.insert(len(legalize) - 1, dl.ApplyDefaultSchedule(WholeReduction()))
+    return _gpu_phases(target, phases, legalize, weights, on_planned, "edgecompile_opencl")
+
+
+def _gpu_phases(target, phases, legalize: list, weights, on_planned, name: str) -> tvm.transform.Pass:
+    """A GPU backend's phases (``phases``: TVM's pipeline module for it) with our ``legalize``
+    (fusion and scheduling), after :class:`BindParallelLoops`, the weights lifted after scheduling
+    and the ``on_planned`` tap after memory planning."""
     passes = (
         [BindParallelLoops()]
         + phases.library_dispatch_passes(target)
@@ -224,7 +231,7 @@ def opencl_pipeline(target, weights=None, on_planned=None) -> tvm.transform.Pass
         + phases.dataflow_lower_passes(target)
         + _after_planning(phases.finalize_passes(target), on_planned)
     )
-    return tvm.transform.Sequential(passes, name="edgecompile_opencl")
+    return tvm.transform.Sequential(passes, name=name)
 
 
 def gpu_fusion_passes() -> list:
@@ -249,12 +256,4 @@ def cuda_pipeline(target, weights=None, on_planned=None) -> tvm.transform.Pass:
 
     rules = [Int8Dp4aMatmul(), Matmul(), dl.gpu.GEMV(), WholeReduction(), dl.gpu.Reduction(), dl.gpu.GeneralReduction()]
     legalize = gpu_fusion_passes() + [dl.ApplyDefaultSchedule(*rules, dl.gpu.Fallback())]
-    passes = (
-        [BindParallelLoops()]
-        + cuda.library_dispatch_passes(target)
-        + legalize
-        + _lift(weights)
-        + cuda.dataflow_lower_passes(target)
-        + _after_planning(cuda.finalize_passes(target), on_planned)
-    )
-    return tvm.transform.Sequential(passes, name="edgecompile_cuda")
+    return _gpu_phases(target, cuda, legalize, weights, on_planned, "edgecompile_cuda")
