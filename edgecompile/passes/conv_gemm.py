@@ -9,7 +9,8 @@ reach a few GFLOP/s (4.9 on a 3x3 conv and a 2x2 stride-2 transposed conv, AVX-5
   rows contiguously, the GEMM's output is NCHW already and an unpadded 1x1 convolution needs no
   copy at all. Small images (EfficientFormer's 7x7, whose 49 pixels would pad to 64 GEMM columns):
   the pixels as rows, ``[N*Ho*Wo, kh*kw*C] @ [kh*kw*C, O]`` over the NHWC input's windows, channels
-  innermost, with the weights packed (:mod:`~edgecompile.lower.pack_weights`). The first layout was
+  innermost, with the weights packed (:mod:`~edgecompile.lower.pack_weights`, which also packs the
+  first layout's deep column matrices into its GEMM's panels in the copy that writes them). The first layout was
   measured on a DINOv2-style depth head: its 3x3 conv over 128x112x112 spent 20.9 ms building the
   pixel-rows columns from the NCHW input (a strided gather per element, 0.5 GOP/s).
   The column matrix is ``kh*kw`` times the input: above :data:`MAX_COLUMNS_BYTES` the
@@ -141,12 +142,24 @@ def _col2im(cols, strides, dilation, pads, out_hw):
     return te.compute((n, o, ho, wo), pixel, name="col2im")
 
 
-def _phase_col2im(cols, strides, pads, out_hw):
+def _phase_col2im(cols, strides, pads, out_hw, kernel_left: bool = False):
     """:func:`_col2im` at dilation 1, reading only the taps that land: output row ``y`` takes
     kernel rows ``ri = (y + pt) % sh + sh t`` from input rows ``(y + pt) // sh - t``,
     ``t < ceil(kh / sh)`` (a 4x4 stride-2 kernel: 4 terms, not 16 guarded ones), as an
-    elementwise sum."""
-    n, h, w, o, kh, kw = cols.shape
+    elementwise sum. ``kernel_left``: ``cols[O, kh, kw, H, W]`` of one image (neighbouring output
+    pixels read neighbouring entries), else ``cols[N, H, W, O, kh, kw]``."""
+    if kernel_left:
+        o, kh, kw, h, w = cols.shape
+        n = 1
+
+        def at(b, iy, ix, c, ri, rj):
+            return cols[c, ri, rj, iy, ix]
+    else:
+        n, h, w, o, kh, kw = cols.shape
+
+        def at(b, iy, ix, c, ri, rj):
+            return cols[b, iy, ix, c, ri, rj]
+
     (sh, sw), (pt, pl), (ho, wo) = strides, pads, out_hw
     th, tw = -(-int(kh) // sh), -(-int(kw) // sw)
 
@@ -158,8 +171,8 @@ def _phase_col2im(cols, strides, pads, out_hw):
             for u in range(tw):
                 ri, rj, iy, ix = py + sh * t, px + sw * u, qy - t, qx - u
                 lands = tirx.all(ri < kh, rj < kw, iy >= 0, iy < h, ix >= 0, ix < w)
-                value = cols[b, tirx.max(tirx.min(iy, h - 1), 0), tirx.max(tirx.min(ix, w - 1), 0), c,
-                             tirx.min(ri, kh - 1), tirx.min(rj, kw - 1)]  # fmt: skip
+                value = at(b, tirx.max(tirx.min(iy, h - 1), 0), tirx.max(tirx.min(ix, w - 1), 0), c,
+                           tirx.min(ri, kh - 1), tirx.min(rj, kw - 1))  # fmt: skip
                 total = total + tirx.if_then_else(lands, value, tirx.const(0, cols.dtype))
         return total
 
@@ -171,16 +184,23 @@ def scatter_transpose_conv(bb, x, wv: np.ndarray, shape: list[int], attrs, out_h
     then the overlapping blocks added into the output: by :func:`_phase_col2im` at dilation 1
     (the DINOv2 focus head's three 4x4 stride-2 upsamplings, Zen 4, 1 thread: 31.4 -> 17.8 ms,
     the BatchNorm and ReLU after them now fused in; the model 189 -> 181 ms), :func:`_col2im`
-    otherwise. The largest still streams its 51 MB of blocks at ~3.5 GB/s: each output pixel
-    reads 4 floats of a different 64-byte block."""
+    otherwise. One image at dilation 1 takes the kernel on the left instead, ``[O*kh*kw, C] @
+    x[C, H*W]``, no transpose of the input, and its blocks laid out so that neighbouring output
+    pixels read neighbouring entries (the zoo's DINOv2 head, 3x3 stride 2, 128 -> 64 channels at
+    64x64, Zen 4: the scatter 2.97 -> 1.28 ms; in ``[N, H, W, O, kh, kw]`` each pixel read a
+    different 64-byte block)."""
     op = relax.op
     n, c, h, wd = shape
     _, o, kh, kw = wv.shape
+    pt, pl = _ints(attrs.padding)[:2]
+    strides = tuple(_ints(attrs.strides))
+    if n == 1 and _ints(attrs.dilation) == [1, 1]:
+        left = relax.const(np.ascontiguousarray(wv.reshape(c, o * kh * kw).T))
+        cols = bb.normalize(op.reshape(op.matmul(left, op.reshape(x, [c, h * wd])), [o, kh, kw, h, wd]))
+        return bb.call_te(_phase_col2im, cols, strides, (pt, pl), out_hw, True, primfunc_name_hint="col2im")
     t = op.reshape(op.permute_dims(x, [0, 2, 3, 1]), [n * h * wd, c])
     y = op.matmul(t, relax.const(np.ascontiguousarray(wv.reshape(c, o * kh * kw))))
     cols = bb.normalize(op.reshape(y, [n, h, wd, o, kh, kw]))
-    pt, pl = _ints(attrs.padding)[:2]
-    strides = tuple(_ints(attrs.strides))
     if _ints(attrs.dilation) == [1, 1]:
         return bb.call_te(_phase_col2im, cols, strides, (pt, pl), out_hw, primfunc_name_hint="col2im")
     args = (strides, tuple(_ints(attrs.dilation)), (pt, pl), out_hw)

@@ -436,3 +436,30 @@ def test_the_keys_a_query_reads_are_column_reductions():
         got = _run(sch.mod["main"], target, [a.copy() for a in args])
         np.testing.assert_array_equal(got[-1], want)
     assert want.max() < 3  # the unread keys' 100s stayed out
+
+
+def test_a_split_of_a_transpose_is_the_elementwise_rule():
+    """A fused QKV projection's reshape, transpose and split (one kernel, three outputs: DINOv2's
+    attention, 12 calls on the fallback schedule) is scheduled output by output, and exact."""
+    from tvm import relax
+
+    from edgecompile.lower.schedules.cpu_elementwise import Elementwise
+
+    def qkv(v):
+        heads = relax.op.permute_dims(relax.op.reshape(v, (257, 3, 6, 64)), [1, 2, 0, 3])
+        return relax.op.split(heads, 3, axis=0)
+
+    func = _one_kernel(qkv, [((257, 1152), "float32")])
+    target = tvm.target.Target(TARGETS["avx2"])
+    sch = Elementwise().apply(func, target, False)
+    assert sch is not None
+    from edgecompile.lower.tir_walk import statements
+
+    loops = [s for s in statements(sch.mod["main"]) if isinstance(s, tirx.For)]
+    assert sum(loop.kind == tirx.ForKind.VECTORIZED for loop in loops) == 3, sch.mod
+    xv = np.random.default_rng(0).normal(size=(257, 1152)).astype("float32")
+    ref = xv.reshape(257, 3, 6, 64).transpose(1, 2, 0, 3)
+    args = [xv, *(np.zeros((1, 6, 257, 64), np.float32) for _ in range(3))]
+    got = _run(sch.mod["main"], target, args)
+    for i in range(3):
+        np.testing.assert_array_equal(got[1 + i], ref[i : i + 1])

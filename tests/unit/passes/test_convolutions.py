@@ -134,6 +134,15 @@ CASES = {
                                        (1, 16, 6, 6), True),  # fmt: skip
     "transposed 3x2 strides 2x3 batch 2": ("ConvTranspose", {"strides": [2, 3], "pads": [1, 0, 0, 1]}, (16, 8, 3, 2),
                                            (2, 16, 5, 4), True),  # fmt: skip
+    # one image: the kernel on the left, ``[O*kh*kw, C] @ x[C, H*W]`` (x packed into column panels
+    # at run time: K = C >= 144, 256 pixels), the blocks read by neighbouring output pixels adjacent
+    "transposed 3x3 stride 2, input packed": (
+        "ConvTranspose",
+        {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]},
+        (160, 8, 3, 3),
+        (1, 160, 16, 16),
+        True,
+    ),
     "transposed 3x3 dilation 2": ("ConvTranspose", {"dilations": [2, 2]}, (16, 8, 3, 3), (1, 16, 5, 5), True),
     "transposed grouped": ("ConvTranspose", {"strides": [2, 2], "group": 2}, (16, 4, 2, 2), (1, 16, 4, 4), False),
     "transposed grouped 3x3": ("ConvTranspose", {"strides": [2, 2], "group": 2}, (16, 4, 3, 3), (1, 16, 4, 4), False),
@@ -248,3 +257,23 @@ def test_depthwise_blocks_read_their_taps_as_vectors(channels, size, stride, tmp
     assembled = _assembled_vectors(art / "model.so", "fused_depthwise")
     assert assembled, "no fused depthwise kernel in the library"
     assert not any(assembled.values()), assembled
+
+
+@pytest.mark.parametrize("kernel,cin", [(3, 16), (1, 160)], ids=["3x3 im2col", "1x1"])
+def test_kernel_left_columns_are_packed_where_deep(kernel, cin, tmp_path):
+    """A kernel-left convolution's column matrix (K = C kh kw >= 144 deep, 256 pixels) is packed
+    into the GEMM's column panels by the copy that writes it: one kernel for im2col and packing,
+    the GEMM on packed panels, ONNX Runtime's outputs."""
+    ort = pytest.importorskip("onnxruntime")
+    attrs = {"pads": [kernel // 2] * 4}
+    path = conv_model(tmp_path / "conv.onnx", "Conv", attrs, (24, cin, kernel, kernel), (1, cin, 16, 16))
+    art = edgecompile.compile(path, output=tmp_path / "art")
+    x = np.random.default_rng(3).standard_normal((1, cin, 16, 16)).astype(np.float32)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = edgecompile.load(art).run({"x": x})["z"]
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
+    names = [k["name"] for k in json.loads((art / "manifest.json").read_text())["kernels"]]
+    assert any(n.startswith("matmul_packed") or "_matmul_packed" in n for n in names), names
+    packs = [n for n in names if "pack_panels" in n]
+    assert len(packs) == 1, names
+    assert ("im2col" in packs[0]) == (kernel == 3), names
