@@ -136,7 +136,13 @@ def fusion_passes(target) -> list:
     """Everything before scheduling: the module whose kernels are the tuning tasks."""
     from tvm.relax.backend.cpu_generic import pipeline as generic
 
-    return generic.library_dispatch_passes(target) + pre_legalize_passes(target) + generic.legalize_passes(target)
+    from edgecompile.lower.reshape_epilogue import FlatReshapeAsElementwise
+
+    legalize = generic.legalize_passes(target)
+    # before FuseOps: a conv GEMM's reshape marked elementwise so its bias and activation fuse in
+    fuse = next(i for i, p in enumerate(legalize) if p.info.name == "FuseOps")
+    legalize = [*legalize[:fuse], FlatReshapeAsElementwise(target), *legalize[fuse:]]
+    return generic.library_dispatch_passes(target) + pre_legalize_passes(target) + legalize
 
 
 def cpu_pipeline(target, tuning_db=None, on_fused=None, weights=None, on_planned=None) -> tvm.transform.Pass:

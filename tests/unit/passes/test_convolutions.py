@@ -277,3 +277,24 @@ def test_kernel_left_columns_are_packed_where_deep(kernel, cin, tmp_path):
     packs = [n for n in names if "pack_panels" in n]
     assert len(packs) == 1, names
     assert ("im2col" in packs[0]) == (kernel == 3), names
+
+
+@pytest.mark.parametrize("width,fused", [(16, True), (40, False)], ids=["tiles-whole-rows", "tiles-cross-rows"])
+def test_kernel_left_gemm_takes_bias_and_activation(width, fused, tmp_path):
+    """A kernel-left convolution's GEMM computes its bias and ReLU in its tile epilogue (the reshape
+    to NCHW between them marked elementwise, lower/reshape_epilogue.py) where its 64-wide column
+    tiles hold whole image rows or whole numbers of them; at 40 pixels a row they would not, and
+    the epilogue stays a kernel of its own (the same on every CPU's tile width: 64 with AVX-512,
+    32 with AVX2, 16 with NEON). ONNX Runtime's outputs either way."""
+    ort = pytest.importorskip("onnxruntime")
+    xshape = (1, 24, 320 // width, width)
+    path = conv_model(tmp_path / "conv.onnx", "Conv", {}, (32, 24, 1, 1), xshape)
+    art = edgecompile.compile(path, output=tmp_path / "art")  # tiles 64 (AVX-512), 32 (AVX2), 16 (NEON) wide
+    names = [k["name"] for k in json.loads((art / "manifest.json").read_text())["kernels"]]
+    gemm = [n for n in names if "matmul" in n]
+    assert len(gemm) == 1, names
+    assert ("_flat_add" in gemm[0] and "relu" in gemm[0]) == fused, names
+    x = np.random.default_rng(5).standard_normal(xshape).astype(np.float32)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = edgecompile.load(art).run({"x": x})["z"]
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
