@@ -19,6 +19,12 @@ instruction, int8 GEMMs take the fp32 packing with int32 accumulation.
 An int32 matmul of two integer activations (attention's ``Q K^T``, ``P V``) is packed at run time
 instead: :mod:`edgecompile.lower.activation_gemm`.
 
+fp32 ``W @ x`` with the constant on the left (a kernel-left convolution's ``W[O, C*kh*kw] @
+cols``, :mod:`edgecompile.passes.conv_gemm`): the activation ``x`` is packed into the same
+``[N / NR, K, NR]`` panels at run time, by a copy that fusion merges into the im2col writing
+``x`` (the DINOv2 depth head's 3x3 convolutions, Zen 4: 86-100 -> 101-111 GFLOP/s); only where
+``x`` is deep enough for that to pay (:data:`MIN_RIGHT_PANEL_DEPTH`).
+
 bf16 (a module marked by the ``bf16`` recipe, on a CPU with AVX-512 BF16): fp32 ``x @ W`` over
 ``Wp[N / NR, K / 2, NR, 2]`` holding W rounded to bf16, through the same three stages with fp32
 accumulators (:func:`edgecompile.lower.schedules.int8_dot.bf16_kernel`).
