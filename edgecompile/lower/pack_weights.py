@@ -140,6 +140,13 @@ def _right_panels(x, nr: int):
     return te.compute((n // nr, k, nr), lambda jo, kk, ji: x[kk, jo * nr + ji], name="pack_panels")
 
 
+def _row_tile(isa: VectorISA, m: int, nr: int) -> int:
+    """The row tile ``_packed_matmul`` computes ``m`` rows up to: the matmul rule's tile height when
+    it does not divide ``m`` (no guarded row tail), else 1 (nothing to pad)."""
+    mr = gemm_mr(isa, m, nr, 32, allow_tail=True)
+    return mr if m % mr else 1
+
+
 def _rows_axis(lead) -> int | None:
     """The one static leading axis longer than 1 when it is not the rows axis (``[S, 1, K]``, torch's
     sequence-first attention): else the batch of 197 one-row GEMMs ran as a guarded row tail at 144
@@ -208,8 +215,7 @@ class _Packer(relax.PyExprMutator):
         lead = x.ty.shape.values[:-1]
         rows_axis = _rows_axis(lead)
         m = lead[-1] if rows_axis is None else lead[rows_axis]
-        mr = gemm_mr(self.isa, int(m), nr, 32, allow_tail=True) if isinstance(m, tirx.IntImm) else 1
-        tile = mr if isinstance(m, tirx.IntImm) and int(m) % mr else 1
+        tile = _row_tile(self.isa, int(m), nr) if isinstance(m, tirx.IntImm) else 1
         gemm = functools.partial(_packed_matmul, row_tile=tile, rows_axis=rows_axis, cols=n)
         return self.builder_.call_te(gemm, x, relax.const(packed), out_dtype, primfunc_name_hint="matmul_packed")
 
@@ -217,22 +223,22 @@ class _Packer(relax.PyExprMutator):
         """fp32 ``W @ x`` with a constant ``W[M, K]`` on the left and an activation ``x[K, N]`` (a
         convolution's kernel times its im2col columns, :mod:`edgecompile.passes.conv_gemm`): ``x``
         packed into panels at run time by a copy that fuses with the im2col that produces it."""
-        wv = w.value.numpy() if hasattr(w.value, "numpy") else None
-        shape = static_shape(x)
-        if wv is None or wv.ndim != 2 or wv.dtype != np.float32 or shape is None or len(shape) != 2:
+        w_shape, shape = static_shape(w), static_shape(x)
+        if w_shape is None or len(w_shape) != 2 or shape is None or len(shape) != 2:
             return None
-        if str(x.ty.dtype) != "float32" or out_dtype not in ("", "void", "None", "float32"):
+        if str(w.ty.dtype) != "float32" or str(x.ty.dtype) != "float32":
             return None
-        m, (k, n) = wv.shape[0], shape
+        if out_dtype not in ("", "void", "None", "float32"):
+            return None
+        m, (k, n) = w_shape[0], shape
         nr = gemm_nr(self.isa, n, 32)
         if m < MIN_LEFT_ROWS or k < MIN_RIGHT_PANEL_DEPTH or n < MIN_RIGHT_PANEL_COLUMNS or n % nr:
             return None
         bb = self.builder_
         # x as it is (a var-to-var binding would stop the copy from fusing with the im2col)
         panels = bb.emit(bb.call_te(_right_panels, x, nr, primfunc_name_hint="pack_panels"))
-        mr = gemm_mr(self.isa, m, nr, 32, allow_tail=True)
-        gemm = functools.partial(_packed_matmul, row_tile=mr if m % mr else 1)
-        return self.builder_.call_te(gemm, w, panels, "float32", primfunc_name_hint="matmul_packed")
+        gemm = functools.partial(_packed_matmul, row_tile=_row_tile(self.isa, m, nr))
+        return bb.call_te(gemm, w, panels, "float32", primfunc_name_hint="matmul_packed")
 
     def _pack_bf16(self, x, wv):
         """fp32 ``x @ W`` on the bf16 dot product (:func:`bf16_kernel`): W rounded to bf16 (kept in

@@ -46,11 +46,12 @@ class _Marker(relax.PyExprMutator):
         producer = self.lookup_binding(src) if isinstance(src, relax.Var) else None
         if not self._is_float_gemm(producer):
             return call
-        width = _image_split(static_shape(src) or [], static_shape(call) or [])
+        src_shape = static_shape(src) or []
+        width = _image_split(src_shape, static_shape(call) or [])
         if width is None:
             return call
-        nr = gemm_nr(self.isa, static_shape(src)[1], 32)
-        if static_shape(src)[1] % nr or (width % nr and nr % width):
+        nr = gemm_nr(self.isa, src_shape[1], 32)
+        if src_shape[1] % nr or (width % nr and nr % width):
             return call
         func = self.mod_[call.args[0]].with_attr("op_pattern", ELEMWISE)
         gv = self.builder_.add_func(func, call.args[0].name_hint + "_flat")
