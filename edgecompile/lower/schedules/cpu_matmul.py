@@ -48,10 +48,16 @@ class Matmul(CPUScheduleRule):
         # Anything before the matmul (e.g. a fused transpose) is inlined into its reads.
         if not _inline_producers(sch, main):
             return None
+        b_pad = None
+        if maps is not None:
+            padded = _pad_batched(sch, main, epilogue, target)
+            if padded is not None:
+                epilogue, b_pad = padded
+                maps = get_index_map(sch.get(main))
         loops = _normalized_loops(sch, main, maps)
         if loops is None:
             return None
-        _register_block(sch, main, loops, epilogue, target)
+        _register_block(sch, main, loops, epilogue, target, b_pad)
         return sch
 
 
@@ -85,21 +91,21 @@ def _normalized_loops(sch, main, maps):
     return s, i, j, k
 
 
-def _register_block(sch, main, loops, epilogue, target) -> None:
+def _register_block(sch, main, loops, epilogue, target, b_pad=None) -> None:
     """Tile ``main`` into ``MR x NR`` register blocks (padded to whole tiles where it can be), the
-    N tiles outer and parallel, the epilogue (or a write-back) computed per row tile."""
+    N tiles outer and parallel, the epilogue (or a write-back) computed per row tile. ``b_pad``: B's
+    padding block where :func:`_pad_batched` padded already."""
     s, i, j, k = loops
     bits = sch.get(main).writes[0].source.dtype.bits
     isa = vector_isa(target)
     vw = isa.lanes(bits)
     m, n = extent(sch, i), extent(sch, j)
-    b_pad = None
-    nr = gemm_nr(isa, n, bits)
-    mr = gemm_mr(isa, m, nr, bits, allow_tail=True)
+    nr, mr = _tile(isa, m, n, bits)
     if (m and m % mr) or (n and n % nr):
-        padded = _pad_to_tiles(sch, main, m, n, mr, nr, epilogue)
+        padded = _pad_to_tiles(sch, main, [1, mr if m % mr else 1, nr if n % nr else 1, 1], bool(n % nr), epilogue)
         if padded is not None:
-            (s, i, j, k), epilogue, b_pad = padded
+            epilogue, b_pad = padded
+            s, i, j, k = sch.get_loops(main)
     i0, i1 = sch.split(i, [None, mr])
     j0, j1 = sch.split(j, [None, nr])
     sch.reorder(s, j0, i0, k, i1, j1)
@@ -136,21 +142,50 @@ def _strided_b(sch, main, n: int | None, bits: int) -> bool:
     return n is not None and len(b.shape) >= 2 and int(b.shape[-1]) * bits // 8 >= PANEL_COPY_ROW_BYTES
 
 
-def _pad_to_tiles(sch, main, m, n, mr, nr, epilogue):
-    """Pad the iteration space to whole tiles (e.g. ViT's 197 tokens): the padded rows and columns
-    are computed on zeros and never stored, so the micro-kernel has no tail. Returns ``(loops,
-    epilogue, b_pad)`` after padding (``b_pad``: B's padding block, copied per column panel so its
-    loads stay unguarded), or None where TVM cannot pad: GEMMs over packed weights are not einsums
-    to TVM (j // NR indexing); they keep a guarded row tail, whose condition LLVM hoists out of the
-    k loop."""
+def _tile(isa, m: int | None, n: int | None, bits: int) -> tuple[int, int]:
+    """``(NR, MR)``: the register tile's width and height for an ``m x n`` output."""
+    nr = gemm_nr(isa, n, bits)
+    return nr, gemm_mr(isa, m, nr, bits, allow_tail=True)
+
+
+def _pad_batched(sch, main, epilogue, target):
+    """Pad a GEMM with several batch dims (attention's ``[B, H, M, K] @ [B, H, K, N]``) to whole tiles
+    before its batch dims are fused into one: fused, they index by ``//`` and ``%``, TVM no longer
+    sees an einsum and :func:`_pad_to_tiles` fails, which left the last vector of every tile guarded
+    lane by lane (MobileViT's 30-wide heads: 25 GOP/s). Returns ``(epilogue, b_pad)``, or None where
+    no padding is needed or possible."""
+    block = sch.get(main)
+    ivs = list(block.iter_vars)
+    index = [r.min for r in block.writes[0].region]
+    if len(ivs) <= 4 or len(index) < 2:
+        return None
+    at = [next((p for p, iv in enumerate(ivs) if iv.var.same_as(v)), None) for v in index[-2:]]
+    if None in at or not all(isinstance(ivs[p].dom.extent, tirx.IntImm) for p in at):
+        return None
+    m, n = (int(ivs[p].dom.extent) for p in at)
+    nr, mr = _tile(vector_isa(target), m, n, block.writes[0].source.dtype.bits)
+    if not (m % mr or n % nr):
+        return None
+    pads = [1] * len(ivs)
+    pads[at[0]], pads[at[1]] = (mr if m % mr else 1), (nr if n % nr else 1)
+    return _pad_to_tiles(sch, main, pads, bool(n % nr), epilogue)
+
+
+def _pad_to_tiles(sch, main, pads: list[int], pad_n: bool, epilogue):
+    """Pad the iteration space by ``pads`` (per block iterator) to whole tiles (e.g. ViT's 197
+    tokens): the padded rows and columns are computed on zeros and never stored, so the
+    micro-kernel has no tail. Returns ``(epilogue, b_pad)`` after padding (``b_pad``: B's padding
+    block where ``pad_n``, copied per column panel so its loads stay unguarded), or None where TVM
+    cannot pad: GEMMs over packed weights are not einsums to TVM (j // NR indexing); they keep a
+    guarded row tail, whose condition LLVM hoists out of the k loop."""
     b_pad = None
     try:
-        sch.pad_einsum(main, [1, mr if m % mr else 1, nr if n % nr else 1, 1])
+        sch.pad_einsum(main, pads)
     except Exception:
         return None
     b_buffer = sch.get(main).reads[-1].source
     for producer in sch.get_producers(main):
-        if sch.get(producer).writes[0].source.same_as(b_buffer) and n % nr:
+        if sch.get(producer).writes[0].source.same_as(b_buffer) and pad_n:
             b_pad = producer  # copied per column panel below, so loads stay unguarded
         else:
             sch.compute_inline(producer)
@@ -159,7 +194,7 @@ def _pad_to_tiles(sch, main, m, n, mr, nr, epilogue):
         epilogue = unpad
     else:
         sch.compute_inline(unpad)
-    return sch.get_loops(main), epilogue, b_pad
+    return epilogue, b_pad
 
 
 def inline_epilogue(sch, main):
