@@ -211,6 +211,20 @@ def test_ragged_rows_of_row_reductions(op, width, partition):
     np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("width,once", [(128, True), (197, True), (256, False)])
+def test_softmax_computes_each_exp_once_where_its_row_fits_the_stack(width, once):
+    """The exp of a softmax row, read by the sum and by the normalization, is its own stage written
+    to a row buffer (computed once, not inlined into both readers) when that buffer is a stack
+    allocation (under 1 KiB); a wider row keeps the exp inlined (a workspace allocation per row cost
+    what it saved). Both equal numpy (:func:`test_ragged_rows_of_row_reductions` checks the values)."""
+    from edgecompile.lower.schedules.cpu_row_reduction import RowReduction
+
+    func, _ = _row_kernel("softmax", 12, width)
+    script = RowReduction().apply(func, tvm.target.Target(TARGETS["avx512"]), False).mod.script()
+    exp_blocks = [line for line in script.splitlines() if "sblock(" in line and "exp" in line and "sum" not in line]
+    assert bool(exp_blocks) == once, exp_blocks
+
+
 def test_rows_shorter_than_two_vectors_are_left_to_dlight():
     from edgecompile.lower.schedules.cpu_row_reduction import RowReduction
 
