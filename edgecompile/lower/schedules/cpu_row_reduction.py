@@ -22,6 +22,7 @@ dlight's Reduction before: 4 ms). Correctness never depends on the partitioning,
 
 from __future__ import annotations
 
+import tvm
 from tvm import s_tir, tirx
 
 from edgecompile.lower.schedules.isa import vector_isa
@@ -30,7 +31,6 @@ from edgecompile.lower.tir_walk import replace_realizes, subexpressions
 
 # a stage read twice whose expression has this many nodes is computed once per row (TVM's fast exp: ~100)
 SHARED_STAGE_MIN_NODES = 24
-STACK_ALLOC_BYTES = 1024  # TVM's kMaxStackAlloca: smaller CPU buffers are allocas, larger ones workspace calls
 # TIR lowering options CPU builds run with: peel ``likely``-guarded tails off constant loops
 TIR_CONFIG = {"s_tir.LoopPartition": {"partition_const_loop": True}}
 
@@ -59,12 +59,14 @@ class RowReduction(GuardedRule):
         bare = _is_reduction(sch, out)
         if bare and (len(reductions) != 1 or any(w % vw for w in widths.values())):
             return None
+        kept = _kept_stage(sch, blocks, out)
         for b in blocks[:-1]:
-            if not _is_reduction(sch, b) and not _shared_and_costly(sch, b):
+            if not _is_reduction(sch, b) and not (kept is not None and sch.get(b).same_as(sch.get(kept))):
                 try:
                     sch.compute_inline(b)
                 except Exception:
                     pass
+        kept_buffer = sch.get(kept).writes[0].source if kept is not None else None
         # Partial accumulators per lane, before the stages are moved under the row loop.
         partials = _lane_partials(sch, reductions, vw)
         loops = sch.get_loops(out)
@@ -75,29 +77,88 @@ class RowReduction(GuardedRule):
         if not bare:
             vectorize_ragged(sch, out, vw)
         _stages_per_row(sch, out, row, partials, vw)
-        if all(w % vw == 0 for w in widths.values()):
-            return sch
+        return _mended(sch, out, partials, widths, vw, kept_buffer)
+
+
+def _mended(sch, out, partials: dict, widths: dict, vw: int, kept_buffer):
+    """The finished schedule, its function rebuilt where it must be: ragged rows' partial
+    accumulators guarded again (:func:`_guarded`), a kept stage's buffer matched onto the output
+    (:func:`_aliased`); None where a ragged reduction kept one accumulator (compute_at dropped its
+    guard)."""
+    lanes = {}
+    if any(w % vw for w in widths.values()):
         if len(partials) != len(widths):
-            return None  # a ragged reduction kept one accumulator: compute_at dropped its guard
+            return None
         lanes = {sch.get(rf).name_hint: widths[name] for name, rf in partials.items()}
-        return s_tir.Schedule(replace_realizes(sch.mod["main"], lambda r: _guarded(r, lanes, vw)))
+    if not lanes and kept_buffer is None:
+        return sch
+    output = sch.get(out).writes[0].source
+
+    def mend(realize):
+        if kept_buffer is not None and realize.block.name_hint == "root":
+            return _aliased(realize, kept_buffer, output)
+        return _guarded(realize, lanes, vw)
+
+    return s_tir.Schedule(replace_realizes(sch.mod["main"], mend))
 
 
-def _shared_and_costly(sch, block) -> bool:
-    """A stage read by two or more others and too costly to compute twice (softmax's exp, read by
-    the sum and by the normalization): kept as its own pass over the row, written to a row buffer,
-    instead of inlined into (and computed by) each reader. Only where that row buffer fits TVM's
-    stack allocations (under ``STACK_ALLOC_BYTES``); a larger one is allocated from the workspace
-    pool once per row, which cost what the second exp saved (16x256x256 softmax: 590 -> 578 us;
-    255 wide on the stack: 596 -> 458 us; 12x128x128: 123 -> 86 us; Zen 4, 1 thread)."""
-    if len(sch.get_consumers(block)) < 2:
-        return False
-    written = sch.get(block).writes[0].source
-    row = written.shape[-1]
-    if not isinstance(row, tirx.IntImm) or int(row) * written.dtype.bits // 8 >= STACK_ALLOC_BYTES:
-        return False
-    value = getattr(sch.get(block).body, "value", None)
-    return value is not None and sum(1 for _ in subexpressions(value)) >= SHARED_STAGE_MIN_NODES
+def _kept_stage(sch, blocks, out):
+    """The stage read by two others that is too costly to compute twice (softmax's exp, read by the
+    sum and by the normalization; TVM's fast softmax inlines it into both), kept as its own
+    vectorized pass over the row, or None. Its values are written where the output's go
+    (:func:`_aliased`), as ONNX Runtime's softmax does, and the normalization divides them in place:
+    no row buffer (one on the stack exists only under 1 KiB; from the workspace pool, once per row,
+    it cost what the second exp saved). Only where the output block reads it at the element it
+    writes. Softmax, Zen 4, 1 thread: 16x256x256 590 -> 440-510 us, 6x257x257 231 -> 178 us,
+    12x128x128 123 -> 88 us, 6x197x197 142 -> 112 us."""
+    output = sch.get(out).writes[0]
+    for b in blocks[:-1]:
+        block = sch.get(b)
+        if _is_reduction(sch, b) or len(sch.get_consumers(b)) < 2 or len(block.writes) != 1:
+            continue
+        value = getattr(block.body, "value", None)
+        if value is None or sum(1 for _ in subexpressions(value)) < SHARED_STAGE_MIN_NODES:
+            continue
+        written = block.writes[0].source
+        if written.dtype != output.source.dtype or not _same_static_shape(written, output.source):
+            continue
+        return b if _reads_where_it_writes(sch, out, written) else None
+    return None
+
+
+def _same_static_shape(a, b) -> bool:
+    dims = [*a.shape, *b.shape]
+    return (
+        len(a.shape) == len(b.shape)
+        and all(isinstance(d, tirx.IntImm) for d in dims)
+        and all(int(x) == int(y) for x, y in zip(a.shape, b.shape))
+    )
+
+
+def _reads_where_it_writes(sch, out, buffer) -> bool:
+    """The output block reads ``buffer`` only at the element it writes (so writing both in one
+    buffer is safe: each element is read before it is overwritten, by the same iteration)."""
+    block = sch.get(out)
+    written = block.writes[0].region
+    reads = [r for r in block.reads if r.source.same_as(buffer)]
+    return bool(reads) and all(
+        len(r.region) == len(written)
+        and all(a.min.same_as(b.min) and int(a.extent) == 1 == int(b.extent) for a, b in zip(r.region, written))
+        for r in reads
+    )
+
+
+def _aliased(root, kept, output):
+    """The root block with the kept stage's buffer no longer allocated but matched onto the whole
+    output buffer: its values are written where the output's go."""
+    block = root.block
+    whole = tirx.BufferRegion(output, [tvm.ir.Range.from_min_extent(0, d) for d in output.shape])
+    body = s_tir.SBlock(
+        block.iter_vars, block.reads, block.writes, block.name_hint, block.body, block.init,
+        [b for b in block.alloc_buffers if not b.same_as(kept)],
+        [*block.match_buffers, s_tir.MatchBufferRegion(kept, whole)], block.annotations,
+    )  # fmt: skip
+    return s_tir.SBlockRealize(root.iter_values, root.predicate, body)
 
 
 def _one_inner_reduction_axis(sch, reductions) -> bool:
