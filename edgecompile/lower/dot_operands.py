@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from edgecompile.lower.schedules.bf16_pairs import pair_bits
 from edgecompile.lower.schedules.int8_dot import A_PREP, Int8Kernel
 
 
@@ -25,3 +26,19 @@ def converted_a(x, kernel: Int8Kernel, mr: int, kp):
         return tirx.if_then_else(inside, v.astype(kernel.a_dtype), tirx.const(0, kernel.a_dtype))
 
     return te.compute((*batch, mp, kp), prep, name=A_PREP)
+
+
+def paired_a(x, mr: int):
+    """TE ``A_prep`` of a bf16-pairs GEMM (:mod:`edgecompile.lower.schedules.bf16_pairs`): word ``w``
+    of a row holds ``(bf16(x[2w]), bf16(x[2w + 1]))`` (K even); the rows padded to whole tiles of
+    ``mr`` repeat the last row (their products are computed and never stored), so every row is
+    a whole number of the packing step's 32-float groups with no zero to select."""
+    *batch, m, k_dim = x.shape
+    mp = tirx.indexdiv(m + mr - 1, mr) * mr
+
+    def prep(*idx):
+        *b, i, w = idx
+        row = tirx.min(i, m - 1)
+        return pair_bits(x[(*b, row, w * 2)], x[(*b, row, w * 2 + 1)])
+
+    return te.compute((*batch, mp, k_dim // 2), prep, name=A_PREP)

@@ -62,9 +62,13 @@ def estimated_ops(func) -> int | None:
 
 def _tensorized_step(block) -> int:
     """Products per instance of a block ``tensorize`` made (``<name>_o``: one instruction step of a
-    dot-product GEMM, ``LANES x KR`` of them): its largest operand region; 1 for any other block.
-    Without it an int8 GEMM's GOP/s read 1/64 of the truth."""
+    dot-product GEMM, ``LANES x KR`` of them): its largest operand region, twice that where the
+    region holds ``uint32`` bf16 pairs (:mod:`~edgecompile.lower.schedules.bf16_pairs`: two products
+    a word); 1 for any other block. Without it an int8 GEMM's GOP/s read 1/64 of the truth."""
     if not block.name_hint.endswith("_o"):
         return 1
-    sizes = [static_count(r.extent for r in rd.region) or 1 for rd in block.reads]
+    sizes = [
+        (static_count(r.extent for r in rd.region) or 1) * (2 if str(rd.source.dtype) == "uint32" else 1)
+        for rd in block.reads
+    ]
     return max(sizes, default=1)

@@ -41,7 +41,8 @@ from tvm import relax, te, tirx
 from edgecompile.ir.attrs import MATMUL_PRECISION_ATTR
 from edgecompile.ir.ops import static_shape
 from edgecompile.lower.activation_gemm import pack_activation_matmul
-from edgecompile.lower.dot_operands import converted_a
+from edgecompile.lower.dot_operands import converted_a, paired_a
+from edgecompile.lower.schedules.bf16_pairs import PAIR_GROUP, bf16_pair_kernel, pair_product
 from edgecompile.lower.schedules.int8_dot import (
     INT8_GEMM_ATTR,
     INT8_MR_ATTR,
@@ -105,7 +106,7 @@ def _packed_matmul(x, wp, out_dtype, row_tile: int = 1, rows_axis: int | None = 
 def _int8_gemm(x, wp, *comp, kernel: Int8Kernel, mr: int):
     *batch, m, _ = x.shape
     nb, kb, nr, kr = wp.shape
-    a = converted_a(x, kernel, mr, kb * kr)
+    a = paired_a(x, mr) if kernel.a_dtype == "uint32" else converted_a(x, kernel, mr, kb * kr)
     mp = a.shape[-2]
     ko = te.reduce_axis((0, kb), name="ko")
     kk = te.reduce_axis((0, kr), name="kk")
@@ -113,6 +114,8 @@ def _int8_gemm(x, wp, *comp, kernel: Int8Kernel, mr: int):
     def dot(*idx):
         *b, i, j = idx
         acc = kernel.acc_dtype
+        if kernel.a_dtype == "uint32":  # bf16 pairs: one word per step, no unit k loop to match
+            return te.sum(pair_product(a[(*b, i, ko)], wp[j // nr, ko, j % nr, 0]), axis=ko)
         return te.sum(a[(*b, i, ko * kr + kk)].astype(acc) * wp[j // nr, ko, j % nr, kk].astype(acc), axis=[ko, kk])
 
     acc = te.compute(
@@ -241,18 +244,31 @@ class _Packer(relax.PyExprMutator):
         return bb.call_te(gemm, w, panels, "float32", primfunc_name_hint="matmul_packed")
 
     def _pack_bf16(self, x, wv):
-        """fp32 ``x @ W`` on the bf16 dot product (:func:`bf16_kernel`): W rounded to bf16 (kept in
-        float32 words) and packed ``[N/NR, K/2, NR, 2]``; A rounded as the kernel loads it."""
-        kernel = bf16_kernel(self.isa)
+        """fp32 ``x @ W`` on the bf16 dot product: W rounded to bf16 and packed, as bf16 pairs in
+        ``uint32`` words ``[N/NR, K/2, NR, 1]`` where K is a whole number of the A stage's 32-float
+        steps (:mod:`~edgecompile.lower.schedules.bf16_pairs`), else kept in float32 words
+        ``[N/NR, K/2, NR, 2]`` for the kernel that converts both operands as it loads them
+        (:func:`bf16_kernel`)."""
         k, n = wv.shape
+        pairs = bf16_pair_kernel(self.isa) if k % PAIR_GROUP == 0 else None
+        kernel = pairs or bf16_kernel(self.isa)
         nr = int8_tile(kernel, self.isa, n) if kernel else None
         if nr is None:
             return None
+        mr = dot_gemm_mr(self.isa, _static_rows(x), nr)
+        if pairs is not None:
+            bits = bf16_round(wv).view(np.uint32) >> 16
+            words = (bits[0::2] | (bits[1::2] << 16)).astype(np.uint32)  # [K/2, N]
+            packed = words.reshape(k // 2, n // nr, nr, 1).transpose(1, 0, 2, 3)
+            gemm = functools.partial(_int8_gemm, kernel=pairs, mr=mr)
+            return self.builder_.call_te(
+                gemm, x, relax.const(np.ascontiguousarray(packed)), primfunc_name_hint="bf16_gemm"
+            )
         kp = -(-k // 2) * 2
         wpad = np.zeros((kp, n), np.float32)
         wpad[:k] = bf16_round(wv)
         packed = wpad.reshape(kp // 2, 2, n // nr, nr).transpose(2, 0, 3, 1)
-        gemm = functools.partial(_int8_gemm, kernel=kernel, mr=dot_gemm_mr(self.isa, _static_rows(x), nr))
+        gemm = functools.partial(_int8_gemm, kernel=kernel, mr=mr)
         return self.builder_.call_te(gemm, x, relax.const(np.ascontiguousarray(packed)), primfunc_name_hint="bf16_gemm")
 
     def _pack_int8(self, x, wv):

@@ -16,8 +16,8 @@ from pathlib import Path, PurePosixPath
 
 from edgecompile.errors import ArtifactError
 
-DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
-ITEMSIZE = {"float64": 8, "int64": 8, "float32": 4, "int32": 4, "float16": 2, "bfloat16": 2, "int16": 2}
+DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "uint32", "int16", "int8", "uint8", "bool"}
+ITEMSIZE = {"float64": 8, "int64": 8, "float32": 4, "int32": 4, "uint32": 4, "float16": 2, "bfloat16": 2, "int16": 2}
 WEIGHTS_ALIGNMENT = 64  # bytes; TVM refuses a tensor whose data is less aligned
 
 

@@ -17,6 +17,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
+from edgecompile.lower.schedules.bf16_pairs import PACK_INTRIN, PAIR_GROUP, bf16_pair_kernel
 from edgecompile.lower.schedules.cpu_matmul import inline_epilogue, inline_side_inputs
 from edgecompile.lower.schedules.int8_dot import (
     A_PREP,
@@ -53,7 +54,7 @@ class Int8Matmul(CPUScheduleRule):
         kernel = next(
             (
                 k
-                for k in (int8_kernel(isa), int16_kernel(isa), bf16_kernel(isa))
+                for k in (int8_kernel(isa), int16_kernel(isa), bf16_kernel(isa), bf16_pair_kernel(isa))
                 if k and k.intrin == str(ann[INT8_GEMM_ATTR])
             ),
             None,
@@ -74,7 +75,8 @@ class Int8Matmul(CPUScheduleRule):
             for block in sch.get_producers(stage):  # e.g. a fused quantize: computed inside the pass
                 sch.compute_inline(block)
 
-        *spatial, ko, _kk = sch.get_loops(main)
+        loops = sch.get_loops(main)
+        *spatial, ko = loops[:-1] if kernel.kr > 1 else loops  # bf16 pairs: no unit k loop
         *batch, i, j = spatial
         if batch:
             s = sch.fuse(*batch) if len(batch) > 1 else batch[0]
@@ -103,9 +105,12 @@ class Int8Matmul(CPUScheduleRule):
 def _operand_stages(sch: s_tir.Schedule, kernel, prep, pack) -> None:
     """A's conversion: rows in parallel, vectorized; a run-time packed B (activation_gemm): its
     panels in parallel."""
-    *rows, _k = sch.get_loops(prep)
+    *rows, k = sch.get_loops(prep)
     sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
-    vectorize_innermost(sch, prep, 32 if kernel.a_dtype == "int16" else 64)
+    if kernel.a_dtype == "uint32":  # bf16 pairs: 16 words from 32 floats per conversion
+        sch.tensorize(sch.split(k, [None, PAIR_GROUP // 2])[1], PACK_INTRIN)
+    else:
+        vectorize_innermost(sch, prep, 32 if kernel.a_dtype == "int16" else 64)
     if pack is not None:
         *panels, _ko, _ji, ki = sch.get_loops(pack)
         sch.parallel(sch.fuse(*panels) if len(panels) > 1 else panels[0])

@@ -63,6 +63,51 @@ def test_bf16_gemm_equals_the_product_of_bf16_operands(case):
     assert np.abs(got - fp).max() > 1e-4 * scale  # bf16 operands, not fp32 ones
 
 
+# K a whole number of 32-float groups: both operands stored as bf16 pairs (bf16_pairs.py); else
+# the kernel that converts both operands at every step
+KERNELS = {"encoder 128x384x384": "edgecompile_dpbf16ps_pairs_16", "ragged rows, odd K": "edgecompile_dpbf16ps_16x2"}
+
+
+@pytest.mark.parametrize("case", list(SHAPES))
+def test_bf16_gemm_takes_the_pairs_kernel_where_k_allows(case):
+    """Which dot-product step each GEMM is built on (a compile-time choice: checked on any host,
+    for a Zen 4 target), and that the pairs GEMM's A stage is the tensorized conversion."""
+    from tvm import tirx
+
+    from edgecompile.lower.pipeline import fusion_passes, schedule_passes
+    from edgecompile.lower.schedules.int8_dot import INT8_GEMM_ATTR
+
+    m, k, n = SHAPES[case]
+    w = np.random.default_rng(3).standard_normal((k, n)).astype(np.float32)
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"})
+    with target:
+        mod = tvm.transform.Sequential(fusion_passes(target) + schedule_passes(target))(_matmul(m, k, n, w))
+    scripts = [f.script() for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    gemm = [sc for sc in scripts if INT8_GEMM_ATTR in sc]
+    assert len(gemm) == 1 and f'"{KERNELS[case]}"' in gemm[0]
+    assert ("cvtne2ps2bf16" in gemm[0].split('sblock("int8_gemm')[0]) == ("pairs" in KERNELS[case])
+
+
+@needs_bf16
+def test_bf16_pairs_round_activations_to_nearest_even():
+    """A GEMM on the pairs kernel against the identity returns its input as the A stage rounded it:
+    bit for bit numpy's bf16 rounding (to nearest, ties to even, both signs, large and small)."""
+    rng = np.random.default_rng(4)
+    ties = ((np.arange(1024, dtype=np.uint32) % 512 + 0x3F00) << 16 | 0x8000).view(np.float32)  # halfway
+    x = np.concatenate([ties, rng.standard_normal(1024).astype(np.float32) * np.float32(1e4)])
+    x = (x * np.where(np.arange(2048) % 3 == 0, -1, 1)).astype(np.float32).reshape(32, 64)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType((32, 64), "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y = bb.emit_output(relax.op.matmul(xv, relax.const(np.eye(64, dtype=np.float32))))
+        bb.emit_func_output(y)
+    ex = compile_module(bb.get().with_attr(MATMUL_PRECISION_ATTR, "bf16"), get_profile("native").resolved())
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(got.view(np.uint32), bf16_round(x).view(np.uint32))
+    assert not np.array_equal(got, x)
+
+
 def test_bf16_recipe_refused_where_the_target_has_no_bf16_dot_product(tmp_path):
     shapes = {"input_ids": (1, 16), "attention_mask": (1, 16)}
     with pytest.raises(RecipeError, match="needs a CPU with bf16 dot products.*x86_64-avx2"):
