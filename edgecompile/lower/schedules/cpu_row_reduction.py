@@ -31,6 +31,7 @@ from edgecompile.lower.tir_walk import replace_realizes, subexpressions
 
 # a stage read twice whose expression has this many nodes is computed once per row (TVM's fast exp: ~100)
 SHARED_STAGE_MIN_NODES = 24
+STACK_ALLOC_BYTES = 1024  # TVM's kMaxStackAlloca: smaller CPU buffers are allocas, larger ones workspace calls
 # TIR lowering options CPU builds run with: peel ``likely``-guarded tails off constant loops
 TIR_CONFIG = {"s_tir.LoopPartition": {"partition_const_loop": True}}
 
@@ -59,14 +60,14 @@ class RowReduction(GuardedRule):
         bare = _is_reduction(sch, out)
         if bare and (len(reductions) != 1 or any(w % vw for w in widths.values())):
             return None
-        kept = _kept_stage(sch, blocks, out)
+        kept, aliased = _kept_stage(sch, blocks, out)
         for b in blocks[:-1]:
             if not _is_reduction(sch, b) and not (kept is not None and sch.get(b).same_as(sch.get(kept))):
                 try:
                     sch.compute_inline(b)
                 except Exception:
                     pass
-        kept_buffer = sch.get(kept).writes[0].source if kept is not None else None
+        kept_buffer = sch.get(kept).writes[0].source if aliased else None
         # Partial accumulators per lane, before the stages are moved under the row loop.
         partials = _lane_partials(sch, reductions, vw)
         loops = sch.get_loops(out)
@@ -103,14 +104,15 @@ def _mended(sch, out, partials: dict, widths: dict, vw: int, kept_buffer):
 
 
 def _kept_stage(sch, blocks, out):
-    """The stage read by two others that is too costly to compute twice (softmax's exp, read by the
-    sum and by the normalization; TVM's fast softmax inlines it into both), kept as its own
-    vectorized pass over the row, or None. Its values are written where the output's go
-    (:func:`_aliased`), as ONNX Runtime's softmax does, and the normalization divides them in place:
-    no row buffer (one on the stack exists only under 1 KiB; from the workspace pool, once per row,
-    it cost what the second exp saved). Only where the output block reads it at the element it
-    writes. Softmax, Zen 4, 1 thread: 16x256x256 590 -> 440-510 us, 6x257x257 231 -> 178 us,
-    12x128x128 123 -> 88 us, 6x197x197 142 -> 112 us."""
+    """``(stage, aliased)``: the stage read by two others that is too costly to compute twice
+    (softmax's exp, read by the sum and by the normalization; TVM's fast softmax inlines it into
+    both), kept as its own vectorized pass over the row, or ``(None, False)``. Where the output block
+    reads it at the element it writes and has its type, its values are written where the output's
+    go (``aliased``, :func:`_aliased`), as ONNX Runtime's softmax does, and the normalization divides
+    them in place: no row buffer. Otherwise (a softmax requantized to int8) it is kept only where
+    its row buffer is a stack allocation (under ``STACK_ALLOC_BYTES``): from the workspace pool, once
+    per row, it cost what the second exp saved. Softmax, Zen 4, 1 thread: 16x256x256 590 -> 440-510
+    us, 6x257x257 231 -> 178 us, 12x128x128 123 -> 88 us, 6x197x197 142 -> 112 us."""
     output = sch.get(out).writes[0]
     for b in blocks[:-1]:
         block = sch.get(b)
@@ -120,10 +122,14 @@ def _kept_stage(sch, blocks, out):
         if value is None or sum(1 for _ in subexpressions(value)) < SHARED_STAGE_MIN_NODES:
             continue
         written = block.writes[0].source
-        if written.dtype != output.source.dtype or not _same_static_shape(written, output.source):
-            continue
-        return b if _reads_where_it_writes(sch, out, written) else None
-    return None
+        if written.dtype == output.source.dtype and _same_static_shape(written, output.source):
+            if _reads_where_it_writes(sch, out, written):
+                return b, True
+        row = written.shape[-1]
+        if isinstance(row, tirx.IntImm) and int(row) * written.dtype.bits // 8 < STACK_ALLOC_BYTES:
+            return b, False
+        return None, False
+    return None, False
 
 
 def _same_static_shape(a, b) -> bool:

@@ -235,6 +235,43 @@ def test_softmax_computes_each_exp_once_into_its_output(width):
         np.testing.assert_allclose(out.numpy(), ref / ref.sum(-1, keepdims=True), rtol=1e-5, atol=2e-6)
 
 
+def test_a_requantized_softmax_keeps_its_exp_in_a_stack_row():
+    """A softmax requantized to int8 in the same kernel (the int8 recipe's attention) cannot divide
+    its exp in place (the output is int8): the exp still runs once, into a row buffer on the stack
+    (128 keys: 512 bytes), and the kernel equals numpy's round-to-nearest quantization."""
+    from tvm import relax
+
+    from edgecompile.lower.schedules.cpu_row_reduction import RowReduction
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((12, 128), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            p = relax.op.multiply(relax.op.nn.softmax(x, axis=-1), relax.const(np.float32(127.0)))
+            q = relax.op.astype(relax.op.clip(relax.op.round(p), 0, 127), "int8")
+            out = bb.emit_output(q)
+        bb.emit_func_output(out)
+    seq = tvm.transform.Sequential(
+        [relax.transform.FastMathTransform(), relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+         relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    )  # fmt: skip
+    mod = seq(bb.get())
+    func = next(f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc))
+    target = tvm.target.Target(TARGETS["avx512"])
+    scheduled = RowReduction().apply(func, target, False).mod["main"]
+    script = scheduled.script()
+    assert any("sblock(" in line and "exp" in line and "sum" not in line for line in script.splitlines())
+    assert "T.match_buffer" not in script  # int8 out: no in-place division
+    if "avx512f" in open("/proc/cpuinfo").read():
+        lib = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=target)
+        xv = np.random.default_rng(5).normal(0, 3, (12, 128)).astype("float32")
+        got = tvm.runtime.tensor(np.zeros((12, 128), np.int8))
+        lib["main"](tvm.runtime.tensor(xv), got)
+        e = np.exp(xv - xv.max(-1, keepdims=True))
+        ref = np.clip(np.round(e / e.sum(-1, keepdims=True) * 127), 0, 127)
+        assert np.abs(got.numpy().astype(int) - ref).max() <= 1  # a value at .5 may round either way
+
+
 def test_rows_shorter_than_two_vectors_are_left_to_dlight():
     from edgecompile.lower.schedules.cpu_row_reduction import RowReduction
 
