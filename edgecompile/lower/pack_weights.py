@@ -106,7 +106,7 @@ def _packed_matmul(x, wp, out_dtype, row_tile: int = 1, rows_axis: int | None = 
 def _int8_gemm(x, wp, *comp, kernel: Int8Kernel, mr: int):
     *batch, m, _ = x.shape
     nb, kb, nr, kr = wp.shape
-    a = paired_a(x, mr) if kernel.a_dtype == "uint32" else converted_a(x, kernel, mr, kb * kr)
+    a = paired_a(x, mr) if kernel.bf16_pairs else converted_a(x, kernel, mr, kb * kr)
     mp = a.shape[-2]
     ko = te.reduce_axis((0, kb), name="ko")
     kk = te.reduce_axis((0, kr), name="kk")
@@ -114,7 +114,7 @@ def _int8_gemm(x, wp, *comp, kernel: Int8Kernel, mr: int):
     def dot(*idx):
         *b, i, j = idx
         acc = kernel.acc_dtype
-        if kernel.a_dtype == "uint32":  # bf16 pairs: one word per step, no unit k loop to match
+        if kernel.bf16_pairs:  # one word per step: no unit k loop (tensorize matches none)
             return te.sum(pair_product(a[(*b, i, ko)], wp[j // nr, ko, j % nr, 0]), axis=ko)
         return te.sum(a[(*b, i, ko * kr + kk)].astype(acc) * wp[j // nr, ko, j % nr, kk].astype(acc), axis=[ko, kk])
 
@@ -255,20 +255,16 @@ class _Packer(relax.PyExprMutator):
         nr = int8_tile(kernel, self.isa, n) if kernel else None
         if nr is None:
             return None
-        mr = dot_gemm_mr(self.isa, _static_rows(x), nr)
         if pairs is not None:
             bits = bf16_round(wv).view(np.uint32) >> 16
             words = (bits[0::2] | (bits[1::2] << 16)).astype(np.uint32)  # [K/2, N]
             packed = words.reshape(k // 2, n // nr, nr, 1).transpose(1, 0, 2, 3)
-            gemm = functools.partial(_int8_gemm, kernel=pairs, mr=mr)
-            return self.builder_.call_te(
-                gemm, x, relax.const(np.ascontiguousarray(packed)), primfunc_name_hint="bf16_gemm"
-            )
-        kp = -(-k // 2) * 2
-        wpad = np.zeros((kp, n), np.float32)
-        wpad[:k] = bf16_round(wv)
-        packed = wpad.reshape(kp // 2, 2, n // nr, nr).transpose(2, 0, 3, 1)
-        gemm = functools.partial(_int8_gemm, kernel=kernel, mr=mr)
+        else:
+            kp = -(-k // 2) * 2
+            wpad = np.zeros((kp, n), np.float32)
+            wpad[:k] = bf16_round(wv)
+            packed = wpad.reshape(kp // 2, 2, n // nr, nr).transpose(2, 0, 3, 1)
+        gemm = functools.partial(_int8_gemm, kernel=kernel, mr=dot_gemm_mr(self.isa, _static_rows(x), nr))
         return self.builder_.call_te(gemm, x, relax.const(np.ascontiguousarray(packed)), primfunc_name_hint="bf16_gemm")
 
     def _pack_int8(self, x, wv):

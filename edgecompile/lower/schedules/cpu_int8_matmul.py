@@ -76,7 +76,7 @@ class Int8Matmul(CPUScheduleRule):
                 sch.compute_inline(block)
 
         loops = sch.get_loops(main)
-        *spatial, ko = loops[:-1] if kernel.kr > 1 else loops  # bf16 pairs: no unit k loop
+        *spatial, ko = loops if kernel.bf16_pairs else loops[:-1]
         *batch, i, j = spatial
         if batch:
             s = sch.fuse(*batch) if len(batch) > 1 else batch[0]
@@ -107,7 +107,7 @@ def _operand_stages(sch: s_tir.Schedule, kernel, prep, pack) -> None:
     panels in parallel."""
     *rows, k = sch.get_loops(prep)
     sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
-    if kernel.a_dtype == "uint32":  # bf16 pairs: 16 words from 32 floats per conversion
+    if kernel.bf16_pairs:  # 16 words from 32 floats per conversion
         sch.tensorize(sch.split(k, [None, PAIR_GROUP // 2])[1], PACK_INTRIN)
     else:
         vectorize_innermost(sch, prep, 32 if kernel.a_dtype == "int16" else 64)

@@ -37,6 +37,12 @@ class Int8Kernel:
     a_offset: int  # added to A before the product (compensated by B's column sums)
     acc_dtype: str = "int32"  # the accumulators' type (float32 for the bf16 dot product)
 
+    @property
+    def bf16_pairs(self) -> bool:
+        """Both operands are ``uint32`` words of two bf16 (:mod:`~edgecompile.lower.schedules.bf16_pairs`):
+        one word per step, so the GEMM has no unit ``k`` loop."""
+        return self.a_dtype == "uint32"
+
 
 def int8_kernel(isa: VectorISA) -> Int8Kernel | None:
     """The dot-product step for ``isa`` (registering its tensor intrinsic), or None without one."""
