@@ -6,9 +6,11 @@ average pooling (EfficientFormer's token mixer) as their sum over the count of t
 ``out[n, c, y, x] = sum over (dy, dx) of pad(in)[n, c, y*sh + dy*dh, x*sw + dx*dw] * w[c, dy, dx]``
 with the ``kh*kw`` taps written out (no reduction loop): the kernel is injective and unguarded,
 so our elementwise rule vectorizes it along the output row, and a bias or activation after it
-fuses in. The padded input is its own kernel (:mod:`~edgecompile.passes.padding`); with a column
-stride of 2 (MobileNet/MobileViT downsampling, stride-2 pools) it is split into even and odd
-columns, so the taps still read unit-stride vectors instead of gathering every other element. A depthwise
+fuses in. The padded input is a stage of the taps' own kernel, computed one channel at a time in
+cache (:func:`~edgecompile.passes.padding.padded_stage`); with a column stride of 2
+(MobileNet/MobileViT downsampling, stride-2 pools) it is a kernel of its own that splits the rows
+into even and odd columns, so the taps still read unit-stride vectors instead of gathering every
+other element. A depthwise
 convolution with fewer than ``MIN_PIXELS_RIGHT`` output pixels runs channels-last
 (:meth:`_WindowTaps._channels_last`), like the pixel-rows GEMMs around it. TVM's CPU form
 is a reduction only the fallback schedule takes (3x3 over 192x28x28: 0.48 ms, AVX-512, 1 thread);
@@ -25,7 +27,7 @@ import tvm
 from tvm import relax, te
 
 from edgecompile.passes.conv_gemm import MIN_PIXELS_RIGHT, float_weight, static_nchw
-from edgecompile.passes.padding import column_phases, padded_copy, phase_reader
+from edgecompile.passes.padding import column_phases, padded_copy, padded_stage, phase_reader
 from edgecompile.passes.rewrite import rewrite_functions
 
 MAX_TAPS = 49  # 7x7: larger kernels keep TVM's form
@@ -46,14 +48,19 @@ def _tap_sum(rows: list[list]):
     return sums[0]
 
 
-def _taps(xp, w, strides, dilation, out_hw):
+def _taps(xp, w, strides, dilation, out_hw, stage=None):
+    xp = padded_stage(xp, *stage) if stage else xp
     _, _, kh, kw = w.shape
     (sh, sw), (dh, dw), (ho, wo) = strides, dilation, out_hw
     read = phase_reader(xp, sw)
 
     def pixel(b, ch, y, xo):
-        return _tap_sum([[read(b, ch, y * sh + dy * dh, xo, dx * dw) * w[ch, 0, dy, dx] for dx in range(int(kw))]
-                         for dy in range(int(kh))])
+        return _tap_sum(
+            [
+                [read(b, ch, y * sh + dy * dh, xo, dx * dw) * w[ch, 0, dy, dx] for dx in range(int(kw))]
+                for dy in range(int(kh))
+            ]
+        )
 
     return te.compute((xp.shape[0], xp.shape[1], ho, wo), pixel, name="depthwise")
 
@@ -64,13 +71,18 @@ def _taps_nhwc(xp, w, strides, dilation, out_hw):
     (sh, sw), (dh, dw), (ho, wo) = strides, dilation, out_hw
 
     def pixel(b, y, xo, ch):
-        return _tap_sum([[xp[b, y * sh + dy * dh, xo * sw + dx * dw, ch] * w[dy, dx, ch] for dx in range(int(kw))]
-                         for dy in range(int(kh))])
+        return _tap_sum(
+            [
+                [xp[b, y * sh + dy * dh, xo * sw + dx * dw, ch] * w[dy, dx, ch] for dx in range(int(kw))]
+                for dy in range(int(kh))
+            ]
+        )
 
     return te.compute((xp.shape[0], ho, wo, xp.shape[3]), pixel, name="depthwise")
 
 
-def _max_taps(xp, pool, strides, dilation, out_hw):
+def _max_taps(xp, pool, strides, dilation, out_hw, stage=None):
+    xp = padded_stage(xp, *stage) if stage else xp
     (kh, kw), (sh, sw), (dh, dw), (ho, wo) = pool, strides, dilation, out_hw
     read = phase_reader(xp, sw)
 
@@ -85,7 +97,8 @@ def _max_taps(xp, pool, strides, dilation, out_hw):
     return te.compute((xp.shape[0], xp.shape[1], ho, wo), pixel, name="max_pool")
 
 
-def _avg_taps(xp, pool, strides, dilation, out_hw, hw, pads, include_pad: bool):
+def _avg_taps(xp, pool, strides, dilation, out_hw, hw, pads, include_pad: bool, stage=None):
+    xp = padded_stage(xp, *stage) if stage else xp
     (kh, kw), (sh, sw), (dh, dw), (ho, wo), (h, w) = pool, strides, dilation, out_hw, hw
     pt, pl = pads[0], pads[1]
     read = phase_reader(xp, sw)
@@ -110,11 +123,13 @@ def _avg_taps(xp, pool, strides, dilation, out_hw, hw, pads, include_pad: bool):
 
 
 def _source(bb, x, shape, pads, stride_w: int, fill: float = 0.0):
-    """What the taps read: ``x`` itself, its padded copy, or for a column stride of 2 the padded
-    rows split into even and odd columns (:func:`~edgecompile.passes.padding.column_phases`)."""
+    """What the taps read and how: ``(x, None)`` unpadded; for a column stride of 2, the padded
+    rows split into even and odd columns (:func:`~edgecompile.passes.padding.column_phases`), a
+    kernel of its own; otherwise ``x`` and the ``stage`` argument of the taps' TE function: pad
+    in a stage of the taps' own kernel (:func:`~edgecompile.passes.padding.padded_stage`)."""
     if stride_w == 2:
-        return column_phases(bb, x, shape, pads, fill)
-    return padded_copy(bb, x, shape, pads, fill) if any(pads) else x
+        return column_phases(bb, x, shape, pads, fill), None
+    return (x, (pads, fill)) if any(pads) else (x, None)
 
 
 @relax.expr_functor.mutator
@@ -141,8 +156,8 @@ class _WindowTaps(relax.PyExprMutator):
         args = (tuple(int(v) for v in a.strides), tuple(int(v) for v in a.dilation), tuple(out[2:]))
         if out[2] * out[3] < MIN_PIXELS_RIGHT:
             return self._channels_last(x, wv, shape, pads, args)
-        xp = _source(self.builder_, x, shape, pads, int(a.strides[1]))
-        return self.builder_.call_te(_taps, xp, w, *args, primfunc_name_hint="depthwise")
+        xp, stage = _source(self.builder_, x, shape, pads, int(a.strides[1]))
+        return self.builder_.call_te(_taps, xp, w, *args, stage, primfunc_name_hint="depthwise")
 
     def _channels_last(self, x, wv, shape, pads, args):
         """The taps in NHWC, vectorized along the channels, between two transposes that cancel
@@ -167,11 +182,11 @@ class _WindowTaps(relax.PyExprMutator):
         if str(a.layout) != "NCHW" or str(a.out_layout) not in ("NCHW", "") or pool[0] * pool[1] > MAX_TAPS:
             return call
         pads = [int(v) for v in a.padding]
-        xp = _source(self.builder_, x, shape, pads, int(a.strides[1]), float("-inf") if is_max else 0.0)
+        xp, stage = _source(self.builder_, x, shape, pads, int(a.strides[1]), float("-inf") if is_max else 0.0)
         args = (pool, tuple(int(v) for v in a.strides), tuple(int(v) for v in a.dilation), tuple(out[2:]))
         if is_max:
-            return self.builder_.call_te(_max_taps, xp, *args, primfunc_name_hint="max_pool")
-        avg = (tuple(shape[2:]), pads, bool(a.count_include_pad))
+            return self.builder_.call_te(_max_taps, xp, *args, stage, primfunc_name_hint="max_pool")
+        avg = (tuple(shape[2:]), pads, bool(a.count_include_pad), stage)
         return self.builder_.call_te(_avg_taps, xp, *args, *avg, primfunc_name_hint="avg_pool")
 
 

@@ -10,6 +10,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
 from edgecompile.lower.schedules.isa import vector_isa
+from edgecompile.lower.schedules.window_stage import schedule_alone, schedule_staged, stage_blocks
 from edgecompile.lower.tir_walk import subexpressions
 
 MIN_PARALLEL_ELEMENTS = 16384  # below this, the thread pool's wake-up costs more than it saves
@@ -27,30 +28,77 @@ class Elementwise(CPUScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
-        sch = s_tir.Schedule(func)
-        outputs = _inline_into_outputs(sch)
-        if outputs is None:
-            return None
-        for block in outputs:
-            _schedule_output(sch, block, target)
-        return sch
+        if stage_blocks(s_tir.Schedule(func)):
+            try:  # a window op's padded stage, per channel in the op's loops (window_stage)
+                return _schedule(func, target, staged=True)
+            except Exception:  # noqa: BLE001 - a primitive refused this form: the stage apart below
+                pass
+        return _schedule(func, target, staged=False)
 
 
-def _schedule_output(sch: s_tir.Schedule, block, target: Target) -> None:
+def _schedule(func: tirx.PrimFunc, target: Target, staged: bool) -> s_tir.Schedule | None:
+    sch = s_tir.Schedule(func)
+    stages = stage_blocks(sch)
+    outputs = _inline_into_outputs(sch, keep=stages)
+    if outputs is None:
+        return None
+    if staged:  # the inlined reshapes' indices simplified (``(i // 784 + c) % 32`` -> ``c``): else
+        # the stage's buffer is not compacted to the one channel each iteration writes
+        sch = s_tir.Schedule(s_tir.transform.StmtSimplify()(sch.mod)["main"])
+        stages = stage_blocks(sch)
+        outputs = sch.get_child_blocks(sch.get_sblock("root"))
+    outputs = [b for b in outputs if not any(sch.get(b).same_as(sch.get(s)) for s in stages)]
+    placed = []
+    for block in outputs:
+        rows = _row_loops(sch, block)
+        if rows is None:
+            continue
+        stage = _stage_read_by(sch, block, stages)
+        if staged and stage is not None and stage not in placed:
+            total = _product(rows[1])
+            vw = vector_isa(target).lanes(32)
+            lanes = _lanes(int(rows[1][-1]), vw) or 1
+            if not schedule_staged(sch, block, stage, lanes, vw, total >= MIN_PARALLEL_ELEMENTS):
+                raise ValueError("the taps do not read their padded stage one channel at a time")
+            placed.append(stage)
+            continue
+        _vectorize_and_parallelize(sch, block, *rows, target)
+    for stage in stages:
+        if stage not in placed:
+            schedule_alone(sch, stage, vector_isa(target).lanes(32))
+    return sch
+
+
+def _stage_read_by(sch: s_tir.Schedule, block, stages: list):
+    """The padded stage ``block`` reads, if any."""
+    bufs = [r.source for r in sch.get(block).reads]
+    return next((s for s in stages if any(b.same_as(sch.get(s).writes[0].source) for b in bufs)), None)
+
+
+def _product(extents) -> int:
+    total = 1
+    for e in extents:
+        total *= int(e)
+    return total
+
+
+def _row_loops(sch: s_tir.Schedule, block):
+    """The block's loops and their extents, the flattened innermost one split into the image's
+    rows where it wraps (:func:`_wrapped_row`); None for no loops or a symbolic extent."""
     loops = sch.get_loops(block)
     if not loops:
-        return
+        return None
     extents = [sch.get(lp).extent for lp in loops]
     if not all(isinstance(e, tirx.IntImm) for e in extents):
-        return
+        return None
     row = _wrapped_row(sch.get(block), int(extents[-1]))
     if row is not None:  # the image's rows, not the flattened index, vectorized
         loops = [*loops[:-1], *sch.split(loops[-1], [None, row])]
         extents = [*extents[:-1], tirx.IntImm("int64", int(extents[-1]) // row), tirx.IntImm("int64", row)]
-    _vectorize_and_parallelize(sch, block, loops, extents, target)
+    return loops, extents
 
 
-def _inline_into_outputs(sch):
+def _inline_into_outputs(sch, keep: list = ()):
     """Inline every block of a function of spatial blocks into the blocks that write its outputs
     and return those (several for a split: ViT's fused QKV reshape-transpose-split, 12 x 0.17 ms on
     the generic fallback); None for a function with a reduction or a block that cannot be inlined."""
@@ -61,8 +109,8 @@ def _inline_into_outputs(sch):
         if any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(b).iter_vars):
             return None
     for b in blocks[:-1]:
-        if not sch.get_consumers(b):
-            continue  # an output of the function: scheduled as one
+        if not sch.get_consumers(b) or any(sch.get(b).same_as(sch.get(k)) for k in keep):
+            continue  # an output of the function (scheduled as one) or a padded stage kept apart
         try:
             sch.compute_inline(b)
         except Exception:
@@ -87,7 +135,8 @@ def _wrapped_row(block: s_tir.SBlock, inner_extent: int) -> int | None:
         for region in block.reads
         for rng in region.region
         for node in subexpressions(analyzer.simplify(rng.min))
-        if isinstance(node, (tirx.FloorMod, tirx.FloorDiv)) and isinstance(node.b, tirx.IntImm)
+        if isinstance(node, (tirx.FloorMod, tirx.FloorDiv))
+        and isinstance(node.b, tirx.IntImm)
         and any(v.same_as(var) for v in subexpressions(node.a))
     ]
     rows = [k for k in found if 1 < k < inner_extent and inner_extent % k == 0]
@@ -105,15 +154,11 @@ def _vectorize_and_parallelize(sch, block, loops, extents, target) -> None:
     so that indices computed from the outer coordinates (a resize's source row) stay the same
     across a vector's lanes (fused, each lane's was a gather). Where the row holds the taps' weights
     (:func:`_row_invariant_taps`), its vector chunks go outside the other loops."""
-    total = 1
-    for e in extents:
-        total *= int(e)
+    total = _product(extents)
     bits = sch.get(block).writes[0].source.dtype.bits if sch.get(block).writes else 32
     vw = vector_isa(target).lanes(bits)
     inner_ext = int(extents[-1])
-    lanes = next((v for v in _halvings(vw) if inner_ext % v == 0), None)
-    if (lanes or 1) < vw // 2 and inner_ext >= RAGGED_MIN_VECTORS * vw:
-        lanes = vw  # whole vectors and a guarded partial one (a padded 130-wide row: not 2 lanes)
+    lanes = _lanes(inner_ext, vw)
     if (lanes == vw and inner_ext % vw == 0 and inner_ext < RAGGED_MIN_VECTORS * vw) or len(loops) == 1:
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         outer = fused
@@ -137,6 +182,16 @@ def _vectorize_and_parallelize(sch, block, loops, extents, target) -> None:
             sch.parallel(par)
         else:
             sch.parallel(outer)
+
+
+def _lanes(inner_ext: int, vw: int) -> int | None:
+    """Lanes for a row of ``inner_ext``: the widest of ``vw`` and its halvings that divides it, or
+    ``vw`` (whole vectors and a guarded partial one: a padded 130-wide row, not 2 lanes) where only
+    a narrow one does and the row is at least ``RAGGED_MIN_VECTORS`` vectors long."""
+    lanes = next((v for v in _halvings(vw) if inner_ext % v == 0), None)
+    if (lanes or 1) < vw // 2 and inner_ext >= RAGGED_MIN_VECTORS * vw:
+        lanes = vw
+    return lanes
 
 
 def _row_invariant_taps(block: s_tir.SBlock) -> int:
