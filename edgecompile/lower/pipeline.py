@@ -1,10 +1,11 @@
 """The Relax compilation pipeline per target.
 
 CPU (LLVM) targets: TVM's generic CPU phases with two additions of ours:
-- before legalization, GELU and sigmoid/SiLU are decomposed and exp/erf/tanh/softmax are replaced by TVM's fast,
-  vectorizable approximations (``FastMathTransform``; max abs error ~1e-7 on exp/erf, far inside
-  our 1e-4-of-range tolerance against ONNX Runtime) — libm's scalar calls otherwise cost more
-  than the GEMMs around them;
+- before legalization, GELU and sigmoid/SiLU are decomposed, exp becomes our degree-5 polynomial
+  (:mod:`..poly_exp`, relative error within 2.5e-7) and erf/tanh/softmax TVM's fast, vectorizable
+  approximations (``FastMathTransform``; max abs error ~1e-7 on erf, far inside our 1e-4-of-range
+  tolerance against ONNX Runtime) — libm's scalar calls otherwise cost more than the GEMMs around
+  them;
 - patch-embedding convolutions (stride = kernel) become GEMMs (:mod:`..patchify`), other float
   convolutions im2col GEMMs, transposed ones block GEMMs (:mod:`..conv_gemm`), depthwise ones and
   pools elementwise over their taps (:mod:`..window_taps`), resizes a row pass and a column pass
@@ -115,12 +116,14 @@ def pre_legalize_passes(target) -> list:
     from edgecompile.passes.bool_select import WhereAsSelect
     from edgecompile.passes.conv_gemm import ConvToGemm
     from edgecompile.passes.patchify import PatchifyConv
+    from edgecompile.passes.poly_exp import PolynomialExp
     from edgecompile.passes.separable_resize import SeparableResize
     from edgecompile.passes.window_taps import WindowTaps
 
     # FoldConstant first: exporters write Linear as matmul(x, permute_dims(W)).
     return [
         DecomposeActivations(),
+        PolynomialExp(),
         relax.transform.FastMathTransform(),
         relax.transform.FoldConstant(),
         PatchifyConv(),
