@@ -161,8 +161,11 @@ def test_ragged_rows_over_packed_weights(m, epilogue, seq_first, n):
 
 
 def _row_kernel(op: str, rows: int, width: int):
-    """The legalized PrimFunc of ``op`` (softmax with fast exp, or LayerNorm) over [rows, width]."""
+    """The legalized PrimFunc of ``op`` (softmax with our polynomial exp, as the CPU pipeline
+    lowers it, or LayerNorm) over [rows, width]."""
     from tvm import relax
+
+    from edgecompile.passes.poly_exp import PolynomialExp
 
     rng = np.random.default_rng(width)
     gamma, beta = rng.uniform(0.5, 1.5, width).astype("float32"), rng.uniform(-1, 1, width).astype("float32")
@@ -176,7 +179,7 @@ def _row_kernel(op: str, rows: int, width: int):
                 y = relax.op.nn.layer_norm(x, relax.const(gamma), relax.const(beta), axes=[-1])
             out = bb.emit_output(y)
         bb.emit_func_output(out)
-    mod = relax.transform.LegalizeOps()(relax.transform.FastMathTransform()(bb.get()))
+    mod = relax.transform.LegalizeOps()(relax.transform.FastMathTransform()(PolynomialExp()(bb.get())))
     func = next(f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc))
     return func, [gamma, beta] if op == "layer_norm" else []
 
@@ -225,7 +228,7 @@ def test_softmax_computes_each_exp_once_into_its_output(width):
     script = scheduled.script()
     exp_blocks = [line for line in script.splitlines() if "sblock(" in line and "exp" in line and "sum" not in line]
     assert exp_blocks, "the exp was inlined into its readers"
-    assert "T.match_buffer(T_softmax_norm" in script and "T_fast_exp = T.sblock_alloc_buffer" not in script
+    assert "T.match_buffer(T_softmax_norm" in script and "exp_poly = T.sblock_alloc_buffer" not in script
     if "avx512f" in open("/proc/cpuinfo").read():  # run it where the host can
         lib = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=target)
         x = np.random.default_rng(width).normal(0, 3, (12, width)).astype("float32")
@@ -242,6 +245,7 @@ def test_a_requantized_softmax_keeps_its_exp_in_a_stack_row():
     from tvm import relax
 
     from edgecompile.lower.schedules.cpu_row_reduction import RowReduction
+    from edgecompile.passes.poly_exp import PolynomialExp
 
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((12, 128), "float32"))
@@ -252,7 +256,8 @@ def test_a_requantized_softmax_keeps_its_exp_in_a_stack_row():
             out = bb.emit_output(q)
         bb.emit_func_output(out)
     seq = tvm.transform.Sequential(
-        [relax.transform.FastMathTransform(), relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+        [PolynomialExp(), relax.transform.FastMathTransform(), relax.transform.LegalizeOps(),
+         relax.transform.AnnotateTIROpPattern(),
          relax.transform.FuseOps(), relax.transform.FuseTIR()]
     )  # fmt: skip
     mod = seq(bb.get())
