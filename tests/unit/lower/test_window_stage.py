@@ -12,7 +12,7 @@ import tvm
 from tvm import te
 
 from edgecompile.lower.schedules.cpu_elementwise import Elementwise
-from edgecompile.passes.window_taps import _taps
+from edgecompile.passes.padding import padded_stage
 
 TARGETS = {
     "avx2": ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}, "avx2"),
@@ -28,7 +28,12 @@ def _kernel(c: int, h: int, w: int, pads: list[int], out: str):
     x = te.placeholder((1, c, h, w), "float32", name="x")
     k = te.placeholder((c, 1, 3, 3), "float32", name="k")
     ho, wo = h + pads[0] + pads[2] - 2, w + pads[1] + pads[3] - 2
-    y = _taps(x, k, (1, 1), (1, 1), (ho, wo), (pads, 0.0))
+    xp = padded_stage(x, pads)  # what passes/window_taps.py's taps read for a stride-1 window
+
+    def taps(b, ch, yy, xx):
+        return sum(xp[b, ch, yy + dy, xx + dx] * k[ch, 0, dy, dx] for dy in range(3) for dx in range(3))
+
+    y = te.compute((1, c, ho, wo), taps, name="depthwise")
     s = te.compute(y.shape, lambda *i: y(*i) / (1.0 + te.exp(-y(*i))), name="silu")
     if out == "flat":
         s = te.compute((c, ho * wo), lambda ch, i: s[0, ch, i // wo, i % wo], name="flat")
