@@ -90,3 +90,35 @@ def float_ops(artifact) -> list[dict]:
     r = CliRunner().invoke(app, ["inspect", str(artifact), "--float-ops", "--json"])
     assert r.exit_code == 0, r.output
     return json.loads(r.output)
+
+
+# Schedule tests' targets, each with the /proc/cpuinfo flag a host needs to run its code (None:
+# lowered here, never run: aarch64).
+ISA_TARGETS = {
+    "avx2": ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}, "avx2"),
+    "avx512": ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"}, "avx512f"),
+    "neon": ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, None),
+}
+
+
+def host_has(flag: str | None) -> bool:
+    """Whether this host's CPU has ``flag`` (never for None)."""
+    return flag is not None and flag in Path("/proc/cpuinfo").read_text()
+
+
+def lowered(func, target, config: dict | None = None):
+    """``(TIR after TVM's lowering, before code generation, as script; the built library)`` of a
+    scheduled PrimFunc, built under the pass ``config``."""
+    import tvm
+
+    seen = {}
+
+    @tvm.ir.instrument.pass_instrument
+    class Grab:
+        def run_after_pass(self, mod, info):
+            if info.name == "tirx.StorageRewrite":
+                seen["tir"] = mod["main"].script()
+
+    with tvm.transform.PassContext(config=config or {}, instruments=[Grab()]):
+        lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    return seen["tir"], lib

@@ -55,12 +55,8 @@ def _taps(xp, w, strides, dilation, out_hw, stage=None):
     read = phase_reader(xp, sw)
 
     def pixel(b, ch, y, xo):
-        return _tap_sum(
-            [
-                [read(b, ch, y * sh + dy * dh, xo, dx * dw) * w[ch, 0, dy, dx] for dx in range(int(kw))]
-                for dy in range(int(kh))
-            ]
-        )
+        return _tap_sum([[read(b, ch, y * sh + dy * dh, xo, dx * dw) * w[ch, 0, dy, dx] for dx in range(int(kw))]
+                         for dy in range(int(kh))])
 
     return te.compute((xp.shape[0], xp.shape[1], ho, wo), pixel, name="depthwise")
 
@@ -71,12 +67,8 @@ def _taps_nhwc(xp, w, strides, dilation, out_hw):
     (sh, sw), (dh, dw), (ho, wo) = strides, dilation, out_hw
 
     def pixel(b, y, xo, ch):
-        return _tap_sum(
-            [
-                [xp[b, y * sh + dy * dh, xo * sw + dx * dw, ch] * w[dy, dx, ch] for dx in range(int(kw))]
-                for dy in range(int(kh))
-            ]
-        )
+        return _tap_sum([[xp[b, y * sh + dy * dh, xo * sw + dx * dw, ch] * w[dy, dx, ch] for dx in range(int(kw))]
+                         for dy in range(int(kh))])
 
     return te.compute((xp.shape[0], ho, wo, xp.shape[3]), pixel, name="depthwise")
 

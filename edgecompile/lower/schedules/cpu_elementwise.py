@@ -28,16 +28,16 @@ class Elementwise(CPUScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
-        if stage_blocks(s_tir.Schedule(func)):
+        sch = s_tir.Schedule(func)
+        if stage_blocks(sch):
             try:  # a window op's padded stage, per channel in the op's loops (window_stage)
-                return _schedule(func, target, staged=True)
+                return _schedule(s_tir.Schedule(func), target, staged=True)
             except Exception:  # noqa: BLE001 - a primitive refused this form: the stage apart below
                 pass
-        return _schedule(func, target, staged=False)
+        return _schedule(sch, target, staged=False)
 
 
-def _schedule(func: tirx.PrimFunc, target: Target, staged: bool) -> s_tir.Schedule | None:
-    sch = s_tir.Schedule(func)
+def _schedule(sch: s_tir.Schedule, target: Target, staged: bool) -> s_tir.Schedule | None:
     stages = stage_blocks(sch)
     outputs = _inline_into_outputs(sch, keep=stages)
     if outputs is None:
@@ -48,7 +48,7 @@ def _schedule(func: tirx.PrimFunc, target: Target, staged: bool) -> s_tir.Schedu
         stages = stage_blocks(sch)
         outputs = sch.get_child_blocks(sch.get_sblock("root"))
     outputs = [b for b in outputs if not any(sch.get(b).same_as(sch.get(s)) for s in stages)]
-    placed = []
+    placed, vw = [], vector_isa(target).lanes(32)
     for block in outputs:
         rows = _row_loops(sch, block)
         if rows is None:
@@ -56,7 +56,6 @@ def _schedule(func: tirx.PrimFunc, target: Target, staged: bool) -> s_tir.Schedu
         stage = _stage_read_by(sch, block, stages)
         if staged and stage is not None and stage not in placed:
             total = _product(rows[1])
-            vw = vector_isa(target).lanes(32)
             lanes = _lanes(int(rows[1][-1]), vw) or 1
             if not schedule_staged(sch, block, stage, lanes, vw, total >= MIN_PARALLEL_ELEMENTS):
                 raise ValueError("the taps do not read their padded stage one channel at a time")
@@ -65,7 +64,7 @@ def _schedule(func: tirx.PrimFunc, target: Target, staged: bool) -> s_tir.Schedu
         _vectorize_and_parallelize(sch, block, *rows, target)
     for stage in stages:
         if stage not in placed:
-            schedule_alone(sch, stage, vector_isa(target).lanes(32))
+            schedule_alone(sch, stage, vw)
     return sch
 
 
@@ -135,8 +134,7 @@ def _wrapped_row(block: s_tir.SBlock, inner_extent: int) -> int | None:
         for region in block.reads
         for rng in region.region
         for node in subexpressions(analyzer.simplify(rng.min))
-        if isinstance(node, (tirx.FloorMod, tirx.FloorDiv))
-        and isinstance(node.b, tirx.IntImm)
+        if isinstance(node, (tirx.FloorMod, tirx.FloorDiv)) and isinstance(node.b, tirx.IntImm)
         and any(v.same_as(var) for v in subexpressions(node.a))
     ]
     rows = [k for k in found if 1 < k < inner_extent and inner_extent % k == 0]

@@ -14,7 +14,7 @@ packed weights, which TVM does not see as einsums, keep a guarded row tail inste
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
+from tvm import IRModule, s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.s_tir.dlight.gpu.matmul import get_index_map, get_reduction_blocks
 from tvm.target import Target
@@ -149,6 +149,7 @@ MIN_BATCH_SPLIT_N = 4
 
 
 def _wide_indices(block) -> bool:
+    """Whether the block iterates with int64 variables (Relax's shapes)."""
     return any(str(iv.dom.extent.ty) == "int64" for iv in block.iter_vars)
 
 
@@ -156,9 +157,7 @@ def _int32_indices(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` with int32 loop and index variables. The loop-partition hint names its loop's
     variable; TVM's NarrowDataType (which runs before LoopPartition) replaces an int64 loop
     variable by a new int32 one and leaves the hint naming the old one, so the hint is lost."""
-    import tvm
-
-    return tvm.tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"]
+    return tirx.transform.ForceNarrowIndexToInt32()(IRModule({"main": func}))["main"]
 
 
 PANEL_COPY_ROW_BYTES = 4096  # B rows at least a page apart are copied into a panel first

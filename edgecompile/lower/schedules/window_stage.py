@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from tvm import s_tir, sym, tirx
 
-from edgecompile.lower.schedules.loops import uses
+from edgecompile.lower.schedules.loops import uses, vectorize_ragged
 from edgecompile.passes.padding import STAGE_ATTR
 
 
@@ -39,7 +39,7 @@ def schedule_staged(sch: s_tir.Schedule, block, stage, lanes: int, vw: int, para
     sch.reorder(*outer, *rest)
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     if lanes > 1 and rest:
-        _vectorize(sch, rest[-1], lanes)
+        vectorize_ragged(sch, block, lanes)
     if parallel:
         sch.parallel(fused)
     sch.compute_at(stage, fused)
@@ -54,14 +54,6 @@ def schedule_alone(sch: s_tir.Schedule, stage, lanes: int) -> None:
     if len(loops) > 1:
         sch.parallel(sch.fuse(*loops[:-1]))
     _vectorize_interior(sch, stage, lanes)
-
-
-def _vectorize(sch: s_tir.Schedule, loop, lanes: int) -> None:
-    ext = int(sch.get(loop).extent)
-    if ext <= lanes:
-        sch.vectorize(loop)
-    else:  # whole vectors, the ragged last one guarded by the split
-        sch.vectorize(sch.split(loop, [None, lanes])[1])
 
 
 def _vectorize_interior(sch: s_tir.Schedule, stage, lanes: int) -> None:
@@ -91,9 +83,11 @@ def _batch_channel_loops(sch: s_tir.Schedule, block, stage, loops) -> list | Non
     """The loops of ``block`` that pick the stage's batch and channel (each read index a bare loop
     variable or a constant, and the row and column indices independent of them), outermost first;
     None when the reads are not of that form."""
+    if not loops:
+        return None
     buf = sch.get(stage).writes[0].source
     realize = sch.get(loops[-1]).body
-    if not isinstance(realize, s_tir.SBlockRealize) or not loops:
+    if not isinstance(realize, s_tir.SBlockRealize):
         return None
     block_vars = realize.block.iter_vars
     analyzer = sym.Analyzer()
@@ -112,7 +106,7 @@ def _batch_channel_loops(sch: s_tir.Schedule, block, stage, loops) -> list | Non
         value = realize.iter_values[k] if k is not None else None
         if value is None or not any(value.same_as(v) for v in loop_vars):
             return None  # not a bare block variable bound to a bare loop variable
-        outer.append(loops[[i for i, v in enumerate(loop_vars) if v.same_as(value)][0]])
+        outer.append(loops[next(i for i, v in enumerate(loop_vars) if v.same_as(value))])
         picked.append(e)
     if not outer or any(uses(e, v) for e in idx[2:] for v in picked):
         return None

@@ -9,16 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
+from helpers import ISA_TARGETS, host_has, lowered
 from tvm import te
 
 from edgecompile.lower.schedules.cpu_matmul import Matmul
 from edgecompile.lower.schedules.cpu_row_reduction import TIR_CONFIG
-
-TARGETS = {
-    "avx2": ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}, "avx2"),
-    "avx512": ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"}, "avx512f"),
-    "neon": ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, None),
-}
 
 
 def _scores(heads: int, tokens: int, dim: int):
@@ -37,31 +32,17 @@ def _scores(heads: int, tokens: int, dim: int):
     return te.create_prim_func([q, k, out])
 
 
-def _lowered(func, target):
-    seen = {}
-
-    @tvm.ir.instrument.pass_instrument
-    class Grab:
-        def run_after_pass(self, mod, info):
-            if info.name == "tirx.StorageRewrite":
-                seen["tir"] = mod["main"].script()
-
-    with tvm.transform.PassContext(config=TIR_CONFIG, instruments=[Grab()]):
-        lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
-    return seen["tir"], lib
-
-
-@pytest.mark.parametrize("target_name", list(TARGETS))
+@pytest.mark.parametrize("target_name", list(ISA_TARGETS))
 @pytest.mark.parametrize("tokens", [197, 257])
 def test_ragged_keys_write_whole_vectors_but_the_last_tile(target_name, tokens):
-    spec, flag = TARGETS[target_name]
+    spec, flag = ISA_TARGETS[target_name]
     target = tvm.target.Target(spec)
     sch = Matmul().apply(_scores(6, tokens, 64), target, False)
-    tir, lib = _lowered(sch.mod["main"], target)
+    tir, lib = lowered(sch.mod["main"], target, TIR_CONFIG)
     stores = [line.split("=")[0] for line in tir.splitlines() if line.strip().startswith("T_multiply")]
     assert any(":" in s for s in stores), "no whole-vector store of the scores"
     assert any(":" not in s for s in stores), "no lane-by-lane store for the last, partial tile"
-    if flag is None or flag not in open("/proc/cpuinfo").read():
+    if not host_has(flag):
         pytest.skip(f"scheduled and lowered for {target_name}; this host cannot run it")
     rng = np.random.default_rng(tokens)
     q = rng.standard_normal((1, 6, tokens, 64)).astype(np.float32)

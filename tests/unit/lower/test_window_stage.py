@@ -9,16 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
+from helpers import ISA_TARGETS, host_has, lowered
 from tvm import te
 
 from edgecompile.lower.schedules.cpu_elementwise import Elementwise
 from edgecompile.passes.padding import padded_stage
-
-TARGETS = {
-    "avx2": ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}, "avx2"),
-    "avx512": ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"}, "avx512f"),
-    "neon": ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, None),
-}
 
 
 def _kernel(c: int, h: int, w: int, pads: list[int], out: str):
@@ -42,21 +37,6 @@ def _kernel(c: int, h: int, w: int, pads: list[int], out: str):
     return te.create_prim_func([x, k, s]), (ho, wo)
 
 
-def _lowered(func, target):
-    """The scheduled function's TIR after TVM's lowering (before code generation)."""
-    seen = {}
-
-    @tvm.ir.instrument.pass_instrument
-    class Grab:
-        def run_after_pass(self, mod, info):
-            if info.name == "tirx.StorageRewrite":
-                seen["tir"] = mod["main"].script()
-
-    with tvm.transform.PassContext(instruments=[Grab()]):
-        lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
-    return seen["tir"], lib
-
-
 def _reference(x, k, pads):
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     ho, wo = xp.shape[2] - 2, xp.shape[3] - 2
@@ -65,23 +45,23 @@ def _reference(x, k, pads):
     return y / (1 + np.exp(-y))
 
 
-@pytest.mark.parametrize("target_name", list(TARGETS))
+@pytest.mark.parametrize("target_name", list(ISA_TARGETS))
 @pytest.mark.parametrize(
     "c,h,w,pads,out",
     [(6, 28, 28, [1, 1, 1, 1], "nchw"), (5, 20, 37, [1, 2, 1, 0], "flat"), (4, 17, 64, [1, 1, 1, 1], "flat")],
 )
 def test_the_padded_stage_is_one_channel_in_the_channel_loop(target_name, c, h, w, pads, out):
-    spec, flag = TARGETS[target_name]
+    spec, flag = ISA_TARGETS[target_name]
     target = tvm.target.Target(spec)
     func, (ho, wo) = _kernel(c, h, w, pads, out)
     sch = Elementwise().apply(func, target, False)
-    tir, lib = _lowered(sch.mod["main"], target)
+    tir, lib = lowered(sch.mod["main"], target)
     hp, wp = h + pads[0] + pads[2], w + pads[1] + pads[3]
     assert f"window_stage = T.alloc_buffer(({hp * wp},)" in tir, tir[:3000]  # one padded channel
     assert any(line.strip().startswith("window_stage[") and ":" in line.split("=")[0] for line in tir.splitlines()), (
         "the stage's interior is not stored in vectors"
     )
-    if flag is None or flag not in open("/proc/cpuinfo").read():
+    if not host_has(flag):
         pytest.skip(f"scheduled and lowered for {target_name}; this host cannot run it")
     rng = np.random.default_rng(c)
     x = rng.standard_normal((1, c, h, w)).astype(np.float32)
@@ -96,12 +76,12 @@ def test_an_output_mixing_channels_and_rows_keeps_the_stage_apart():
     """Rows of the output that span channels (``[c * ho, wo]``) cannot take one channel's stage
     per iteration: the stage is a loop nest of its own (the whole padded tensor), still vectorized,
     and the kernel still computes the convolution."""
-    target = tvm.target.Target(TARGETS["avx2"][0])
+    target = tvm.target.Target(ISA_TARGETS["avx2"][0])
     c, h, w, pads = 3, 12, 16, [1, 1, 1, 1]
     func, (ho, wo) = _kernel(c, h, w, pads, "rows")
-    tir, lib = _lowered(Elementwise().apply(func, target, False).mod["main"], target)
+    tir, lib = lowered(Elementwise().apply(func, target, False).mod["main"], target)
     assert f"window_stage = T.alloc_buffer(({c * (h + 2) * (w + 2)},)" in tir, tir[:3000]
-    if "avx2" not in open("/proc/cpuinfo").read():
+    if not host_has("avx2"):
         pytest.skip("scheduled and lowered for AVX2; this host cannot run it")
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, c, h, w)).astype(np.float32)
